@@ -1,0 +1,124 @@
+//! COM1: a 16550A UART (vm-superio) on ports 0x3f8-0x3ff, interrupt on IRQ 4 through an
+//! irqfd. Its output goes to stdout or a file, and is watched for a kernel panic.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::pio::PioDevice;
+use crate::exit::ExitSignal;
+
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_SPAN: u16 = 8;
+
+/// What Linux prints first when it panics.
+const PANIC_NEEDLE: &[u8] = b"Kernel panic - not syncing";
+
+/// Raises the serial interrupt by writing the irqfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Console output: forwarded as is, and scanned for the kernel's panic message.
+pub struct ConsoleOut {
+    out: Box<dyn Write + Send>,
+    matched: usize,
+    exit: Arc<ExitSignal>,
+}
+
+impl ConsoleOut {
+    pub fn new(out: Box<dyn Write + Send>, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            out,
+            matched: 0,
+            exit,
+        }
+    }
+
+    fn watch(&mut self, byte: u8) {
+        if byte == PANIC_NEEDLE[self.matched] {
+            self.matched += 1;
+            if self.matched == PANIC_NEEDLE.len() {
+                self.exit.note_panic();
+                self.matched = 0;
+            }
+        } else {
+            self.matched = usize::from(byte == PANIC_NEEDLE[0]);
+        }
+    }
+}
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for b in buf {
+            self.watch(*b);
+        }
+        // Console output must never stop the guest: a closed stdout drops bytes.
+        let _ = self.out.write_all(buf);
+        if buf.contains(&b'\n') {
+            let _ = self.out.flush();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+pub type SerialDevice = Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>;
+
+pub struct SerialPort(pub SerialDevice);
+
+impl PioDevice for SerialPort {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        if let Some(b) = data.first_mut() {
+            *b = self.0.read(offset as u8);
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) {
+        if let Some(b) = data.first() {
+            if let Err(e) = self.0.write(offset as u8, *b) {
+                tracing::warn!("serial write failed: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn panic_text_split_across_writes_is_seen() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let buf = Arc::new(Mutex::new(vec![]));
+        let mut c = ConsoleOut::new(Box::new(Sink(buf.clone())), exit.clone());
+        c.write_all(b"[ 1.0] KKernel pan").unwrap();
+        assert!(!exit.panicked());
+        c.write_all(b"ic - not syncing: Attempted to kill init!\n").unwrap();
+        assert!(exit.panicked());
+        assert!(buf.lock().unwrap().ends_with(b"init!\n"));
+    }
+}

@@ -1,0 +1,23 @@
+//! Skiff's virtual machine monitor: boots a Linux guest in a KVM microVM.
+//!
+//! The boot sequence, step by step, is in docs/vmm.md. Modules, one concern each:
+//! [`config`] (what to run), [`layout`] (guest physical memory), [`boot`] (kernel,
+//! initramfs, boot_params, MP table, long-mode registers), [`cpu`] (CPUID, MSRs, LAPIC,
+//! the vCPU loop), [`devices`] (serial, i8042), [`event_loop`], [`exit`] (why a VM
+//! ended), [`host`] (PVM detection), [`profile`] (guest RIP sampling), [`initramfs`].
+
+pub mod boot;
+pub mod config;
+pub mod cpu;
+pub mod devices;
+pub mod event_loop;
+pub mod exit;
+pub mod host;
+pub mod initramfs;
+pub mod layout;
+pub mod profile;
+pub mod vm;
+
+pub use config::VmConfig;
+pub use exit::ExitReason;
+pub use vm::{Vm, VmError};

@@ -1,0 +1,139 @@
+//! `skiff-vmm`: boot one microVM from flags or a JSON config, like Firecracker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmm::exit::code;
+use vmm::host::QuirksMode;
+use vmm::{Vm, VmConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "skiff-vmm", version, about = "Boot a Linux guest in a KVM microVM")]
+struct Args {
+    /// JSON config file (same field names as the flags, in snake_case); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Guest kernel: ELF vmlinux or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs (newc cpio).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Extra kernel parameters, added to Skiff's defaults; `-- ARGS` at the end go to init.
+    #[arg(long, allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-64).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Write the guest console to this file instead of stdout.
+    #[arg(long)]
+    serial_out: Option<PathBuf>,
+    /// Host workarounds: auto (detect), pvm, none.
+    #[arg(long)]
+    quirks: Option<QuirksMode>,
+    /// Sample the guest's instruction pointer and write a per-symbol profile here.
+    #[arg(long)]
+    profile_out: Option<PathBuf>,
+    /// System.map for --profile-out (default: System.map beside the kernel).
+    #[arg(long)]
+    profile_symbols: Option<PathBuf>,
+    /// Samples per second per vCPU for --profile-out.
+    #[arg(long)]
+    profile_hz: Option<u32>,
+}
+
+fn config_from(args: Args) -> Result<VmConfig, String> {
+    let mut c = match (&args.config, &args.kernel) {
+        (Some(path), _) => VmConfig::from_json_file(path).map_err(|e| e.to_string())?,
+        (None, Some(k)) => VmConfig::new(k.clone()),
+        (None, None) => return Err("--kernel is required (or --config FILE)".to_owned()),
+    };
+    if let Some(k) = args.kernel {
+        c.kernel = k;
+    }
+    if args.initrd.is_some() {
+        c.initrd = args.initrd;
+    }
+    if args.cmdline.is_some() {
+        c.cmdline = args.cmdline;
+    }
+    if let Some(v) = args.vcpus {
+        c.vcpus = v;
+    }
+    if let Some(m) = args.memory_mib {
+        c.memory_mib = m;
+    }
+    if args.serial_out.is_some() {
+        c.serial_out = args.serial_out;
+    }
+    if let Some(q) = args.quirks {
+        c.quirks = q;
+    }
+    if args.profile_out.is_some() {
+        c.profile_out = args.profile_out;
+    }
+    if args.profile_symbols.is_some() {
+        c.profile_symbols = args.profile_symbols;
+    }
+    if let Some(hz) = args.profile_hz {
+        c.profile_hz = hz;
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            let first = e.to_string();
+            let line = first.lines().next().unwrap_or("bad arguments");
+            eprintln!("skiff-vmm: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(code::BAD_INPUT as u8);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let config = match config_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skiff-vmm: {e}");
+            return ExitCode::from(code::BAD_INPUT as u8);
+        }
+    };
+    let vm = match Vm::build(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("skiff-vmm: {e}");
+            let c = match e {
+                vmm::VmError::Config(_) => code::BAD_INPUT,
+                _ => code::VMM_ERROR,
+            };
+            return ExitCode::from(c as u8);
+        }
+    };
+    match vm.run() {
+        Ok(reason) => {
+            if let Some(m) = reason.message() {
+                eprintln!("skiff-vmm: {m}");
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("skiff-vmm: {e}");
+            ExitCode::from(code::VMM_ERROR as u8)
+        }
+    }
+}
