@@ -19,7 +19,7 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 
 /// Kernel parameters every Skiff guest gets. Why each: docs/vmm.md.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off nomodule 8250.nr_uarts=1 no_timer_check";
+    "console=ttyS0 reboot=k panic=-1 pci=off nomodule 8250.nr_uarts=1 no_timer_check noreplace-smp";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

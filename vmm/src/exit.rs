@@ -19,6 +19,21 @@ pub enum ExitReason {
     VcpuFailed(String),
     /// The VMM itself failed while the guest ran.
     VmmError(String),
+    /// The VMM was asked to stop (SIGTERM or SIGINT).
+    Stopped(i32),
+}
+
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOP_SIGNAL.store(sig, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes SIGTERM and SIGINT end the VM through [`ExitSignal::wait`] (within a second), so
+/// that the VMM still flushes the console and writes its profile.
+pub fn install_stop_handlers() -> Result<(), vmm_sys_util::errno::Error> {
+    vmm_sys_util::signal::register_signal_handler(libc::SIGTERM, on_stop)?;
+    vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_stop)
 }
 
 /// Process exit codes of `skiff-vmm`.
@@ -37,6 +52,7 @@ impl ExitReason {
             Self::GuestPanic => code::GUEST_PANIC,
             Self::TripleFault | Self::VcpuFailed(_) => code::VCPU_FAILED,
             Self::VmmError(_) => code::VMM_ERROR,
+            Self::Stopped(sig) => 128 + sig,
         }
     }
 
@@ -48,6 +64,7 @@ impl ExitReason {
             Self::TripleFault => Some("guest triple-faulted (KVM shutdown exit)".to_owned()),
             Self::VcpuFailed(m) => Some(format!("vCPU failed: {m}")),
             Self::VmmError(m) => Some(format!("VMM error: {m}")),
+            Self::Stopped(sig) => Some(format!("stopped by signal {sig}")),
         }
     }
 }
@@ -105,6 +122,11 @@ impl ExitSignal {
         loop {
             if let Some(r) = self.reason() {
                 return r;
+            }
+            let sig = STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst);
+            if sig != 0 {
+                self.signal(ExitReason::Stopped(sig));
+                continue;
             }
             let mut pfd = libc::pollfd {
                 fd: std::os::fd::AsRawFd::as_raw_fd(&self.evt),

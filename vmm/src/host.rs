@@ -40,9 +40,10 @@ impl std::str::FromStr for QuirksMode {
     }
 }
 
-/// Kernel parameters for guests on PVM hosts. Measured: on PVM the guest's CPUID
-/// instruction is not answered from the table the VMM sets (KVM_SET_CPUID2), so features
-/// PVM's emulator cannot execute must be switched off in the guest kernel itself.
+/// Kernel parameters for guests on PVM hosts. Measured: on PVM the guest's standard CPUID
+/// leaves are the hardware's, not the table the VMM sets with KVM_SET_CPUID2 (only the
+/// hypervisor leaves 0x4000_00xx come from that table), so features PVM's emulator cannot
+/// execute must be switched off in the guest kernel itself.
 pub const PVM_KERNEL_PARAMS: &str = "noxsave clearcpuid=cx16,popcnt,movbe,bmi1,bmi2,abm,\
 rdrand,rdseed,smap,smep,fsgsbase,rdpid,erms,fsrm,clflushopt,clwb,invpcid,pcid";
 

@@ -3,6 +3,7 @@
 //! ```text
 //! 0x0000_0500  GDT                     0x0000_9000  PML4
 //! 0x0000_0520  IDT (empty)             0x0000_a000  PDPT
+//! 0x0000_6000  setup_data: RNG seed
 //! 0x0000_7000  boot_params (zero page) 0x0000_b000  PD (1 GiB of 2 MiB pages)
 //! 0x0000_8ff0  boot stack top          0x0002_0000  kernel command line
 //! 0x0009_fc00  MP table (EBDA)         0x0010_0000  RAM continues; kernel at 16 MiB
@@ -15,6 +16,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 pub const GDT_ADDR: u64 = 0x500;
 pub const IDT_ADDR: u64 = 0x520;
+/// `setup_data` list (the RNG seed) handed to the kernel through boot_params.
+pub const SETUP_DATA_ADDR: u64 = 0x6000;
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 pub const BOOT_STACK_TOP: u64 = 0x8ff0;
 pub const PML4_ADDR: u64 = 0x9000;

@@ -113,6 +113,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code::BAD_INPUT as u8);
         }
     };
+    if let Err(e) = vmm::exit::install_stop_handlers() {
+        eprintln!("skiff-vmm: cannot install signal handlers: {e}");
+        return ExitCode::from(code::VMM_ERROR as u8);
+    }
     let vm = match Vm::build(config) {
         Ok(vm) => vm,
         Err(e) => {

@@ -21,7 +21,7 @@ use linux_loader::loader::{self, KernelLoader};
 use thiserror::Error;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::layout::{self, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, ZERO_PAGE_ADDR};
+use crate::layout::{self, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, SETUP_DATA_ADDR, ZERO_PAGE_ADDR};
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
@@ -29,6 +29,12 @@ const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT: u32 = 0x100_0000;
 /// 64-bit entry point of a bzImage, relative to where its protected-mode part is loaded.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// Boot protocol 2.15: the version our ELF boot speaks (setup_data needs 2.09).
+const BOOT_PROTOCOL_VERSION: u16 = 0x020f;
+/// `setup_data` type for a boot-time RNG seed.
+const SETUP_RNG_SEED: u32 = 9;
+/// Bytes of host entropy handed to the guest at boot.
+pub const RNG_SEED_LEN: usize = 32;
 
 #[derive(Debug, Error)]
 pub enum BootError {
@@ -60,6 +66,38 @@ pub enum BootError {
     GuestMemory(String),
     #[error(transparent)]
     MpTable(#[from] MpTableError),
+    #[error("cannot get entropy for the guest's RNG seed: {0}")]
+    Entropy(#[source] std::io::Error),
+}
+
+/// Fills `buf` from the host kernel's CSPRNG.
+pub fn host_entropy(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let r = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += r as usize;
+    }
+    Ok(())
+}
+
+/// Writes a SETUP_RNG_SEED `setup_data` node: the kernel mixes the seed into its pool at
+/// boot (and credits it with RANDOM_TRUST_BOOTLOADER), so it never waits for entropy.
+fn write_rng_seed(mem: &GuestMemoryMmap, seed: &[u8; RNG_SEED_LEN]) -> Result<(), BootError> {
+    let mut node = Vec::with_capacity(16 + RNG_SEED_LEN);
+    node.extend_from_slice(&0u64.to_le_bytes()); // next: end of list
+    node.extend_from_slice(&SETUP_RNG_SEED.to_le_bytes());
+    node.extend_from_slice(&(RNG_SEED_LEN as u32).to_le_bytes());
+    node.extend_from_slice(seed);
+    mem.write_slice(&node, GuestAddress(SETUP_DATA_ADDR))
+        .map_err(|e| BootError::GuestMemory(format!("setup_data: {e}")))
 }
 
 /// The kind of image found at `--kernel`, judged by its magic bytes.
@@ -210,9 +248,14 @@ pub fn write_boot_params(
         .map_err(|e| BootError::GuestMemory(format!("command line: {e}")))?;
 
     let mut params = boot_params::default();
-    if let Some(hdr) = kernel.setup_header {
-        params.hdr = hdr;
+    match kernel.setup_header {
+        Some(hdr) => params.hdr = hdr,
+        None => params.hdr.version = BOOT_PROTOCOL_VERSION,
     }
+    let mut seed = [0u8; RNG_SEED_LEN];
+    host_entropy(&mut seed).map_err(BootError::Entropy)?;
+    write_rng_seed(mem, &seed)?;
+    params.hdr.setup_data = SETUP_DATA_ADDR;
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;

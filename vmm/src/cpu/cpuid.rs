@@ -13,6 +13,7 @@ const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_XSAVE: u32 = 0xd;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
 
@@ -68,6 +69,9 @@ const PVM_LEAF7_ECX: u32 = (1 << 1)
 const PVM_LEAF7_EDX: u32 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 8);
 /// Leaf 7.1 EAX: AVX_VNNI, AVX512_BF16.
 const PVM_LEAF7_1_EAX: u32 = (1 << 4) | (1 << 5);
+/// KVM paravirt features hidden on PVM: PV_SEND_IPI (11) and PV_SCHED_YIELD (13); with
+/// them a second vCPU never comes online (the boot CPU spins in __send_ipi_mask).
+const PVM_KVM_FEATURES_EAX: u32 = (1 << 11) | (1 << 13);
 /// Leaf 0x8000_0001 ECX: ABM (LZCNT), XOP, FMA4, TBM.
 const PVM_AMD_ECX: u32 = (1 << 5) | (1 << 11) | (1 << 16) | (1 << 21);
 
@@ -149,6 +153,9 @@ pub fn adjust_entries(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8, quirk
                         e.ecx = e.index;
                     }
                 }
+            }
+            LEAF_KVM_FEATURES if quirks.pvm => {
+                e.eax &= !PVM_KVM_FEATURES_EAX;
             }
             LEAF_XSAVE if quirks.pvm => {
                 e.eax = 0;

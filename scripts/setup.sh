@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up a Debian machine for Skiff: installs the packages it needs, builds (or finds in
+# the cache) the guest kernel, and builds the workspace in release mode.
+# Writes target/skiff.env (SKIFF_KERNEL=...) for the other scripts.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+log() { echo "setup: $*" >&2; }
+
+pkgs=(build-essential busybox-static cpio)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+command -v cargo >/dev/null || { log "cargo is missing: install a Rust toolchain (1.85 or newer)"; exit 1; }
+
+kernel="$(bash kernel-config/build.sh | tail -n1)"
+[ -s "$kernel" ] || { log "kernel build did not produce a vmlinux"; exit 1; }
+log "guest kernel: $kernel"
+
+cargo build --release --workspace --bins >&2
+mkdir -p target
+echo "SKIFF_KERNEL=$kernel" > target/skiff.env
+log "ready: target/release/skiff-vmm"
