@@ -65,7 +65,11 @@ for p in "$here"/patches/*.patch; do
 done
 
 make -C "$tree" -s tinyconfig >&2
-"$tree/scripts/kconfig/merge_config.sh" -m -O "$tree" "$tree/.config" "$fragment" >/dev/null
+if ! "$tree/scripts/kconfig/merge_config.sh" -m -O "$tree" "$tree/.config" "$fragment" \
+    >"$build/merge.log" 2>&1; then
+    cat "$build/merge.log" >&2
+    exit 1
+fi
 make -C "$tree" -s olddefconfig >&2
 
 # Every option of the fragment must have survived olddefconfig: a dependency that is

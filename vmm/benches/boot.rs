@@ -223,8 +223,11 @@ fn main() {
         }
         if let Some(q) = qemu {
             let mut c = Command::new(q);
-            c.args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=off"])
-                .args(["-enable-kvm", "-cpu", "host", "-smp", "1"])
+            // microvm has no i8042 of its own; with one, the guest's reset (reboot=k)
+            // ends QEMU (-no-reboot), as it ends skiff-vmm.
+            c.args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-device", "i8042"])
+                // PVM refuses MSR_IA32_ARCH_CAPABILITIES, which `-cpu host` sets.
+                .args(["-enable-kvm", "-cpu", "host,arch-capabilities=off", "-smp", "1"])
                 .args(["-m", &MEM_MIB.to_string()])
                 .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
                 .args(["-serial", "stdio", "-kernel"])

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::boot;
+use crate::devices::virtio::block::BlockConfig;
 use crate::host::{self, QuirksMode};
 
 pub const DEFAULT_VCPUS: u32 = 1;
@@ -16,10 +17,12 @@ pub const MAX_VCPUS: u32 = 64;
 pub const MIN_MEMORY_MIB: u64 = 64;
 /// 1 TiB: beyond what the identity map and e820 handling here are meant for.
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// virtio devices take IOAPIC pins 5..=23; disks may use 16 of them.
+pub const MAX_DISKS: usize = 16;
 
 /// Kernel parameters every Skiff guest gets. Why each: docs/vmm.md.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off nomodule 8250.nr_uarts=1 no_timer_check noreplace-smp";
+    "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check noreplace-smp";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +42,9 @@ pub struct VmConfig {
     /// Where the guest console goes; stdout when unset.
     #[serde(default)]
     pub serial_out: Option<PathBuf>,
+    /// Disks, in order: /dev/vda, /dev/vdb, …
+    #[serde(default)]
+    pub disks: Vec<BlockConfig>,
     #[serde(default)]
     pub quirks: QuirksMode,
     /// Sample guest RIPs and write a per-symbol profile here at exit.
@@ -79,6 +85,18 @@ pub enum ConfigError {
     },
     #[error("--initrd {0} is a directory, not an initramfs file")]
     InitrdIsDir(PathBuf),
+    #[error("at most {MAX_DISKS} disks, got {0}")]
+    TooManyDisks(usize),
+    #[error("--disk {path}: {source}")]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--disk {0}: not a regular file or block device")]
+    DiskNotFile(PathBuf),
+    #[error("--disk {0}: smaller than one 512-byte sector")]
+    DiskTooSmall(PathBuf),
     #[error("--profile-hz must be between 1 and 10000, got {0}")]
     ProfileHz(u32),
     #[error("cannot read config file {path}: {source}")]
@@ -104,6 +122,7 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             serial_out: None,
+            disks: Vec::new(),
             quirks: QuirksMode::Auto,
             profile_out: None,
             profile_symbols: None,
@@ -151,6 +170,28 @@ impl VmConfig {
                 path: rd.clone(),
                 source,
             })?;
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        for d in &self.disks {
+            let err = |source| ConfigError::Disk {
+                path: d.path.clone(),
+                source,
+            };
+            let meta = std::fs::metadata(&d.path).map_err(err)?;
+            use std::os::unix::fs::FileTypeExt;
+            if !(meta.is_file() || meta.file_type().is_block_device()) {
+                return Err(ConfigError::DiskNotFile(d.path.clone()));
+            }
+            if meta.is_file() && meta.len() < 512 {
+                return Err(ConfigError::DiskTooSmall(d.path.clone()));
+            }
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!d.read_only)
+                .open(&d.path)
+                .map_err(err)?;
         }
         if !(1..=10_000).contains(&self.profile_hz) {
             return Err(ConfigError::ProfileHz(self.profile_hz));

@@ -32,6 +32,9 @@ struct Args {
     /// Write the guest console to this file instead of stdout.
     #[arg(long)]
     serial_out: Option<PathBuf>,
+    /// A disk, PATH[,ro]; repeat for more (/dev/vda, /dev/vdb, …).
+    #[arg(long = "disk")]
+    disks: Vec<vmm::devices::virtio::block::BlockConfig>,
     /// Host workarounds: auto (detect), pvm, none.
     #[arg(long)]
     quirks: Option<QuirksMode>,
@@ -69,6 +72,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     }
     if args.serial_out.is_some() {
         c.serial_out = args.serial_out;
+    }
+    if !args.disks.is_empty() {
+        c.disks = args.disks;
     }
     if let Some(q) = args.quirks {
         c.quirks = q;

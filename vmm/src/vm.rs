@@ -16,7 +16,11 @@ use crate::boot::{self, BootError};
 use crate::config::{ConfigError, VmConfig};
 use crate::cpu::vcpu::{Vcpu, VcpuError};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_SPAN};
+use crate::devices::mmio_bus::{MmioBus, MmioOverlap};
 use crate::devices::pio::{PioBus, PioOverlap};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioSubscriber, MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::serial::{ConsoleOut, IrqTrigger, SerialPort, COM1_PORT, COM1_SPAN};
 use crate::event_loop::{self, StdinToSerial, Subscriber};
 use crate::exit::{ExitReason, ExitSignal};
@@ -47,6 +51,10 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Pio(#[from] PioOverlap),
+    #[error(transparent)]
+    Mmio(#[from] MmioOverlap),
+    #[error(transparent)]
+    Block(#[from] BlockError),
     #[error("cannot open serial output {path}: {source}")]
     SerialOut {
         path: std::path::PathBuf,
@@ -92,6 +100,40 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     Ok(())
 }
 
+/// Puts virtio device number `index` on the MMIO bus with its interrupt (irqfd) and queue
+/// notifications (ioeventfds); returns its kernel parameter and its event-loop subscriber.
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    bus: &mut MmioBus,
+    index: usize,
+    device: Box<dyn VirtioDevice>,
+) -> Result<(String, Subscriber), VmError> {
+    let base = layout::VIRTIO_MMIO_START + index as u64 * layout::VIRTIO_MMIO_SIZE;
+    let gsi = layout::VIRTIO_IRQ_START + index as u32;
+    let irqfd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(io_err("virtio interrupt"))?;
+    vm.register_irqfd(&irqfd, gsi)
+        .map_err(kvm_err("register a virtio irqfd"))?;
+    let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irqfd));
+    let mut queue_evts = Vec::new();
+    for q in 0..transport.num_queues() {
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(io_err("virtio queue event"))?;
+        vm.register_ioevent(
+            &evt,
+            &kvm_ioctls::IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
+            q as u32,
+        )
+        .map_err(kvm_err("register a virtio ioeventfd"))?;
+        queue_evts.push(evt);
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+    let sub: Subscriber = Arc::new(Mutex::new(MmioSubscriber::new(transport, queue_evts)));
+    Ok((format!("virtio_mmio.device=4K@{base:#x}:{gsi}"), sub))
+}
+
 /// Everything a VM holds while it runs.
 pub struct Vm {
     config: VmConfig,
@@ -101,6 +143,8 @@ pub struct Vm {
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
     bus: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
+    device_subscribers: Vec<Subscriber>,
     serial: Arc<Mutex<SerialPort>>,
     entry: u64,
 }
@@ -131,7 +175,19 @@ impl Vm {
             Some(p) => Some(boot::load_initrd(&mem, p, layout::KERNEL_LOAD_ADDR)?),
             None => None,
         };
-        let cmdline = config.kernel_cmdline(&quirks.kernel_params());
+        let mut mmio = MmioBus::default();
+        let mut device_subscribers: Vec<Subscriber> = Vec::new();
+        let mut device_params = Vec::new();
+        for (i, disk) in config.disks.iter().enumerate() {
+            let dev = Block::open(disk, &Block::path_id(&disk.path, i))?;
+            let (param, sub) = attach_virtio(&vm, &mem, &mut mmio, i, Box::new(dev))?;
+            device_params.push(param);
+            device_subscribers.push(sub);
+        }
+
+        let mut params = quirks.kernel_params();
+        params.extend(device_params);
+        let cmdline = config.kernel_cmdline(&params);
         tracing::info!(%cmdline, "kernel command line");
         boot::write_boot_params(&mem, &kernel, &cmdline, initrd, mem_size)?;
         boot::setup_mptable(&mem, config.vcpus as u8).map_err(BootError::from)?;
@@ -168,6 +224,8 @@ impl Vm {
             mem,
             exit,
             bus: Arc::new(bus),
+            mmio: Arc::new(mmio),
+            device_subscribers,
             serial,
             entry: kernel.entry.raw_value(),
         })
@@ -195,7 +253,7 @@ impl Vm {
             })?;
         }
 
-        let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut subscribers: Vec<Subscriber> = self.device_subscribers.clone();
         // SAFETY: isatty only inspects the file descriptor number it is given.
         if unsafe { libc::isatty(libc::STDIN_FILENO) } == 1 {
             subscribers.push(Arc::new(Mutex::new(StdinToSerial::new(self.serial.clone()))));
@@ -206,11 +264,12 @@ impl Vm {
         let mut threads = Vec::new();
         for vcpu in vcpus {
             let bus = self.bus.clone();
+            let mmio = self.mmio.clone();
             let exit = self.exit.clone();
             let s = sampler.clone();
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.id))
-                .spawn(move || vcpu.run(bus, exit, s))
+                .spawn(move || vcpu.run(bus, mmio, exit, s))
                 .map_err(io_err("vCPU thread"))?;
             threads.push(h);
         }

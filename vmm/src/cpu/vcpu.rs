@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{cpuid, lapic, msrs};
 use crate::boot;
+use crate::devices::mmio_bus::MmioBus;
 use crate::devices::pio::PioBus;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostQuirks;
@@ -97,7 +98,13 @@ impl Vcpu {
 
     /// Runs the guest on this thread until the VM ends. Never returns an error: a fatal
     /// exit is reported through `exit`.
-    pub fn run(mut self, bus: Arc<PioBus>, exit: Arc<ExitSignal>, sampler: Option<Arc<Sampler>>) {
+    pub fn run(
+        mut self,
+        bus: Arc<PioBus>,
+        mmio: Arc<MmioBus>,
+        exit: Arc<ExitSignal>,
+        sampler: Option<Arc<Sampler>>,
+    ) {
         loop {
             if exit.reason().is_some() {
                 return;
@@ -111,11 +118,14 @@ impl Vcpu {
                     bus.read(port, data);
                     None
                 }
-                Ok(VcpuExit::MmioRead(_addr, data)) => {
-                    data.fill(0xff);
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    mmio.read(addr, data);
                     None
                 }
-                Ok(VcpuExit::MmioWrite(..)) => None,
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    mmio.write(addr, data);
+                    None
+                }
                 Ok(VcpuExit::Hlt) => Some(ExitReason::PowerOff),
                 Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault),
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {

@@ -1,5 +1,7 @@
-//! Devices on the guest's I/O port bus. (virtio-mmio devices come in their own folders.)
+//! Devices: legacy port I/O ones (serial, i8042) and virtio-mmio ones (block, …).
 
 pub mod i8042;
+pub mod mmio_bus;
 pub mod pio;
 pub mod serial;
+pub mod virtio;
