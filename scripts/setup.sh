@@ -8,7 +8,7 @@ cd "$root"
 
 log() { echo "setup: $*" >&2; }
 
-pkgs=(build-essential busybox-static cpio)
+pkgs=(build-essential busybox-static cpio erofs-utils e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

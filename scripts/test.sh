@@ -8,4 +8,4 @@ bash "$root/scripts/setup.sh"
 . "$root/target/skiff.env"
 export SKIFF_KERNEL
 cd "$root"
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast

@@ -24,7 +24,10 @@ struct Sample {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn kernel() -> PathBuf {
@@ -37,7 +40,13 @@ fn kernel() -> PathBuf {
         .output()
         .expect("run kernel-config/build.sh");
     assert!(out.status.success(), "kernel build failed");
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().into()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .into()
 }
 
 fn initramfs(dir: &Path) -> PathBuf {
@@ -113,7 +122,10 @@ fn boot_once(mut cmd: Command) -> Result<Sample, String> {
         }
     });
     let (to_init, overhead_kib) = match rx.recv_timeout(DEADLINE) {
-        Ok(t) => (t - start, rss_without_guest_kib(pid, MEM_MIB * 1024).unwrap_or(0)),
+        Ok(t) => (
+            t - start,
+            rss_without_guest_kib(pid, MEM_MIB * 1024).unwrap_or(0),
+        ),
         Err(_) => {
             let _ = child.kill();
             return Err("no init marker before the deadline".into());
@@ -171,9 +183,15 @@ fn host_facts() -> String {
     let pvm = Path::new("/sys/module/kvm_pvm").exists();
     format!(
         "{cpu}, {} cores, host kernel {}, KVM: {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         kernel.trim(),
-        if pvm { "PVM (software-nested)" } else { "hardware" }
+        if pvm {
+            "PVM (software-nested)"
+        } else {
+            "hardware"
+        }
     )
 }
 
@@ -216,7 +234,14 @@ fn main() {
     for round in 0..n {
         let mut c = Command::new(env!("CARGO_BIN_EXE_skiff-vmm"));
         c.arg("--kernel").arg(&kernel).arg("--initrd").arg(&initrd);
-        c.args(["--vcpus", "1", "--memory-mib", &MEM_MIB.to_string(), "--cmdline", "quiet"]);
+        c.args([
+            "--vcpus",
+            "1",
+            "--memory-mib",
+            &MEM_MIB.to_string(),
+            "--cmdline",
+            "quiet",
+        ]);
         match boot_once(c) {
             Ok(s) => ours.push(s),
             Err(e) => eprintln!("skiff-vmm round {round}: {e}"),
@@ -225,16 +250,27 @@ fn main() {
             let mut c = Command::new(q);
             // microvm has no i8042 of its own; with one, the guest's reset (reboot=k)
             // ends QEMU (-no-reboot), as it ends skiff-vmm.
-            c.args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-device", "i8042"])
-                // PVM refuses MSR_IA32_ARCH_CAPABILITIES, which `-cpu host` sets.
-                .args(["-enable-kvm", "-cpu", "host,arch-capabilities=off", "-smp", "1"])
-                .args(["-m", &MEM_MIB.to_string()])
-                .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-                .args(["-serial", "stdio", "-kernel"])
-                .arg(&kernel)
-                .arg("-initrd")
-                .arg(&initrd)
-                .args(["-append", &cmdline]);
+            c.args([
+                "-M",
+                "microvm,acpi=off,x-option-roms=off,rtc=off",
+                "-device",
+                "i8042",
+            ])
+            // PVM refuses MSR_IA32_ARCH_CAPABILITIES, which `-cpu host` sets.
+            .args([
+                "-enable-kvm",
+                "-cpu",
+                "host,arch-capabilities=off",
+                "-smp",
+                "1",
+            ])
+            .args(["-m", &MEM_MIB.to_string()])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .args(["-serial", "stdio", "-kernel"])
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", &cmdline]);
             match boot_once(c) {
                 Ok(s) => theirs.push(s),
                 Err(e) => eprintln!("qemu round {round}: {e}"),
@@ -244,7 +280,10 @@ fn main() {
     assert!(!ours.is_empty(), "no skiff-vmm boot succeeded");
     let a = summarize(&ours);
     println!();
-    println!("{:<36}{:>14}{:>16}{:>10}", "", "skiff-vmm", "qemu microvm", "ratio");
+    println!(
+        "{:<36}{:>14}{:>16}{:>10}",
+        "", "skiff-vmm", "qemu microvm", "ratio"
+    );
     let b = (!theirs.is_empty()).then(|| summarize(&theirs));
     let row = |name: &str, x: f64, y: Option<f64>, unit: &str| {
         let (ys, r) = match y {
@@ -253,14 +292,41 @@ fn main() {
         };
         println!("{name:<36}{:>14}{ys:>16}{r:>10}", format!("{x:.0} {unit}"));
     };
-    row("start -> init runs   p50", a.init_p50, b.as_ref().map(|b| b.init_p50), "ms");
-    row("start -> init runs   p90", a.init_p90, b.as_ref().map(|b| b.init_p90), "ms");
-    row("start -> VMM exit    p50", a.exit_p50, b.as_ref().map(|b| b.exit_p50), "ms");
-    row("start -> VMM exit    p90", a.exit_p90, b.as_ref().map(|b| b.exit_p90), "ms");
-    row("VMM RSS w/o guest RAM p50", a.rss_p50_kib, b.as_ref().map(|b| b.rss_p50_kib), "KiB");
+    row(
+        "start -> init runs   p50",
+        a.init_p50,
+        b.as_ref().map(|b| b.init_p50),
+        "ms",
+    );
+    row(
+        "start -> init runs   p90",
+        a.init_p90,
+        b.as_ref().map(|b| b.init_p90),
+        "ms",
+    );
+    row(
+        "start -> VMM exit    p50",
+        a.exit_p50,
+        b.as_ref().map(|b| b.exit_p50),
+        "ms",
+    );
+    row(
+        "start -> VMM exit    p90",
+        a.exit_p90,
+        b.as_ref().map(|b| b.exit_p90),
+        "ms",
+    );
+    row(
+        "VMM RSS w/o guest RAM p50",
+        a.rss_p50_kib,
+        b.as_ref().map(|b| b.rss_p50_kib),
+        "KiB",
+    );
     println!("(ratio = qemu / skiff-vmm; above 1 means skiff-vmm is faster or smaller)");
     if qemu.is_none() {
-        println!("qemu-system-x86_64 not found: install Debian's qemu-system-x86 for the comparison");
+        println!(
+            "qemu-system-x86_64 not found: install Debian's qemu-system-x86 for the comparison"
+        );
     }
     if let Some(path) = json {
         let j = |s: &Summary| {

@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::boot;
 use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::vsock::VsockConfig;
 use crate::host::{self, QuirksMode};
 
 pub const DEFAULT_VCPUS: u32 = 1;
@@ -45,6 +46,9 @@ pub struct VmConfig {
     /// Disks, in order: /dev/vda, /dev/vdb, …
     #[serde(default)]
     pub disks: Vec<BlockConfig>,
+    /// virtio-vsock with a hybrid Unix-socket backend.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub quirks: QuirksMode,
     /// Sample guest RIPs and write a per-symbol profile here at exit.
@@ -97,6 +101,8 @@ pub enum ConfigError {
     DiskNotFile(PathBuf),
     #[error("--disk {0}: smaller than one 512-byte sector")]
     DiskTooSmall(PathBuf),
+    #[error("--vsock uds={0}: its directory does not exist")]
+    VsockDir(PathBuf),
     #[error("--profile-hz must be between 1 and 10000, got {0}")]
     ProfileHz(u32),
     #[error("cannot read config file {path}: {source}")]
@@ -123,6 +129,7 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             serial_out: None,
             disks: Vec::new(),
+            vsock: None,
             quirks: QuirksMode::Auto,
             profile_out: None,
             profile_symbols: None,
@@ -193,6 +200,14 @@ impl VmConfig {
                 .open(&d.path)
                 .map_err(err)?;
         }
+        if let Some(v) = &self.vsock {
+            let dir = v.uds_path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir {
+                if !dir.is_dir() {
+                    return Err(ConfigError::VsockDir(v.uds_path.clone()));
+                }
+            }
+        }
         if !(1..=10_000).contains(&self.profile_hz) {
             return Err(ConfigError::ProfileHz(self.profile_hz));
         }
@@ -232,7 +247,10 @@ mod tests {
         c.cmdline = Some("quiet -- hello world".into());
         let s = c.kernel_cmdline(&["virtio_mmio.device=4K@0xc0000000:5".into()]);
         assert!(s.starts_with(DEFAULT_CMDLINE));
-        assert!(s.ends_with("quiet virtio_mmio.device=4K@0xc0000000:5 -- hello world"), "{s}");
+        assert!(
+            s.ends_with("quiet virtio_mmio.device=4K@0xc0000000:5 -- hello world"),
+            "{s}"
+        );
     }
 
     #[test]

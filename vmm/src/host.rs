@@ -76,7 +76,9 @@ impl HostQuirks {
                     .any(|m| (PVM_MSR_FIRST..=PVM_MSR_LAST).contains(m))
             })
             .unwrap_or(false);
-        Self { pvm: module || msrs }
+        Self {
+            pvm: module || msrs,
+        }
     }
 }
 

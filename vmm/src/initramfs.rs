@@ -67,8 +67,19 @@ impl<W: Write> CpioWriter<W> {
         self.next_ino += 1;
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
         let fields = [
-            ino, mode, 0, 0, nlink, 0, size as u32, 0, 0, rdev.0, rdev.1,
-            name.len() as u32 + 1, 0,
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            size as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
         ];
         let mut h = String::with_capacity(110);
         h.push_str(MAGIC);
@@ -233,8 +244,19 @@ mod tests {
         let names: Vec<&str> = e.iter().map(|x| x.0.as_str()).collect();
         assert_eq!(
             names,
-            ["dev", "dev/console", "dev/null", "proc", "sys", "run", "tmp", "mnt", "bin",
-             "bin/init", "bin/sh"]
+            [
+                "dev",
+                "dev/console",
+                "dev/null",
+                "proc",
+                "sys",
+                "run",
+                "tmp",
+                "mnt",
+                "bin",
+                "bin/init",
+                "bin/sh"
+            ]
         );
         assert_eq!(e[1].1, S_IFCHR | 0o600);
         assert_eq!(e[9].2, b"#!/bin/sh\n");

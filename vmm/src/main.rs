@@ -9,7 +9,11 @@ use vmm::host::QuirksMode;
 use vmm::{Vm, VmConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "skiff-vmm", version, about = "Boot a Linux guest in a KVM microVM")]
+#[command(
+    name = "skiff-vmm",
+    version,
+    about = "Boot a Linux guest in a KVM microVM"
+)]
 struct Args {
     /// JSON config file (same field names as the flags, in snake_case); flags override it.
     #[arg(long)]
@@ -35,6 +39,9 @@ struct Args {
     /// A disk, PATH[,ro]; repeat for more (/dev/vda, /dev/vdb, …).
     #[arg(long = "disk")]
     disks: Vec<vmm::devices::virtio::block::BlockConfig>,
+    /// virtio-vsock, cid=N,uds=PATH (Firecracker-style hybrid vsock over Unix sockets).
+    #[arg(long)]
+    vsock: Option<vmm::devices::virtio::vsock::VsockConfig>,
     /// Host workarounds: auto (detect), pvm, none.
     #[arg(long)]
     quirks: Option<QuirksMode>,
@@ -75,6 +82,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     }
     if !args.disks.is_empty() {
         c.disks = args.disks;
+    }
+    if args.vsock.is_some() {
+        c.vsock = args.vsock;
     }
     if let Some(q) = args.quirks {
         c.quirks = q;

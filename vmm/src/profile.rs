@@ -49,7 +49,12 @@ impl Sampler {
     /// Counts per symbol, most frequent first.
     pub fn by_symbol(&self, symbols: &SymbolMap) -> Vec<(String, u64)> {
         let mut per: HashMap<String, u64> = HashMap::new();
-        for (rip, n) in self.samples.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (rip, n) in self
+            .samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             *per.entry(symbols.name(*rip)).or_default() += n;
         }
         let mut v: Vec<_> = per.into_iter().collect();

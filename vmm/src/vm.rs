@@ -18,10 +18,11 @@ use crate::cpu::vcpu::{Vcpu, VcpuError};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_SPAN};
 use crate::devices::mmio_bus::{MmioBus, MmioOverlap};
 use crate::devices::pio::{PioBus, PioOverlap};
+use crate::devices::serial::{ConsoleOut, IrqTrigger, SerialPort, COM1_PORT, COM1_SPAN};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioSubscriber, MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
-use crate::devices::serial::{ConsoleOut, IrqTrigger, SerialPort, COM1_PORT, COM1_SPAN};
 use crate::event_loop::{self, StdinToSerial, Subscriber};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostQuirks;
@@ -55,6 +56,8 @@ pub enum VmError {
     Mmio(#[from] MmioOverlap),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("cannot open serial output {path}: {source}")]
     SerialOut {
         path: std::path::PathBuf,
@@ -159,7 +162,8 @@ impl Vm {
         let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("set the TSS address"))?;
-        vm.create_irq_chip().map_err(kvm_err("create the irqchip"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("create the irqchip"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -181,6 +185,13 @@ impl Vm {
         for (i, disk) in config.disks.iter().enumerate() {
             let dev = Block::open(disk, &Block::path_id(&disk.path, i))?;
             let (param, sub) = attach_virtio(&vm, &mem, &mut mmio, i, Box::new(dev))?;
+            device_params.push(param);
+            device_subscribers.push(sub);
+        }
+        if let Some(v) = &config.vsock {
+            let index = config.disks.len();
+            let (param, sub) =
+                attach_virtio(&vm, &mem, &mut mmio, index, Box::new(Vsock::new(v)?))?;
             device_params.push(param);
             device_subscribers.push(sub);
         }
@@ -237,7 +248,13 @@ impl Vm {
         let mut vcpus = Vec::with_capacity(count as usize);
         for id in 0..count {
             vcpus.push(Vcpu::new(
-                &self.kvm, &self.vm, &self.mem, id, count, self.entry, self.quirks,
+                &self.kvm,
+                &self.vm,
+                &self.mem,
+                id,
+                count,
+                self.entry,
+                self.quirks,
             )?);
         }
 
@@ -256,7 +273,9 @@ impl Vm {
         let mut subscribers: Vec<Subscriber> = self.device_subscribers.clone();
         // SAFETY: isatty only inspects the file descriptor number it is given.
         if unsafe { libc::isatty(libc::STDIN_FILENO) } == 1 {
-            subscribers.push(Arc::new(Mutex::new(StdinToSerial::new(self.serial.clone()))));
+            subscribers.push(Arc::new(Mutex::new(StdinToSerial::new(
+                self.serial.clone(),
+            ))));
         }
         let _event_loop =
             event_loop::spawn(subscribers, self.exit.clone()).map_err(io_err("event loop"))?;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let p =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     std::fs::write(&p, bytes).unwrap();
     p
 }
@@ -31,7 +32,10 @@ fn expect_bad_input(args: &[&str], needle: &str) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{args:?}: want one line, got:\n{stderr}");
     assert!(lines[0].starts_with("skiff-vmm: "), "{args:?}: {stderr}");
-    assert!(lines[0].contains(needle), "{args:?}: want '{needle}' in: {stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: want '{needle}' in: {stderr}"
+    );
     assert!(out.stdout.is_empty(), "{args:?}: no guest should have run");
 }
 
@@ -44,16 +48,25 @@ fn missing_kernel_flag() {
 fn kernel_file_missing_or_not_a_kernel() {
     expect_bad_input(&["--kernel", "/nonexistent/vmlinux"], "cannot open kernel");
     let text = scratch("not-a-kernel", b"hello, I am not a kernel\n");
-    expect_bad_input(&["--kernel", text.to_str().unwrap()], "is not a kernel image");
+    expect_bad_input(
+        &["--kernel", text.to_str().unwrap()],
+        "is not a kernel image",
+    );
     let empty = scratch("empty-kernel", b"");
-    expect_bad_input(&["--kernel", empty.to_str().unwrap()], "is not a kernel image");
+    expect_bad_input(
+        &["--kernel", empty.to_str().unwrap()],
+        "is not a kernel image",
+    );
 }
 
 #[test]
 fn zero_or_absurd_vcpus() {
     let k = fake_elf();
     let k = k.to_str().unwrap();
-    expect_bad_input(&["--kernel", k, "--vcpus", "0"], "--vcpus must be between 1 and 64, got 0");
+    expect_bad_input(
+        &["--kernel", k, "--vcpus", "0"],
+        "--vcpus must be between 1 and 64, got 0",
+    );
     expect_bad_input(&["--kernel", k, "--vcpus", "1000"], "got 1000");
     expect_bad_input(&["--kernel", k, "--vcpus", "-3"], "-3");
     expect_bad_input(&["--kernel", k, "--vcpus", "two"], "two");
@@ -63,20 +76,37 @@ fn zero_or_absurd_vcpus() {
 fn zero_absurd_or_more_than_host_memory() {
     let k = fake_elf();
     let k = k.to_str().unwrap();
-    expect_bad_input(&["--kernel", k, "--memory-mib", "0"], "--memory-mib must be between");
-    expect_bad_input(&["--kernel", k, "--memory-mib", "99999999999"], "got 99999999999");
+    expect_bad_input(
+        &["--kernel", k, "--memory-mib", "0"],
+        "--memory-mib must be between",
+    );
+    expect_bad_input(
+        &["--kernel", k, "--memory-mib", "99999999999"],
+        "got 99999999999",
+    );
     // 1 TiB is within the absolute limit, but more than this host has.
-    expect_bad_input(&["--kernel", k, "--memory-mib", "1048576"], "more than this host has");
+    expect_bad_input(
+        &["--kernel", k, "--memory-mib", "1048576"],
+        "more than this host has",
+    );
 }
 
 #[test]
 fn missing_initrd() {
     let k = fake_elf();
     expect_bad_input(
-        &["--kernel", k.to_str().unwrap(), "--initrd", "/nonexistent/initrd.cpio"],
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            "/nonexistent/initrd.cpio",
+        ],
         "--initrd /nonexistent/initrd.cpio",
     );
-    expect_bad_input(&["--kernel", k.to_str().unwrap(), "--initrd", "/tmp"], "is a directory");
+    expect_bad_input(
+        &["--kernel", k.to_str().unwrap(), "--initrd", "/tmp"],
+        "is a directory",
+    );
 }
 
 #[test]
@@ -84,8 +114,14 @@ fn bad_config_files_and_flags() {
     let broken = scratch("broken.json", b"{\"kernel\": ");
     expect_bad_input(&["--config", broken.to_str().unwrap()], "config file");
     let unknown = scratch("unknown.json", b"{\"kernel\": \"/k\", \"cpus\": 2}");
-    expect_bad_input(&["--config", unknown.to_str().unwrap()], "unknown field `cpus`");
-    expect_bad_input(&["--config", "/nonexistent.json"], "cannot read config file");
+    expect_bad_input(
+        &["--config", unknown.to_str().unwrap()],
+        "unknown field `cpus`",
+    );
+    expect_bad_input(
+        &["--config", "/nonexistent.json"],
+        "cannot read config file",
+    );
     expect_bad_input(&["--kernel", "/k", "--frobnicate"], "--frobnicate");
     expect_bad_input(&["--kernel", "/k", "--quirks", "maybe"], "maybe");
 }

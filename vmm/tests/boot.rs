@@ -27,12 +27,25 @@ fn boots_one_vcpu_128_mib_and_reset_exits_zero() {
     ]);
     let d = describe(&out);
     assert_eq!(out.status.code(), Some(0), "{d}");
-    assert!(console_value(&out, "SKIFF-TEST-INIT: hello").is_some(), "{d}");
-    assert_eq!(console_value(&out, "SKIFF-TEST-INIT: cpus=").as_deref(), Some("1"), "{d}");
+    assert!(
+        console_value(&out, "SKIFF-TEST-INIT: hello").is_some(),
+        "{d}"
+    );
+    assert_eq!(
+        console_value(&out, "SKIFF-TEST-INIT: cpus=").as_deref(),
+        Some("1"),
+        "{d}"
+    );
     let mem = mem_total_kib(&console_value(&out, "SKIFF-TEST-INIT: MemTotal:").expect(&d));
     // The kernel keeps its own image and reserved ranges out of MemTotal.
-    assert!((96 * 1024..128 * 1024).contains(&mem), "MemTotal {mem} kB\n{d}");
-    assert!(console_value(&out, "SKIFF-TEST-INIT: done").is_some(), "{d}");
+    assert!(
+        (96 * 1024..128 * 1024).contains(&mem),
+        "MemTotal {mem} kB\n{d}"
+    );
+    assert!(
+        console_value(&out, "SKIFF-TEST-INIT: done").is_some(),
+        "{d}"
+    );
 }
 
 #[test]

@@ -44,12 +44,35 @@ fn busybox_shell_runs_on_two_vcpus_and_4_gib() {
     ]);
     let d = describe(&out);
     assert_eq!(out.status.code(), Some(0), "{d}");
-    assert_eq!(console_value(&out, "SKIFF-BUSYBOX: hello from").as_deref(), Some("Linux"), "{d}");
-    assert_eq!(console_value(&out, "SKIFF-BUSYBOX: cpus=").as_deref(), Some("2"), "{d}");
+    assert_eq!(
+        console_value(&out, "SKIFF-BUSYBOX: hello from").as_deref(),
+        Some("Linux"),
+        "{d}"
+    );
+    assert_eq!(
+        console_value(&out, "SKIFF-BUSYBOX: cpus=").as_deref(),
+        Some("2"),
+        "{d}"
+    );
     let mem = mem_total_kib(&console_value(&out, "SKIFF-BUSYBOX: MemTotal:").expect(&d));
-    assert!((3900 * 1024..4096 * 1024).contains(&mem), "MemTotal {mem} kB\n{d}");
-    assert_eq!(console_value(&out, "SKIFF-BUSYBOX: words=").as_deref(), Some("3"), "{d}");
-    assert_eq!(console_value(&out, "SKIFF-BUSYBOX: ls-sees-proc=").as_deref(), Some("1"), "{d}");
-    assert_eq!(console_value(&out, "SKIFF-BUSYBOX: sum=").as_deref(), Some("15"), "{d}");
+    assert!(
+        (3900 * 1024..4096 * 1024).contains(&mem),
+        "MemTotal {mem} kB\n{d}"
+    );
+    assert_eq!(
+        console_value(&out, "SKIFF-BUSYBOX: words=").as_deref(),
+        Some("3"),
+        "{d}"
+    );
+    assert_eq!(
+        console_value(&out, "SKIFF-BUSYBOX: ls-sees-proc=").as_deref(),
+        Some("1"),
+        "{d}"
+    );
+    assert_eq!(
+        console_value(&out, "SKIFF-BUSYBOX: sum=").as_deref(),
+        Some("15"),
+        "{d}"
+    );
     assert!(console_value(&out, "SKIFF-BUSYBOX: done").is_some(), "{d}");
 }

@@ -19,9 +19,13 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::{self, KernelLoader};
 use thiserror::Error;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
-use crate::layout::{self, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, SETUP_DATA_ADDR, ZERO_PAGE_ADDR};
+use crate::layout::{
+    self, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, SETUP_DATA_ADDR, ZERO_PAGE_ADDR,
+};
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
@@ -58,7 +62,9 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    #[error("initramfs {path} ({size} bytes) does not fit in guest memory below the kernel's limit")]
+    #[error(
+        "initramfs {path} ({size} bytes) does not fit in guest memory below the kernel's limit"
+    )]
     InitrdTooLarge { path: PathBuf, size: u64 },
     #[error("kernel command line is {len} bytes; the guest accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
@@ -177,9 +183,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             )
             .map_err(load_err)?;
             Ok(LoadedKernel {
-                entry: r
-                    .kernel_load
-                    .unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
+                entry: r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
                 setup_header: r.setup_header,
             })
         }

@@ -7,7 +7,7 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
-    BOOT_STACK_TOP, GDT_ADDR, IDT_ADDR, PD_ADDR, PDPT_ADDR, PML4_ADDR, ZERO_PAGE_ADDR,
+    BOOT_STACK_TOP, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR, ZERO_PAGE_ADDR,
 };
 
 const X86_CR0_PE: u64 = 0x1;
@@ -147,7 +147,10 @@ mod tests {
     fn code_segment_is_64_bit_present_ring0() {
         let cs = segment_from_gdt(BOOT_GDT[2], 2);
         assert_eq!(cs.selector, 0x10);
-        assert_eq!((cs.l, cs.present, cs.dpl, cs.s, cs.type_), (1, 1, 0, 1, 0xb));
+        assert_eq!(
+            (cs.l, cs.present, cs.dpl, cs.s, cs.type_),
+            (1, 1, 0, 1, 0xb)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let null = segment_from_gdt(BOOT_GDT[0], 0);
         assert_eq!(null.unusable, 1);

@@ -87,7 +87,13 @@ pub fn vcpu_cpuid(
     for e in cpuid.as_slice() {
         tracing::trace!(
             "cpuid {:#x}.{}: eax={:#x} ebx={:#x} ecx={:#x} edx={:#x} flags={}",
-            e.function, e.index, e.eax, e.ebx, e.ecx, e.edx, e.flags
+            e.function,
+            e.index,
+            e.eax,
+            e.ebx,
+            e.ecx,
+            e.edx,
+            e.flags
         );
     }
     Ok(cpuid)
@@ -212,7 +218,12 @@ mod tests {
 
     #[test]
     fn pvm_hides_xsave_and_friends() {
-        let mut e = [entry(1, 0), entry(7, 0), entry(0xd, 1), entry(0x8000_0001, 0)];
+        let mut e = [
+            entry(1, 0),
+            entry(7, 0),
+            entry(0xd, 1),
+            entry(0x8000_0001, 0),
+        ];
         adjust_entries(&mut e, 0, 1, HostQuirks { pvm: true });
         assert_eq!(e[0].ecx & PVM_LEAF1_ECX, 0);
         assert_eq!(e[1].ebx & PVM_LEAF7_EBX, 0);

@@ -34,7 +34,11 @@ impl MmioBus {
         dev: Arc<Mutex<dyn MmioDevice>>,
     ) -> Result<(), MmioOverlap> {
         let end = base.checked_add(len).ok_or(MmioOverlap { base, len })?;
-        if self.ranges.iter().any(|r| base < r.base + r.len && r.base < end) {
+        if self
+            .ranges
+            .iter()
+            .any(|r| base < r.base + r.len && r.base < end)
+        {
             return Err(MmioOverlap { base, len });
         }
         self.ranges.push(Range { base, len, dev });

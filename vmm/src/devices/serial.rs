@@ -117,7 +117,8 @@ mod tests {
         let mut c = ConsoleOut::new(Box::new(Sink(buf.clone())), exit.clone());
         c.write_all(b"[ 1.0] KKernel pan").unwrap();
         assert!(!exit.panicked());
-        c.write_all(b"ic - not syncing: Attempted to kill init!\n").unwrap();
+        c.write_all(b"ic - not syncing: Attempted to kill init!\n")
+            .unwrap();
         assert!(exit.panicked());
         assert!(buf.lock().unwrap().ends_with(b"init!\n"));
     }

@@ -25,7 +25,10 @@ pub fn kvm_available(test: &str) -> bool {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn scratch_dir() -> PathBuf {
@@ -133,9 +136,11 @@ pub fn run_vmm(args: &[&str]) -> Output {
 
 /// The value after `prefix` on the first console line that has it.
 pub fn console_value(out: &Output, prefix: &str) -> Option<String> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.trim_end_matches('\r').split_once(prefix).map(|(_, v)| v.trim().to_owned()))
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.trim_end_matches('\r')
+            .split_once(prefix)
+            .map(|(_, v)| v.trim().to_owned())
+    })
 }
 
 pub fn describe(out: &Output) -> String {
@@ -153,3 +158,57 @@ pub fn mem_total_kib(line: &str) -> u64 {
         .find_map(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("no number in {line:?}"))
 }
+
+/// Compiles a C program from tests/guest/ into a static binary (once per name).
+pub fn guest_program(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/guest/{name}.c"));
+    let out = scratch_dir().join(format!("{name}-{}", std::process::id()));
+    if !out.exists() {
+        let st = Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run cc (install build-essential)");
+        assert!(st.success(), "cc failed on {}", src.display());
+    }
+    out
+}
+
+/// Like [`busybox_initramfs`], with extra host files at guest paths.
+pub fn busybox_initramfs_with(
+    name: &str,
+    applets: &[&str],
+    script: &str,
+    files: &[(&Path, &str)],
+) -> PathBuf {
+    let path = scratch_dir().join(format!("{name}-{}.cpio", std::process::id()));
+    let mut w = CpioWriter::new(std::fs::File::create(&path).unwrap());
+    write_skeleton(&mut w).unwrap();
+    w.host_file("bin/busybox", Path::new("/bin/busybox")).unwrap();
+    for a in applets {
+        w.symlink(&format!("bin/{a}"), "busybox").unwrap();
+    }
+    for (host, guest) in files {
+        w.host_file(guest, host).unwrap();
+    }
+    w.file("init", 0o755, script.as_bytes()).unwrap();
+    w.finish().unwrap();
+    path
+}
+
+/// The byte at offset `i` of the vsock test stream (same as tests/guest/vsock-test.c).
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(7).wrapping_add(i >> 11)) as u8
+}
+
+/// 64-bit FNV-1a, continued from `h`.
+pub fn fnv(mut h: u64, data: &[u8]) -> u64 {
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf29ce484222325;

@@ -130,6 +130,11 @@ impl MmioTransport {
                 self.mark_broken(&format!("queue {i} is not valid"));
                 return;
             }
+            tracing::debug!(
+                device = self.device.device_type(),
+                features = format_args!("{:#x}", self.acked_features),
+                "virtio device activated"
+            );
             if let Err(e) = self.device.activate(self.acked_features) {
                 self.status = value;
                 self.mark_broken(&e.0);
@@ -150,6 +155,22 @@ impl MmioTransport {
         if let Err(e) = self
             .device
             .process_queue(index, &mut self.queues, &self.mem, &self.irq)
+        {
+            self.mark_broken(&e.0);
+        }
+    }
+
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
+    /// The device's backend fd is ready.
+    pub fn process_backend(&mut self) {
+        let active =
+            self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_DEVICE_NEEDS_RESET == 0;
+        if let Err(e) = self
+            .device
+            .process_backend(&mut self.queues, &self.mem, &self.irq, active)
         {
             self.mark_broken(&e.0);
         }
@@ -254,13 +275,22 @@ impl MmioDevice for MmioTransport {
 pub struct MmioSubscriber {
     transport: Arc<Mutex<MmioTransport>>,
     queue_evts: Vec<EventFd>,
+    backend_fd: Option<std::os::fd::RawFd>,
 }
+
+/// Event data that marks the device's backend fd.
+const BACKEND_EVENT: u32 = u32::MAX;
 
 impl MmioSubscriber {
     pub fn new(transport: Arc<Mutex<MmioTransport>>, queue_evts: Vec<EventFd>) -> Self {
+        let backend_fd = transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .backend_fd();
         Self {
             transport,
             queue_evts,
+            backend_fd,
         }
     }
 }
@@ -272,9 +302,21 @@ impl MutEventSubscriber for MmioSubscriber {
                 tracing::error!("cannot watch virtio queue {i}: {e:?}");
             }
         }
+        if let Some(fd) = self.backend_fd {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND_EVENT, EventSet::IN)) {
+                tracing::error!("cannot watch a virtio backend: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == BACKEND_EVENT {
+            self.transport
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .process_backend();
+            return;
+        }
         let i = events.data() as usize;
         let Some(evt) = self.queue_evts.get(i) else {
             return;

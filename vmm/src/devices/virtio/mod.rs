@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -96,6 +97,21 @@ pub trait VirtioDevice: Send {
         mem: &GuestMemoryMmap,
         irq: &Interrupt,
     ) -> Result<(), DeviceBroken>;
+    /// A host-side fd (epoll) whose readiness means the device has backend work.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The backend fd is ready. `active` is false before DRIVER_OK or after a failure:
+    /// the device may take host events but must not touch the queues.
+    fn process_backend(
+        &mut self,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+        _irq: &Interrupt,
+        _active: bool,
+    ) -> Result<(), DeviceBroken> {
+        Ok(())
+    }
     /// The driver reset the device: forget everything negotiated.
     fn reset(&mut self);
 }

@@ -166,9 +166,7 @@ impl VirtioDevice for Block {
         loop {
             queue.disable_notification(mem).map_err(broken)?;
             // An available index that ran more than a queue's length ahead is a lie.
-            let avail = queue
-                .avail_idx(mem, Ordering::Acquire)
-                .map_err(broken)?;
+            let avail = queue.avail_idx(mem, Ordering::Acquire).map_err(broken)?;
             if (avail - std::num::Wrapping(queue.next_avail())).0 > queue.size() {
                 return Err(DeviceBroken(format!(
                     "virtio-blk available index {} is more than {} ahead",
@@ -221,7 +219,10 @@ mod tests {
         assert_eq!((d.path.to_str().unwrap(), d.read_only), ("/a/b.img", true));
         let d: BlockConfig = "/a/b.img".parse().unwrap();
         assert!(!d.read_only);
-        assert!("/a,rx".parse::<BlockConfig>().unwrap_err().contains("unknown option"));
+        assert!("/a,rx"
+            .parse::<BlockConfig>()
+            .unwrap_err()
+            .contains("unknown option"));
         assert!(",ro".parse::<BlockConfig>().is_err());
     }
 }

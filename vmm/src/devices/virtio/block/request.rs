@@ -72,7 +72,15 @@ where
     };
     let outcome = match reader.read_obj::<RequestHeader>() {
         Err(_) => status_only(VIRTIO_BLK_S_IOERR, 0),
-        Ok(hdr) => run(&hdr, &mut reader, &mut writer, disk, capacity_sectors, read_only, device_id),
+        Ok(hdr) => run(
+            &hdr,
+            &mut reader,
+            &mut writer,
+            disk,
+            capacity_sectors,
+            read_only,
+            device_id,
+        ),
     };
     if let RequestOutcome::Done { status, .. } = outcome {
         if status_writer.write_all(&[status]).is_err() {
@@ -148,7 +156,12 @@ fn run(
 
 /// Copies `len` bytes at `offset` of the file into the guest; on failure, how many bytes
 /// reached the guest.
-fn copy_file_to_guest(disk: &File, offset: u64, len: usize, w: &mut Writer<'_>) -> Result<(), usize> {
+fn copy_file_to_guest(
+    disk: &File,
+    offset: u64,
+    len: usize,
+    w: &mut Writer<'_>,
+) -> Result<(), usize> {
     let mut buf = vec![0u8; CHUNK.min(len)];
     let mut done = 0usize;
     while done < len {
