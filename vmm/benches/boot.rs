@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use vmm::initramfs::{write_skeleton, CpioWriter};
 
+mod common;
+use common::{kernel, qemu_available, qemu_microvm};
+
 const MARKER: &str = "SKIFF-TEST-INIT: hello";
 const MEM_MIB: u64 = 128;
 const DEADLINE: Duration = Duration::from_secs(600);
@@ -21,32 +24,6 @@ struct Sample {
     to_init: Duration,
     to_exit: Duration,
     overhead_kib: u64,
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn kernel() -> PathBuf {
-    if let Ok(k) = std::env::var("SKIFF_KERNEL") {
-        return k.into();
-    }
-    let out = Command::new("bash")
-        .arg(repo_root().join("kernel-config/build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run kernel-config/build.sh");
-    assert!(out.status.success(), "kernel build failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .into()
 }
 
 fn initramfs(dir: &Path) -> PathBuf {
@@ -218,14 +195,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = kernel();
     let initrd = initramfs(&dir);
-    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
-    let quirks = vmm::host::HostQuirks::detect(&kvm);
-    let mut cfg = vmm::VmConfig::new(kernel.clone());
-    cfg.cmdline = Some("quiet".into());
-    let cmdline = cfg.kernel_cmdline(&quirks.kernel_params());
-    let qemu = ["qemu-system-x86_64"]
-        .into_iter()
-        .find(|q| Command::new(q).arg("--version").output().is_ok());
+    let qemu = qemu_available();
 
     println!("boot benchmark: {n} boots each, 1 vCPU, {MEM_MIB} MiB, same kernel + initramfs");
     println!("host: {}", host_facts());
@@ -246,31 +216,8 @@ fn main() {
             Ok(s) => ours.push(s),
             Err(e) => eprintln!("skiff-vmm round {round}: {e}"),
         }
-        if let Some(q) = qemu {
-            let mut c = Command::new(q);
-            // microvm has no i8042 of its own; with one, the guest's reset (reboot=k)
-            // ends QEMU (-no-reboot), as it ends skiff-vmm.
-            c.args([
-                "-M",
-                "microvm,acpi=off,x-option-roms=off,rtc=off",
-                "-device",
-                "i8042",
-            ])
-            // PVM refuses MSR_IA32_ARCH_CAPABILITIES, which `-cpu host` sets.
-            .args([
-                "-enable-kvm",
-                "-cpu",
-                "host,arch-capabilities=off",
-                "-smp",
-                "1",
-            ])
-            .args(["-m", &MEM_MIB.to_string()])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .args(["-serial", "stdio", "-kernel"])
-            .arg(&kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", &cmdline]);
+        if qemu {
+            let c = qemu_microvm(&kernel, &initrd, MEM_MIB);
             match boot_once(c) {
                 Ok(s) => theirs.push(s),
                 Err(e) => eprintln!("qemu round {round}: {e}"),
@@ -323,7 +270,7 @@ fn main() {
         "KiB",
     );
     println!("(ratio = qemu / skiff-vmm; above 1 means skiff-vmm is faster or smaller)");
-    if qemu.is_none() {
+    if !qemu {
         println!(
             "qemu-system-x86_64 not found: install Debian's qemu-system-x86 for the comparison"
         );

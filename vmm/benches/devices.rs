@@ -5,30 +5,24 @@
 //!   cargo bench --bench devices -- [--disk-mib N] [--vsock-mib N]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmm::initramfs::{write_skeleton, CpioWriter};
 
-fn kernel() -> PathBuf {
-    if let Ok(k) = std::env::var("SKIFF_KERNEL") {
-        return k.into();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = Command::new("bash")
-        .arg(root.join("kernel-config/build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run kernel-config/build.sh");
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().into()
-}
+mod common;
+use common::{kernel, qemu_microvm};
 
 fn guest_tool(dir: &Path) -> PathBuf {
     let out = dir.join("vsock-test");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock-test.c");
-    let ok = Command::new("cc").args(["-static", "-O2", "-o"]).arg(&out).arg(src).status();
+    let ok = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(src)
+        .status();
     assert!(ok.map(|s| s.success()).unwrap_or(false), "cc failed");
     out
 }
@@ -37,7 +31,8 @@ fn initramfs(dir: &Path, name: &str, script: &str, tool: &Path) -> PathBuf {
     let path = dir.join(format!("{name}.cpio"));
     let mut w = CpioWriter::new(std::fs::File::create(&path).unwrap());
     write_skeleton(&mut w).unwrap();
-    w.host_file("bin/busybox", Path::new("/bin/busybox")).unwrap();
+    w.host_file("bin/busybox", Path::new("/bin/busybox"))
+        .unwrap();
     for a in ["sh", "mount", "reboot"] {
         w.symlink(&format!("bin/{a}"), "busybox").unwrap();
     }
@@ -93,11 +88,10 @@ fn main() {
     drop(f);
 
     println!("device benchmark: {disk_mib} MiB disk read, {vsock_mib} MiB vsock each way");
-    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
-    let quirks = vmm::host::HostQuirks::detect(&kvm);
 
     // Block: skiff-vmm.
-    let script = "#!/bin/sh\nmount -t proc proc /proc\n/bin/vsock-test read /dev/vda x\nreboot -f\n";
+    let script =
+        "#!/bin/sh\nmount -t proc proc /proc\n/bin/vsock-test read /dev/vda x\nreboot -f\n";
     let rd = initramfs(&dir, "blk", script, &tool);
     let mut c = Command::new(env!("CARGO_BIN_EXE_skiff-vmm"));
     c.arg("--kernel").arg(&kernel).arg("--initrd").arg(&rd);
@@ -107,21 +101,10 @@ fn main() {
     let ours_mbps = ours.iter().find_map(|l| field(l, "mbps"));
 
     // Block: QEMU microvm, same file, same guest program.
-    let mut cfg = vmm::VmConfig::new(kernel.clone());
-    cfg.cmdline = Some("quiet".into());
-    let cmdline = cfg.kernel_cmdline(&quirks.kernel_params());
-    let mut q = Command::new("qemu-system-x86_64");
-    q.args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-device", "i8042"])
-        .args(["-enable-kvm", "-cpu", "host,arch-capabilities=off", "-smp", "1", "-m", "512"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
-        .arg("-drive")
+    let mut q = qemu_microvm(&kernel, &rd, 512);
+    q.arg("-drive")
         .arg(format!("id=d0,file={},format=raw,if=none,readonly=on", disk.display()))
-        .args(["-device", "virtio-blk-device,drive=d0"])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&rd)
-        .args(["-append", &cmdline]);
+        .args(["-device", "virtio-blk-device,drive=d0"]);
     let theirs = run(q);
     let theirs_mbps = theirs.iter().find_map(|l| field(l, "mbps"));
 

@@ -54,7 +54,10 @@ fn listen(base: &Path, port: u32) -> UnixListener {
 /// Dials the VM through the hybrid socket until the guest listens (RST, then retry).
 fn connect_to_guest(base: &Path, port: u32, deadline: Instant) -> UnixStream {
     loop {
-        assert!(Instant::now() < deadline, "guest never accepted on vsock port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "guest never accepted on vsock port {port}"
+        );
         if let Ok(mut s) = UnixStream::connect(base) {
             s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
             let mut line = Vec::new();
@@ -149,8 +152,20 @@ fn sixty_four_mib_each_way_both_directions_and_fifty_connections() {
     for r in &results {
         assert!(r.contains(&want), "guest saw {r}, want {want}\n{d}");
     }
-    assert_eq!(dial.join().unwrap(), (BYTES, expected), "guest-initiated, host side");
-    assert_eq!(host_dial.join().unwrap(), (BYTES, expected), "host-initiated, host side");
+    assert_eq!(
+        dial.join().unwrap(),
+        (BYTES, expected),
+        "guest-initiated, host side"
+    );
+    assert_eq!(
+        host_dial.join().unwrap(),
+        (BYTES, expected),
+        "host-initiated, host side"
+    );
     assert_eq!(many.join().unwrap(), 50);
-    assert_eq!(console_value(&out, "VSOCK-TEST: many=").as_deref(), Some("50 ok=50"), "{d}");
+    assert_eq!(
+        console_value(&out, "VSOCK-TEST: many=").as_deref(),
+        Some("50 ok=50"),
+        "{d}"
+    );
 }

@@ -124,12 +124,10 @@ pub fn adjust_entries(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8, quirk
                     e.ecx &= !PVM_LEAF1_ECX;
                 }
             }
-            LEAF_CACHE_PARAMS => {
-                if e.eax & 0x1f != 0 {
-                    let level = (e.eax >> 5) & 0x7;
-                    let sharing = if level >= 3 { n - 1 } else { 0 };
-                    e.eax = (e.eax & 0x3fff) | ((n - 1) << 26) | (sharing << 14);
-                }
+            LEAF_CACHE_PARAMS if e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { n - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | ((n - 1) << 26) | (sharing << 14);
             }
             LEAF_EXT_FEATURES if quirks.pvm => match e.index {
                 0 => {

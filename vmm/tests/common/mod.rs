@@ -185,7 +185,8 @@ pub fn busybox_initramfs_with(
     let path = scratch_dir().join(format!("{name}-{}.cpio", std::process::id()));
     let mut w = CpioWriter::new(std::fs::File::create(&path).unwrap());
     write_skeleton(&mut w).unwrap();
-    w.host_file("bin/busybox", Path::new("/bin/busybox")).unwrap();
+    w.host_file("bin/busybox", Path::new("/bin/busybox"))
+        .unwrap();
     for a in applets {
         w.symlink(&format!("bin/{a}"), "busybox").unwrap();
     }

@@ -202,18 +202,12 @@ impl MmioTransport {
     fn write_reg(&mut self, offset: u64, v: u32) {
         match offset {
             0x14 => self.device_features_sel = v,
-            0x20 => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => self.acked_features = (self.acked_features & !0xffff_ffff) | v as u64,
-                        1 => {
-                            self.acked_features =
-                                (self.acked_features & 0xffff_ffff) | ((v as u64) << 32)
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            // Features are fixed once FEATURES_OK is set.
+            0x20 if self.status & STATUS_FEATURES_OK == 0 => match self.driver_features_sel {
+                0 => self.acked_features = (self.acked_features & !0xffff_ffff) | v as u64,
+                1 => self.acked_features = (self.acked_features & 0xffff_ffff) | ((v as u64) << 32),
+                _ => {}
+            },
             0x24 => self.driver_features_sel = v,
             0x30 => self.queue_sel = v,
             0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => {

@@ -105,7 +105,7 @@ fn run(
         }
         let sectors = len as u64 >> SECTOR_SHIFT;
         let end = hdr.sector.checked_add(sectors)?;
-        (end <= capacity_sectors).then(|| hdr.sector << SECTOR_SHIFT)
+        (end <= capacity_sectors).then_some(hdr.sector << SECTOR_SHIFT)
     };
     match hdr.kind {
         VIRTIO_BLK_T_IN => {
