@@ -1,0 +1,10 @@
+//! Images: references, the registry client, the blob store, layer unpacking and the
+//! read-only root filesystem images that microVMs mount.
+
+pub mod digest;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use reference::Reference;

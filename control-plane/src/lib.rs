@@ -1,0 +1,3 @@
+//! Skiff's control plane library.
+#![forbid(unsafe_code)]
+pub mod images;
