@@ -1,8 +1,13 @@
 //! Images: references, the registry client, the blob store, layer unpacking and the
 //! read-only root filesystem images that microVMs mount.
 
+pub mod auth;
+pub mod config;
 pub mod digest;
+pub mod manifest;
 pub mod reference;
+pub mod registry;
+pub mod rootfs;
 pub mod store;
 pub mod unpack;
 

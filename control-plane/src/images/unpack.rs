@@ -146,8 +146,10 @@ impl Applier<'_> {
         let path = self.root.join(&rel);
         self.touch(&rel);
         let header = entry.header().clone();
-        let mode = header.mode().map_err(UnpackError::Read)? & 0o7777;
-        let (uid, gid) = (header.uid().map_err(UnpackError::Read)?, header.gid().map_err(UnpackError::Read)?);
+        // Blank numeric fields read as 0, as Go's archive/tar (which writes most layers) does.
+        let default_mode = if kind == EntryType::Directory { 0o755 } else { 0o644 };
+        let mode = header.mode().unwrap_or(default_mode) & 0o7777;
+        let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
         let mtime = header.mtime().unwrap_or(0);
         let xattrs = xattrs(&mut entry)?;
         match kind {
