@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod manifest;
+pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;
@@ -12,4 +13,5 @@ pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use pull::{Image, ImageStore, PullError, PullEvent};
 pub use reference::Reference;
