@@ -116,11 +116,8 @@ fn multi_layer_image_with_every_whiteout_and_compression_becomes_an_erofs_image(
 fn an_index_resolves_to_linux_amd64_and_docker_schema2_pulls() -> Result<()> {
     let reg = Registry::start()?;
     let amd = reg.push_image("multi", "amd64-only", OCI_MANIFEST, &[Layer::gzip(Tar::new().file("arch", "amd64").build())], json!({}))?;
-    let arm_manifest = {
-        let arm = Layer::gzip(Tar::new().file("arch", "arm64").build());
-        let p = reg.push_image("multi", "arm64-only", OCI_MANIFEST, &[arm], json!({}))?;
-        p
-    };
+    let arm = Layer::gzip(Tar::new().file("arch", "arm64").build());
+    let arm_manifest = reg.push_image("multi", "arm64-only", OCI_MANIFEST, &[arm], json!({}))?;
     let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
         {"mediaType": OCI_MANIFEST, "digest": arm_manifest.manifest.to_string(), "size": arm_manifest.size,
          "platform": {"os": "linux", "architecture": "arm64"}},

@@ -2,6 +2,8 @@
 //! own config and storage, a small push client, layer tar builders and a throwaway CA.
 #![allow(dead_code)]
 
+pub mod token;
+
 use std::fs;
 use std::io::Write;
 use std::net::TcpListener;
@@ -66,6 +68,7 @@ pub struct Registry {
     log: PathBuf,
     pub tls: Option<Tls>,
     pub user: Option<(String, String)>,
+    issuer: Option<std::sync::Arc<token::Issuer>>,
 }
 
 fn free_port() -> Result<u16> {
@@ -79,6 +82,15 @@ impl Registry {
 
     /// Starts a registry; `tls` serves HTTPS with a fresh CA, `user` turns on htpasswd auth.
     pub fn start_with(tls: bool, user: Option<(&str, &str)>) -> Result<Registry> {
+        Self::start_full(tls, user, None)
+    }
+
+    /// Starts a registry whose auth is bearer tokens from `token` (realm and issuer).
+    pub fn start_token(realm: &str, issuer: std::sync::Arc<token::Issuer>) -> Result<Registry> {
+        Self::start_full(false, None, Some((realm.to_string(), issuer)))
+    }
+
+    fn start_full(tls: bool, user: Option<(&str, &str)>, tokens: Option<(String, std::sync::Arc<token::Issuer>)>) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
@@ -100,6 +112,14 @@ impl Registry {
             let htpasswd = dir.path().join("htpasswd");
             fs::write(&htpasswd, &out.stdout)?;
             config += &format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", htpasswd.display());
+        }
+        if let Some((realm, issuer)) = &tokens {
+            config += &format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                token::SERVICE,
+                token::ISSUER,
+                issuer.cert.display()
+            );
         }
         let config_path = dir.path().join("config.yml");
         fs::write(&config_path, config)?;
@@ -123,6 +143,7 @@ impl Registry {
             log,
             tls,
             user: user.map(|(u, p)| (u.to_string(), p.to_string())),
+            issuer: tokens.map(|(_, i)| i),
         };
         let http = reg.http()?;
         wait_until("the registry to answer /v2/", Duration::from_secs(20), || {
@@ -166,18 +187,19 @@ impl Registry {
         self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{}/data", &d.hex()[..2], d.hex()))
     }
 
-    fn req(&self, r: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
-        match &self.user {
-            Some((u, p)) => r.basic_auth(u, Some(p)),
-            None => r,
-        }
+    fn req(&self, repo: &str, r: reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::RequestBuilder> {
+        Ok(match (&self.user, &self.issuer) {
+            (Some((u, p)), _) => r.basic_auth(u, Some(p)),
+            (None, Some(issuer)) => r.bearer_auth(issuer.token("pusher", repo, &["pull", "push"])?),
+            (None, None) => r,
+        })
     }
 
     /// Uploads a blob (POST then PUT, the monolithic upload of the distribution spec).
     pub fn push_blob(&self, repo: &str, data: &[u8]) -> Result<Digest> {
         let d = Digest::of(data);
         let http = self.http()?;
-        let resp = self.req(http.post(format!("{}/v2/{repo}/blobs/uploads/", self.base))).send()?;
+        let resp = self.req(repo, http.post(format!("{}/v2/{repo}/blobs/uploads/", self.base)))?.send()?;
         if resp.status() != 202 {
             bail!("upload start: HTTP {}: {}", resp.status(), resp.text()?);
         }
@@ -185,7 +207,7 @@ impl Registry {
         let loc = if loc.starts_with('/') { format!("{}{loc}", self.base) } else { loc };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let resp = self
-            .req(http.put(format!("{loc}{sep}digest={d}")))
+            .req(repo, http.put(format!("{loc}{sep}digest={d}")))?
             .header("content-type", "application/octet-stream")
             .body(data.to_vec())
             .send()?;
@@ -200,7 +222,7 @@ impl Registry {
         let bytes = serde_json::to_vec(body)?;
         let http = self.http()?;
         let resp = self
-            .req(http.put(format!("{}/v2/{repo}/manifests/{reference}", self.base)))
+            .req(repo, http.put(format!("{}/v2/{repo}/manifests/{reference}", self.base)))?
             .header("content-type", media_type)
             .body(bytes.clone())
             .send()?;
