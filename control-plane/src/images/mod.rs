@@ -2,8 +2,10 @@
 //! read-only root filesystem images that microVMs mount.
 
 pub mod auth;
+pub mod busybox;
 pub mod config;
 pub mod digest;
+pub mod import;
 pub mod manifest;
 pub mod pull;
 pub mod reference;

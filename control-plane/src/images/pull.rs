@@ -97,6 +97,10 @@ impl ImageStore {
         &self.blobs
     }
 
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     fn ref_path(&self, r: &Reference) -> Option<PathBuf> {
         let tag = r.tag.as_deref()?;
         Some(self.state_dir.join("refs").join(&r.registry).join(&r.repository).join(tag))

@@ -367,3 +367,32 @@ pub fn erofs_nid(image: &Path, path: &str) -> Result<String> {
     let nid = text.split_whitespace().skip_while(|w| *w != "NID:").nth(1).context("no NID in dump.erofs output")?;
     Ok(nid.to_string())
 }
+
+/// Writes an OCI image layout at `dir` holding one image tagged `tag` (ref.name annotation).
+pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Layer], run: Value) -> Result<Digest> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let put = |data: &[u8]| -> Result<Digest> {
+        let d = Digest::of(data);
+        fs::write(blobs.join(d.hex()), data)?;
+        Ok(d)
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        descs.push(json!({"mediaType": l.media_type, "digest": put(&l.bytes)?.to_string(), "size": l.bytes.len()}));
+        diff_ids.push(Digest::of(&l.tar).to_string());
+    }
+    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux", "config": run,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}}))?;
+    let cd = put(&config)?;
+    let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
+        "layers": descs}))?;
+    let md = put(&manifest)?;
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    fs::write(dir.join("index.json"), serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": manifest.len(),
+         "annotations": {"org.opencontainers.image.ref.name": tag}}]}))?)?;
+    Ok(md)
+}
