@@ -93,6 +93,12 @@ impl ImageStore {
         })
     }
 
+    /// Unpacks layers for root filesystem images under `dir` (e.g. a tmpfs).
+    pub fn with_unpack_dir(mut self, dir: &Path) -> Result<Self, PullError> {
+        self.rootfs = self.rootfs.with_unpack_dir(dir)?;
+        Ok(self)
+    }
+
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
     }

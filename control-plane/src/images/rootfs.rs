@@ -87,6 +87,14 @@ impl RootfsBuilder {
         self.format.unwrap_or(if tool_present("mkfs.erofs") { RootfsFormat::Erofs } else { RootfsFormat::Ext4 })
     }
 
+    /// Unpacks layers under `dir` instead of `<state>/tmp` (a tmpfs makes builds faster:
+    /// the unpacked tree is thrown away once the image is made).
+    pub fn with_unpack_dir(mut self, dir: &Path) -> Result<Self, RootfsError> {
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        self.tmp = dir.to_path_buf();
+        Ok(self)
+    }
+
     /// Where the image of `image_id` lives in `format`.
     pub fn path(&self, image_id: &Digest, format: RootfsFormat) -> PathBuf {
         self.dir.join(format!("{}.{}", image_id.hex(), format.ext()))
@@ -120,12 +128,16 @@ impl RootfsBuilder {
             debug!(%layer, ?stats, "layer applied");
         }
         let unpacked = started.elapsed();
-        let out = work.path().join(format!("image.{}", format.ext()));
+        // Made next to its final name, so the rename is atomic whatever the unpack dir is.
+        let out = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{}-", image_id.short()))
+            .tempfile_in(&self.dir)
+            .map_err(io_at(&self.dir))?;
         match format {
-            RootfsFormat::Erofs => mkfs_erofs(&tree, &out)?,
-            RootfsFormat::Ext4 => mkfs_ext4(&tree, &out)?,
+            RootfsFormat::Erofs => mkfs_erofs(&tree, out.path())?,
+            RootfsFormat::Ext4 => mkfs_ext4(&tree, out.path())?,
         }
-        fs::rename(&out, &path).map_err(io_at(&path))?;
+        out.persist(&path).map_err(|e| RootfsError::Io { path: path.clone(), source: e.error })?;
         info!(image = %image_id, format = format.ext(), ?unpacked, total = ?started.elapsed(), "root filesystem image built");
         Ok(Rootfs { path, format, cached: false })
     }
