@@ -88,6 +88,7 @@ pub fn build_busybox_image(store: &ImageStore, busybox: &Path) -> Result<Image, 
     applets.sort();
     applets.dedup();
     let tar = layer(&binary, &applets).map_err(BusyboxError::Layer)?;
+    let _gc = super::gc::writer_lock(store.state_dir())?;
     let layer_digest = store.blobs().put_bytes(&tar).map_err(PullError::from)?;
     let config = json!({
         "architecture": "amd64", "os": "linux",

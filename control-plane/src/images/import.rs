@@ -76,6 +76,7 @@ pub fn import_oci_layout(store: &ImageStore, dir: &Path, repo: Option<&Reference
         version: String,
     }
     let layout: Layout = read_json(&dir.join("oci-layout")).map_err(not_layout)?;
+    let _gc = super::gc::writer_lock(store.state_dir())?;
     if !layout.version.starts_with("1.") {
         return Err(not_layout(format!("unsupported imageLayoutVersion {}", layout.version)));
     }
@@ -149,6 +150,7 @@ pub fn import_oci_layout(store: &ImageStore, dir: &Path, repo: Option<&Reference
 /// Docker and by `skopeo copy … docker-archive:`), named by their `RepoTags`.
 pub fn import_docker_save(store: &ImageStore, archive: &Path) -> Result<Vec<Image>, ImportError> {
     let not_archive = |why: String| ImportError::NotArchive { path: archive.to_path_buf(), why };
+    let _gc = super::gc::writer_lock(store.state_dir())?;
     let tmp_root = store.state_dir().join("tmp");
     fs::create_dir_all(&tmp_root).map_err(io_at(&tmp_root))?;
     let work = tempfile::Builder::new().prefix("import-").tempdir_in(&tmp_root).map_err(io_at(&tmp_root))?;

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod busybox;
 pub mod config;
 pub mod digest;
+pub mod gc;
 pub mod import;
 pub mod manifest;
 pub mod pull;

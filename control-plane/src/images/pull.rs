@@ -162,6 +162,13 @@ impl ImageStore {
         if r.is_local() {
             return self.lookup(r)?.ok_or_else(|| PullError::NotFound(r.to_string()));
         }
+        if r.digest.is_some() {
+            // A digest names fixed content: if it is complete here, the registry has nothing new.
+            if let Some(image) = self.lookup(r)? {
+                return Ok(image);
+            }
+        }
+        let _gc = super::gc::writer_lock(&self.state_dir)?;
         let top = client.manifest(r, &r.manifest_ref())?;
         let (manifest, fetched) = match Manifest::parse(&top.bytes, &top.content_type)? {
             Manifest::Image(m) => (m, top),
@@ -238,7 +245,13 @@ impl ImageStore {
 
     /// The read-only root filesystem image of `image`, built once and then reused.
     pub fn rootfs(&self, image: &Image) -> Result<Rootfs, PullError> {
+        let _gc = super::gc::writer_lock(&self.state_dir)?;
         Ok(self.rootfs.build(&self.blobs, image.id(), &image.layers())?)
+    }
+
+    /// The built root filesystem image of image `id`, if there is one.
+    pub fn rootfs_path(&self, id: &Digest) -> Option<PathBuf> {
+        [RootfsFormat::Erofs, RootfsFormat::Ext4].into_iter().map(|f| self.rootfs.path(id, f)).find(|p| p.is_file())
     }
 }
 

@@ -141,7 +141,7 @@ impl Applier<'_> {
             self.stats.whiteouts += 1;
             return self.whiteout(&name, parents, file_name);
         }
-        let parent = self.resolve(&name, parents, true)?.expect("created parents");
+        let parent = self.resolve(&name, parents, true)?.ok_or_else(|| bad(&name, "its folder cannot be made"))?;
         let rel = parent.join(file_name);
         let path = self.root.join(&rel);
         self.touch(&rel);
