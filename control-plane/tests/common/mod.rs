@@ -71,6 +71,14 @@ pub struct Registry {
     issuer: Option<std::sync::Arc<token::Issuer>>,
 }
 
+fn http_client(tls: Option<&Tls>) -> Result<reqwest::blocking::Client> {
+    let mut b = reqwest::blocking::Client::builder().use_rustls_tls().timeout(Duration::from_secs(30));
+    if let Some(t) = tls {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&fs::read(&t.ca)?)?);
+    }
+    Ok(b.build()?)
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -92,17 +100,12 @@ impl Registry {
 
     fn start_full(tls: bool, user: Option<(&str, &str)>, tokens: Option<(String, std::sync::Arc<token::Issuer>)>) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let addr = format!("127.0.0.1:{port}");
         let storage = dir.path().join("storage");
         fs::create_dir(&storage)?;
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            storage.display()
-        );
+        let mut extra = String::new();
         let tls = if tls { Some(make_tls(dir.path())?) } else { None };
         if let Some(t) = &tls {
-            config += &format!("  tls:\n    certificate: {}\n    key: {}\n", t.cert.display(), t.key.display());
+            extra += &format!("  tls:\n    certificate: {}\n    key: {}\n", t.cert.display(), t.key.display());
         }
         if let Some((u, p)) = user {
             let out = Command::new("htpasswd").args(["-nbB", u, p]).output().context("running htpasswd")?;
@@ -111,54 +114,75 @@ impl Registry {
             }
             let htpasswd = dir.path().join("htpasswd");
             fs::write(&htpasswd, &out.stdout)?;
-            config += &format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", htpasswd.display());
+            extra += &format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", htpasswd.display());
         }
         if let Some((realm, issuer)) = &tokens {
-            config += &format!(
+            extra += &format!(
                 "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
                 token::SERVICE,
                 token::ISSUER,
                 issuer.cert.display()
             );
         }
-        let config_path = dir.path().join("config.yml");
-        fs::write(&config_path, config)?;
-        let log = dir.path().join("registry.log");
-        let logf = fs::File::create(&log)?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            .spawn()
-            .context("starting docker-registry (install the docker-registry package)")?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let base = format!("{scheme}://{addr}");
-        let reg = Registry {
-            dir,
-            addr,
-            base,
-            child,
-            log,
-            tls,
-            user: user.map(|(u, p)| (u.to_string(), p.to_string())),
-            issuer: tokens.map(|(_, i)| i),
-        };
-        let http = reg.http()?;
-        wait_until("the registry to answer /v2/", Duration::from_secs(20), || {
-            http.get(format!("{}/v2/", reg.base)).send().ok().filter(|r| r.status() == 200 || r.status() == 401)
-        })
-        .with_context(|| format!("registry log:\n{}", reg.log_text()))?;
-        Ok(reg)
+        // The free port may be taken by someone else before the registry binds it: then the
+        // registry exits, and we try another port.
+        for attempt in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            let config = format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra}",
+                storage.display()
+            );
+            let config_path = dir.path().join("config.yml");
+            fs::write(&config_path, config)?;
+            let log = dir.path().join(format!("registry-{attempt}.log"));
+            let logf = fs::File::create(&log)?;
+            let child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone()?)
+                .stderr(logf)
+                .spawn()
+                .context("starting docker-registry (install the docker-registry package)")?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let base = format!("{scheme}://{addr}");
+            let http = http_client(tls.as_ref())?;
+            let listening = format!("listening on {addr}");
+            let mut child = child;
+            let up = wait_until("the registry to listen and answer /v2/", Duration::from_secs(20), || {
+                if child.try_wait().ok().flatten().is_some() {
+                    return Some(false);
+                }
+                let answers = fs::read_to_string(&log).unwrap_or_default().contains(&listening)
+                    && http.get(format!("{base}/v2/")).send().is_ok_and(|r| r.status() == 200 || r.status() == 401);
+                answers.then_some(true)
+            });
+            match up {
+                Ok(true) => {
+                    return Ok(Registry {
+                        dir,
+                        addr,
+                        base,
+                        child,
+                        log,
+                        tls,
+                        user: user.map(|(u, p)| (u.to_string(), p.to_string())),
+                        issuer: tokens.map(|(_, i)| i),
+                    })
+                }
+                Ok(false) => {} // exited: most likely the port was taken; try another
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e.context(format!("registry log:\n{}", fs::read_to_string(&log).unwrap_or_default())));
+                }
+            }
+        }
+        bail!("docker-registry did not start on any of 5 ports")
     }
 
     pub fn http(&self) -> Result<reqwest::blocking::Client> {
-        let mut b = reqwest::blocking::Client::builder().use_rustls_tls().timeout(Duration::from_secs(30));
-        if let Some(t) = &self.tls {
-            b = b.add_root_certificate(reqwest::Certificate::from_pem(&fs::read(&t.ca)?)?);
-        }
-        Ok(b.build()?)
+        http_client(self.tls.as_ref())
     }
 
     pub fn log_text(&self) -> String {
