@@ -223,3 +223,30 @@ fn concurrent_pulls_of_one_image_fetch_each_blob_once() -> Result<()> {
     assert_eq!(rootfs_files.count(), 1);
     Ok(())
 }
+
+#[test]
+fn an_image_pushed_by_skopeo_pulls_and_unpacks() -> Result<()> {
+    let reg = Registry::start()?;
+    let layout = tempfile::tempdir()?;
+    let layers = [
+        Layer::gzip(Tar::new().file("etc/first", "1").file("etc/old", "o").build()),
+        Layer::zstd(Tar::new().file("etc/.wh.old", "").file("etc/second", "2").build()),
+    ];
+    write_oci_layout(layout.path(), "v3", &layers, json!({"Cmd": ["true"]}))?;
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v3", layout.path().display()))
+        .arg(format!("docker://{}/by/skopeo:v3", reg.addr))
+        .output()?;
+    anyhow::ensure!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    let state = tempfile::tempdir()?;
+    let store = ImageStore::open(state.path(), None)?;
+    let image = store.pull(&client(), &reference(&reg, "by/skopeo:v3"), &|_| {})?;
+    assert_eq!(image.config.run_defaults().argv(None), ["true"]);
+    let root = tempfile::tempdir()?;
+    extract_erofs(&store.rootfs(&image)?.path, &root.path().join("r"))?;
+    assert_eq!(fs::read_to_string(root.path().join("r/etc/second"))?, "2");
+    assert_eq!(fs::read_to_string(root.path().join("r/etc/first"))?, "1");
+    assert!(!root.path().join("r/etc/old").exists());
+    Ok(())
+}
