@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use tracing::info;
+use std::time::Duration;
+
+use tracing::{info, warn};
 
 use super::config::{ConfigError, ImageConfig};
 use super::digest::Digest;
@@ -23,6 +25,13 @@ use super::store::{BlobStore, Ensured, StoreError};
 
 /// Layers fetched at once, as Docker's default `max-concurrent-downloads` is 3.
 const PARALLEL_LAYERS: usize = 3;
+/// Tries per layer when the connection fails (Docker's default `max-download-attempts` is 5).
+const FETCH_ATTEMPTS: u32 = 5;
+
+/// A broken connection is worth another try; a wrong answer is not.
+fn transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    matches!(e.downcast_ref::<RegistryError>(), Some(RegistryError::Transfer { .. } | RegistryError::Unreachable { .. }))
+}
 
 /// A pull or lookup failure.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +61,7 @@ pub enum PullEvent {
     LayerCached { digest: Digest, size: u64 },
     LayerProgress { digest: Digest, done: u64, total: u64 },
     LayerDone { digest: Digest, size: u64 },
+    LayerRetry { digest: Digest, attempt: u32, error: String },
 }
 
 /// A stored image: its manifest, config and where it came from.
@@ -184,7 +194,7 @@ impl ImageStore {
         };
         progress(PullEvent::Resolved { manifest: fetched.digest.clone(), layers: manifest.layers.len() });
         let cfg = &manifest.config;
-        self.blobs.ensure(&cfg.digest, Some(cfg.size), |w| client.blob(r, &cfg.digest, w).map(drop))?;
+        self.ensure_blob(client, r, &cfg.digest, cfg.size, &|_| {})?;
         let config = ImageConfig::parse(&self.blobs.read(&cfg.digest)?, manifest.layers.len())?;
         self.fetch_layers(client, r, &manifest.layers, progress)?;
         // The manifest goes in last: a stored manifest means a complete image.
@@ -232,15 +242,40 @@ impl ImageStore {
         progress: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<(), PullError> {
         let (digest, total) = (&layer.digest, layer.size);
-        let got = self.blobs.ensure(digest, Some(total), |w| {
-            let mut counting = Counting { inner: w, done: 0, reported: 0, total, digest, progress };
-            client.blob(r, digest, &mut counting).map(drop)
-        })?;
+        let got = self.ensure_blob(client, r, digest, total, progress)?;
         progress(match got {
             Ensured::Present => PullEvent::LayerCached { digest: digest.clone(), size: total },
             Ensured::Written => PullEvent::LayerDone { digest: digest.clone(), size: total },
         });
         Ok(())
+    }
+
+    /// Fetches a blob into the store unless it is there, retrying broken connections.
+    fn ensure_blob(
+        &self,
+        client: &RegistryClient,
+        r: &Reference,
+        digest: &Digest,
+        total: u64,
+        progress: &(dyn Fn(PullEvent) + Sync),
+    ) -> Result<Ensured, PullError> {
+        let mut attempt = 1;
+        loop {
+            let result = self.blobs.ensure(digest, Some(total), |w| {
+                let mut counting = Counting { inner: w, done: 0, reported: 0, total, digest, progress };
+                client.blob(r, digest, &mut counting).map(drop)
+            });
+            match result {
+                Err(StoreError::Fetch { source, .. }) if attempt < FETCH_ATTEMPTS && transient(&*source) => {
+                    warn!(%digest, attempt, error = %source, "download failed; retrying");
+                    progress(PullEvent::LayerRetry { digest: digest.clone(), attempt, error: source.to_string() });
+                    // A short, growing pause, as `docker pull` does between attempts.
+                    std::thread::sleep(Duration::from_millis(250 * attempt as u64));
+                    attempt += 1;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// The read-only root filesystem image of `image`, built once and then reused.

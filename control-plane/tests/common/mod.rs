@@ -2,6 +2,7 @@
 //! own config and storage, a small push client, layer tar builders and a throwaway CA.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod token;
 
 use std::fs;
