@@ -26,7 +26,9 @@ fn add_tree(b: &mut tar::Builder<Vec<u8>>, dir: &Path, budget: &mut u64) -> Resu
             return Ok(());
         }
         let path = e.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
         let name = path.strip_prefix("/")?;
         if meta.is_dir() {
             b.append_dir(name, &path)?;
@@ -56,8 +58,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
-    let total_mb: u64 = std::env::var("SKIFF_BENCH_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let total_mb: u64 = std::env::var("SKIFF_BENCH_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     let t = Instant::now();
     let layers = vec![
         layer(&["/usr/lib/x86_64-linux-gnu"], total_mb / 2)?,
@@ -67,17 +75,34 @@ fn main() -> Result<()> {
     let raw: usize = layers.iter().map(|l| l.tar.len()).sum();
     let packed: usize = layers.iter().map(|l| l.bytes.len()).sum();
     let reg = Registry::start()?;
-    let pushed = reg.push_image("bench/usr", "v1", OCI_MANIFEST, &layers, serde_json::json!({"Cmd": ["sh"]}))?;
+    let pushed = reg.push_image(
+        "bench/usr",
+        "v1",
+        OCI_MANIFEST,
+        &layers,
+        serde_json::json!({"Cmd": ["sh"]}),
+    )?;
     drop(layers);
     println!(
         "image: {} layers, {:.1} MB of tar, {:.1} MB gzip, digest {} (set up in {:.1?})",
-        pushed.layers.len(), raw as f64 / 1e6, packed as f64 / 1e6, pushed.manifest, t.elapsed()
+        pushed.layers.len(),
+        raw as f64 / 1e6,
+        packed as f64 / 1e6,
+        pushed.manifest,
+        t.elapsed()
     );
     let r: Reference = format!("{}/bench/usr:v1", reg.addr).parse()?;
 
     // SKIFF_BENCH_UNPACK_DIR=/dev/shm/x unpacks on a tmpfs instead of the state dir's disk.
-    let unpack_dir = std::env::var_os("SKIFF_BENCH_UNPACK_DIR").filter(|s| !s.is_empty()).map(std::path::PathBuf::from);
-    println!("unpack dir: {}", unpack_dir.as_ref().map_or("<state>/tmp".into(), |p| p.display().to_string()));
+    let unpack_dir = std::env::var_os("SKIFF_BENCH_UNPACK_DIR")
+        .filter(|s| !s.is_empty())
+        .map(std::path::PathBuf::from);
+    println!(
+        "unpack dir: {}",
+        unpack_dir
+            .as_ref()
+            .map_or("<state>/tmp".into(), |p| p.display().to_string())
+    );
     let mut cold = Vec::new();
     let mut cold_pull = Vec::new();
     let keep = tempfile::tempdir()?;
@@ -96,7 +121,11 @@ fn main() -> Result<()> {
         assert!(!rootfs.cached);
         cold.push(t.elapsed());
         cold_pull.push(pulled);
-        println!("cold run {i}: pull {pulled:.2?}, pull + convert {:.2?} ({} bytes of EROFS)", t.elapsed(), fs::metadata(&rootfs.path)?.len());
+        println!(
+            "cold run {i}: pull {pulled:.2?}, pull + convert {:.2?} ({} bytes of EROFS)",
+            t.elapsed(),
+            fs::metadata(&rootfs.path)?.len()
+        );
     }
     let mut warm = Vec::new();
     let client = RegistryClient::new(RegistryOptions::default())?;
@@ -108,7 +137,22 @@ fn main() -> Result<()> {
         warm.push(t.elapsed());
     }
     let (c, w) = (median(cold), median(warm));
-    println!("cold pull + convert: median {c:.2?} (pull alone {:.2?}); target <= 2 s: {}", median(cold_pull), if c <= Duration::from_secs(2) { "met" } else { "MISSED" });
-    println!("warm pull + convert: median {w:.2?}; target <= 20 ms: {}", if w <= Duration::from_millis(20) { "met" } else { "MISSED" });
+    println!(
+        "cold pull + convert: median {c:.2?} (pull alone {:.2?}); target <= 2 s: {}",
+        median(cold_pull),
+        if c <= Duration::from_secs(2) {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "warm pull + convert: median {w:.2?}; target <= 20 ms: {}",
+        if w <= Duration::from_millis(20) {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
     Ok(())
 }

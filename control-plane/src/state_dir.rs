@@ -17,7 +17,11 @@ fn running_as_root() -> bool {
     }) == 0
 }
 
-fn resolve_from(flag: Option<&Path>, env: impl Fn(&str) -> Option<std::ffi::OsString>, root: bool) -> PathBuf {
+fn resolve_from(
+    flag: Option<&Path>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    root: bool,
+) -> PathBuf {
     let non_empty = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(f) = flag {
         return f.to_path_buf();
@@ -43,17 +47,44 @@ mod tests {
     use std::ffi::OsString;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| OsString::from(v))
+        }
     }
 
     #[test]
     fn flag_beats_environment_beats_defaults() {
-        let all = [("SKIFF_STATE_DIR", "/srv/skiff"), ("XDG_STATE_HOME", "/x"), ("HOME", "/home/u")];
-        assert_eq!(resolve_from(Some(Path::new("/flag")), env(&all), false), Path::new("/flag"));
-        assert_eq!(resolve_from(None, env(&all), false), Path::new("/srv/skiff"));
-        assert_eq!(resolve_from(None, env(&all[1..]), true), Path::new("/var/lib/skiff"));
-        assert_eq!(resolve_from(None, env(&all[1..]), false), Path::new("/x/skiff"));
-        assert_eq!(resolve_from(None, env(&all[2..]), false), Path::new("/home/u/.local/state/skiff"));
-        assert_eq!(resolve_from(None, env(&[("SKIFF_STATE_DIR", "")]), true), Path::new("/var/lib/skiff"));
+        let all = [
+            ("SKIFF_STATE_DIR", "/srv/skiff"),
+            ("XDG_STATE_HOME", "/x"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            resolve_from(Some(Path::new("/flag")), env(&all), false),
+            Path::new("/flag")
+        );
+        assert_eq!(
+            resolve_from(None, env(&all), false),
+            Path::new("/srv/skiff")
+        );
+        assert_eq!(
+            resolve_from(None, env(&all[1..]), true),
+            Path::new("/var/lib/skiff")
+        );
+        assert_eq!(
+            resolve_from(None, env(&all[1..]), false),
+            Path::new("/x/skiff")
+        );
+        assert_eq!(
+            resolve_from(None, env(&all[2..]), false),
+            Path::new("/home/u/.local/state/skiff")
+        );
+        assert_eq!(
+            resolve_from(None, env(&[("SKIFF_STATE_DIR", "")]), true),
+            Path::new("/var/lib/skiff")
+        );
     }
 }

@@ -6,10 +6,10 @@ use std::fs;
 
 use anyhow::Result;
 use common::*;
+use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::rootfs::RootfsError;
 use control_plane::images::store::StoreError;
 use control_plane::images::unpack::UnpackError;
-use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::{ImageStore, PullError, Reference};
 use serde_json::json;
 
@@ -46,19 +46,37 @@ fn a_corrupted_or_truncated_blob_is_rejected_and_nothing_of_it_is_cached() -> Re
     let store = ImageStore::open(state.path(), None)?;
     let r: Reference = format!("{}/broken:v1", reg.addr).parse()?;
     let err = store.pull(&client(), &r, &|_| {}).unwrap_err();
-    assert!(matches!(err, PullError::Store(StoreError::DigestMismatch { .. })), "{err:?}");
-    assert!(err.to_string().starts_with(&format!("digest mismatch for blob {target}")), "{err}");
+    assert!(
+        matches!(err, PullError::Store(StoreError::DigestMismatch { .. })),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("digest mismatch for blob {target}")),
+        "{err}"
+    );
     assert!(!store.blobs().contains(target));
-    assert!(!store.blobs().contains(&pushed.manifest), "no manifest for an incomplete image");
+    assert!(
+        !store.blobs().contains(&pushed.manifest),
+        "no manifest for an incomplete image"
+    );
     assert!(store.lookup(&r)?.is_none());
-    assert!(blob_files(state.path()).iter().all(|n| !n.starts_with(".tmp")), "{:?}", blob_files(state.path()));
+    assert!(
+        blob_files(state.path())
+            .iter()
+            .all(|n| !n.starts_with(".tmp")),
+        "{:?}",
+        blob_files(state.path())
+    );
 
     data.truncate(mid);
     fs::write(&file, &data)?;
     let err = store.pull(&client(), &r, &|_| {}).unwrap_err();
     assert!(matches!(err, PullError::Store(_)), "{err:?}");
     assert!(!store.blobs().contains(target));
-    assert!(blob_files(state.path()).iter().all(|n| !n.starts_with(".tmp")));
+    assert!(blob_files(state.path())
+        .iter()
+        .all(|n| !n.starts_with(".tmp")));
     Ok(())
 }
 
@@ -66,8 +84,20 @@ fn a_corrupted_or_truncated_blob_is_rejected_and_nothing_of_it_is_cached() -> Re
 fn layers_that_escape_the_root_are_rejected_and_build_nothing() -> Result<()> {
     let reg = Registry::start()?;
     let cases = [
-        ("dotdot", Tar::new().file("etc/ok", "ok").file("../../escaped", "x").build()),
-        ("symlink", Tar::new().symlink("up", "../../..").file("up/tmp/escaped", "x").build()),
+        (
+            "dotdot",
+            Tar::new()
+                .file("etc/ok", "ok")
+                .file("../../escaped", "x")
+                .build(),
+        ),
+        (
+            "symlink",
+            Tar::new()
+                .symlink("up", "../../..")
+                .file("up/tmp/escaped", "x")
+                .build(),
+        ),
         ("absolute", Tar::new().file("/tmp/escaped", "x").build()),
     ];
     let state = tempfile::tempdir()?;
@@ -78,14 +108,26 @@ fn layers_that_escape_the_root_are_rejected_and_build_nothing() -> Result<()> {
         let image = store.pull(&client(), &r, &|_| {})?;
         let err = store.rootfs(&image).unwrap_err();
         assert!(
-            matches!(err, PullError::Rootfs(RootfsError::Unpack { source: UnpackError::Escape { .. }, .. })),
+            matches!(
+                err,
+                PullError::Rootfs(RootfsError::Unpack {
+                    source: UnpackError::Escape { .. },
+                    ..
+                })
+            ),
             "{tag}: {err:?}"
         );
         assert!(err.to_string().contains("escapes the root"), "{tag}: {err}");
     }
-    assert_eq!(fs::read_dir(state.path().join("rootfs"))?.filter(|e| {
-        e.as_ref().is_ok_and(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
-    }).count(), 0);
+    assert_eq!(
+        fs::read_dir(state.path().join("rootfs"))?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
+            })
+            .count(),
+        0
+    );
     assert_eq!(fs::read_dir(state.path().join("tmp"))?.count(), 0);
     assert!(!state.path().join("escaped").exists() && !state.path().join("tmp/escaped").exists());
     Ok(())

@@ -18,9 +18,18 @@ use serde_json::json;
 fn client(reg: &Registry, password: Option<&str>) -> Result<RegistryClient> {
     let mut credentials = HashMap::new();
     if let Some(p) = password {
-        credentials.insert(reg.addr.clone(), Credentials { username: "alice".into(), password: p.into() });
+        credentials.insert(
+            reg.addr.clone(),
+            Credentials {
+                username: "alice".into(),
+                password: p.into(),
+            },
+        );
     }
-    Ok(RegistryClient::new(RegistryOptions { credentials, ..Default::default() })?)
+    Ok(RegistryClient::new(RegistryOptions {
+        credentials,
+        ..Default::default()
+    })?)
 }
 
 #[test]
@@ -29,8 +38,15 @@ fn bearer_tokens_are_fetched_with_credentials_and_reused() -> Result<()> {
     let issuer = Arc::new(Issuer::new(keys.path())?);
     let tokens = TokenServer::start(issuer.clone(), ("alice", "s3cret"))?;
     let reg = Registry::start_token(&tokens.realm, issuer)?;
-    let pushed = reg.push_image("team/secret", "v1", OCI_MANIFEST,
-        &[Layer::zstd(Tar::new().file("etc/motd", "tokens work").build())], json!({}))?;
+    let pushed = reg.push_image(
+        "team/secret",
+        "v1",
+        OCI_MANIFEST,
+        &[Layer::zstd(
+            Tar::new().file("etc/motd", "tokens work").build(),
+        )],
+        json!({}),
+    )?;
     let r: Reference = format!("{}/team/secret:v1", reg.addr).parse()?;
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
@@ -38,15 +54,31 @@ fn bearer_tokens_are_fetched_with_credentials_and_reused() -> Result<()> {
     let good = client(&reg, Some("s3cret"))?;
     let image = store.pull(&good, &r, &|_| {})?;
     assert_eq!(image.manifest_digest, pushed.manifest);
-    assert_eq!(tokens.requests.load(Ordering::SeqCst), 1, "one token for manifest, config and layer");
+    assert_eq!(
+        tokens.requests.load(Ordering::SeqCst),
+        1,
+        "one token for manifest, config and layer"
+    );
     store.pull(&good, &r, &|_| {})?;
-    assert_eq!(tokens.requests.load(Ordering::SeqCst), 1, "the token is reused");
+    assert_eq!(
+        tokens.requests.load(Ordering::SeqCst),
+        1,
+        "the token is reused"
+    );
 
     let fresh = tempfile::tempdir()?;
     let store = ImageStore::open(fresh.path(), None)?;
-    let err = store.pull(&client(&reg, Some("nope"))?, &r, &|_| {}).unwrap_err();
-    assert!(matches!(err, PullError::Registry(RegistryError::AuthFailed { .. })), "{err:?}");
+    let err = store
+        .pull(&client(&reg, Some("nope"))?, &r, &|_| {})
+        .unwrap_err();
+    assert!(
+        matches!(err, PullError::Registry(RegistryError::AuthFailed { .. })),
+        "{err:?}"
+    );
     let err = store.pull(&client(&reg, None)?, &r, &|_| {}).unwrap_err();
-    assert!(matches!(err, PullError::Registry(RegistryError::AuthRequired { .. })), "{err:?}");
+    assert!(
+        matches!(err, PullError::Registry(RegistryError::AuthRequired { .. })),
+        "{err:?}"
+    );
     Ok(())
 }

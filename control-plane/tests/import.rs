@@ -17,8 +17,18 @@ use serde_json::json;
 
 fn layers() -> Vec<Layer> {
     vec![
-        Layer::gzip(Tar::new().file("etc/base", "base").file("etc/gone", "g").build()),
-        Layer::plain(Tar::new().file("etc/.wh.gone", "").file("etc/app", "app").build()),
+        Layer::gzip(
+            Tar::new()
+                .file("etc/base", "base")
+                .file("etc/gone", "g")
+                .build(),
+        ),
+        Layer::plain(
+            Tar::new()
+                .file("etc/.wh.gone", "")
+                .file("etc/app", "app")
+                .build(),
+        ),
     ]
 }
 
@@ -47,7 +57,12 @@ fn an_oci_layout_is_imported_tagged_and_usable() -> Result<()> {
     check_tree(&store, &found)?;
     // A local name is served from the store by pull, never fetched.
     let client = RegistryClient::new(RegistryOptions::default())?;
-    assert_eq!(store.pull(&client, &"local/myapp:1.0".parse()?, &|_| {})?.manifest_digest, digest);
+    assert_eq!(
+        store
+            .pull(&client, &"local/myapp:1.0".parse()?, &|_| {})?
+            .manifest_digest,
+        digest
+    );
     Ok(())
 }
 
@@ -55,22 +70,40 @@ fn an_oci_layout_is_imported_tagged_and_usable() -> Result<()> {
 fn a_docker_save_archive_from_skopeo_is_imported_by_repo_tag() -> Result<()> {
     let work = tempfile::tempdir()?;
     let layout = work.path().join("layout");
-    write_oci_layout(&layout, "v1", &layers(), json!({"Entrypoint": ["/bin/app"]}))?;
+    write_oci_layout(
+        &layout,
+        "v1",
+        &layers(),
+        json!({"Entrypoint": ["/bin/app"]}),
+    )?;
     let archive = work.path().join("saved.tar");
     let out = Command::new("skopeo")
         .args(["copy", "--quiet"])
         .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker-archive:{}:example/app:v1", archive.display()))
+        .arg(format!(
+            "docker-archive:{}:example/app:v1",
+            archive.display()
+        ))
         .output()?;
-    ensure!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
     let images = import_docker_save(&store, &archive)?;
     assert_eq!(images.len(), 1);
-    let found = store.lookup(&"example/app:v1".parse()?)?.expect("tagged as docker.io/example/app:v1");
+    let found = store
+        .lookup(&"example/app:v1".parse()?)?
+        .expect("tagged as docker.io/example/app:v1");
     assert_eq!(found.config.run_defaults().argv(None), ["/bin/app"]);
     check_tree(&store, &found)?;
-    assert_eq!(fs::read_dir(state.path().join("tmp"))?.count(), 0, "work files removed");
+    assert_eq!(
+        fs::read_dir(state.path().join("tmp"))?.count(),
+        0,
+        "work files removed"
+    );
     Ok(())
 }
 
@@ -81,13 +114,20 @@ fn the_bundled_busybox_image_runs_its_applets() -> Result<()> {
     let image = build_busybox_image(&store, DEFAULT_BUSYBOX.as_ref())?;
     let again = build_busybox_image(&store, DEFAULT_BUSYBOX.as_ref())?;
     assert_eq!(image.manifest_digest, again.manifest_digest, "reproducible");
-    let found = store.lookup(&BUSYBOX_REF.parse()?)?.expect("tagged local/busybox:latest");
+    let found = store
+        .lookup(&BUSYBOX_REF.parse()?)?
+        .expect("tagged local/busybox:latest");
     assert_eq!(found.config.run_defaults().argv(None), ["sh"]);
     let out = tempfile::tempdir()?;
     let root = out.path().join("r");
     extract_erofs(&store.rootfs(&found)?.path, &root)?;
-    assert_eq!(fs::read_link(root.join("bin/sh"))?.to_str(), Some("busybox"));
-    let run = Command::new(root.join("bin/sh")).args(["-c", "echo hello; uname -s"]).output()?;
+    assert_eq!(
+        fs::read_link(root.join("bin/sh"))?.to_str(),
+        Some("busybox")
+    );
+    let run = Command::new(root.join("bin/sh"))
+        .args(["-c", "echo hello; uname -s"])
+        .output()?;
     assert_eq!(String::from_utf8_lossy(&run.stdout), "hello\nLinux\n");
     assert!(fs::read_to_string(root.join("etc/passwd"))?.starts_with("root:x:0:0:"));
     let err = build_busybox_image(&store, "/nonexistent/busybox".as_ref()).unwrap_err();
@@ -111,7 +151,17 @@ fn broken_layouts_and_archives_are_clear_errors() -> Result<()> {
     let path = layout.path().join("blobs/sha256").join(victim_digest.hex());
     fs::write(&path, b"tampered")?;
     let err = import_oci_layout(&store, layout.path(), None).unwrap_err();
-    assert!(matches!(err, ImportError::Store(StoreError::SizeMismatch { .. } | StoreError::TooLarge { .. } | StoreError::DigestMismatch { .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImportError::Store(
+                StoreError::SizeMismatch { .. }
+                    | StoreError::TooLarge { .. }
+                    | StoreError::DigestMismatch { .. }
+            )
+        ),
+        "{err:?}"
+    );
     assert!(!store.blobs().contains(&victim_digest));
     fs::remove_file(&path)?;
     let err = import_oci_layout(&store, layout.path(), None).unwrap_err();
@@ -120,6 +170,9 @@ fn broken_layouts_and_archives_are_clear_errors() -> Result<()> {
     let junk = layout.path().join("junk.tar");
     fs::write(&junk, vec![7u8; 4096])?;
     let err = import_docker_save(&store, &junk).unwrap_err();
-    assert!(err.to_string().contains("is not a docker save archive"), "{err}");
+    assert!(
+        err.to_string().contains("is not a docker save archive"),
+        "{err}"
+    );
     Ok(())
 }

@@ -15,13 +15,16 @@ use control_plane::images::{ImageStore, PullError, PullEvent, Reference};
 use serde_json::json;
 
 fn noisy_layer() -> Layer {
-    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(data.len() as u64);
     h.set_mode(0o644);
     h.set_cksum();
-    b.append_data(&mut h, "noise.bin", data.as_slice()).expect("tar in memory");
+    b.append_data(&mut h, "noise.bin", data.as_slice())
+        .expect("tar in memory");
     Layer::gzip(b.into_inner().expect("tar in memory"))
 }
 
@@ -42,7 +45,12 @@ fn cut_downloads_are_retried_and_endless_failures_are_reported() -> Result<()> {
     let image = store.pull(&client, &r, &|e| events.lock().unwrap().push(e))?;
     assert_eq!(image.manifest_digest, pushed.manifest);
     assert!(store.blobs().contains(&pushed.layers[0]));
-    let retries = events.lock().unwrap().iter().filter(|e| matches!(e, PullEvent::LayerRetry { .. })).count();
+    let retries = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, PullEvent::LayerRetry { .. }))
+        .count();
     assert_eq!(retries, 2, "two cut layer downloads, then a whole one");
     assert_eq!(proxy.cuts_done.load(Ordering::SeqCst), 2);
 
@@ -51,8 +59,15 @@ fn cut_downloads_are_retried_and_endless_failures_are_reported() -> Result<()> {
     let fresh = tempfile::tempdir()?;
     let store = ImageStore::open(fresh.path(), None)?;
     let err = store.pull(&client, &r, &|_| {}).unwrap_err();
-    assert!(matches!(err, PullError::Store(StoreError::Fetch { .. })), "{err:?}");
-    assert!(err.to_string().starts_with(&format!("fetching blob {}", pushed.layers[0])), "{err}");
+    assert!(
+        matches!(err, PullError::Store(StoreError::Fetch { .. })),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("fetching blob {}", pushed.layers[0])),
+        "{err}"
+    );
     assert!(!store.blobs().contains(&pushed.layers[0]));
     Ok(())
 }

@@ -21,14 +21,20 @@ impl fmt::Debug for Credentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
     Other(String),
 }
 
 /// Parses a `WWW-Authenticate` header value.
 pub fn parse_challenge(header: &str) -> Challenge {
     let header = header.trim();
-    let (scheme, rest) = header.split_once(char::is_whitespace).unwrap_or((header, ""));
+    let (scheme, rest) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
     let params = parse_params(rest);
     match scheme.to_ascii_lowercase().as_str() {
         "basic" => Challenge::Basic,
@@ -51,7 +57,12 @@ fn parse_params(s: &str) -> HashMap<String, String> {
         while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
             chars.next();
         }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().to_ascii_lowercase();
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
         if key.is_empty() {
             return out;
         }
@@ -66,7 +77,12 @@ fn parse_params(s: &str) -> HashMap<String, String> {
                 }
             }
         } else {
-            value = chars.by_ref().take_while(|c| *c != ',').collect::<String>().trim().to_string();
+            value = chars
+                .by_ref()
+                .take_while(|c| *c != ',')
+                .collect::<String>()
+                .trim()
+                .to_string();
         }
         out.insert(key, value);
     }
@@ -89,14 +105,20 @@ mod tests {
         );
         assert_eq!(parse_challenge(r#"Basic realm="skiff""#), Challenge::Basic);
         assert_eq!(parse_challenge("basic"), Challenge::Basic);
-        assert!(matches!(parse_challenge("Bearer service=x"), Challenge::Other(_)));
+        assert!(matches!(
+            parse_challenge("Bearer service=x"),
+            Challenge::Other(_)
+        ));
         assert!(matches!(parse_challenge("Negotiate"), Challenge::Other(_)));
         assert!(matches!(parse_challenge(""), Challenge::Other(_)));
     }
 
     #[test]
     fn credentials_do_not_print_the_password() {
-        let c = Credentials { username: "u".into(), password: "hunter2".into() };
+        let c = Credentials {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

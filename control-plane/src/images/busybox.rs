@@ -23,7 +23,11 @@ pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 #[derive(Debug, thiserror::Error)]
 pub enum BusyboxError {
     #[error("{path} cannot be read ({source}): install busybox-static")]
-    Missing { path: PathBuf, #[source] source: io::Error },
+    Missing {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path} --list failed: {why}")]
     List { path: PathBuf, why: String },
     #[error("building the busybox layer: {0}")]
@@ -46,9 +50,19 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 /// Builds the one-layer tar of the image.
 fn layer(binary: &[u8], applets: &[String]) -> io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
-    for (dir, mode) in [("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("home", 0o755), ("proc", 0o555),
-        ("root", 0o700), ("sys", 0o555), ("tmp", 0o1777), ("usr", 0o755), ("usr/bin", 0o755), ("var", 0o755)]
-    {
+    for (dir, mode) in [
+        ("bin", 0o755),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("home", 0o755),
+        ("proc", 0o555),
+        ("root", 0o700),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+        ("usr", 0o755),
+        ("usr/bin", 0o755),
+        ("var", 0o755),
+    ] {
         let mut h = header(tar::EntryType::Directory, mode, 0);
         b.append_data(&mut h, format!("{dir}/"), io::empty())?;
     }
@@ -59,7 +73,10 @@ fn layer(binary: &[u8], applets: &[String]) -> io::Result<Vec<u8>> {
         b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
     }
     for (name, text) in [
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
         ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
     ] {
         let mut h = header(tar::EntryType::Regular, 0o644, text.len() as u64);
@@ -71,13 +88,22 @@ fn layer(binary: &[u8], applets: &[String]) -> io::Result<Vec<u8>> {
 /// Makes `local/busybox:latest` from the busybox binary at `busybox` (normally
 /// `/bin/busybox`) and stores it. Running it again with the same binary gives the same digest.
 pub fn build_busybox_image(store: &ImageStore, busybox: &Path) -> Result<Image, BusyboxError> {
-    let binary = fs::read(busybox).map_err(|source| BusyboxError::Missing { path: busybox.into(), source })?;
+    let binary = fs::read(busybox).map_err(|source| BusyboxError::Missing {
+        path: busybox.into(),
+        source,
+    })?;
     let out = Command::new(busybox)
         .arg("--list")
         .output()
-        .map_err(|e| BusyboxError::List { path: busybox.into(), why: e.to_string() })?;
+        .map_err(|e| BusyboxError::List {
+            path: busybox.into(),
+            why: e.to_string(),
+        })?;
     if !out.status.success() {
-        return Err(BusyboxError::List { path: busybox.into(), why: out.status.to_string() });
+        return Err(BusyboxError::List {
+            path: busybox.into(),
+            why: out.status.to_string(),
+        });
     }
     let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -102,8 +128,13 @@ pub fn build_busybox_image(store: &ImageStore, busybox: &Path) -> Result<Image, 
         "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
         "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest, "size": tar.len()}]});
     let manifest = serde_json::to_vec(&manifest).map_err(|e| BusyboxError::Layer(e.into()))?;
-    let digest: Digest = store.blobs().put_bytes(&manifest).map_err(PullError::from)?;
-    let r: Reference = BUSYBOX_REF.parse().map_err(|e| BusyboxError::Layer(io::Error::other(e)))?;
+    let digest: Digest = store
+        .blobs()
+        .put_bytes(&manifest)
+        .map_err(PullError::from)?;
+    let r: Reference = BUSYBOX_REF
+        .parse()
+        .map_err(|e| BusyboxError::Layer(io::Error::other(e)))?;
     store.tag(&r, &digest)?;
     Ok(store.load(&r, &digest)?)
 }

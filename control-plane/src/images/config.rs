@@ -60,11 +60,17 @@ impl ImageConfig {
         let os_ok = c.os.is_empty() || c.os == "linux";
         let arch_ok = c.architecture.is_empty() || c.architecture == "amd64";
         if !os_ok || !arch_ok {
-            return Err(ConfigError::Platform { os: c.os, arch: c.architecture });
+            return Err(ConfigError::Platform {
+                os: c.os,
+                arch: c.architecture,
+            });
         }
         if let Some(r) = &c.rootfs {
             if !r.diff_ids.is_empty() && r.diff_ids.len() != layers {
-                return Err(ConfigError::LayerCount { diff_ids: r.diff_ids.len(), layers });
+                return Err(ConfigError::LayerCount {
+                    diff_ids: r.diff_ids.len(),
+                    layers,
+                });
             }
         }
         Ok(c)
@@ -103,20 +109,35 @@ mod tests {
     fn keeps_entrypoint_cmd_env_workdir_user() {
         let c = ImageConfig::parse(CONFIG.as_bytes(), 1).unwrap();
         let d = c.run_defaults();
-        assert_eq!(d.entrypoint.as_deref(), Some(&["/bin/tini".to_string(), "--".to_string()][..]));
+        assert_eq!(
+            d.entrypoint.as_deref(),
+            Some(&["/bin/tini".to_string(), "--".to_string()][..])
+        );
         assert_eq!(d.env.as_ref().unwrap().len(), 2);
         assert_eq!(d.working_dir.as_deref(), Some("/srv"));
         assert_eq!(d.user.as_deref(), Some("1000:1000"));
         assert_eq!(d.argv(None), ["/bin/tini", "--", "sh"]);
-        assert_eq!(d.argv(Some(&["echo".to_string()])), ["/bin/tini", "--", "echo"]);
+        assert_eq!(
+            d.argv(Some(&["echo".to_string()])),
+            ["/bin/tini", "--", "echo"]
+        );
     }
 
     #[test]
     fn rejects_other_platforms_bad_json_and_layer_count() {
         let arm = CONFIG.replace("amd64", "arm64");
-        assert!(ImageConfig::parse(arm.as_bytes(), 1).unwrap_err().to_string().contains("linux/arm64"));
-        assert!(matches!(ImageConfig::parse(b"{", 0), Err(ConfigError::Json(_))));
-        assert!(matches!(ImageConfig::parse(CONFIG.as_bytes(), 2), Err(ConfigError::LayerCount { .. })));
+        assert!(ImageConfig::parse(arm.as_bytes(), 1)
+            .unwrap_err()
+            .to_string()
+            .contains("linux/arm64"));
+        assert!(matches!(
+            ImageConfig::parse(b"{", 0),
+            Err(ConfigError::Json(_))
+        ));
+        assert!(matches!(
+            ImageConfig::parse(CONFIG.as_bytes(), 2),
+            Err(ConfigError::LayerCount { .. })
+        ));
         let bare = ImageConfig::parse(b"{}", 3).unwrap();
         assert_eq!(bare.run_defaults(), RunDefaults::default());
     }

@@ -29,7 +29,9 @@ impl Digest {
 
     /// The digest a finished hasher holds.
     pub fn from_hasher(hasher: Sha256) -> Self {
-        Digest { hex: hex::encode(hasher.finalize()) }
+        Digest {
+            hex: hex::encode(hasher.finalize()),
+        }
     }
 
     /// The 64 hex digits, without the algorithm.
@@ -53,10 +55,16 @@ impl FromStr for Digest {
         if algo != "sha256" {
             return Err(DigestError::Algorithm(s.to_string()));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::Malformed(s.to_string()));
         }
-        Ok(Digest { hex: hex.to_string() })
+        Ok(Digest {
+            hex: hex.to_string(),
+        })
     }
 }
 
@@ -101,9 +109,18 @@ mod tests {
     fn parse_round_trips_and_rejects_bad_input() {
         let d = Digest::of(b"x");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
-        assert!(matches!("sha512:ab".parse::<Digest>(), Err(DigestError::Algorithm(_))));
-        assert!(matches!("sha256:ab".parse::<Digest>(), Err(DigestError::Malformed(_))));
-        assert!(matches!("nocolon".parse::<Digest>(), Err(DigestError::Malformed(_))));
+        assert!(matches!(
+            "sha512:ab".parse::<Digest>(),
+            Err(DigestError::Algorithm(_))
+        ));
+        assert!(matches!(
+            "sha256:ab".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(matches!(
+            "nocolon".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
         let upper = format!("sha256:{}", d.hex().to_uppercase());
         assert!(upper.parse::<Digest>().is_err());
         let traversal = format!("sha256:../../{}", &d.hex()[6..]);

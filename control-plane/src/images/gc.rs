@@ -41,13 +41,19 @@ pub struct PruneReport {
 pub struct GcGuard(#[allow(dead_code)] File);
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PullError + '_ {
-    move |source| PullError::Io { path: path.to_path_buf(), source }
+    move |source| PullError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn lock(state_dir: &Path, op: FlockOperation) -> Result<GcGuard, PullError> {
     let path = state_dir.join("gc.lock");
     let file = File::create(&path).map_err(io_at(&path))?;
-    rustix::fs::flock(&file, op).map_err(|e| PullError::Io { path, source: e.into() })?;
+    rustix::fs::flock(&file, op).map_err(|e| PullError::Io {
+        path,
+        source: e.into(),
+    })?;
     Ok(GcGuard(file))
 }
 
@@ -56,11 +62,20 @@ pub fn writer_lock(state_dir: &Path) -> Result<GcGuard, PullError> {
     lock(state_dir, FlockOperation::LockShared)
 }
 
-fn walk_refs(dir: &Path, parts: &mut Vec<String>, out: &mut Vec<(Reference, PathBuf)>) -> Result<(), PullError> {
+fn walk_refs(
+    dir: &Path,
+    parts: &mut Vec<String>,
+    out: &mut Vec<(Reference, PathBuf)>,
+) -> Result<(), PullError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(PullError::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(PullError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
     };
     for entry in entries {
         let entry = entry.map_err(io_at(dir))?;
@@ -95,7 +110,9 @@ impl ImageStore {
     pub fn list(&self) -> Result<Vec<ImageSummary>, PullError> {
         let mut out = Vec::new();
         for (r, _) in self.tags()? {
-            let Some(image) = self.lookup(&r)? else { continue };
+            let Some(image) = self.lookup(&r)? else {
+                continue;
+            };
             let rootfs = self.rootfs_path(image.id());
             out.push(ImageSummary {
                 size: image.manifest.layers.iter().map(|l| l.size).sum(),
@@ -130,22 +147,42 @@ impl ImageStore {
                 keep_blobs.insert(image.manifest_digest.hex().to_string());
                 keep_blobs.insert(image.id().hex().to_string());
                 keep_ids.insert(image.id().hex().to_string());
-                keep_blobs.extend(image.manifest.layers.iter().map(|l| l.digest.hex().to_string()));
+                keep_blobs.extend(
+                    image
+                        .manifest
+                        .layers
+                        .iter()
+                        .map(|l| l.digest.hex().to_string()),
+                );
             }
         }
         let mut report = PruneReport::default();
-        let blob_dir = self.blobs().path(&Digest::of(b"")).parent().map(Path::to_path_buf).unwrap_or_default();
+        let blob_dir = self
+            .blobs()
+            .path(&Digest::of(b""))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         for (dir, is_rootfs) in [(blob_dir, false), (self.state_dir().join("rootfs"), true)] {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(PullError::Io { path: dir, source: e }),
+                Err(e) => {
+                    return Err(PullError::Io {
+                        path: dir,
+                        source: e,
+                    })
+                }
             };
             for entry in entries {
                 let entry = entry.map_err(io_at(&dir))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let stem = name.split('.').next().unwrap_or("");
-                let keep = if is_rootfs { keep_ids.contains(stem) } else { keep_blobs.contains(stem) };
+                let keep = if is_rootfs {
+                    keep_ids.contains(stem)
+                } else {
+                    keep_blobs.contains(stem)
+                };
                 if keep || name.starts_with('.') {
                     continue;
                 }
@@ -154,7 +191,11 @@ impl ImageStore {
                 fs::remove_file(&path).map_err(io_at(&path))?;
                 if !name.ends_with(".lock") {
                     report.bytes += size;
-                    if is_rootfs { report.rootfs += 1 } else { report.blobs += 1 }
+                    if is_rootfs {
+                        report.rootfs += 1
+                    } else {
+                        report.blobs += 1
+                    }
                 }
             }
         }

@@ -11,7 +11,9 @@ use serde_json::json;
 use tracing::info;
 
 use super::digest::Digest;
-use super::manifest::{Descriptor, Index, Manifest, ManifestError, DOCKER_CONFIG, DOCKER_MANIFEST, OCI_INDEX};
+use super::manifest::{
+    Descriptor, Index, Manifest, ManifestError, DOCKER_CONFIG, DOCKER_MANIFEST, OCI_INDEX,
+};
 use super::pull::{Image, ImageStore, PullError};
 use super::reference::{Reference, ReferenceError};
 use super::store::StoreError;
@@ -30,7 +32,12 @@ pub enum ImportError {
     #[error("blob {digest} listed in {path} is missing from it")]
     MissingBlob { path: PathBuf, digest: Digest },
     #[error("bad image name {name:?} in {path}: {source}")]
-    Name { path: PathBuf, name: String, #[source] source: ReferenceError },
+    Name {
+        path: PathBuf,
+        name: String,
+        #[source]
+        source: ReferenceError,
+    },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(transparent)]
@@ -38,28 +45,46 @@ pub enum ImportError {
     #[error(transparent)]
     Pull(#[from] PullError),
     #[error("import I/O on {path}: {source}")]
-    Io { path: PathBuf, #[source] source: io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
-    move |source| ImportError::Io { path: path.to_path_buf(), source }
+    move |source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_reader(file.take(MAX_JSON_BYTES)).map_err(|e| format!("{}: {e}", path.display()))
+    serde_json::from_reader(file.take(MAX_JSON_BYTES))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Copies `file` into the store as `digest` (verified) unless it is there.
-fn store_file(store: &ImageStore, file: &Path, digest: &Digest, size: Option<u64>) -> Result<(), ImportError> {
-    store.blobs().ensure(digest, size, |w| File::open(file).and_then(|mut f| io::copy(&mut f, w)).map(drop))?;
+fn store_file(
+    store: &ImageStore,
+    file: &Path,
+    digest: &Digest,
+    size: Option<u64>,
+) -> Result<(), ImportError> {
+    store.blobs().ensure(digest, size, |w| {
+        File::open(file)
+            .and_then(|mut f| io::copy(&mut f, w))
+            .map(drop)
+    })?;
     Ok(())
 }
 
 /// Stores a file whose digest is not known yet (it is computed on the way).
 fn store_unknown(store: &ImageStore, file: &Path) -> Result<(Digest, u64), ImportError> {
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    let size = io::copy(&mut File::open(file).map_err(io_at(file))?, &mut hasher).map_err(io_at(file))?;
+    let size =
+        io::copy(&mut File::open(file).map_err(io_at(file))?, &mut hasher).map_err(io_at(file))?;
     let digest = Digest::from_hasher(hasher);
     store_file(store, file, &digest, Some(size))?;
     Ok((digest, size))
@@ -68,8 +93,15 @@ fn store_unknown(store: &ImageStore, file: &Path) -> Result<(Digest, u64), Impor
 /// Imports every image of the OCI layout at `dir`. A tag in `org.opencontainers.image.ref.name`
 /// names the image `repo:<tag>` (`repo` defaults to `local/<folder name>`); a full reference
 /// there, or in `io.containerd.image.name`, is used as it is.
-pub fn import_oci_layout(store: &ImageStore, dir: &Path, repo: Option<&Reference>) -> Result<Vec<Image>, ImportError> {
-    let not_layout = |why: String| ImportError::NotLayout { path: dir.to_path_buf(), why };
+pub fn import_oci_layout(
+    store: &ImageStore,
+    dir: &Path,
+    repo: Option<&Reference>,
+) -> Result<Vec<Image>, ImportError> {
+    let not_layout = |why: String| ImportError::NotLayout {
+        path: dir.to_path_buf(),
+        why,
+    };
     #[derive(Deserialize)]
     struct Layout {
         #[serde(rename = "imageLayoutVersion")]
@@ -78,7 +110,10 @@ pub fn import_oci_layout(store: &ImageStore, dir: &Path, repo: Option<&Reference
     let layout: Layout = read_json(&dir.join("oci-layout")).map_err(not_layout)?;
     let _gc = super::gc::writer_lock(store.state_dir())?;
     if !layout.version.starts_with("1.") {
-        return Err(not_layout(format!("unsupported imageLayoutVersion {}", layout.version)));
+        return Err(not_layout(format!(
+            "unsupported imageLayoutVersion {}",
+            layout.version
+        )));
     }
     #[derive(Deserialize)]
     struct TopIndex {
@@ -95,10 +130,28 @@ pub fn import_oci_layout(store: &ImageStore, dir: &Path, repo: Option<&Reference
     let default_repo = match repo {
         Some(r) => r.clone(),
         None => {
-            let folder = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_lowercase()));
-            let clean: String = folder.unwrap_or_default().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-            let name = format!("local/{}", if clean.is_empty() { "import".into() } else { clean });
-            name.parse().map_err(|source| ImportError::Name { path: dir.to_path_buf(), name, source })?
+            let folder = dir
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_lowercase()));
+            let clean: String = folder
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            let name = format!(
+                "local/{}",
+                if clean.is_empty() {
+                    "import".into()
+                } else {
+                    clean
+                }
+            );
+            name.parse().map_err(|source| ImportError::Name {
+                path: dir.to_path_buf(),
+                name,
+                source,
+            })?
         }
     };
     let blob = |d: &Digest| dir.join("blobs").join("sha256").join(d.hex());
@@ -106,38 +159,63 @@ pub fn import_oci_layout(store: &ImageStore, dir: &Path, repo: Option<&Reference
     for entry in index.manifests {
         let mut desc = entry.desc;
         if !blob(&desc.digest).is_file() {
-            return Err(ImportError::MissingBlob { path: dir.to_path_buf(), digest: desc.digest });
+            return Err(ImportError::MissingBlob {
+                path: dir.to_path_buf(),
+                digest: desc.digest,
+            });
         }
         if desc.media_type == OCI_INDEX || desc.media_type.ends_with("manifest.list.v2+json") {
             let bytes = fs::read(blob(&desc.digest)).map_err(io_at(&blob(&desc.digest)))?;
-            let Manifest::Index(inner): Manifest = Manifest::parse(&bytes, &desc.media_type)? else {
+            let Manifest::Index(inner): Manifest = Manifest::parse(&bytes, &desc.media_type)?
+            else {
                 return Err(not_layout(format!("{} is not an index", desc.digest)));
             };
             store_file(store, &blob(&desc.digest), &desc.digest, Some(desc.size))?;
             desc = Index::pick_linux_amd64(&inner)?.clone();
         }
         let mpath = blob(&desc.digest);
-        let bytes = fs::read(&mpath).map_err(|_| ImportError::MissingBlob { path: dir.to_path_buf(), digest: desc.digest.clone() })?;
+        let bytes = fs::read(&mpath).map_err(|_| ImportError::MissingBlob {
+            path: dir.to_path_buf(),
+            digest: desc.digest.clone(),
+        })?;
         let Manifest::Image(m) = Manifest::parse(&bytes, &desc.media_type)? else {
             return Err(not_layout(format!("{} is a nested index", desc.digest)));
         };
         for d in std::iter::once(&m.config).chain(&m.layers) {
             if !blob(&d.digest).is_file() {
-                return Err(ImportError::MissingBlob { path: dir.to_path_buf(), digest: d.digest.clone() });
+                return Err(ImportError::MissingBlob {
+                    path: dir.to_path_buf(),
+                    digest: d.digest.clone(),
+                });
             }
             store_file(store, &blob(&d.digest), &d.digest, Some(d.size))?;
         }
         store_file(store, &mpath, &desc.digest, Some(desc.size))?;
-        let name = entry.annotations.get(CONTAINERD_NAME).or(entry.annotations.get(REF_NAME));
+        let name = entry
+            .annotations
+            .get(CONTAINERD_NAME)
+            .or(entry.annotations.get(REF_NAME));
         let reference = match name {
             Some(n) if n.contains('/') || n.contains('@') => {
-                n.parse().map_err(|source| ImportError::Name { path: dir.to_path_buf(), name: n.clone(), source })?
+                n.parse().map_err(|source| ImportError::Name {
+                    path: dir.to_path_buf(),
+                    name: n.clone(),
+                    source,
+                })?
             }
             Some(tag) => {
                 let r = format!("{}:{tag}", default_repo.name());
-                r.parse().map_err(|source| ImportError::Name { path: dir.to_path_buf(), name: tag.clone(), source })?
+                r.parse().map_err(|source| ImportError::Name {
+                    path: dir.to_path_buf(),
+                    name: tag.clone(),
+                    source,
+                })?
             }
-            None => Reference { tag: None, digest: Some(desc.digest.clone()), ..default_repo.clone() },
+            None => Reference {
+                tag: None,
+                digest: Some(desc.digest.clone()),
+                ..default_repo.clone()
+            },
         };
         store.tag(&reference, &desc.digest)?;
         info!(image = %reference, digest = %desc.digest, "imported from OCI layout");
@@ -149,18 +227,28 @@ pub fn import_oci_layout(store: &ImageStore, dir: &Path, repo: Option<&Reference
 /// Imports the images of a `docker save` tarball (the `manifest.json` format, as written by
 /// Docker and by `skopeo copy … docker-archive:`), named by their `RepoTags`.
 pub fn import_docker_save(store: &ImageStore, archive: &Path) -> Result<Vec<Image>, ImportError> {
-    let not_archive = |why: String| ImportError::NotArchive { path: archive.to_path_buf(), why };
+    let not_archive = |why: String| ImportError::NotArchive {
+        path: archive.to_path_buf(),
+        why,
+    };
     let _gc = super::gc::writer_lock(store.state_dir())?;
     let tmp_root = store.state_dir().join("tmp");
     fs::create_dir_all(&tmp_root).map_err(io_at(&tmp_root))?;
-    let work = tempfile::Builder::new().prefix("import-").tempdir_in(&tmp_root).map_err(io_at(&tmp_root))?;
+    let work = tempfile::Builder::new()
+        .prefix("import-")
+        .tempdir_in(&tmp_root)
+        .map_err(io_at(&tmp_root))?;
     // Only files and links that stay inside the archive are taken; it is not trusted.
     let file = File::open(archive).map_err(io_at(archive))?;
     let mut tar = tar::Archive::new(file);
     let mut files: HashMap<String, PathBuf> = HashMap::new();
     // Docker links a layer that appears twice to its first copy.
     let mut links: HashMap<String, String> = HashMap::new();
-    for (i, entry) in tar.entries().map_err(|e| not_archive(e.to_string()))?.enumerate() {
+    for (i, entry) in tar
+        .entries()
+        .map_err(|e| not_archive(e.to_string()))?
+        .enumerate()
+    {
         let mut entry = entry.map_err(|e| not_archive(e.to_string()))?;
         let name = normalize("", &String::from_utf8_lossy(&entry.path_bytes()))
             .ok_or_else(|| not_archive("an entry name escapes the archive".into()))?;
@@ -172,9 +260,15 @@ pub fn import_docker_save(store: &ImageStore, archive: &Path) -> Result<Vec<Imag
                 files.insert(name, dest);
             }
             kind @ (tar::EntryType::Symlink | tar::EntryType::Link) => {
-                let target = String::from_utf8_lossy(&entry.link_name_bytes().unwrap_or_default()).into_owned();
-                let base = if kind == tar::EntryType::Symlink { name.rsplit_once('/').map_or("", |(d, _)| d) } else { "" };
-                let target = normalize(base, &target).ok_or_else(|| not_archive(format!("link {name:?} escapes the archive")))?;
+                let target = String::from_utf8_lossy(&entry.link_name_bytes().unwrap_or_default())
+                    .into_owned();
+                let base = if kind == tar::EntryType::Symlink {
+                    name.rsplit_once('/').map_or("", |(d, _)| d)
+                } else {
+                    ""
+                };
+                let target = normalize(base, &target)
+                    .ok_or_else(|| not_archive(format!("link {name:?} escapes the archive")))?;
                 links.insert(name, target);
             }
             _ => {}
@@ -191,7 +285,9 @@ pub fn import_docker_save(store: &ImageStore, archive: &Path) -> Result<Vec<Imag
                 None => break,
             }
         }
-        Err(not_archive(format!("{name} is listed in manifest.json but missing")))
+        Err(not_archive(format!(
+            "{name} is listed in manifest.json but missing"
+        )))
     };
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -219,7 +315,11 @@ pub fn import_docker_save(store: &ImageStore, archive: &Path) -> Result<Vec<Imag
         let tags = e.repo_tags.unwrap_or_default();
         let mut first = None;
         for t in &tags {
-            let r: Reference = t.parse().map_err(|source| ImportError::Name { path: archive.to_path_buf(), name: t.clone(), source })?;
+            let r: Reference = t.parse().map_err(|source| ImportError::Name {
+                path: archive.to_path_buf(),
+                name: t.clone(),
+                source,
+            })?;
             store.tag(&r, &digest)?;
             info!(image = %r, %digest, "imported from docker save archive");
             first.get_or_insert(r);
@@ -237,7 +337,11 @@ pub fn import_docker_save(store: &ImageStore, archive: &Path) -> Result<Vec<Imag
 
 /// Joins `name` to `base` inside an archive, resolving `.` and `..`; None if it leaves it.
 fn normalize(base: &str, name: &str) -> Option<String> {
-    let mut parts: Vec<&str> = if name.starts_with('/') { Vec::new() } else { base.split('/').filter(|p| !p.is_empty()).collect() };
+    let mut parts: Vec<&str> = if name.starts_with('/') {
+        Vec::new()
+    } else {
+        base.split('/').filter(|p| !p.is_empty()).collect()
+    };
     for p in name.split('/') {
         match p {
             "" | "." => {}

@@ -102,13 +102,23 @@ impl Manifest {
     pub fn parse(bytes: &[u8], content_type: &str) -> Result<Manifest, ManifestError> {
         let probe: Probe = serde_json::from_slice(bytes)?;
         let ct = content_type.split(';').next().unwrap_or("").trim();
-        let media = probe.media_type.as_deref().filter(|m| !m.is_empty()).unwrap_or(ct);
+        let media = probe
+            .media_type
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .unwrap_or(ct);
         match media {
             OCI_INDEX | DOCKER_LIST => Ok(Manifest::Index(serde_json::from_slice(bytes)?)),
-            OCI_MANIFEST | DOCKER_MANIFEST => Ok(Manifest::Image(check_layers(serde_json::from_slice(bytes)?)?)),
+            OCI_MANIFEST | DOCKER_MANIFEST => Ok(Manifest::Image(check_layers(
+                serde_json::from_slice(bytes)?,
+            )?)),
             // An OCI manifest may omit mediaType and be served as plain JSON.
-            "" | "application/json" if probe.manifests.is_some() => Ok(Manifest::Index(serde_json::from_slice(bytes)?)),
-            "" | "application/json" => Ok(Manifest::Image(check_layers(serde_json::from_slice(bytes)?)?)),
+            "" | "application/json" if probe.manifests.is_some() => {
+                Ok(Manifest::Index(serde_json::from_slice(bytes)?))
+            }
+            "" | "application/json" => Ok(Manifest::Image(check_layers(serde_json::from_slice(
+                bytes,
+            )?)?)),
             other => Err(ManifestError::MediaType(other.to_string())),
         }
     }
@@ -117,9 +127,11 @@ impl Manifest {
 fn check_layers(m: ImageManifest) -> Result<ImageManifest, ManifestError> {
     for l in &m.layers {
         let ok = l.media_type.is_empty()
-            || [OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, DOCKER_LAYER_GZIP].contains(&l.media_type.as_str())
+            || [OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, DOCKER_LAYER_GZIP]
+                .contains(&l.media_type.as_str())
             || l.media_type == "application/vnd.docker.image.rootfs.diff.tar"
-            || l.media_type.starts_with("application/vnd.oci.image.layer.nondistributable.v1.tar");
+            || l.media_type
+                .starts_with("application/vnd.oci.image.layer.nondistributable.v1.tar");
         if !ok {
             return Err(ManifestError::LayerType(l.media_type.clone()));
         }
@@ -132,7 +144,11 @@ impl Index {
     pub fn pick_linux_amd64(&self) -> Result<&Descriptor, ManifestError> {
         self.manifests
             .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+            })
             .ok_or_else(|| {
                 let have: Vec<String> = self
                     .manifests
@@ -142,7 +158,11 @@ impl Index {
                         None => "unknown".to_string(),
                     })
                     .collect();
-                ManifestError::NoPlatform(if have.is_empty() { "nothing".into() } else { have.join(", ") })
+                ManifestError::NoPlatform(if have.is_empty() {
+                    "nothing".into()
+                } else {
+                    have.join(", ")
+                })
             })
     }
 }
@@ -161,7 +181,10 @@ mod tests {
 
     #[test]
     fn parses_oci_and_docker_manifests() {
-        for (mt, cfg, layer) in [(OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_ZSTD), (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP)] {
+        for (mt, cfg, layer) in [
+            (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_ZSTD),
+            (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP),
+        ] {
             let m = serde_json::json!({"schemaVersion": 2, "mediaType": mt,
                 "config": desc(cfg, b"c", None), "layers": [desc(layer, b"l", None)]});
             match Manifest::parse(&serde_json::to_vec(&m).unwrap(), "").unwrap() {
@@ -176,11 +199,16 @@ mod tests {
         let idx = serde_json::json!({"schemaVersion": 2, "manifests": [
             desc(OCI_MANIFEST, b"arm", Some(("linux", "arm64"))),
             desc(OCI_MANIFEST, b"amd", Some(("linux", "amd64")))]});
-        let Manifest::Index(i) = Manifest::parse(&serde_json::to_vec(&idx).unwrap(), OCI_INDEX).unwrap() else {
+        let Manifest::Index(i) =
+            Manifest::parse(&serde_json::to_vec(&idx).unwrap(), OCI_INDEX).unwrap()
+        else {
             panic!("not an index")
         };
         assert_eq!(i.pick_linux_amd64().unwrap().digest, Digest::of(b"amd"));
-        let only_arm = Index { manifests: i.manifests[..1].to_vec(), ..i.clone() };
+        let only_arm = Index {
+            manifests: i.manifests[..1].to_vec(),
+            ..i.clone()
+        };
         let err = only_arm.pick_linux_amd64().unwrap_err().to_string();
         assert!(err.contains("linux/arm64"), "{err}");
     }
@@ -188,10 +216,19 @@ mod tests {
     #[test]
     fn rejects_schema1_garbage_and_foreign_layers() {
         let s1 = br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#;
-        assert!(matches!(Manifest::parse(s1, ""), Err(ManifestError::MediaType(_))));
-        assert!(matches!(Manifest::parse(b"{nope", ""), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            Manifest::parse(s1, ""),
+            Err(ManifestError::MediaType(_))
+        ));
+        assert!(matches!(
+            Manifest::parse(b"{nope", ""),
+            Err(ManifestError::Json(_))
+        ));
         let m = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": desc(OCI_CONFIG, b"c", None), "layers": [desc("application/x-helm", b"l", None)]});
-        assert!(matches!(Manifest::parse(&serde_json::to_vec(&m).unwrap(), ""), Err(ManifestError::LayerType(_))));
+        assert!(matches!(
+            Manifest::parse(&serde_json::to_vec(&m).unwrap(), ""),
+            Err(ManifestError::LayerType(_))
+        ));
     }
 }

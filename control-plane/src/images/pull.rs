@@ -30,7 +30,10 @@ const FETCH_ATTEMPTS: u32 = 5;
 
 /// A broken connection is worth another try; a wrong answer is not.
 fn transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    matches!(e.downcast_ref::<RegistryError>(), Some(RegistryError::Transfer { .. } | RegistryError::Unreachable { .. }))
+    matches!(
+        e.downcast_ref::<RegistryError>(),
+        Some(RegistryError::Transfer { .. } | RegistryError::Unreachable { .. })
+    )
 }
 
 /// A pull or lookup failure.
@@ -46,22 +49,45 @@ pub enum PullError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
-    #[error("index entry {0} for linux/amd64 is itself an index; nested indexes are not supported")]
+    #[error(
+        "index entry {0} for linux/amd64 is itself an index; nested indexes are not supported"
+    )]
     NestedIndex(Digest),
     #[error("image {0} is not in the local store")]
     NotFound(String),
     #[error("state dir I/O on {path}: {source}")]
-    Io { path: PathBuf, #[source] source: io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What a pull is doing, for a progress display per layer like `docker pull`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullEvent {
-    Resolved { manifest: Digest, layers: usize },
-    LayerCached { digest: Digest, size: u64 },
-    LayerProgress { digest: Digest, done: u64, total: u64 },
-    LayerDone { digest: Digest, size: u64 },
-    LayerRetry { digest: Digest, attempt: u32, error: String },
+    Resolved {
+        manifest: Digest,
+        layers: usize,
+    },
+    LayerCached {
+        digest: Digest,
+        size: u64,
+    },
+    LayerProgress {
+        digest: Digest,
+        done: u64,
+        total: u64,
+    },
+    LayerDone {
+        digest: Digest,
+        size: u64,
+    },
+    LayerRetry {
+        digest: Digest,
+        attempt: u32,
+        error: String,
+    },
 }
 
 /// A stored image: its manifest, config and where it came from.
@@ -81,7 +107,11 @@ impl Image {
 
     /// Layer digests, bottom first.
     pub fn layers(&self) -> Vec<Digest> {
-        self.manifest.layers.iter().map(|l| l.digest.clone()).collect()
+        self.manifest
+            .layers
+            .iter()
+            .map(|l| l.digest.clone())
+            .collect()
     }
 }
 
@@ -119,13 +149,24 @@ impl ImageStore {
 
     fn ref_path(&self, r: &Reference) -> Option<PathBuf> {
         let tag = r.tag.as_deref()?;
-        Some(self.state_dir.join("refs").join(&r.registry).join(&r.repository).join(tag))
+        Some(
+            self.state_dir
+                .join("refs")
+                .join(&r.registry)
+                .join(&r.repository)
+                .join(tag),
+        )
     }
 
     /// Records that `r`'s tag names `manifest` (no-op for digest-only references).
     pub fn tag(&self, r: &Reference, manifest: &Digest) -> Result<(), PullError> {
-        let Some(path) = self.ref_path(r) else { return Ok(()) };
-        let io = |source| PullError::Io { path: path.clone(), source };
+        let Some(path) = self.ref_path(r) else {
+            return Ok(());
+        };
+        let io = |source| PullError::Io {
+            path: path.clone(),
+            source,
+        };
         let dir = path.parent().unwrap_or(&self.state_dir);
         fs::create_dir_all(dir).map_err(io)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
@@ -152,7 +193,12 @@ impl ImageStore {
             return Ok(None);
         }
         let image = self.load(r, &digest)?;
-        Ok(image.manifest.layers.iter().all(|l| self.blobs.contains(&l.digest)).then_some(image))
+        Ok(image
+            .manifest
+            .layers
+            .iter()
+            .all(|l| self.blobs.contains(&l.digest))
+            .then_some(image))
     }
 
     /// Loads a stored image by manifest digest.
@@ -162,15 +208,30 @@ impl ImageStore {
             Manifest::Image(m) => m,
             Manifest::Index(_) => return Err(PullError::NestedIndex(manifest_digest.clone())),
         };
-        let config = ImageConfig::parse(&self.blobs.read(&manifest.config.digest)?, manifest.layers.len())?;
-        Ok(Image { reference: r.clone(), manifest_digest: manifest_digest.clone(), manifest, config })
+        let config = ImageConfig::parse(
+            &self.blobs.read(&manifest.config.digest)?,
+            manifest.layers.len(),
+        )?;
+        Ok(Image {
+            reference: r.clone(),
+            manifest_digest: manifest_digest.clone(),
+            manifest,
+            config,
+        })
     }
 
     /// Pulls `r`: resolves its tag, fetches what the store lacks (each blob once, verified),
     /// and records the tag. Local-only references are looked up, never fetched.
-    pub fn pull(&self, client: &RegistryClient, r: &Reference, progress: &(dyn Fn(PullEvent) + Sync)) -> Result<Image, PullError> {
+    pub fn pull(
+        &self,
+        client: &RegistryClient,
+        r: &Reference,
+        progress: &(dyn Fn(PullEvent) + Sync),
+    ) -> Result<Image, PullError> {
         if r.is_local() {
-            return self.lookup(r)?.ok_or_else(|| PullError::NotFound(r.to_string()));
+            return self
+                .lookup(r)?
+                .ok_or_else(|| PullError::NotFound(r.to_string()));
         }
         if r.digest.is_some() {
             // A digest names fixed content: if it is complete here, the registry has nothing new.
@@ -192,7 +253,10 @@ impl ImageStore {
                 }
             }
         };
-        progress(PullEvent::Resolved { manifest: fetched.digest.clone(), layers: manifest.layers.len() });
+        progress(PullEvent::Resolved {
+            manifest: fetched.digest.clone(),
+            layers: manifest.layers.len(),
+        });
         let cfg = &manifest.config;
         self.ensure_blob(client, r, &cfg.digest, cfg.size, &|_| {})?;
         let config = ImageConfig::parse(&self.blobs.read(&cfg.digest)?, manifest.layers.len())?;
@@ -201,7 +265,12 @@ impl ImageStore {
         self.blobs.put_bytes(&fetched.bytes)?;
         self.tag(r, &fetched.digest)?;
         info!(image = %r, digest = %fetched.digest, "pulled");
-        Ok(Image { reference: r.clone(), manifest_digest: fetched.digest, manifest, config })
+        Ok(Image {
+            reference: r.clone(),
+            manifest_digest: fetched.digest,
+            manifest,
+            config,
+        })
     }
 
     fn fetch_layers(
@@ -219,7 +288,9 @@ impl ImageStore {
                     if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
                         return;
                     }
-                    let Some(layer) = layers.get(next.fetch_add(1, Ordering::Relaxed)) else { return };
+                    let Some(layer) = layers.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
                     if let Err(e) = self.fetch_layer(client, r, layer, progress) {
                         if let Ok(mut slot) = first_error.lock() {
                             slot.get_or_insert(e);
@@ -244,8 +315,14 @@ impl ImageStore {
         let (digest, total) = (&layer.digest, layer.size);
         let got = self.ensure_blob(client, r, digest, total, progress)?;
         progress(match got {
-            Ensured::Present => PullEvent::LayerCached { digest: digest.clone(), size: total },
-            Ensured::Written => PullEvent::LayerDone { digest: digest.clone(), size: total },
+            Ensured::Present => PullEvent::LayerCached {
+                digest: digest.clone(),
+                size: total,
+            },
+            Ensured::Written => PullEvent::LayerDone {
+                digest: digest.clone(),
+                size: total,
+            },
         });
         Ok(())
     }
@@ -262,13 +339,26 @@ impl ImageStore {
         let mut attempt = 1;
         loop {
             let result = self.blobs.ensure(digest, Some(total), |w| {
-                let mut counting = Counting { inner: w, done: 0, reported: 0, total, digest, progress };
+                let mut counting = Counting {
+                    inner: w,
+                    done: 0,
+                    reported: 0,
+                    total,
+                    digest,
+                    progress,
+                };
                 client.blob(r, digest, &mut counting).map(drop)
             });
             match result {
-                Err(StoreError::Fetch { source, .. }) if attempt < FETCH_ATTEMPTS && transient(&*source) => {
+                Err(StoreError::Fetch { source, .. })
+                    if attempt < FETCH_ATTEMPTS && transient(&*source) =>
+                {
                     warn!(%digest, attempt, error = %source, "download failed; retrying");
-                    progress(PullEvent::LayerRetry { digest: digest.clone(), attempt, error: source.to_string() });
+                    progress(PullEvent::LayerRetry {
+                        digest: digest.clone(),
+                        attempt,
+                        error: source.to_string(),
+                    });
                     // A short, growing pause, as `docker pull` does between attempts.
                     std::thread::sleep(Duration::from_millis(250 * attempt as u64));
                     attempt += 1;
@@ -281,12 +371,17 @@ impl ImageStore {
     /// The read-only root filesystem image of `image`, built once and then reused.
     pub fn rootfs(&self, image: &Image) -> Result<Rootfs, PullError> {
         let _gc = super::gc::writer_lock(&self.state_dir)?;
-        Ok(self.rootfs.build(&self.blobs, image.id(), &image.layers())?)
+        Ok(self
+            .rootfs
+            .build(&self.blobs, image.id(), &image.layers())?)
     }
 
     /// The built root filesystem image of image `id`, if there is one.
     pub fn rootfs_path(&self, id: &Digest) -> Option<PathBuf> {
-        [RootfsFormat::Erofs, RootfsFormat::Ext4].into_iter().map(|f| self.rootfs.path(id, f)).find(|p| p.is_file())
+        [RootfsFormat::Erofs, RootfsFormat::Ext4]
+            .into_iter()
+            .map(|f| self.rootfs.path(id, f))
+            .find(|p| p.is_file())
     }
 }
 
@@ -306,7 +401,11 @@ impl Write for Counting<'_> {
         self.done += n as u64;
         if self.done - self.reported >= 1 << 20 {
             self.reported = self.done;
-            (self.progress)(PullEvent::LayerProgress { digest: self.digest.clone(), done: self.done, total: self.total });
+            (self.progress)(PullEvent::LayerProgress {
+                digest: self.digest.clone(),
+                done: self.done,
+                total: self.total,
+            });
         }
         Ok(n)
     }

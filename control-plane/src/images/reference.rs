@@ -59,7 +59,11 @@ impl Reference {
 
     /// The same name with another tag and no digest.
     pub fn with_tag(&self, tag: &str) -> Reference {
-        Reference { tag: Some(tag.to_string()), digest: None, ..self.clone() }
+        Reference {
+            tag: Some(tag.to_string()),
+            digest: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -114,7 +118,8 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.' || x == b'-')
+        && b.iter()
+            .all(|&x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.' || x == b'-')
 }
 
 fn valid_registry(r: &str) -> bool {
@@ -123,7 +128,9 @@ fn valid_registry(r: &str) -> bool {
         _ => (r, None),
     };
     let host_ok = if host.starts_with('[') && host.ends_with(']') {
-        host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()
+        host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok()
     } else {
         !host.is_empty()
             && host.split('.').all(|l| {
@@ -147,7 +154,9 @@ impl FromStr for Reference {
         let bad = |why| ReferenceError::Invalid(input.to_string(), why);
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
-                let d = d.parse().map_err(|e| ReferenceError::Digest(input.to_string(), e))?;
+                let d = d
+                    .parse()
+                    .map_err(|e| ReferenceError::Digest(input.to_string(), e))?;
                 (r, Some(d))
             }
             None => (s, None),
@@ -160,16 +169,24 @@ impl FromStr for Reference {
         };
         if let Some(t) = tag {
             if !valid_tag(t) {
-                return Err(bad("tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -"));
+                return Err(bad(
+                    "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+                ));
             }
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, path)) if is_registry(first) => (first.to_string(), path.to_string()),
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
-        let registry = if registry == "index.docker.io" { DOCKER_HUB.to_string() } else { registry };
+        let registry = if registry == "index.docker.io" {
+            DOCKER_HUB.to_string()
+        } else {
+            registry
+        };
         if registry != LOCAL_REGISTRY && !valid_registry(&registry) {
-            return Err(bad("registry must be a host name or address with an optional :port"));
+            return Err(bad(
+                "registry must be a host name or address with an optional :port",
+            ));
         }
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
@@ -177,7 +194,9 @@ impl FromStr for Reference {
             repository
         };
         if repository.is_empty() || !repository.split('/').all(valid_path_component) {
-            return Err(bad("repository must be lowercase letters, digits and . _ - separators"));
+            return Err(bad(
+                "repository must be lowercase letters, digits and . _ - separators",
+            ));
         }
         if registry.len() + 1 + repository.len() > 255 {
             return Err(bad("name longer than 255 characters"));
@@ -187,7 +206,12 @@ impl FromStr for Reference {
             (None, Some(_)) => None,
             (None, None) => Some("latest".to_string()),
         };
-        Ok(Reference { registry, repository, tag, digest })
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 }
 
@@ -204,7 +228,10 @@ mod tests {
         let r = parse("busybox");
         assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
         assert_eq!(parse("user/app:v1").to_string(), "docker.io/user/app:v1");
-        assert_eq!(parse("index.docker.io/busybox").to_string(), "docker.io/library/busybox:latest");
+        assert_eq!(
+            parse("index.docker.io/busybox").to_string(),
+            "docker.io/library/busybox:latest"
+        );
     }
 
     #[test]
@@ -214,7 +241,10 @@ mod tests {
         assert_eq!(r.repository, "team/app");
         assert_eq!(r.tag.as_deref(), Some("1.2"));
         let r = parse("localhost/app");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("localhost", "app"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("localhost", "app")
+        );
         let r = parse("127.0.0.1:5000/app");
         assert_eq!(r.manifest_ref(), "latest");
         assert_eq!(r.name(), "127.0.0.1:5000/app");
@@ -241,8 +271,17 @@ mod tests {
     #[test]
     fn bad_references_are_rejected_with_a_reason() {
         for bad in [
-            "", "Busybox", "busybox:", "busybox:-x", "a//b", "reg.io/", "busybox@sha256:12",
-            "reg..io/app", "reg.io:99999/app", "app/", "a b",
+            "",
+            "Busybox",
+            "busybox:",
+            "busybox:-x",
+            "a//b",
+            "reg.io/",
+            "busybox@sha256:12",
+            "reg..io/app",
+            "reg.io:99999/app",
+            "app/",
+            "a b",
         ] {
             let err = bad.parse::<Reference>();
             assert!(err.is_err(), "{bad:?} parsed as {err:?}");

@@ -18,19 +18,37 @@ use super::unpack::{apply_layer_file, UnpackError};
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("unpacking layer {layer}: {source}")]
-    Unpack { layer: Digest, #[source] source: UnpackError },
+    Unpack {
+        layer: Digest,
+        #[source]
+        source: UnpackError,
+    },
     #[error("layer {0} is not in the store (pull the image again)")]
     MissingLayer(Digest),
     #[error("{tool} not found: install {package}")]
-    ToolMissing { tool: &'static str, package: &'static str },
+    ToolMissing {
+        tool: &'static str,
+        package: &'static str,
+    },
     #[error("{tool} failed ({status}): {stderr}")]
-    Tool { tool: &'static str, status: String, stderr: String },
+    Tool {
+        tool: &'static str,
+        status: String,
+        stderr: String,
+    },
     #[error("rootfs I/O on {path}: {source}")]
-    Io { path: PathBuf, #[source] source: io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
-    move |source| RootfsError::Io { path: path.to_path_buf(), source }
+    move |source| RootfsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The file system of a root filesystem image.
@@ -68,7 +86,11 @@ pub struct RootfsBuilder {
 
 fn tool_present(tool: &str) -> bool {
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| d.join(tool).is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|d| d.join(tool).is_file())
+        })
         .unwrap_or(false)
 }
 
@@ -84,7 +106,11 @@ impl RootfsBuilder {
     }
 
     fn format(&self) -> RootfsFormat {
-        self.format.unwrap_or(if tool_present("mkfs.erofs") { RootfsFormat::Erofs } else { RootfsFormat::Ext4 })
+        self.format.unwrap_or(if tool_present("mkfs.erofs") {
+            RootfsFormat::Erofs
+        } else {
+            RootfsFormat::Ext4
+        })
     }
 
     /// Unpacks layers under `dir` instead of `<state>/tmp` (a tmpfs makes builds faster:
@@ -97,34 +123,59 @@ impl RootfsBuilder {
 
     /// Where the image of `image_id` lives in `format`.
     pub fn path(&self, image_id: &Digest, format: RootfsFormat) -> PathBuf {
-        self.dir.join(format!("{}.{}", image_id.hex(), format.ext()))
+        self.dir
+            .join(format!("{}.{}", image_id.hex(), format.ext()))
     }
 
     /// Returns the cached image of `image_id`, building it from `layers` (bottom first) if
     /// needed. Concurrent builders of one image wait for each other and build once.
-    pub fn build(&self, blobs: &BlobStore, image_id: &Digest, layers: &[Digest]) -> Result<Rootfs, RootfsError> {
+    pub fn build(
+        &self,
+        blobs: &BlobStore,
+        image_id: &Digest,
+        layers: &[Digest],
+    ) -> Result<Rootfs, RootfsError> {
         let format = self.format();
         let path = self.path(image_id, format);
         if path.is_file() {
-            return Ok(Rootfs { path, format, cached: true });
+            return Ok(Rootfs {
+                path,
+                format,
+                cached: true,
+            });
         }
         let lock_path = self.dir.join(format!("{}.lock", image_id.hex()));
         let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| RootfsError::Io { path: lock_path.clone(), source: e.into() })?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            RootfsError::Io {
+                path: lock_path.clone(),
+                source: e.into(),
+            }
+        })?;
         if path.is_file() {
-            return Ok(Rootfs { path, format, cached: true });
+            return Ok(Rootfs {
+                path,
+                format,
+                cached: true,
+            });
         }
         let started = Instant::now();
-        let work = tempfile::Builder::new().prefix("rootfs-").tempdir_in(&self.tmp).map_err(io_at(&self.tmp))?;
+        let work = tempfile::Builder::new()
+            .prefix("rootfs-")
+            .tempdir_in(&self.tmp)
+            .map_err(io_at(&self.tmp))?;
         let tree = work.path().join("root");
         fs::create_dir(&tree).map_err(io_at(&tree))?;
         for layer in layers {
             if !blobs.contains(layer) {
                 return Err(RootfsError::MissingLayer(layer.clone()));
             }
-            let stats = apply_layer_file(&tree, &blobs.path(layer))
-                .map_err(|source| RootfsError::Unpack { layer: layer.clone(), source })?;
+            let stats = apply_layer_file(&tree, &blobs.path(layer)).map_err(|source| {
+                RootfsError::Unpack {
+                    layer: layer.clone(),
+                    source,
+                }
+            })?;
             debug!(%layer, ?stats, "layer applied");
         }
         let unpacked = started.elapsed();
@@ -137,28 +188,51 @@ impl RootfsBuilder {
             RootfsFormat::Erofs => mkfs_erofs(&tree, out.path())?,
             RootfsFormat::Ext4 => mkfs_ext4(&tree, out.path())?,
         }
-        out.persist(&path).map_err(|e| RootfsError::Io { path: path.clone(), source: e.error })?;
+        out.persist(&path).map_err(|e| RootfsError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
         info!(image = %image_id, format = format.ext(), ?unpacked, total = ?started.elapsed(), "root filesystem image built");
-        Ok(Rootfs { path, format, cached: false })
+        Ok(Rootfs {
+            path,
+            format,
+            cached: false,
+        })
     }
 }
 
 fn run(tool: &'static str, package: &'static str, cmd: &mut Command) -> Result<(), RootfsError> {
     let out = cmd.output().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => RootfsError::ToolMissing { tool, package },
-        _ => RootfsError::Io { path: PathBuf::from(tool), source: e },
+        _ => RootfsError::Io {
+            path: PathBuf::from(tool),
+            source: e,
+        },
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let stderr: String = stderr.trim().lines().take(4).collect::<Vec<_>>().join(" / ");
-        return Err(RootfsError::Tool { tool, status: out.status.to_string(), stderr });
+        let stderr: String = stderr
+            .trim()
+            .lines()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" / ");
+        return Err(RootfsError::Tool {
+            tool,
+            status: out.status.to_string(),
+            stderr,
+        });
     }
     Ok(())
 }
 
 fn mkfs_erofs(tree: &Path, out: &Path) -> Result<(), RootfsError> {
     // Uncompressed: a rootfs is read often, built once per image, and lives on local disk.
-    run("mkfs.erofs", "erofs-utils", Command::new("mkfs.erofs").arg("--quiet").arg(out).arg(tree))
+    run(
+        "mkfs.erofs",
+        "erofs-utils",
+        Command::new("mkfs.erofs").arg("--quiet").arg(out).arg(tree),
+    )
 }
 
 /// Bytes the tree needs, rounded per file to 4 KiB blocks, and its inode count.
@@ -182,13 +256,24 @@ fn mkfs_ext4(tree: &Path, out: &Path) -> Result<(), RootfsError> {
     let (bytes, inodes) = tree_usage(tree)?;
     let size = (bytes + inodes * 256) / 4 * 5 + (16 << 20);
     let file = File::create(out).map_err(io_at(out))?;
-    file.set_len(size.div_ceil(4096) * 4096).map_err(io_at(out))?;
+    file.set_len(size.div_ceil(4096) * 4096)
+        .map_err(io_at(out))?;
     drop(file);
     run(
         "mkfs.ext4",
         "e2fsprogs",
         Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096", "-O", "^has_journal", "-m", "0", "-N"])
+            .args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-O",
+                "^has_journal",
+                "-m",
+                "0",
+                "-N",
+            ])
             .arg((inodes + 64).to_string())
             .arg("-d")
             .arg(tree)
@@ -214,7 +299,10 @@ mod tests {
 
     fn extract(format: RootfsFormat, image: &Path, to: &Path) {
         let out = match format {
-            RootfsFormat::Erofs => Command::new("fsck.erofs").arg(format!("--extract={}", to.display())).arg(image).output(),
+            RootfsFormat::Erofs => Command::new("fsck.erofs")
+                .arg(format!("--extract={}", to.display()))
+                .arg(image)
+                .output(),
             RootfsFormat::Ext4 => Command::new("debugfs")
                 .arg("-R")
                 .arg(format!("rdump /etc {}", to.display()))
@@ -222,7 +310,11 @@ mod tests {
                 .output(),
         }
         .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
@@ -230,11 +322,17 @@ mod tests {
         for format in [RootfsFormat::Erofs, RootfsFormat::Ext4] {
             let state = tempfile::tempdir().unwrap();
             let blobs = BlobStore::open(state.path()).unwrap();
-            let l1 = blobs.put_bytes(&layer(&[("etc/a", "one"), ("etc/b", "two")])).unwrap();
-            let l2 = blobs.put_bytes(&layer(&[("etc/.wh.b", ""), ("etc/c", "three")])).unwrap();
+            let l1 = blobs
+                .put_bytes(&layer(&[("etc/a", "one"), ("etc/b", "two")]))
+                .unwrap();
+            let l2 = blobs
+                .put_bytes(&layer(&[("etc/.wh.b", ""), ("etc/c", "three")]))
+                .unwrap();
             let id = Digest::of(b"config");
             let builder = RootfsBuilder::new(state.path(), Some(format)).unwrap();
-            let first = builder.build(&blobs, &id, &[l1.clone(), l2.clone()]).unwrap();
+            let first = builder
+                .build(&blobs, &id, &[l1.clone(), l2.clone()])
+                .unwrap();
             assert!(!first.cached);
             assert_eq!(first.format, format);
             let again = builder.build(&blobs, &id, &[l1, l2]).unwrap();
@@ -250,7 +348,11 @@ mod tests {
             assert_eq!(fs::read_to_string(etc.join("a")).unwrap(), "one");
             assert_eq!(fs::read_to_string(etc.join("c")).unwrap(), "three");
             assert!(!etc.join("b").exists());
-            assert_eq!(fs::read_dir(state.path().join("tmp")).unwrap().count(), 0, "work dir left behind");
+            assert_eq!(
+                fs::read_dir(state.path().join("tmp")).unwrap().count(),
+                0,
+                "work dir left behind"
+            );
         }
     }
 
@@ -261,10 +363,22 @@ mod tests {
         let bad = blobs.put_bytes(&[0x1f, 0x8b, 0, 0, 0]).unwrap();
         let builder = RootfsBuilder::new(state.path(), None).unwrap();
         let id = Digest::of(b"cfg");
-        let err = builder.build(&blobs, &id, std::slice::from_ref(&bad)).unwrap_err();
-        assert!(err.to_string().starts_with(&format!("unpacking layer {bad}")), "{err}");
+        let err = builder
+            .build(&blobs, &id, std::slice::from_ref(&bad))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("unpacking layer {bad}")),
+            "{err}"
+        );
         let missing = Digest::of(b"nothing");
-        assert!(matches!(builder.build(&blobs, &id, &[missing]), Err(RootfsError::MissingLayer(_))));
-        assert!(!builder.path(&id, RootfsFormat::Erofs).exists() && !builder.path(&id, RootfsFormat::Ext4).exists());
+        assert!(matches!(
+            builder.build(&blobs, &id, &[missing]),
+            Err(RootfsError::MissingLayer(_))
+        ));
+        assert!(
+            !builder.path(&id, RootfsFormat::Erofs).exists()
+                && !builder.path(&id, RootfsFormat::Ext4).exists()
+        );
     }
 }

@@ -20,19 +20,34 @@ pub enum StoreError {
     #[error("digest mismatch for blob {expected}: content has {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("size mismatch for blob {digest}: expected {expected} bytes, got {actual}")]
-    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     #[error("blob {digest} is larger than its declared {expected} bytes")]
     TooLarge { digest: Digest, expected: u64 },
     #[error("blob {0} is not in the store")]
     Missing(Digest),
     #[error("store I/O on {path}: {source}")]
-    Io { path: PathBuf, #[source] source: io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("fetching blob {digest}: {source}")]
-    Fetch { digest: Digest, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    Fetch {
+        digest: Digest,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Whether `ensure` found the blob or wrote it.
@@ -78,7 +93,9 @@ impl BlobStore {
     /// Reads a small stored blob (a manifest or config) into memory.
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let mut buf = Vec::new();
-        self.open_blob(digest)?.read_to_end(&mut buf).map_err(io_err(&self.path(digest)))?;
+        self.open_blob(digest)?
+            .read_to_end(&mut buf)
+            .map_err(io_err(&self.path(digest)))?;
         Ok(buf)
     }
 
@@ -107,8 +124,12 @@ impl BlobStore {
         }
         let lock_path = self.dir.join(format!("{}.lock", digest.hex()));
         let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| StoreError::Io { path: lock_path.clone(), source: e.into() })?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            StoreError::Io {
+                path: lock_path.clone(),
+                source: e.into(),
+            }
+        })?;
         if path.is_file() {
             debug!(%digest, "blob written by another puller while we waited");
             return Ok(Ensured::Present);
@@ -125,23 +146,44 @@ impl BlobStore {
         };
         let result = fetch(&mut writer);
         if writer.limit.is_some_and(|l| writer.written > l) {
-            return Err(StoreError::TooLarge { digest: digest.clone(), expected: size.unwrap_or(0) });
+            return Err(StoreError::TooLarge {
+                digest: digest.clone(),
+                expected: size.unwrap_or(0),
+            });
         }
-        result.map_err(|e| StoreError::Fetch { digest: digest.clone(), source: e.into() })?;
-        let VerifyingWriter { file, hasher, written, .. } = writer;
+        result.map_err(|e| StoreError::Fetch {
+            digest: digest.clone(),
+            source: e.into(),
+        })?;
+        let VerifyingWriter {
+            file,
+            hasher,
+            written,
+            ..
+        } = writer;
         let actual = Digest::from_hasher(hasher);
         if &actual != digest {
-            return Err(StoreError::DigestMismatch { expected: digest.clone(), actual });
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
         }
         if let Some(expected) = size.filter(|&s| s != written) {
-            return Err(StoreError::SizeMismatch { digest: digest.clone(), expected, actual: written });
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected,
+                actual: written,
+            });
         }
         let tmp = file.into_inner().map_err(|e| StoreError::Io {
             path: path.clone(),
             source: e.into_error(),
         })?;
         tmp.as_file().sync_data().map_err(io_err(&path))?;
-        tmp.persist(&path).map_err(|e| StoreError::Io { path: path.clone(), source: e.error })?;
+        tmp.persist(&path).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
         debug!(%digest, bytes = written, "blob stored");
         Ok(Ensured::Written)
     }
@@ -150,7 +192,9 @@ impl BlobStore {
     pub fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
         let path = self.path(digest);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { path, source: e }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path, source: e })
+            }
             _ => Ok(()),
         }
     }
@@ -166,7 +210,10 @@ struct VerifyingWriter {
 
 impl Write for VerifyingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.limit.is_some_and(|l| self.written + buf.len() as u64 > l) {
+        if self
+            .limit
+            .is_some_and(|l| self.written + buf.len() as u64 > l)
+        {
             self.written += buf.len() as u64;
             return Err(io::Error::other("blob is larger than its declared size"));
         }
@@ -203,7 +250,9 @@ mod tests {
         assert_eq!(d, Digest::of(b"hello"));
         assert!(store.contains(&d));
         assert_eq!(store.read(&d).unwrap(), b"hello");
-        let again = store.ensure(&d, None, |_| -> Result<(), io::Error> { panic!("must not fetch") });
+        let again = store.ensure(&d, None, |_| -> Result<(), io::Error> {
+            panic!("must not fetch")
+        });
         assert_eq!(again.unwrap(), Ensured::Present);
     }
 
@@ -212,9 +261,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let want = Digest::of(b"good");
-        let err = store.ensure(&want, None, |w| w.write_all(b"evil")).unwrap_err();
+        let err = store
+            .ensure(&want, None, |w| w.write_all(b"evil"))
+            .unwrap_err();
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
-        assert!(err.to_string().starts_with("digest mismatch for blob sha256:"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("digest mismatch for blob sha256:"),
+            "{err}"
+        );
         assert!(!store.contains(&want));
         assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
     }
@@ -224,16 +279,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let want = Digest::of(b"0123456789");
-        let err = store.ensure(&want, Some(4), |w| w.write_all(b"0123456789")).unwrap_err();
+        let err = store
+            .ensure(&want, Some(4), |w| w.write_all(b"0123456789"))
+            .unwrap_err();
         assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
         let err = store
             .ensure(&want, None, |w| {
                 w.write_all(b"01234")?;
-                Err(io::Error::new(io::ErrorKind::ConnectionReset, "peer went away"))
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "peer went away",
+                ))
             })
             .unwrap_err();
         assert!(matches!(err, StoreError::Fetch { .. }), "{err}");
-        let err = store.ensure(&want, Some(20), |w| w.write_all(b"0123456789")).unwrap_err();
+        let err = store
+            .ensure(&want, Some(20), |w| w.write_all(b"0123456789"))
+            .unwrap_err();
         assert!(matches!(err, StoreError::SizeMismatch { .. }), "{err}");
         assert!(leftovers(&store).is_empty());
     }

@@ -32,11 +32,18 @@ pub enum UnpackError {
     #[error("reading layer: {0}")]
     Read(#[source] io::Error),
     #[error("writing {path}: {source}")]
-    Io { path: PathBuf, #[source] source: io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Io { path: path.to_path_buf(), source }
+    move |source| UnpackError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The compression of a layer, found from its first bytes.
@@ -64,7 +71,9 @@ pub fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>, Un
     let kind = detect(reader.fill_buf().map_err(UnpackError::Read)?);
     Ok(match kind {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Read)?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Read)?)
+        }
         Compression::None => Box::new(reader),
     })
 }
@@ -85,7 +94,12 @@ pub fn apply_layer_file(root: &Path, layer: &Path) -> Result<LayerStats, UnpackE
 
 /// Applies one layer stream onto `root`, which holds the layers below it.
 pub fn apply_layer(root: &Path, layer: impl Read) -> Result<LayerStats, UnpackError> {
-    let mut applier = Applier { root, touched: HashSet::new(), dirs: Vec::new(), stats: LayerStats::default() };
+    let mut applier = Applier {
+        root,
+        touched: HashSet::new(),
+        dirs: Vec::new(),
+        stats: LayerStats::default(),
+    };
     let mut archive = tar::Archive::new(decompressed(layer)?);
     for entry in archive.entries().map_err(UnpackError::Read)? {
         applier.entry(entry.map_err(UnpackError::Read)?)?;
@@ -128,10 +142,19 @@ impl Applier<'_> {
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
             return Ok(());
         }
-        let parts = clean_parts(&raw).map_err(|why| UnpackError::Escape { entry: name.clone(), why })?;
+        let parts = clean_parts(&raw).map_err(|why| UnpackError::Escape {
+            entry: name.clone(),
+            why,
+        })?;
         let Some((file_name, parents)) = parts.split_last() else {
             return Ok(()); // the root itself ("./"): keep the root as it is
         };
@@ -141,13 +164,19 @@ impl Applier<'_> {
             self.stats.whiteouts += 1;
             return self.whiteout(&name, parents, file_name);
         }
-        let parent = self.resolve(&name, parents, true)?.ok_or_else(|| bad(&name, "its folder cannot be made"))?;
+        let parent = self
+            .resolve(&name, parents, true)?
+            .ok_or_else(|| bad(&name, "its folder cannot be made"))?;
         let rel = parent.join(file_name);
         let path = self.root.join(&rel);
         self.touch(&rel);
         let header = entry.header().clone();
         // Blank numeric fields read as 0, as Go's archive/tar (which writes most layers) does.
-        let default_mode = if kind == EntryType::Directory { 0o755 } else { 0o644 };
+        let default_mode = if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        };
         let mode = header.mode().unwrap_or(default_mode) & 0o7777;
         let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
         let mtime = header.mtime().unwrap_or(0);
@@ -183,13 +212,21 @@ impl Applier<'_> {
                     .ok_or_else(|| bad(&name, "symlink without a target"))?
                     .into_owned();
                 remove_any(&path)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(io_at(&path))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(io_at(&path))?;
                 finish(&path, uid, gid, None, mtime)?;
             }
             EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| bad(&name, "hardlink without a target"))?;
-                let tparts = clean_parts(&target).map_err(|why| UnpackError::Escape { entry: name.clone(), why })?;
-                let (tname, tparents) = tparts.split_last().ok_or_else(|| bad(&name, "hardlink to the root"))?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(&name, "hardlink without a target"))?;
+                let tparts = clean_parts(&target).map_err(|why| UnpackError::Escape {
+                    entry: name.clone(),
+                    why,
+                })?;
+                let (tname, tparents) = tparts
+                    .split_last()
+                    .ok_or_else(|| bad(&name, "hardlink to the root"))?;
                 let tparent = self
                     .resolve(&name, tparents, false)?
                     .ok_or_else(|| bad(&name, "hardlink target does not exist"))?;
@@ -215,13 +252,19 @@ impl Applier<'_> {
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 remove_any(&path)?;
                 let dev = rustix::fs::makedev(major, minor);
-                match rustix::fs::mknodat(CWD, &path, ftype, Mode::from_raw_mode(mode & 0o777), dev) {
+                match rustix::fs::mknodat(CWD, &path, ftype, Mode::from_raw_mode(mode & 0o777), dev)
+                {
                     Ok(()) => finish(&path, uid, gid, Some(mode), mtime)?,
                     Err(rustix::io::Errno::PERM) => {
                         warn!(entry = %name, "no permission to create device node; skipped");
                         return Ok(());
                     }
-                    Err(e) => return Err(UnpackError::Io { path, source: e.into() }),
+                    Err(e) => {
+                        return Err(UnpackError::Io {
+                            path,
+                            source: e.into(),
+                        })
+                    }
                 }
             }
             other => {
@@ -230,14 +273,24 @@ impl Applier<'_> {
             }
         }
         for (key, value) in xattrs {
-            if let Err(e) = rustix::fs::lsetxattr(&path, key.as_os_str(), &value, rustix::fs::XattrFlags::empty()) {
+            if let Err(e) = rustix::fs::lsetxattr(
+                &path,
+                key.as_os_str(),
+                &value,
+                rustix::fs::XattrFlags::empty(),
+            ) {
                 warn!(entry = %name, xattr = ?key, error = %e, "could not set xattr");
             }
         }
         Ok(())
     }
 
-    fn whiteout(&mut self, name: &str, parents: &[&OsStr], file_name: &OsStr) -> Result<(), UnpackError> {
+    fn whiteout(
+        &mut self,
+        name: &str,
+        parents: &[&OsStr],
+        file_name: &OsStr,
+    ) -> Result<(), UnpackError> {
         let Some(parent) = self.resolve(name, parents, false)? else {
             return Ok(()); // nothing below to hide
         };
@@ -247,7 +300,11 @@ impl Applier<'_> {
             return self.hide_lower(&parent);
         }
         let hidden = OsStr::from_bytes(&file_bytes[WHITEOUT_PREFIX.len()..]);
-        if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.as_bytes().starts_with(b".wh.") {
+        if hidden.is_empty()
+            || hidden == "."
+            || hidden == ".."
+            || hidden.as_bytes().starts_with(b".wh.")
+        {
             return Err(bad(name, "malformed whiteout name"));
         }
         let rel = parent.join(hidden);
@@ -268,7 +325,12 @@ impl Applier<'_> {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(UnpackError::Io { path: dir, source: e }),
+            Err(e) => {
+                return Err(UnpackError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
         };
         for child in entries {
             let child = child.map_err(io_at(&dir))?;
@@ -293,7 +355,12 @@ impl Applier<'_> {
     /// Resolves directory components below the root, following symlinks as if the root
     /// were `/` and refusing any that lead out. Returns the resolved relative path, or `None`
     /// when a component is missing and `create` is false.
-    fn resolve(&mut self, name: &str, parts: &[&OsStr], create: bool) -> Result<Option<PathBuf>, UnpackError> {
+    fn resolve(
+        &mut self,
+        name: &str,
+        parts: &[&OsStr],
+        create: bool,
+    ) -> Result<Option<PathBuf>, UnpackError> {
         let mut resolved: Vec<OsString> = Vec::new();
         let mut queue: VecDeque<OsString> = parts.iter().map(|p| p.to_os_string()).collect();
         let mut hops = 0;
@@ -303,7 +370,10 @@ impl Applier<'_> {
             }
             if c == ".." {
                 if resolved.pop().is_none() {
-                    return Err(UnpackError::Escape { entry: name.to_string(), why: "a symlink on its path leads out" });
+                    return Err(UnpackError::Escape {
+                        entry: name.to_string(),
+                        why: "a symlink on its path leads out",
+                    });
                 }
                 continue;
             }
@@ -343,7 +413,10 @@ impl Applier<'_> {
 }
 
 fn bad(entry: &str, why: &str) -> UnpackError {
-    UnpackError::BadEntry { entry: entry.to_string(), why: why.to_string() }
+    UnpackError::BadEntry {
+        entry: entry.to_string(),
+        why: why.to_string(),
+    }
 }
 
 fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(OsString, Vec<u8>)>, UnpackError> {
@@ -352,7 +425,10 @@ fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(OsString, Vec<u
         for ext in exts {
             let ext = ext.map_err(UnpackError::Read)?;
             if let Some(key) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                out.push((OsStr::from_bytes(key).to_os_string(), ext.value_bytes().to_vec()));
+                out.push((
+                    OsStr::from_bytes(key).to_os_string(),
+                    ext.value_bytes().to_vec(),
+                ));
             }
         }
     }
@@ -360,7 +436,10 @@ fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(OsString, Vec<u
 }
 
 fn mkdir(path: &Path) -> Result<(), UnpackError> {
-    fs::DirBuilder::new().mode(0o755).create(path).map_err(io_at(path))
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(path)
+        .map_err(io_at(path))
 }
 
 /// Removes a file, symlink or whole directory tree (never following symlinks).
@@ -386,7 +465,13 @@ fn chown(path: &Path, uid: u64, gid: u64) -> Result<(), UnpackError> {
 }
 
 /// Owner, then mode (a chown clears set-id bits), then mtime.
-fn finish(path: &Path, uid: u64, gid: u64, mode: Option<u32>, mtime: u64) -> Result<(), UnpackError> {
+fn finish(
+    path: &Path,
+    uid: u64,
+    gid: u64,
+    mode: Option<u32>,
+    mtime: u64,
+) -> Result<(), UnpackError> {
     chown(path, uid, gid)?;
     if let Some(mode) = mode {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_at(path))?;
@@ -396,8 +481,14 @@ fn finish(path: &Path, uid: u64, gid: u64, mode: Option<u32>, mtime: u64) -> Res
 }
 
 fn set_mtime(path: &Path, mtime: u64) {
-    let t = Timespec { tv_sec: mtime.min(i64::MAX as u64) as i64, tv_nsec: 0 };
-    let times = Timestamps { last_access: t, last_modification: t };
+    let t = Timespec {
+        tv_sec: mtime.min(i64::MAX as u64) as i64,
+        tv_nsec: 0,
+    };
+    let times = Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
     if let Err(e) = rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW) {
         debug!(path = %path.display(), error = %e, "could not set mtime");
     }

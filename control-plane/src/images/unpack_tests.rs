@@ -67,20 +67,27 @@ fn exists(root: &Path, p: &str) -> bool {
 #[test]
 fn files_dirs_links_devices_owners_modes_and_xattrs() {
     let root = tempfile::tempdir().unwrap();
-    let mut l = Layer::new().dir("etc/").file("etc/hosts", "127.0.0.1 localhost\n");
+    let mut l = Layer::new()
+        .dir("etc/")
+        .file("etc/hosts", "127.0.0.1 localhost\n");
     let mut h = Layer::header("bin/tool", EntryType::Regular, 0o4755, 3);
     h.set_uid(1234);
     h.set_gid(5678);
     l = l.add(h, b"abc");
-    l = l.symlink("bin/sh", "tool").link("bin/tool2", EntryType::Link, "bin/tool");
+    l = l
+        .symlink("bin/sh", "tool")
+        .link("bin/tool2", EntryType::Link, "bin/tool");
     let mut dev = Layer::header("dev/null", EntryType::Char, 0o666, 0);
     dev.set_device_major(1).unwrap();
     dev.set_device_minor(3).unwrap();
     l = l.add(dev, b"");
     l = l.add(Layer::header("run/fifo", EntryType::Fifo, 0o600, 0), b"");
-    l.0.append_pax_extensions([("SCHILY.xattr.user.skiff", b"yes".as_slice())]).unwrap();
+    l.0.append_pax_extensions([("SCHILY.xattr.user.skiff", b"yes".as_slice())])
+        .unwrap();
     l = l.file("etc/tagged", "x");
-    l = l.add(Layer::header("ro/", EntryType::Directory, 0o555, 0), b"").file("ro/inside", "in");
+    l = l
+        .add(Layer::header("ro/", EntryType::Directory, 0o555, 0), b"")
+        .file("ro/inside", "in");
     let stats = apply_layer(root.path(), l.tar().as_slice()).unwrap();
     let r = root.path();
     assert_eq!(stats.entries, 10);
@@ -101,7 +108,10 @@ fn files_dirs_links_devices_owners_modes_and_xattrs() {
     } else {
         assert!(!exists(r, "dev/null"));
     }
-    assert!(fs::metadata(r.join("run/fifo")).unwrap().file_type().is_fifo());
+    assert!(fs::metadata(r.join("run/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     let x = rustix::fs::lgetxattr(r.join("etc/tagged"), "user.skiff", &mut [0u8; 16][..]).unwrap();
     assert_eq!(x, 3);
     assert_eq!(fs::metadata(r.join("ro")).unwrap().mode() & 0o777, 0o555);
@@ -185,9 +195,16 @@ fn entries_replace_lower_entries_of_another_kind_without_following_symlinks() {
     let r = root.path();
     let target = outside.path().join("victim");
     fs::write(&target, "safe").unwrap();
-    let lower = Layer::new().symlink("f", target.to_str().unwrap()).file("d", "file").dir("x/");
+    let lower = Layer::new()
+        .symlink("f", target.to_str().unwrap())
+        .file("d", "file")
+        .dir("x/");
     apply_layer(r, lower.tar().as_slice()).unwrap();
-    let upper = Layer::new().file("f", "over").dir("d/").file("d/in", "i").file("x", "now a file");
+    let upper = Layer::new()
+        .file("f", "over")
+        .dir("d/")
+        .file("d/in", "i")
+        .file("x", "now a file");
     apply_layer(r, upper.tar().as_slice()).unwrap();
     assert_eq!(fs::read_to_string(&target).unwrap(), "safe");
     assert_eq!(read(r, "f"), "over");
@@ -199,10 +216,16 @@ fn entries_replace_lower_entries_of_another_kind_without_following_symlinks() {
 fn absolute_symlinks_resolve_inside_the_root() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
-    let l = Layer::new().dir("usr/etc/").symlink("etc", "/usr/etc").file("etc/conf", "c");
+    let l = Layer::new()
+        .dir("usr/etc/")
+        .symlink("etc", "/usr/etc")
+        .file("etc/conf", "c");
     apply_layer(r, l.tar().as_slice()).unwrap();
     assert_eq!(read(r, "usr/etc/conf"), "c");
-    assert!(fs::symlink_metadata(r.join("etc")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(r.join("etc"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 #[test]
@@ -212,20 +235,45 @@ fn escapes_are_rejected_and_write_nothing_outside() {
     fs::create_dir(&root).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("dotdot", Layer::new().file("../evil", "x").tar()),
-        ("nested dotdot", Layer::new().file("a/../../evil", "x").tar()),
+        (
+            "nested dotdot",
+            Layer::new().file("a/../../evil", "x").tar(),
+        ),
         ("absolute", Layer::new().file("/evil", "x").tar()),
-        ("symlink out", Layer::new().symlink("up", "../").file("up/evil", "x").tar()),
-        ("deep symlink out", Layer::new().dir("a/").symlink("a/l", "../../..").file("a/l/evil", "x").tar()),
-        ("hardlink out", Layer::new().link("h", EntryType::Link, "../evil").tar()),
-        ("whiteout via symlink", Layer::new().symlink("w", "..").file("w/.wh.root", "").tar()),
+        (
+            "symlink out",
+            Layer::new().symlink("up", "../").file("up/evil", "x").tar(),
+        ),
+        (
+            "deep symlink out",
+            Layer::new()
+                .dir("a/")
+                .symlink("a/l", "../../..")
+                .file("a/l/evil", "x")
+                .tar(),
+        ),
+        (
+            "hardlink out",
+            Layer::new().link("h", EntryType::Link, "../evil").tar(),
+        ),
+        (
+            "whiteout via symlink",
+            Layer::new().symlink("w", "..").file("w/.wh.root", "").tar(),
+        ),
     ];
     fs::write(outer.path().join("evil"), "untouched").unwrap();
     for (what, tar) in cases {
         let err = apply_layer(&root, tar.as_slice()).unwrap_err();
         assert!(matches!(err, UnpackError::Escape { .. }), "{what}: {err}");
-        assert!(err.to_string().contains("escapes the root"), "{what}: {err}");
+        assert!(
+            err.to_string().contains("escapes the root"),
+            "{what}: {err}"
+        );
     }
-    assert_eq!(fs::read_to_string(outer.path().join("evil")).unwrap(), "untouched");
+    assert_eq!(
+        fs::read_to_string(outer.path().join("evil")).unwrap(),
+        "untouched"
+    );
     assert!(outer.path().join("root").exists());
 }
 
@@ -236,9 +284,20 @@ fn garbage_and_broken_links_give_errors_not_panics() {
     assert!(matches!(err, UnpackError::Read(_)), "{err}");
     let err = apply_layer(root.path(), &[0x28, 0xb5, 0x2f, 0xfd, 9, 9][..]).unwrap_err();
     assert!(matches!(err, UnpackError::Read(_)), "{err}");
-    let err = apply_layer(root.path(), Layer::new().link("h", EntryType::Link, "missing").tar().as_slice()).unwrap_err();
+    let err = apply_layer(
+        root.path(),
+        Layer::new()
+            .link("h", EntryType::Link, "missing")
+            .tar()
+            .as_slice(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
-    let loop_layer = Layer::new().symlink("a", "b").symlink("b", "a").file("a/x", "").tar();
+    let loop_layer = Layer::new()
+        .symlink("a", "b")
+        .symlink("b", "a")
+        .file("a/x", "")
+        .tar();
     let err = apply_layer(root.path(), loop_layer.as_slice()).unwrap_err();
     assert!(err.to_string().contains("symlinks"), "{err}");
 }

@@ -21,7 +21,11 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// Polls `check` until it returns Some or the deadline passes.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
@@ -42,7 +46,11 @@ pub struct Tls {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl")?;
     if !out.status.success() {
         bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -50,14 +58,72 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 }
 
 pub fn make_tls(dir: &Path) -> Result<Tls> {
-    openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=skiff test CA"])?;
-    openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"])?;
-    fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")?;
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"])?;
-    Ok(Tls { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") })
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=skiff test CA",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    )?;
+    fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    )?;
+    Ok(Tls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    })
 }
 
 /// A running registry; killed on drop.
@@ -73,7 +139,9 @@ pub struct Registry {
 }
 
 fn http_client(tls: Option<&Tls>) -> Result<reqwest::blocking::Client> {
-    let mut b = reqwest::blocking::Client::builder().use_rustls_tls().timeout(Duration::from_secs(30));
+    let mut b = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .timeout(Duration::from_secs(30));
     if let Some(t) = tls {
         b = b.add_root_certificate(reqwest::Certificate::from_pem(&fs::read(&t.ca)?)?);
     }
@@ -99,23 +167,41 @@ impl Registry {
         Self::start_full(false, None, Some((realm.to_string(), issuer)))
     }
 
-    fn start_full(tls: bool, user: Option<(&str, &str)>, tokens: Option<(String, std::sync::Arc<token::Issuer>)>) -> Result<Registry> {
+    fn start_full(
+        tls: bool,
+        user: Option<(&str, &str)>,
+        tokens: Option<(String, std::sync::Arc<token::Issuer>)>,
+    ) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
         let storage = dir.path().join("storage");
         fs::create_dir(&storage)?;
         let mut extra = String::new();
-        let tls = if tls { Some(make_tls(dir.path())?) } else { None };
+        let tls = if tls {
+            Some(make_tls(dir.path())?)
+        } else {
+            None
+        };
         if let Some(t) = &tls {
-            extra += &format!("  tls:\n    certificate: {}\n    key: {}\n", t.cert.display(), t.key.display());
+            extra += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                t.cert.display(),
+                t.key.display()
+            );
         }
         if let Some((u, p)) = user {
-            let out = Command::new("htpasswd").args(["-nbB", u, p]).output().context("running htpasswd")?;
+            let out = Command::new("htpasswd")
+                .args(["-nbB", u, p])
+                .output()
+                .context("running htpasswd")?;
             if !out.status.success() {
                 bail!("htpasswd failed");
             }
             let htpasswd = dir.path().join("htpasswd");
             fs::write(&htpasswd, &out.stdout)?;
-            extra += &format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", htpasswd.display());
+            extra += &format!(
+                "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+                htpasswd.display()
+            );
         }
         if let Some((realm, issuer)) = &tokens {
             extra += &format!(
@@ -150,14 +236,23 @@ impl Registry {
             let http = http_client(tls.as_ref())?;
             let listening = format!("listening on {addr}");
             let mut child = child;
-            let up = wait_until("the registry to listen and answer /v2/", Duration::from_secs(20), || {
-                if child.try_wait().ok().flatten().is_some() {
-                    return Some(false);
-                }
-                let answers = fs::read_to_string(&log).unwrap_or_default().contains(&listening)
-                    && http.get(format!("{base}/v2/")).send().is_ok_and(|r| r.status() == 200 || r.status() == 401);
-                answers.then_some(true)
-            });
+            let up = wait_until(
+                "the registry to listen and answer /v2/",
+                Duration::from_secs(20),
+                || {
+                    if child.try_wait().ok().flatten().is_some() {
+                        return Some(false);
+                    }
+                    let answers = fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .contains(&listening)
+                        && http
+                            .get(format!("{base}/v2/"))
+                            .send()
+                            .is_ok_and(|r| r.status() == 200 || r.status() == 401);
+                    answers.then_some(true)
+                },
+            );
             match up {
                 Ok(true) => {
                     return Ok(Registry {
@@ -175,7 +270,10 @@ impl Registry {
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(e.context(format!("registry log:\n{}", fs::read_to_string(&log).unwrap_or_default())));
+                    return Err(e.context(format!(
+                        "registry log:\n{}",
+                        fs::read_to_string(&log).unwrap_or_default()
+                    )));
                 }
             }
         }
@@ -194,28 +292,44 @@ impl Registry {
     pub fn blob_gets(&self, digest: Option<&Digest>) -> usize {
         self.log_text()
             .lines()
-            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:") && l.contains("\" 200 "))
+            .filter(|l| {
+                l.contains("\"GET /v2/") && l.contains("/blobs/sha256:") && l.contains("\" 200 ")
+            })
             .filter(|l| digest.is_none_or(|d| l.contains(&d.to_string())))
             .count()
     }
 
     /// Waits until the access log shows `n` successful blob GETs (it is written asynchronously).
     pub fn wait_blob_gets(&self, n: usize) -> Result<usize> {
-        wait_until(&format!("{n} blob GETs in the registry log"), Duration::from_secs(5), || {
-            let c = self.blob_gets(None);
-            (c >= n).then_some(c)
-        })
+        wait_until(
+            &format!("{n} blob GETs in the registry log"),
+            Duration::from_secs(5),
+            || {
+                let c = self.blob_gets(None);
+                (c >= n).then_some(c)
+            },
+        )
     }
 
     /// The file the registry serves for blob `d` (for corrupting it).
     pub fn blob_file(&self, d: &Digest) -> PathBuf {
-        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{}/data", &d.hex()[..2], d.hex()))
+        self.dir.path().join(format!(
+            "storage/docker/registry/v2/blobs/sha256/{}/{}/data",
+            &d.hex()[..2],
+            d.hex()
+        ))
     }
 
-    fn req(&self, repo: &str, r: reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::RequestBuilder> {
+    fn req(
+        &self,
+        repo: &str,
+        r: reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::RequestBuilder> {
         Ok(match (&self.user, &self.issuer) {
             (Some((u, p)), _) => r.basic_auth(u, Some(p)),
-            (None, Some(issuer)) => r.bearer_auth(issuer.token("pusher", repo, &["pull", "push"])?),
+            (None, Some(issuer)) => {
+                r.bearer_auth(issuer.token("pusher", repo, &["pull", "push"])?)
+            }
             (None, None) => r,
         })
     }
@@ -224,12 +338,26 @@ impl Registry {
     pub fn push_blob(&self, repo: &str, data: &[u8]) -> Result<Digest> {
         let d = Digest::of(data);
         let http = self.http()?;
-        let resp = self.req(repo, http.post(format!("{}/v2/{repo}/blobs/uploads/", self.base)))?.send()?;
+        let resp = self
+            .req(
+                repo,
+                http.post(format!("{}/v2/{repo}/blobs/uploads/", self.base)),
+            )?
+            .send()?;
         if resp.status() != 202 {
             bail!("upload start: HTTP {}: {}", resp.status(), resp.text()?);
         }
-        let loc = resp.headers().get("location").context("no Location")?.to_str()?.to_string();
-        let loc = if loc.starts_with('/') { format!("{}{loc}", self.base) } else { loc };
+        let loc = resp
+            .headers()
+            .get("location")
+            .context("no Location")?
+            .to_str()?
+            .to_string();
+        let loc = if loc.starts_with('/') {
+            format!("{}{loc}", self.base)
+        } else {
+            loc
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let resp = self
             .req(repo, http.put(format!("{loc}{sep}digest={d}")))?
@@ -243,43 +371,76 @@ impl Registry {
     }
 
     /// Uploads a manifest under `reference` (a tag or its digest); returns its digest.
-    pub fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &Value) -> Result<Digest> {
+    pub fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &Value,
+    ) -> Result<Digest> {
         let bytes = serde_json::to_vec(body)?;
         let http = self.http()?;
         let resp = self
-            .req(repo, http.put(format!("{}/v2/{repo}/manifests/{reference}", self.base)))?
+            .req(
+                repo,
+                http.put(format!("{}/v2/{repo}/manifests/{reference}", self.base)),
+            )?
             .header("content-type", media_type)
             .body(bytes.clone())
             .send()?;
         if resp.status() != 201 {
-            bail!("manifest {repo}:{reference}: HTTP {}: {}", resp.status(), resp.text()?);
+            bail!(
+                "manifest {repo}:{reference}: HTTP {}: {}",
+                resp.status(),
+                resp.text()?
+            );
         }
         Ok(Digest::of(&bytes))
     }
 
     /// Pushes an image: its layers (bytes + media type), a config with `run` as its
     /// `config` section, and a manifest of `manifest_type` tagged `tag`.
-    pub fn push_image(&self, repo: &str, tag: &str, manifest_type: &str, layers: &[Layer], run: Value) -> Result<Pushed> {
+    pub fn push_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        manifest_type: &str,
+        layers: &[Layer],
+        run: Value,
+    ) -> Result<Pushed> {
         let docker = manifest_type == DOCKER_MANIFEST;
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
         for l in layers {
             let d = self.push_blob(repo, &l.bytes)?;
             diff_ids.push(Digest::of(&l.tar).to_string());
-            let mt = if docker { "application/vnd.docker.image.rootfs.diff.tar.gzip" } else { l.media_type };
+            let mt = if docker {
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            } else {
+                l.media_type
+            };
             descs.push(json!({"mediaType": mt, "digest": d.to_string(), "size": l.bytes.len()}));
         }
         let config = json!({"architecture": "amd64", "os": "linux", "config": run,
             "rootfs": {"type": "layers", "diff_ids": diff_ids}});
         let config_bytes = serde_json::to_vec(&config)?;
         let config_digest = self.push_blob(repo, &config_bytes)?;
-        let config_type = if docker { "application/vnd.docker.container.image.v1+json" } else { "application/vnd.oci.image.config.v1+json" };
+        let config_type = if docker {
+            "application/vnd.docker.container.image.v1+json"
+        } else {
+            "application/vnd.oci.image.config.v1+json"
+        };
         let manifest = json!({"schemaVersion": 2, "mediaType": manifest_type,
             "config": {"mediaType": config_type, "digest": config_digest.to_string(), "size": config_bytes.len()},
             "layers": descs});
         let digest = self.push_manifest(repo, tag, manifest_type, &manifest)?;
         let size = serde_json::to_vec(&manifest)?.len();
-        Ok(Pushed { manifest: digest, size, config: config_digest, layers: layers.iter().map(|l| Digest::of(&l.bytes)).collect() })
+        Ok(Pushed {
+            manifest: digest,
+            size,
+            config: config_digest,
+            layers: layers.iter().map(|l| Digest::of(&l.bytes)).collect(),
+        })
     }
 }
 
@@ -309,17 +470,29 @@ pub struct Layer {
 
 impl Layer {
     pub fn plain(tar: Vec<u8>) -> Layer {
-        Layer { bytes: tar.clone(), tar, media_type: "application/vnd.oci.image.layer.v1.tar" }
+        Layer {
+            bytes: tar.clone(),
+            tar,
+            media_type: "application/vnd.oci.image.layer.v1.tar",
+        }
     }
     pub fn gzip(tar: Vec<u8>) -> Layer {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&tar).expect("gzip in memory");
         let bytes = gz.finish().expect("gzip in memory");
-        Layer { tar, bytes, media_type: "application/vnd.oci.image.layer.v1.tar+gzip" }
+        Layer {
+            tar,
+            bytes,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+        }
     }
     pub fn zstd(tar: Vec<u8>) -> Layer {
         let bytes = zstd::encode_all(tar.as_slice(), 3).expect("zstd in memory");
-        Layer { tar, bytes, media_type: "application/vnd.oci.image.layer.v1.tar+zstd" }
+        Layer {
+            tar,
+            bytes,
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
     }
 }
 
@@ -336,7 +509,14 @@ impl Tar {
     pub fn new() -> Self {
         Tar(tar::Builder::new(Vec::new()))
     }
-    fn entry(mut self, name: &str, kind: tar::EntryType, mode: u32, link: Option<&str>, data: &[u8]) -> Self {
+    fn entry(
+        mut self,
+        name: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        link: Option<&str>,
+        data: &[u8],
+    ) -> Self {
         let mut h = tar::Header::new_gnu();
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         if let Some(l) = link {
@@ -377,7 +557,10 @@ impl Tar {
 
 /// Extracts an EROFS image with `fsck.erofs --extract` to check its content.
 pub fn extract_erofs(image: &Path, to: &Path) -> Result<()> {
-    let out = Command::new("fsck.erofs").arg(format!("--extract={}", to.display())).arg(image).output()?;
+    let out = Command::new("fsck.erofs")
+        .arg(format!("--extract={}", to.display()))
+        .arg(image)
+        .output()?;
     if !out.status.success() {
         bail!("fsck.erofs: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -387,9 +570,16 @@ pub fn extract_erofs(image: &Path, to: &Path) -> Result<()> {
 /// The EROFS inode number of `path` in `image` (hardlinks share it; extraction does not
 /// keep hardlinks, so tests ask `dump.erofs`).
 pub fn erofs_nid(image: &Path, path: &str) -> Result<String> {
-    let out = Command::new("dump.erofs").arg(format!("--path={path}")).arg(image).output()?;
+    let out = Command::new("dump.erofs")
+        .arg(format!("--path={path}"))
+        .arg(image)
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let nid = text.split_whitespace().skip_while(|w| *w != "NID:").nth(1).context("no NID in dump.erofs output")?;
+    let nid = text
+        .split_whitespace()
+        .skip_while(|w| *w != "NID:")
+        .nth(1)
+        .context("no NID in dump.erofs output")?;
     Ok(nid.to_string())
 }
 
@@ -408,16 +598,21 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Layer], run: Value) -> 
         descs.push(json!({"mediaType": l.media_type, "digest": put(&l.bytes)?.to_string(), "size": l.bytes.len()}));
         diff_ids.push(Digest::of(&l.tar).to_string());
     }
-    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux", "config": run,
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}}))?;
+    let config = serde_json::to_vec(
+        &json!({"architecture": "amd64", "os": "linux", "config": run,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}}),
+    )?;
     let cd = put(&config)?;
     let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
         "layers": descs}))?;
     let md = put(&manifest)?;
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    fs::write(dir.join("index.json"), serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
         {"mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": manifest.len(),
-         "annotations": {"org.opencontainers.image.ref.name": tag}}]}))?)?;
+         "annotations": {"org.opencontainers.image.ref.name": tag}}]}))?,
+    )?;
     Ok(md)
 }

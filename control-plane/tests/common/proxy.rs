@@ -21,9 +21,14 @@ impl CutProxy {
         let (upstream, done) = (upstream.to_string(), cuts_done.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
                 let armed = Arc::new(AtomicBool::new(false));
-                let (mut c_in, mut s_out) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
                 let (arm, done_a) = (armed.clone(), done.clone());
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 * 1024];
@@ -32,7 +37,8 @@ impl CutProxy {
                             break;
                         }
                         let chunk = &buf[..n];
-                        let is_blob_get = chunk.starts_with(b"GET ") && chunk.windows(14).any(|w| w == b"/blobs/sha256:");
+                        let is_blob_get = chunk.starts_with(b"GET ")
+                            && chunk.windows(14).any(|w| w == b"/blobs/sha256:");
                         if is_blob_get && done_a.load(Ordering::SeqCst) < cuts {
                             arm.store(true, Ordering::SeqCst);
                         }

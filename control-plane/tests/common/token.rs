@@ -29,14 +29,34 @@ impl Issuer {
     pub fn new(dir: &Path) -> Result<Issuer> {
         let (key, cert) = (dir.join("token.key"), dir.join("token.pem"));
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=skiff token issuer"])
-            .arg("-keyout").arg(&key).arg("-out").arg(&cert)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=skiff token issuer",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
             .output()?;
         if !out.status.success() {
             bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output()?;
-        Ok(Issuer { key, cert, cert_der_b64: STANDARD.encode(der.stdout) })
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()?;
+        Ok(Issuer {
+            key,
+            cert,
+            cert_der_b64: STANDARD.encode(der.stdout),
+        })
     }
 
     /// A JWT granting `actions` on repository `name`.
@@ -57,7 +77,11 @@ impl Issuer {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
-        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!("openssl dgst failed");
@@ -106,7 +130,10 @@ impl TokenServer {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let realm = format!("http://{}/token", listener.local_addr()?);
         let requests = Arc::new(AtomicUsize::new(0));
-        let expected = format!("Basic {}", STANDARD.encode(format!("{}:{}", user.0, user.1)));
+        let expected = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", user.0, user.1))
+        );
         let count = requests.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -120,7 +147,9 @@ impl TokenServer {
                 let mut authorized = false;
                 loop {
                     let mut h = String::new();
-                    if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
+                    if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true)
+                        || h.trim().is_empty()
+                    {
                         break;
                     }
                     if let Some((k, v)) = h.split_once(':') {
@@ -138,7 +167,11 @@ impl TokenServer {
                     .map(percent_decode)
                     .unwrap_or_default();
                 let mut parts = scope.splitn(3, ':');
-                let (_, name, actions) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let (_, name, actions) = (
+                    parts.next(),
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or(""),
+                );
                 let actions: Vec<&str> = actions.split(',').filter(|a| !a.is_empty()).collect();
                 let response = match (authorized, issuer.token("alice", name, &actions)) {
                     (true, Ok(t)) => {
