@@ -12,6 +12,7 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;
+pub mod run;
 pub mod store;
 pub mod unpack;
 
