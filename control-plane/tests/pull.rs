@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::sync::Mutex;
 
 use anyhow::Result;
@@ -30,6 +30,8 @@ fn base_layers() -> Vec<Layer> {
                 .symlink("bin/hi", "hello")
                 .hardlink("bin/hello2", "bin/hello")
                 .fifo("run/fifo")
+                .chardev("dev/null", 1, 3)
+                .file_with_xattr("bin/ping", "ping", "user.skiff", b"cap")
                 .file("etc/gone", "g")
                 .file("etc/keep", "k")
                 .file("var/cache/a", "a")
@@ -111,6 +113,14 @@ fn multi_layer_image_with_every_whiteout_and_compression_becomes_an_erofs_image(
     assert!(fs::symlink_metadata(root.join("run/fifo"))?
         .file_type()
         .is_fifo());
+    let null = fs::symlink_metadata(root.join("dev/null"))?;
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+    assert!(
+        erofs_xattr_size(&rootfs.path, "/bin/ping")? > 0,
+        "xattr kept in the image"
+    );
+    assert_eq!(erofs_xattr_size(&rootfs.path, "/bin/hello")?, 0);
     assert!(!exists("etc/gone"), "file whiteout");
     assert_eq!(read("etc/keep"), "k");
     assert_eq!(read("etc/zstd"), "z");

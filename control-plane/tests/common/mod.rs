@@ -550,9 +550,47 @@ impl Tar {
     pub fn fifo(self, name: &str) -> Self {
         self.entry(name, tar::EntryType::Fifo, 0o600, None, b"")
     }
+    /// A character device node.
+    pub fn chardev(mut self, name: &str, major: u32, minor: u32) -> Self {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_mode(0o666);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_device_major(major).expect("gnu header");
+        h.set_device_minor(minor).expect("gnu header");
+        h.set_cksum();
+        self.0.append(&h, &b""[..]).expect("tar in memory");
+        self
+    }
+    /// A file with an extended attribute (a PAX `SCHILY.xattr.` record).
+    pub fn file_with_xattr(mut self, name: &str, data: &str, key: &str, value: &[u8]) -> Self {
+        let record = format!("SCHILY.xattr.{key}");
+        self.0
+            .append_pax_extensions([(record.as_str(), value)])
+            .expect("tar in memory");
+        self.file(name, data)
+    }
     pub fn build(self) -> Vec<u8> {
         self.0.into_inner().expect("tar in memory")
     }
+}
+
+/// The `Xattr size` `dump.erofs` reports for `path` (0 when it has none).
+pub fn erofs_xattr_size(image: &Path, path: &str) -> Result<u64> {
+    let out = Command::new("dump.erofs")
+        .arg(format!("--path={path}"))
+        .arg(image)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let size = text
+        .split("Xattr size:")
+        .nth(1)
+        .context("no Xattr size in dump.erofs output")?;
+    Ok(size.split_whitespace().next().unwrap_or("0").parse()?)
 }
 
 /// Extracts an EROFS image with `fsck.erofs --extract` to check its content.
