@@ -3,14 +3,13 @@
 //!
 //! Layout under the state dir: `blobs/sha256/<hex>` (manifests, configs, layers),
 //! `refs/<registry>/<repository>/<tag>` (a file holding the manifest digest),
-//! `rootfs/<config hex>.erofs` (see `rootfs`).
+//! `rootfs/<config hex>.erofs` (see `rootfs`), `gc.lock` (see `gc`).
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-
 use std::time::Duration;
 
 use tracing::{info, warn};

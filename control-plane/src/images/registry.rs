@@ -407,7 +407,16 @@ impl RegistryClient {
                     })
                 }
             };
-            debug!(registry = r.registry, kind = ?std::mem::discriminant(&new_auth), "authenticating");
+            let kind = match &new_auth {
+                Auth::Basic => "basic",
+                Auth::Bearer(_) => "bearer token",
+            };
+            debug!(
+                registry = r.registry,
+                repository = r.repository,
+                kind,
+                "authenticating"
+            );
             self.auth
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
