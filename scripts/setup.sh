@@ -8,7 +8,9 @@ cd "$root"
 
 log() { echo "setup: $*" >&2; }
 
-pkgs=(build-essential busybox-static cpio erofs-utils e2fsprogs)
+# docker-registry, skopeo, openssl, apache2-utils (htpasswd): the image tests' registry;
+# erofs-utils, e2fsprogs: root filesystem images.
+pkgs=(build-essential busybox-static cpio docker-registry skopeo erofs-utils e2fsprogs openssl apache2-utils)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

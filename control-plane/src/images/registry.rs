@@ -1,0 +1,558 @@
+//! A client for the Docker Registry HTTP API v2 / OCI distribution spec (pull side):
+//! manifests, indexes and blobs, with anonymous, basic and bearer-token auth.
+//!
+//! Built on `reqwest`'s blocking client (rustls, system roots plus an optional CA file).
+//! From async code, call it inside `tokio::task::spawn_blocking`.
+//! HTTPS is used for every registry; registries marked insecure and loopback registries
+//! are probed over HTTPS first and fall back to plain HTTP, as Docker does.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+use tracing::{debug, info};
+
+use super::auth::{parse_challenge, Challenge, Credentials};
+use super::digest::Digest;
+use super::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
+use super::reference::{Reference, DOCKER_HUB};
+
+/// A registry failure, named for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("manifest unknown: {what} not found in registry {registry} (repository {repository})")]
+    ManifestUnknown {
+        what: String,
+        registry: String,
+        repository: String,
+    },
+    #[error("repository {repository} not found in registry {registry}")]
+    NameUnknown {
+        registry: String,
+        repository: String,
+    },
+    #[error("blob unknown: {digest} not found in registry {registry} (repository {repository})")]
+    BlobUnknown {
+        digest: Digest,
+        registry: String,
+        repository: String,
+    },
+    #[error("authentication failed for registry {registry}: wrong username or password")]
+    AuthFailed { registry: String },
+    #[error("registry {registry} requires authentication for {repository} and no credentials were given")]
+    AuthRequired {
+        registry: String,
+        repository: String,
+    },
+    #[error("access denied to {repository} in registry {registry}")]
+    Denied {
+        registry: String,
+        repository: String,
+    },
+    #[error("registry {registry} asks for an unsupported authentication scheme: {challenge}")]
+    UnsupportedAuth { registry: String, challenge: String },
+    #[error("registry {registry}: token service answered badly: {why}")]
+    Token { registry: String, why: String },
+    #[error("registry {registry}: HTTP {status} for {url}: {body}")]
+    Status {
+        registry: String,
+        status: u16,
+        url: String,
+        body: String,
+    },
+    #[error("cannot reach registry {registry}: {source}")]
+    Unreachable {
+        registry: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("registry {registry}: manifest of {what} is larger than {MAX_MANIFEST_BYTES} bytes")]
+    ManifestTooLarge { registry: String, what: String },
+    #[error("registry {registry}: manifest digest mismatch: asked for {expected}, got {actual}")]
+    ManifestDigest {
+        registry: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("transfer from registry {registry} failed: {source}")]
+    Transfer {
+        registry: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading CA file {path}: {why}")]
+    CaFile { path: PathBuf, why: String },
+    #[error("building the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("{0} is a local-only image and cannot be pulled")]
+    LocalOnly(String),
+}
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Registries (`host[:port]`) allowed over plain HTTP (HTTPS is still tried first).
+    pub insecure: Vec<String>,
+    /// A PEM file of extra CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials per registry (`host[:port]`).
+    pub credentials: HashMap<String, Credentials>,
+}
+
+/// A manifest as fetched, with the digest of its exact bytes.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+    pub digest: Digest,
+}
+
+#[derive(Debug, Clone)]
+enum Auth {
+    Basic,
+    Bearer(String),
+}
+
+/// The registry client; cheap to share between threads.
+#[derive(Debug)]
+pub struct RegistryClient {
+    http: Client,
+    opts: RegistryOptions,
+    endpoints: Mutex<HashMap<String, String>>,
+    auth: Mutex<HashMap<String, Auth>>,
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl RegistryClient {
+    pub fn new(opts: RegistryOptions) -> Result<Self, RegistryError> {
+        let mut builder = Client::builder()
+            .use_rustls_tls()
+            .timeout(None)
+            .connect_timeout(Duration::from_secs(15))
+            .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &opts.ca_file {
+            let ca_err = |why: String| RegistryError::CaFile {
+                path: path.clone(),
+                why,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_err("no PEM certificates in it".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(RegistryError::Client)?;
+        Ok(RegistryClient {
+            http,
+            opts,
+            endpoints: Mutex::default(),
+            auth: Mutex::default(),
+        })
+    }
+
+    fn host(registry: &str) -> &str {
+        if registry == DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        }
+    }
+
+    fn may_use_http(&self, registry: &str) -> bool {
+        is_loopback(registry) || self.opts.insecure.iter().any(|r| r == registry)
+    }
+
+    /// `scheme://host`, probing HTTPS then HTTP where plain HTTP is allowed.
+    fn endpoint(&self, registry: &str) -> Result<String, RegistryError> {
+        if let Some(e) = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(registry)
+        {
+            return Ok(e.clone());
+        }
+        let host = Self::host(registry);
+        let https = format!("https://{host}");
+        let chosen = if !self.may_use_http(registry) {
+            https
+        } else {
+            let probe = |base: &str| {
+                self.http
+                    .get(format!("{base}/v2/"))
+                    .timeout(Duration::from_secs(15))
+                    .send()
+            };
+            match probe(&https) {
+                Ok(_) => https,
+                Err(tls_err) => {
+                    let http = format!("http://{host}");
+                    match probe(&http) {
+                        Ok(r)
+                            if r.status().is_success()
+                                || r.status() == StatusCode::UNAUTHORIZED =>
+                        {
+                            info!(registry, "using plain HTTP");
+                            http
+                        }
+                        _ => {
+                            return Err(RegistryError::Unreachable {
+                                registry: registry.into(),
+                                source: tls_err,
+                            })
+                        }
+                    }
+                }
+            }
+        };
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(registry.to_string(), chosen.clone());
+        Ok(chosen)
+    }
+
+    /// Fetches the manifest `reference` (tag or digest) of `r`'s repository.
+    pub fn manifest(
+        &self,
+        r: &Reference,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.endpoint(&r.registry)?,
+            r.repository,
+            reference
+        );
+        let resp = self.get(r, &url, Some(ACCEPTED))?;
+        let what = if reference.starts_with("sha256:") {
+            reference.to_string()
+        } else {
+            format!("tag {reference}")
+        };
+        let resp = self.check(r, resp, &url, || RegistryError::ManifestUnknown {
+            what: what.clone(),
+            registry: r.registry.clone(),
+            repository: r.repository.clone(),
+        })?;
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut bytes = Vec::new();
+        resp.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| RegistryError::Transfer {
+                registry: r.registry.clone(),
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::ManifestTooLarge {
+                registry: r.registry.clone(),
+                what,
+            });
+        }
+        let digest = Digest::of(&bytes);
+        if let Ok(expected) = reference.parse::<Digest>() {
+            if expected != digest {
+                return Err(RegistryError::ManifestDigest {
+                    registry: r.registry.clone(),
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        debug!(image = %r, %digest, content_type, "manifest fetched");
+        Ok(FetchedManifest {
+            bytes,
+            content_type,
+            digest,
+        })
+    }
+
+    /// Streams the blob `digest` into `out`; returns the bytes copied. The caller verifies.
+    pub fn blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        out: &mut dyn Write,
+    ) -> Result<u64, RegistryError> {
+        let url = format!(
+            "{}/v2/{}/blobs/{}",
+            self.endpoint(&r.registry)?,
+            r.repository,
+            digest
+        );
+        let resp = self.get(r, &url, None)?;
+        let mut resp = self.check(r, resp, &url, || RegistryError::BlobUnknown {
+            digest: digest.clone(),
+            registry: r.registry.clone(),
+            repository: r.repository.clone(),
+        })?;
+        io::copy(&mut resp, out).map_err(|source| RegistryError::Transfer {
+            registry: r.registry.clone(),
+            source,
+        })
+    }
+
+    fn check(
+        &self,
+        r: &Reference,
+        resp: Response,
+        url: &str,
+        not_found: impl FnOnce() -> RegistryError,
+    ) -> Result<Response, RegistryError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body: String = resp.text().unwrap_or_default().chars().take(300).collect();
+        Err(match status {
+            StatusCode::NOT_FOUND if body.contains("NAME_UNKNOWN") => RegistryError::NameUnknown {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+            },
+            StatusCode::NOT_FOUND => not_found(),
+            StatusCode::FORBIDDEN => RegistryError::Denied {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+            },
+            s => RegistryError::Status {
+                registry: r.registry.clone(),
+                status: s.as_u16(),
+                url: url.into(),
+                body,
+            },
+        })
+    }
+
+    /// A GET that answers the registry's auth challenge once.
+    fn get(
+        &self,
+        r: &Reference,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<Response, RegistryError> {
+        let key = r.name();
+        let creds = self.opts.credentials.get(&r.registry);
+        for attempt in 0..2 {
+            let mut req = self.http.get(url);
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            let auth = self
+                .auth
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            req = apply(req, auth.as_ref(), creds);
+            let resp = req.send().map_err(|source| RegistryError::Unreachable {
+                registry: r.registry.clone(),
+                source,
+            })?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            // A second refusal, or a refusal of the password itself, is final.
+            if attempt == 1 || (matches!(auth, Some(Auth::Basic)) && creds.is_some()) {
+                break;
+            }
+            let header = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let new_auth = match parse_challenge(header) {
+                Challenge::Basic if creds.is_some() => Auth::Basic,
+                Challenge::Basic => {
+                    return Err(RegistryError::AuthRequired {
+                        registry: r.registry.clone(),
+                        repository: r.repository.clone(),
+                    })
+                }
+                Challenge::Bearer {
+                    realm,
+                    service,
+                    scope,
+                } => {
+                    let scope =
+                        scope.unwrap_or_else(|| format!("repository:{}:pull", r.repository));
+                    Auth::Bearer(self.token(r, &realm, service.as_deref(), &scope, creds)?)
+                }
+                Challenge::Other(challenge) => {
+                    return Err(RegistryError::UnsupportedAuth {
+                        registry: r.registry.clone(),
+                        challenge,
+                    })
+                }
+            };
+            let kind = match &new_auth {
+                Auth::Basic => "basic",
+                Auth::Bearer(_) => "bearer token",
+            };
+            debug!(
+                registry = r.registry,
+                repository = r.repository,
+                kind,
+                "authenticating"
+            );
+            self.auth
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), new_auth);
+        }
+        Err(match creds {
+            Some(_) => RegistryError::AuthFailed {
+                registry: r.registry.clone(),
+            },
+            None => RegistryError::AuthRequired {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+            },
+        })
+    }
+
+    fn token(
+        &self,
+        r: &Reference,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        creds: Option<&Credentials>,
+    ) -> Result<String, RegistryError> {
+        let bad = |why: String| RegistryError::Token {
+            registry: r.registry.clone(),
+            why,
+        };
+        let realm_url =
+            reqwest::Url::parse(realm).map_err(|e| bad(format!("realm {realm:?}: {e}")))?;
+        let realm_host = realm_url.host_str().unwrap_or("");
+        let realm_authority = match realm_url.port() {
+            Some(p) => format!("{realm_host}:{p}"),
+            None => realm_host.to_string(),
+        };
+        if realm_url.scheme() != "https"
+            && !(self.may_use_http(&realm_authority) || is_loopback(realm_host))
+        {
+            return Err(bad(format!(
+                "refusing to send credentials to plain-HTTP realm {realm}"
+            )));
+        }
+        let mut query = vec![("scope", scope)];
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        let mut req = self
+            .http
+            .get(realm_url)
+            .query(&query)
+            .timeout(Duration::from_secs(30));
+        if let Some(c) = creds {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let resp = req.send().map_err(|source| RegistryError::Unreachable {
+            registry: r.registry.clone(),
+            source,
+        })?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if creds.is_some() => {
+                return Err(RegistryError::AuthFailed {
+                    registry: r.registry.clone(),
+                })
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(RegistryError::AuthRequired {
+                    registry: r.registry.clone(),
+                    repository: r.repository.clone(),
+                })
+            }
+            s => return Err(bad(format!("HTTP {s}"))),
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let t: TokenResponse = serde_json::from_reader(resp.take(1 << 20))
+            .map_err(|e| bad(format!("malformed token response: {e}")))?;
+        t.token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("no token in the response".into()))
+    }
+}
+
+fn apply(req: RequestBuilder, auth: Option<&Auth>, creds: Option<&Credentials>) -> RequestBuilder {
+    match (auth, creds) {
+        (Some(Auth::Bearer(t)), _) => req.bearer_auth(t),
+        (Some(Auth::Basic), Some(c)) => req.basic_auth(&c.username, Some(&c.password)),
+        _ => req,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for yes in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(yes), "{yes}");
+        }
+        for no in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "registry.example:5000",
+            "[2001:db8::1]:443",
+        ] {
+            assert!(!is_loopback(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn docker_hub_uses_its_api_host() {
+        assert_eq!(RegistryClient::host("docker.io"), "registry-1.docker.io");
+        assert_eq!(RegistryClient::host("127.0.0.1:5000"), "127.0.0.1:5000");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_a_clear_error() {
+        let opts = RegistryOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let err = RegistryClient::new(opts).unwrap_err().to_string();
+        assert!(
+            err.starts_with("reading CA file /nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! Read-only root filesystem images, one per image (keyed by its config digest, Docker's
+//! image id), made with `mkfs.erofs` (or `mkfs.ext4 -d` where erofs-utils is missing),
+//! cached under `<state>/rootfs/` and reused by every task of that image.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use tracing::{debug, info};
+
+use super::digest::Digest;
+use super::store::BlobStore;
+use super::unpack::{apply_layer_file, UnpackError};
+
+/// A failure to build a root filesystem image.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("unpacking layer {layer}: {source}")]
+    Unpack {
+        layer: Digest,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("layer {0} is not in the store (pull the image again)")]
+    MissingLayer(Digest),
+    #[error("{tool} not found: install {package}")]
+    ToolMissing {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool {
+        tool: &'static str,
+        status: String,
+        stderr: String,
+    },
+    #[error("rootfs I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
+    move |source| RootfsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The file system of a root filesystem image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootfsFormat {
+    Erofs,
+    Ext4,
+}
+
+impl RootfsFormat {
+    fn ext(self) -> &'static str {
+        match self {
+            RootfsFormat::Erofs => "erofs",
+            RootfsFormat::Ext4 => "ext4",
+        }
+    }
+}
+
+/// A built (or found) root filesystem image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootfs {
+    pub path: PathBuf,
+    pub format: RootfsFormat,
+    /// False when this call built it, true when it was already cached.
+    pub cached: bool,
+}
+
+/// Builds root filesystem images from stored layers.
+#[derive(Debug, Clone)]
+pub struct RootfsBuilder {
+    dir: PathBuf,
+    tmp: PathBuf,
+    format: Option<RootfsFormat>,
+}
+
+fn tool_present(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|d| d.join(tool).is_file())
+        })
+        .unwrap_or(false)
+}
+
+impl RootfsBuilder {
+    /// A builder under `<state_dir>/rootfs`; `format` None picks EROFS when available.
+    pub fn new(state_dir: &Path, format: Option<RootfsFormat>) -> Result<Self, RootfsError> {
+        let dir = state_dir.join("rootfs");
+        let tmp = state_dir.join("tmp");
+        for d in [&dir, &tmp] {
+            fs::create_dir_all(d).map_err(io_at(d))?;
+        }
+        Ok(RootfsBuilder { dir, tmp, format })
+    }
+
+    fn format(&self) -> RootfsFormat {
+        self.format.unwrap_or(if tool_present("mkfs.erofs") {
+            RootfsFormat::Erofs
+        } else {
+            RootfsFormat::Ext4
+        })
+    }
+
+    /// Unpacks layers under `dir` instead of `<state>/tmp` (a tmpfs makes builds faster:
+    /// the unpacked tree is thrown away once the image is made).
+    pub fn with_unpack_dir(mut self, dir: &Path) -> Result<Self, RootfsError> {
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        self.tmp = dir.to_path_buf();
+        Ok(self)
+    }
+
+    /// Where the image of `image_id` lives in `format`.
+    pub fn path(&self, image_id: &Digest, format: RootfsFormat) -> PathBuf {
+        self.dir
+            .join(format!("{}.{}", image_id.hex(), format.ext()))
+    }
+
+    /// Returns the cached image of `image_id`, building it from `layers` (bottom first) if
+    /// needed. Concurrent builders of one image wait for each other and build once.
+    pub fn build(
+        &self,
+        blobs: &BlobStore,
+        image_id: &Digest,
+        layers: &[Digest],
+    ) -> Result<Rootfs, RootfsError> {
+        let format = self.format();
+        let path = self.path(image_id, format);
+        if path.is_file() {
+            return Ok(Rootfs {
+                path,
+                format,
+                cached: true,
+            });
+        }
+        let lock_path = self.dir.join(format!("{}.lock", image_id.hex()));
+        let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            RootfsError::Io {
+                path: lock_path.clone(),
+                source: e.into(),
+            }
+        })?;
+        if path.is_file() {
+            return Ok(Rootfs {
+                path,
+                format,
+                cached: true,
+            });
+        }
+        let started = Instant::now();
+        let work = tempfile::Builder::new()
+            .prefix("rootfs-")
+            .tempdir_in(&self.tmp)
+            .map_err(io_at(&self.tmp))?;
+        let tree = work.path().join("root");
+        fs::create_dir(&tree).map_err(io_at(&tree))?;
+        for layer in layers {
+            if !blobs.contains(layer) {
+                return Err(RootfsError::MissingLayer(layer.clone()));
+            }
+            let stats = apply_layer_file(&tree, &blobs.path(layer)).map_err(|source| {
+                RootfsError::Unpack {
+                    layer: layer.clone(),
+                    source,
+                }
+            })?;
+            debug!(%layer, ?stats, "layer applied");
+        }
+        let unpacked = started.elapsed();
+        // Made next to its final name, so the rename is atomic whatever the unpack dir is.
+        let out = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{}-", image_id.short()))
+            .tempfile_in(&self.dir)
+            .map_err(io_at(&self.dir))?;
+        match format {
+            RootfsFormat::Erofs => mkfs_erofs(&tree, out.path())?,
+            RootfsFormat::Ext4 => mkfs_ext4(&tree, out.path())?,
+        }
+        out.persist(&path).map_err(|e| RootfsError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        info!(image = %image_id, format = format.ext(), ?unpacked, total = ?started.elapsed(), "root filesystem image built");
+        Ok(Rootfs {
+            path,
+            format,
+            cached: false,
+        })
+    }
+}
+
+fn run(tool: &'static str, package: &'static str, cmd: &mut Command) -> Result<(), RootfsError> {
+    let out = cmd.output().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => RootfsError::ToolMissing { tool, package },
+        _ => RootfsError::Io {
+            path: PathBuf::from(tool),
+            source: e,
+        },
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr: String = stderr
+            .trim()
+            .lines()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" / ");
+        return Err(RootfsError::Tool {
+            tool,
+            status: out.status.to_string(),
+            stderr,
+        });
+    }
+    Ok(())
+}
+
+fn mkfs_erofs(tree: &Path, out: &Path) -> Result<(), RootfsError> {
+    // Uncompressed: a rootfs is read often, built once per image, and lives on local disk.
+    run(
+        "mkfs.erofs",
+        "erofs-utils",
+        Command::new("mkfs.erofs").arg("--quiet").arg(out).arg(tree),
+    )
+}
+
+/// Bytes the tree needs, rounded per file to 4 KiB blocks, and its inode count.
+fn tree_usage(dir: &Path) -> Result<(u64, u64), RootfsError> {
+    let (mut bytes, mut inodes) = (0u64, 1u64);
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let meta = entry.metadata().map_err(io_at(&entry.path()))?;
+        inodes += 1;
+        bytes += meta.len().div_ceil(4096) * 4096 + 4096;
+        if meta.is_dir() {
+            let (b, i) = tree_usage(&entry.path())?;
+            bytes += b;
+            inodes += i;
+        }
+    }
+    Ok((bytes, inodes))
+}
+
+fn mkfs_ext4(tree: &Path, out: &Path) -> Result<(), RootfsError> {
+    let (bytes, inodes) = tree_usage(tree)?;
+    let size = (bytes + inodes * 256) / 4 * 5 + (16 << 20);
+    let file = File::create(out).map_err(io_at(out))?;
+    file.set_len(size.div_ceil(4096) * 4096)
+        .map_err(io_at(out))?;
+    drop(file);
+    run(
+        "mkfs.ext4",
+        "e2fsprogs",
+        Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-O",
+                "^has_journal",
+                "-m",
+                "0",
+                "-N",
+            ])
+            .arg((inodes + 64).to_string())
+            .arg("-d")
+            .arg(tree)
+            .arg(out),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn extract(format: RootfsFormat, image: &Path, to: &Path) {
+        let out = match format {
+            RootfsFormat::Erofs => Command::new("fsck.erofs")
+                .arg(format!("--extract={}", to.display()))
+                .arg(image)
+                .output(),
+            RootfsFormat::Ext4 => Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("rdump /etc {}", to.display()))
+                .arg(image)
+                .output(),
+        }
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn builds_each_format_once_and_reuses_it() {
+        for format in [RootfsFormat::Erofs, RootfsFormat::Ext4] {
+            let state = tempfile::tempdir().unwrap();
+            let blobs = BlobStore::open(state.path()).unwrap();
+            let l1 = blobs
+                .put_bytes(&layer(&[("etc/a", "one"), ("etc/b", "two")]))
+                .unwrap();
+            let l2 = blobs
+                .put_bytes(&layer(&[("etc/.wh.b", ""), ("etc/c", "three")]))
+                .unwrap();
+            let id = Digest::of(b"config");
+            let builder = RootfsBuilder::new(state.path(), Some(format)).unwrap();
+            let first = builder
+                .build(&blobs, &id, &[l1.clone(), l2.clone()])
+                .unwrap();
+            assert!(!first.cached);
+            assert_eq!(first.format, format);
+            let again = builder.build(&blobs, &id, &[l1, l2]).unwrap();
+            assert!(again.cached);
+            assert_eq!(again.path, first.path);
+            let out = tempfile::tempdir().unwrap();
+            let dest = out.path().join("x");
+            if format == RootfsFormat::Ext4 {
+                fs::create_dir(&dest).unwrap();
+            }
+            extract(format, &first.path, &dest);
+            let etc = dest.join("etc");
+            assert_eq!(fs::read_to_string(etc.join("a")).unwrap(), "one");
+            assert_eq!(fs::read_to_string(etc.join("c")).unwrap(), "three");
+            assert!(!etc.join("b").exists());
+            assert_eq!(
+                fs::read_dir(state.path().join("tmp")).unwrap().count(),
+                0,
+                "work dir left behind"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_layer_is_reported_and_leaves_no_image() {
+        let state = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(state.path()).unwrap();
+        let bad = blobs.put_bytes(&[0x1f, 0x8b, 0, 0, 0]).unwrap();
+        let builder = RootfsBuilder::new(state.path(), None).unwrap();
+        let id = Digest::of(b"cfg");
+        let err = builder
+            .build(&blobs, &id, std::slice::from_ref(&bad))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("unpacking layer {bad}")),
+            "{err}"
+        );
+        let missing = Digest::of(b"nothing");
+        assert!(matches!(
+            builder.build(&blobs, &id, &[missing]),
+            Err(RootfsError::MissingLayer(_))
+        ));
+        assert!(
+            !builder.path(&id, RootfsFormat::Erofs).exists()
+                && !builder.path(&id, RootfsFormat::Ext4).exists()
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! Layer downloads cut mid-way (by a proxy on loopback) are retried; a registry that keeps
+//! failing gives a clear error and leaves nothing behind.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use anyhow::Result;
+use common::proxy::CutProxy;
+use common::*;
+use control_plane::images::registry::{RegistryClient, RegistryOptions};
+use control_plane::images::store::StoreError;
+use control_plane::images::{ImageStore, PullError, PullEvent, Reference};
+use serde_json::json;
+
+fn noisy_layer() -> Layer {
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "noise.bin", data.as_slice())
+        .expect("tar in memory");
+    Layer::gzip(b.into_inner().expect("tar in memory"))
+}
+
+#[test]
+fn cut_downloads_are_retried_and_endless_failures_are_reported() -> Result<()> {
+    let reg = Registry::start()?;
+    let pushed = reg.push_image("flaky", "v1", OCI_MANIFEST, &[noisy_layer()], json!({}))?;
+    let client = RegistryClient::new(RegistryOptions::default())?;
+
+    // The proxy cuts blob downloads after 100 kB, twice: the config is smaller and goes
+    // through; the 2 MB layer is cut on its first two attempts.
+    let proxy = CutProxy::start(&reg.addr, 2, 100_000)?;
+    let r: Reference = format!("{}/flaky:v1", proxy.addr).parse()?;
+    let state = tempfile::tempdir()?;
+    let store = ImageStore::open(state.path(), None)?;
+
+    let events = Mutex::new(Vec::new());
+    let image = store.pull(&client, &r, &|e| events.lock().unwrap().push(e))?;
+    assert_eq!(image.manifest_digest, pushed.manifest);
+    assert!(store.blobs().contains(&pushed.layers[0]));
+    let retries = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, PullEvent::LayerRetry { .. }))
+        .count();
+    assert_eq!(retries, 2, "two cut layer downloads, then a whole one");
+    assert_eq!(proxy.cuts_done.load(Ordering::SeqCst), 2);
+
+    let always = CutProxy::start(&reg.addr, usize::MAX, 100_000)?;
+    let r: Reference = format!("{}/flaky:v1", always.addr).parse()?;
+    let fresh = tempfile::tempdir()?;
+    let store = ImageStore::open(fresh.path(), None)?;
+    let err = store.pull(&client, &r, &|_| {}).unwrap_err();
+    assert!(
+        matches!(err, PullError::Store(StoreError::Fetch { .. })),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("fetching blob {}", pushed.layers[0])),
+        "{err}"
+    );
+    assert!(!store.blobs().contains(&pushed.layers[0]));
+    Ok(())
+}
