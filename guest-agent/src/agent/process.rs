@@ -1,0 +1,214 @@
+//! Runs the container process: chroot into the prepared root, user and working directory,
+//! environment, stdio as pipes; then one poll loop that streams stdout and stderr to the
+//! host as raw frames, passes stdin and signals from the host, reaps every child (PID 1's
+//! duty), and reports how the process ended once its output is drained.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+
+use guest_agent::{FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::conn::Conn;
+use super::rootfs::{self, ROOT};
+use super::system::boot_ms;
+use super::user;
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How the run ended, for the host.
+pub enum Outcome {
+    Failed(FailureKind, String),
+    Exited(Message),
+}
+
+fn spawn(spec: &RunSpec) -> Result<Child, (FailureKind, String)> {
+    let Some(program) = spec.argv.first() else {
+        return Err((FailureKind::CommandNotFound, "no command given".into()));
+    };
+    let ids = user::resolve(
+        &spec.user,
+        &rootfs::read_root_file("/etc/passwd"),
+        &rootfs::read_root_file("/etc/group"),
+    )
+    .map_err(|m| (FailureKind::BadUser, m))?;
+    let cwd = if spec.working_dir.is_empty() { "/" } else { spec.working_dir.as_str() };
+    if !std::path::Path::new(&format!("{ROOT}{cwd}")).is_dir() {
+        return Err((FailureKind::BadWorkingDir, format!("working directory {cwd} does not exist in the image")));
+    }
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut has_path = false;
+    for kv in &spec.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        has_path |= k == "PATH";
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    if !has_path {
+        let (k, v) = DEFAULT_PATH.split_once('=').unwrap_or_default();
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), if ids.uid == 0 { "/root".into() } else { "/".into() }));
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .envs(env)
+        .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let cwd = cwd.to_owned();
+    // Identity changes come after chroot (which needs root), so they are done here rather
+    // than with Command::uid/gid, which std applies before pre_exec closures.
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls
+    // (chroot, chdir, setgroups, setgid, setuid) that are async-signal-safe; the agent is
+    // single-threaded, so no lock can be held across the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::chroot(ROOT)?;
+            nix::unistd::chdir(cwd.as_str())?;
+            let gid = nix::unistd::Gid::from_raw(ids.gid);
+            nix::unistd::setgroups(&[gid])?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(ids.uid))?;
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| match e.kind() {
+        ErrorKind::NotFound => (FailureKind::CommandNotFound, format!("{program}: command not found")),
+        ErrorKind::PermissionDenied => (FailureKind::NotExecutable, format!("{program}: permission denied")),
+        _ if e.raw_os_error() == Some(libc::ENOEXEC) => {
+            (FailureKind::NotExecutable, format!("{program}: exec format error"))
+        }
+        _ => (FailureKind::Internal, format!("{program}: {e}")),
+    })
+}
+
+fn set_nonblocking(fd: &impl AsFd) {
+    if let Ok(flags) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags));
+    }
+}
+
+/// Runs the spec to the end, streaming over `conn`.
+pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
+    if let Err((kind, msg)) = rootfs::prepare(spec) {
+        return Ok(Outcome::Failed(kind, msg));
+    }
+    let mut child = match spawn(spec) {
+        Ok(c) => c,
+        Err((kind, msg)) => return Ok(Outcome::Failed(kind, msg)),
+    };
+    let pid = child.id();
+    conn.send(&Frame::Control(Message::Started { pid, exec_ms: boot_ms() }))?;
+    let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
+    let mut stdout = child.stdout.take().map(|s| file(s.into()));
+    let mut stderr = child.stderr.take().map(|s| file(s.into()));
+    let mut stdin = child.stdin.take();
+    for f in stdout.iter().chain(stderr.iter()) {
+        set_nonblocking(f);
+    }
+    let mut status: Option<std::process::ExitStatus> = None;
+    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
+    let mut exited_at = 0;
+    while stdout.is_some() || stderr.is_some() || status.is_none() {
+        let mut fds: Vec<PollFd> = Vec::new();
+        let out_fd = stdout.as_ref().map(|s| s.as_fd());
+        let err_fd = stderr.as_ref().map(|s| s.as_fd());
+        if let Some(fd) = out_fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        if let Some(fd) = err_fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+        // A short timeout: SIGCHLD is not wired to a fd, so exits are polled.
+        let _ = poll(&mut fds, PollTimeout::from(50u16));
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut i = 0;
+        for (stream, is_out) in [(&mut stdout, true), (&mut stderr, false)] {
+            if stream.is_none() {
+                continue;
+            }
+            let r = ready[i];
+            i += 1;
+            if !r {
+                continue;
+            }
+            let s = stream.as_mut().unwrap();
+            match s.read(&mut buf) {
+                Ok(0) => *stream = None,
+                Ok(n) => {
+                    let data = buf[..n].to_vec();
+                    conn.send(&if is_out { Frame::Stdout(data) } else { Frame::Stderr(data) })?;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => *stream = None,
+            }
+        }
+        if ready[i] {
+            conn.fill()?;
+            while let Some(frame) = conn.next_buffered()? {
+                match frame {
+                    Frame::Control(Message::Signal { signal }) => {
+                        if let Ok(sig) = Signal::try_from(signal) {
+                            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+                        }
+                    }
+                    Frame::Stdin(data) => {
+                        if let Some(s) = stdin.as_mut() {
+                            if s.write_all(&data).is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    Frame::StdinEof => stdin = None,
+                    _ => {}
+                }
+            }
+        }
+        // Reap everything: the task's process and any orphan reparented to us.
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p.as_raw() as u32 == pid => {
+                    status = Some(std::process::ExitStatus::from_raw(code << 8));
+                    exited_at = boot_ms();
+                }
+                Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() as u32 == pid => {
+                    status = Some(std::process::ExitStatus::from_raw(sig as i32));
+                    exited_at = boot_ms();
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        // Once the process is gone, background children that keep the pipes open must not
+        // hold the task forever: give them a moment, then stop reading.
+        if status.is_some() && boot_ms() > exited_at + 2000 {
+            break;
+        }
+    }
+    let status = status.unwrap_or_else(|| std::process::ExitStatus::from_raw(0));
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).ok();
+    let ms = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1000 + t.tv_usec() as u64 / 1000;
+    let signal = status.signal();
+    Ok(Outcome::Exited(Message::Exited {
+        exit_code: status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0)),
+        signal,
+        cpu_user_ms: usage.as_ref().map_or(0, |u| ms(u.user_time())),
+        cpu_system_ms: usage.as_ref().map_or(0, |u| ms(u.system_time())),
+        max_rss_kib: usage.as_ref().map_or(0, |u| u.max_rss() as u64),
+        exited_ms: exited_at,
+    }))
+}

@@ -1,0 +1,86 @@
+//! PID 1 duties before any task: the kernel file systems, loopback, hostname, the clock
+//! we report timings with, and powering the VM off at the end.
+
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+
+/// Milliseconds since the guest kernel started (CLOCK_BOOTTIME, which counts from boot).
+pub fn boot_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
+fn mkdir(p: &str) {
+    let _ = nix::unistd::mkdir(p, Mode::from_bits_truncate(0o755));
+}
+
+fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+    mkdir(target);
+    mount(Some(src), target, Some(fstype), flags, data)
+        .map_err(|e| format!("mount {fstype} on {target}: {e}"))
+}
+
+/// Mounts /proc, /sys, /dev (+ /dev/pts, /dev/shm), /run, /tmp and cgroup2.
+pub fn mount_basics() -> Result<(), String> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", nodev, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_fs("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("ptmxmode=0666,mode=0620"))?;
+    mount_fs("shm", "/dev/shm", "tmpfs", nodev, Some("mode=1777"))?;
+    mount_fs("run", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    mount_fs("tmp", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, None)?;
+    Ok(())
+}
+
+/// Brings the loopback interface up (SIOCSIFFLAGS with IFF_UP).
+pub fn loopback_up() -> Result<(), String> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let s = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    let mut req: libc::ifreq = unsafe_zeroed_ifreq();
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: `req` is a valid, initialised ifreq naming "lo" that lives across the call,
+    // and SIOCSIFFLAGS only reads it.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    if r < 0 {
+        return Err(format!("bring lo up: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn unsafe_zeroed_ifreq() -> libc::ifreq {
+    // SAFETY: ifreq is a C struct of integers, byte arrays and a union of such; all-zero
+    // bytes are a valid value of each.
+    unsafe { std::mem::zeroed() }
+}
+
+pub fn set_hostname(name: &str) {
+    if let Err(e) = nix::unistd::sethostname(name) {
+        eprintln!("skiff-agent: sethostname {name}: {e}");
+    }
+}
+
+/// A `key=value` from the kernel command line.
+pub fn cmdline_value(key: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cmdline").ok()?;
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}
+
+/// Flushes file systems and resets the VM (the VMM exits 0). Never returns.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // Only reached if reboot(2) failed: as PID 1, exiting panics the kernel, which the
+    // VMM reports as such.
+    std::process::exit(1)
+}
+

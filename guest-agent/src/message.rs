@@ -1,0 +1,96 @@
+//! Control messages. One enum for both directions, tagged by `type`; unknown fields are
+//! refused so that a mismatch between host and agent is an error, not a silent default.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the guest kernel started (CLOCK_BOOTTIME), at points of the agent's
+/// life. The host adds its own clock for VMM start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootTimings {
+    /// The agent's main() began.
+    pub agent_start_ms: u64,
+    /// /proc, /sys, /dev, … mounted, loopback up, hostname set.
+    pub setup_done_ms: u64,
+    /// The vsock connection to the host is open (hello sent right after).
+    pub connected_ms: u64,
+}
+
+/// What to run, sent by the host after Hello.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Program and arguments (entrypoint + command, already combined by the host).
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` pairs; PATH gets a default when absent.
+    pub env: Vec<String>,
+    /// Working directory inside the container; `/` when empty.
+    pub working_dir: String,
+    /// `name`, `uid` or `uid:gid`, resolved against the image's /etc/passwd and /etc/group.
+    pub user: String,
+    /// Guest block device holding the read-only image (e.g. `/dev/vda`).
+    pub image_disk: String,
+    /// Size limit of the writable upper layer (tmpfs), MiB.
+    pub upper_size_mib: u64,
+    pub hostname: String,
+    /// The host will send stdin frames (and StdinEof); otherwise stdin is /dev/null.
+    pub stdin: bool,
+}
+
+/// Why a run could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    ImageDisk,
+    CommandNotFound,
+    NotExecutable,
+    BadUser,
+    BadWorkingDir,
+    Internal,
+}
+
+impl FailureKind {
+    /// The exit code a shell would give (127 not found, 126 not executable), else 125
+    /// (as `docker run` uses for its own failures).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::CommandNotFound => 127,
+            Self::NotExecutable => 126,
+            _ => 125,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Message {
+    /// Agent → host, first message: who is speaking and how long the boot took.
+    Hello {
+        protocol_version: u32,
+        agent_version: String,
+        timings: BootTimings,
+    },
+    /// Host → agent: run this.
+    Run(RunSpec),
+    /// Agent → host: the process was exec'd.
+    Started { pid: u32, exec_ms: u64 },
+    /// Host → agent: deliver this signal to the process.
+    Signal { signal: i32 },
+    /// Agent → host: the run could not start.
+    Failed {
+        kind: FailureKind,
+        message: String,
+        exit_code: i32,
+    },
+    /// Agent → host: the process ended; all its output frames came before this.
+    Exited {
+        /// Exit status as a shell reports it: the code, or 128 + signal.
+        exit_code: i32,
+        /// The signal that killed it, if any.
+        signal: Option<i32>,
+        cpu_user_ms: u64,
+        cpu_system_ms: u64,
+        max_rss_kib: u64,
+        exited_ms: u64,
+    },
+}

@@ -1,0 +1,97 @@
+//! Freezes the wire format: each message below must encode to exactly these bytes. A change
+//! here is a protocol change — bump PROTOCOL_VERSION and update both sides together.
+
+use guest_agent::*;
+
+fn wire(f: &Frame) -> String {
+    let b = f.encode().unwrap();
+    let (head, body) = b.split_at(5);
+    let head: Vec<String> = head.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{} {}", head.join(""), String::from_utf8_lossy(body))
+}
+
+#[test]
+fn protocol_version_is_1() {
+    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(HOST_PORT, 1024);
+}
+
+#[test]
+fn control_messages_encode_as_frozen() {
+    let cases: Vec<(Message, &str)> = vec![
+        (
+            Message::Hello {
+                protocol_version: 1,
+                agent_version: "0.1.0".into(),
+                timings: BootTimings { agent_start_ms: 1, setup_done_ms: 2, connected_ms: 3 },
+            },
+            r#"8000000000 {"type":"hello","protocol_version":1,"agent_version":"0.1.0","timings":{"agent_start_ms":1,"setup_done_ms":2,"connected_ms":3}}"#,
+        ),
+        (
+            Message::Run(RunSpec {
+                argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: vec!["A=b".into()],
+                working_dir: "/".into(),
+                user: "1000:1000".into(),
+                image_disk: "/dev/vda".into(),
+                upper_size_mib: 64,
+                hostname: "task".into(),
+                stdin: false,
+            }),
+            r#"ab00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false}"#,
+        ),
+        (
+            Message::Started { pid: 42, exec_ms: 9 },
+            r#"2800000000 {"type":"started","pid":42,"exec_ms":9}"#,
+        ),
+        (Message::Signal { signal: 15 }, r#"1e00000000 {"type":"signal","signal":15}"#),
+        (
+            Message::Failed {
+                kind: FailureKind::CommandNotFound,
+                message: "nope: not found".into(),
+                exit_code: 127,
+            },
+            r#"5900000000 {"type":"failed","kind":"command_not_found","message":"nope: not found","exit_code":127}"#,
+        ),
+        (
+            Message::Exited {
+                exit_code: 137,
+                signal: Some(9),
+                cpu_user_ms: 1,
+                cpu_system_ms: 2,
+                max_rss_kib: 3,
+                exited_ms: 4,
+            },
+            r#"6d00000000 {"type":"exited","exit_code":137,"signal":9,"cpu_user_ms":1,"cpu_system_ms":2,"max_rss_kib":3,"exited_ms":4}"#,
+        ),
+    ];
+    for (m, want) in cases {
+        assert_eq!(wire(&Frame::Control(m.clone())), want, "{m:?}");
+        // And back.
+        let bytes = Frame::Control(m.clone()).encode().unwrap();
+        let got = FrameReader::new(&bytes[..]).next_frame().unwrap().unwrap();
+        assert_eq!(got, Frame::Control(m));
+    }
+}
+
+#[test]
+fn output_frames_encode_as_frozen() {
+    assert_eq!(Frame::Stdout(b"hi".to_vec()).encode().unwrap(), [3, 0, 0, 0, 1, b'h', b'i']);
+    assert_eq!(Frame::Stderr(vec![0xff]).encode().unwrap(), [2, 0, 0, 0, 2, 0xff]);
+    assert_eq!(Frame::Stdin(vec![]).encode().unwrap(), [1, 0, 0, 0, 3]);
+    assert_eq!(Frame::StdinEof.encode().unwrap(), [1, 0, 0, 0, 4]);
+}
+
+#[test]
+fn unknown_fields_and_types_are_refused() {
+    for bad in [
+        r#"{"type":"signal","signal":15,"extra":1}"#,
+        r#"{"type":"reboot"}"#,
+        r#"{"signal":15}"#,
+    ] {
+        let mut b = ((bad.len() + 1) as u32).to_le_bytes().to_vec();
+        b.push(0);
+        b.extend_from_slice(bad.as_bytes());
+        assert!(FrameReader::new(&b[..]).next_frame().is_err(), "{bad}");
+    }
+}
