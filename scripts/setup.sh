@@ -28,6 +28,14 @@ kernel="$(bash kernel-config/build.sh | tail -n1)"
 log "guest kernel: $kernel"
 
 cargo build --release --workspace --bins >&2
+# The guest agent runs as /init in every VM: a static binary, built for the target
+# explicitly so that the static flag does not reach build scripts and proc macros.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-agent \
+    --bin skiff-agent --target x86_64-unknown-linux-gnu >&2
+strip -o target/skiff-agent target/x86_64-unknown-linux-gnu/release/skiff-agent
 mkdir -p target
-echo "SKIFF_KERNEL=$kernel" > target/skiff.env
-log "ready: target/release/skiff-vmm"
+{
+    echo "SKIFF_KERNEL=$kernel"
+    echo "SKIFF_AGENT=$root/target/skiff-agent"
+} > target/skiff.env
+log "ready: target/release/skiff, target/release/skiff-vmm, target/skiff-agent"

@@ -199,7 +199,9 @@ mod tests {
             FrameReader::new(&huge[..]).next_frame(),
             Err(FrameError::TooLong(_))
         ));
-        assert!(FrameReader::new(&[5u8, 0, 0, 0, 1, 2][..]).next_frame().is_err());
+        assert!(FrameReader::new(&[5u8, 0, 0, 0, 1, 2][..])
+            .next_frame()
+            .is_err());
         assert!(matches!(
             FrameReader::new(&[1u8, 0, 0, 0, 9][..]).next_frame(),
             Err(FrameError::UnknownKind(9))

@@ -23,7 +23,11 @@ fn control_messages_encode_as_frozen() {
             Message::Hello {
                 protocol_version: 1,
                 agent_version: "0.1.0".into(),
-                timings: BootTimings { agent_start_ms: 1, setup_done_ms: 2, connected_ms: 3 },
+                timings: BootTimings {
+                    agent_start_ms: 1,
+                    setup_done_ms: 2,
+                    connected_ms: 3,
+                },
             },
             r#"8000000000 {"type":"hello","protocol_version":1,"agent_version":"0.1.0","timings":{"agent_start_ms":1,"setup_done_ms":2,"connected_ms":3}}"#,
         ),
@@ -41,10 +45,16 @@ fn control_messages_encode_as_frozen() {
             r#"ab00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false}"#,
         ),
         (
-            Message::Started { pid: 42, exec_ms: 9 },
+            Message::Started {
+                pid: 42,
+                exec_ms: 9,
+            },
             r#"2800000000 {"type":"started","pid":42,"exec_ms":9}"#,
         ),
-        (Message::Signal { signal: 15 }, r#"1e00000000 {"type":"signal","signal":15}"#),
+        (
+            Message::Signal { signal: 15 },
+            r#"1e00000000 {"type":"signal","signal":15}"#,
+        ),
         (
             Message::Failed {
                 kind: FailureKind::CommandNotFound,
@@ -76,8 +86,14 @@ fn control_messages_encode_as_frozen() {
 
 #[test]
 fn output_frames_encode_as_frozen() {
-    assert_eq!(Frame::Stdout(b"hi".to_vec()).encode().unwrap(), [3, 0, 0, 0, 1, b'h', b'i']);
-    assert_eq!(Frame::Stderr(vec![0xff]).encode().unwrap(), [2, 0, 0, 0, 2, 0xff]);
+    assert_eq!(
+        Frame::Stdout(b"hi".to_vec()).encode().unwrap(),
+        [3, 0, 0, 0, 1, b'h', b'i']
+    );
+    assert_eq!(
+        Frame::Stderr(vec![0xff]).encode().unwrap(),
+        [2, 0, 0, 0, 2, 0xff]
+    );
     assert_eq!(Frame::Stdin(vec![]).encode().unwrap(), [1, 0, 0, 0, 3]);
     assert_eq!(Frame::StdinEof.encode().unwrap(), [1, 0, 0, 0, 4]);
 }

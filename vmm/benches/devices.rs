@@ -103,7 +103,10 @@ fn main() {
     // Block: QEMU microvm, same file, same guest program.
     let mut q = qemu_microvm(&kernel, &rd, 512);
     q.arg("-drive")
-        .arg(format!("id=d0,file={},format=raw,if=none,readonly=on", disk.display()))
+        .arg(format!(
+            "id=d0,file={},format=raw,if=none,readonly=on",
+            disk.display()
+        ))
         .args(["-device", "virtio-blk-device,drive=d0"]);
     let theirs = run(q);
     let theirs_mbps = theirs.iter().find_map(|l| field(l, "mbps"));

@@ -44,8 +44,10 @@ impl std::str::FromStr for QuirksMode {
 /// leaves are the hardware's, not the table the VMM sets with KVM_SET_CPUID2 (only the
 /// hypervisor leaves 0x4000_00xx come from that table), so features PVM's emulator cannot
 /// execute must be switched off in the guest kernel itself.
+/// `skiff.pvm=1` tells the guest agent (the kernel ignores dotted parameters it does not
+/// know, and does not pass them to init).
 pub const PVM_KERNEL_PARAMS: &str = "noxsave clearcpuid=cx16,popcnt,movbe,bmi1,bmi2,abm,\
-rdrand,rdseed,smap,smep,fsgsbase,rdpid,erms,fsrm,clflushopt,clwb,invpcid,pcid";
+rdrand,rdseed,smap,smep,fsgsbase,rdpid,erms,fsrm,clflushopt,clwb,invpcid,pcid skiff.pvm=1";
 
 impl HostQuirks {
     /// Kernel parameters these quirks need, added to the guest's command line.

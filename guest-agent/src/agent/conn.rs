@@ -20,9 +20,17 @@ impl Conn {
     pub fn dial(port: u32, patience: Duration) -> Result<Self, String> {
         let deadline = Instant::now() + patience;
         loop {
-            let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-                .map_err(|e| format!("vsock socket: {e}"))?;
-            match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(HOST_CID, port)) {
+            let fd = socket(
+                AddressFamily::Vsock,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(|e| format!("vsock socket: {e}"))?;
+            match connect(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &VsockAddr::new(HOST_CID, port),
+            ) {
                 Ok(()) => {
                     return Ok(Self {
                         sock: std::fs::File::from(fd),

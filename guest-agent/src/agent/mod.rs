@@ -61,4 +61,3 @@ pub fn run() -> Result<(), String> {
 pub fn power_off() -> ! {
     system::power_off()
 }
-

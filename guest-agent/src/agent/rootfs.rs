@@ -22,7 +22,10 @@ fn fail(kind: FailureKind, message: String) -> (FailureKind, String) {
 pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
     let disk = spec.image_disk.as_str();
     if !std::path::Path::new(disk).exists() {
-        return Err(fail(FailureKind::ImageDisk, format!("image disk {disk} does not exist in the guest")));
+        return Err(fail(
+            FailureKind::ImageDisk,
+            format!("image disk {disk} does not exist in the guest"),
+        ));
     }
     for d in [LOWER, RW, ROOT] {
         mkdir_all(d).map_err(|m| fail(FailureKind::Internal, m))?;
@@ -45,14 +48,26 @@ pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
         ));
     }
     let size = format!("size={}m,mode=0755", spec.upper_size_mib.max(1));
-    mount(Some("upper"), RW, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(size.as_str()))
-        .map_err(|e| fail(FailureKind::Internal, format!("tmpfs upper: {e}")))?;
+    mount(
+        Some("upper"),
+        RW,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(size.as_str()),
+    )
+    .map_err(|e| fail(FailureKind::Internal, format!("tmpfs upper: {e}")))?;
     for d in ["upper", "work"] {
         mkdir_all(&format!("{RW}/{d}")).map_err(|m| fail(FailureKind::Internal, m))?;
     }
     let opts = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");
-    mount(Some("overlay"), ROOT, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-        .map_err(|e| fail(FailureKind::Internal, format!("overlay: {e}")))?;
+    mount(
+        Some("overlay"),
+        ROOT,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| fail(FailureKind::Internal, format!("overlay: {e}")))?;
 
     let bind = |src: &str, dst: &str, recursive: bool| -> Result<(), (FailureKind, String)> {
         let target = format!("{ROOT}{dst}");
@@ -61,27 +76,52 @@ pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
         if recursive {
             flags |= MsFlags::MS_REC;
         }
-        mount(Some(src), target.as_str(), None::<&str>, flags, None::<&str>)
-            .map_err(|e| fail(FailureKind::Internal, format!("bind {src} on {target}: {e}")))
+        mount(
+            Some(src),
+            target.as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            fail(
+                FailureKind::Internal,
+                format!("bind {src} on {target}: {e}"),
+            )
+        })
     };
     bind("/dev", "/dev", true)?;
     bind("/proc", "/proc", false)?;
     bind("/sys", "/sys", true)?;
     let tmp = format!("{ROOT}/tmp");
     mkdir_all(&tmp).map_err(|m| fail(FailureKind::Internal, m))?;
-    mount(Some("tmp"), tmp.as_str(), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))
-        .map_err(|e| fail(FailureKind::Internal, format!("tmpfs /tmp: {e}")))?;
+    mount(
+        Some("tmp"),
+        tmp.as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(|e| fail(FailureKind::Internal, format!("tmpfs /tmp: {e}")))?;
 
     mkdir_all(&format!("{ROOT}/etc")).map_err(|m| fail(FailureKind::Internal, m))?;
-    let hostname = if spec.hostname.is_empty() { "skiff" } else { &spec.hostname };
+    let hostname = if spec.hostname.is_empty() {
+        "skiff"
+    } else {
+        &spec.hostname
+    };
     let files = [
         ("etc/hostname", format!("{hostname}\n")),
-        ("etc/hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")),
+        (
+            "etc/hosts",
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n"),
+        ),
         ("etc/resolv.conf", "# no network in this task\n".to_owned()),
     ];
     for (path, text) in files {
         let p = format!("{ROOT}/{path}");
-        std::fs::write(&p, text).map_err(|e| fail(FailureKind::Internal, format!("write {p}: {e}")))?;
+        std::fs::write(&p, text)
+            .map_err(|e| fail(FailureKind::Internal, format!("write {p}: {e}")))?;
     }
     let _ = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     Ok(())

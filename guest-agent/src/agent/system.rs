@@ -1,7 +1,6 @@
 //! PID 1 duties before any task: the kernel file systems, loopback, hostname, the clock
 //! we report timings with, and powering the VM off at the end.
 
-
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 
@@ -16,7 +15,13 @@ fn mkdir(p: &str) {
     let _ = nix::unistd::mkdir(p, Mode::from_bits_truncate(0o755));
 }
 
-fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     mkdir(target);
     mount(Some(src), target, Some(fstype), flags, data)
         .map_err(|e| format!("mount {fstype} on {target}: {e}"))
@@ -27,11 +32,35 @@ pub fn mount_basics() -> Result<(), String> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", "/proc", "proc", nodev, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    mount_fs("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("ptmxmode=0666,mode=0620"))?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("ptmxmode=0666,mode=0620"),
+    )?;
     mount_fs("shm", "/dev/shm", "tmpfs", nodev, Some("mode=1777"))?;
-    mount_fs("run", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
-    mount_fs("tmp", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_fs(
+        "run",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "tmp",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, None)?;
     Ok(())
 }
@@ -40,13 +69,19 @@ pub fn mount_basics() -> Result<(), String> {
 pub fn loopback_up() -> Result<(), String> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsRawFd;
-    let s = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| format!("socket: {e}"))?;
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
     let mut req: libc::ifreq = unsafe_zeroed_ifreq();
     for (i, b) in b"lo".iter().enumerate() {
         req.ifr_name[i] = *b as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: `req` is a valid, initialised ifreq naming "lo" that lives across the call,
     // and SIOCSIFFLAGS only reads it.
     let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
@@ -83,4 +118,3 @@ pub fn power_off() -> ! {
     // VMM reports as such.
     std::process::exit(1)
 }
-

@@ -33,7 +33,8 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> {
     };
     let (uid, default_gid) = match u.parse::<u32>() {
         Ok(uid) => (uid, lookup_uid(passwd, uid).unwrap_or(uid)),
-        Err(_) => lookup(passwd, u).ok_or_else(|| format!("user '{u}' not found in the image's /etc/passwd"))?,
+        Err(_) => lookup(passwd, u)
+            .ok_or_else(|| format!("user '{u}' not found in the image's /etc/passwd"))?,
     };
     let gid = match g {
         None => default_gid,
@@ -61,12 +62,40 @@ mod tests {
     #[test]
     fn forms() {
         assert_eq!(resolve("", PASSWD, GROUP), Ok(Ids { uid: 0, gid: 0 }));
-        assert_eq!(resolve("app", PASSWD, GROUP), Ok(Ids { uid: 1000, gid: 1001 }));
-        assert_eq!(resolve("1000", PASSWD, GROUP), Ok(Ids { uid: 1000, gid: 1001 }));
-        assert_eq!(resolve("4242", PASSWD, GROUP), Ok(Ids { uid: 4242, gid: 4242 }));
-        assert_eq!(resolve("1000:50", PASSWD, GROUP), Ok(Ids { uid: 1000, gid: 50 }));
-        assert_eq!(resolve("app:staff", PASSWD, GROUP), Ok(Ids { uid: 1000, gid: 50 }));
-        assert!(resolve("ghost", PASSWD, GROUP).unwrap_err().contains("ghost"));
-        assert!(resolve("app:ghosts", PASSWD, GROUP).unwrap_err().contains("ghosts"));
+        assert_eq!(
+            resolve("app", PASSWD, GROUP),
+            Ok(Ids {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(
+            resolve("1000", PASSWD, GROUP),
+            Ok(Ids {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(
+            resolve("4242", PASSWD, GROUP),
+            Ok(Ids {
+                uid: 4242,
+                gid: 4242
+            })
+        );
+        assert_eq!(
+            resolve("1000:50", PASSWD, GROUP),
+            Ok(Ids { uid: 1000, gid: 50 })
+        );
+        assert_eq!(
+            resolve("app:staff", PASSWD, GROUP),
+            Ok(Ids { uid: 1000, gid: 50 })
+        );
+        assert!(resolve("ghost", PASSWD, GROUP)
+            .unwrap_err()
+            .contains("ghost"));
+        assert!(resolve("app:ghosts", PASSWD, GROUP)
+            .unwrap_err()
+            .contains("ghosts"));
     }
 }

@@ -17,7 +17,13 @@ pub fn kernel() -> PathBuf {
         .output()
         .expect("run kernel-config/build.sh");
     assert!(out.status.success(), "kernel build failed");
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().into()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .into()
 }
 
 /// The kernel command line skiff-vmm would use (defaults, host quirks, `quiet`), so QEMU
@@ -34,19 +40,33 @@ pub fn skiff_cmdline(kernel: &Path) -> String {
 /// i8042 so that the guest's reset (reboot=k) ends QEMU (-no-reboot) as it ends skiff-vmm.
 pub fn qemu_microvm(kernel: &Path, initrd: &Path, mem_mib: u64) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-device", "i8042"])
-        // PVM refuses MSR_IA32_ARCH_CAPABILITIES, which `-cpu host` sets.
-        .args(["-enable-kvm", "-cpu", "host,arch-capabilities=off", "-smp", "1"])
-        .args(["-m", &mem_mib.to_string()])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-serial", "stdio", "-kernel"])
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", &skiff_cmdline(kernel)]);
+    c.args([
+        "-M",
+        "microvm,acpi=off,x-option-roms=off,rtc=off",
+        "-device",
+        "i8042",
+    ])
+    // PVM refuses MSR_IA32_ARCH_CAPABILITIES, which `-cpu host` sets.
+    .args([
+        "-enable-kvm",
+        "-cpu",
+        "host,arch-capabilities=off",
+        "-smp",
+        "1",
+    ])
+    .args(["-m", &mem_mib.to_string()])
+    .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+    .args(["-serial", "stdio", "-kernel"])
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", &skiff_cmdline(kernel)]);
     c
 }
 
 pub fn qemu_available() -> bool {
-    Command::new("qemu-system-x86_64").arg("--version").output().is_ok()
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok()
 }

@@ -1,0 +1,216 @@
+//! `skiff run --local` end to end: real microVMs from the bundled busybox image, each test
+//! one task. Output streams, exit codes, signals, failures, user/env/cwd, binary output,
+//! writes staying in the upper layer, orphans reaped, timeouts ending the VM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn kvm_available(test: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: /dev/kvm is missing; VM tests cannot run (CI=true: not skipping)");
+    }
+    eprintln!("SKIPPED {test}: /dev/kvm is missing");
+    false
+}
+
+/// One state dir for the whole test binary, so the bundled image is made once.
+fn state_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        for var in ["SKIFF_KERNEL", "SKIFF_AGENT"] {
+            assert!(
+                std::env::var_os(var).is_some(),
+                "{var} is not set: run the tests through scripts/test.sh (it sources target/skiff.env)"
+            );
+        }
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("run-local-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        // Make the bundled image once, before tests run in parallel.
+        let out = skiff(&["image", "ls"]);
+        assert!(out.status.success());
+        d
+    })
+}
+
+fn skiff(args: &[&str]) -> Output {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("run-local-{}", std::process::id()));
+    skiff_in(&dir, args)
+}
+
+fn skiff_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("--state-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run skiff")
+}
+
+fn run(args: &[&str]) -> Output {
+    state_dir();
+    let mut all = vec!["run", "--local"];
+    all.extend_from_slice(args);
+    skiff(&all)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    )
+}
+
+#[test]
+fn streams_env_user_cwd_upper_layer_and_orphans() {
+    if !kvm_available("streams_env_user_cwd_upper_layer_and_orphans") {
+        return;
+    }
+    let o = run(&[
+        "-e",
+        "FOO=bar baz",
+        "-u",
+        "1000:1000",
+        "-w",
+        "/tmp",
+        "local/busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo out1; echo err1 >&2; echo \"$FOO\"; pwd; id -u; id -g; \
+         echo data > /tmp/file && cat /tmp/file; \
+         (sleep 0.3 &); sleep 1; \
+         echo zombies=$(cat /proc/[0-9]*/stat | grep -c '^[0-9]* ([^)]*) Z'); exit 7",
+    ]);
+    let d = show(&o);
+    assert_eq!(o.status.code(), Some(7), "{d}");
+    assert_eq!(
+        text(&o.stdout),
+        "out1\nbar baz\n/tmp\n1000\n1000\ndata\nzombies=0\n",
+        "{d}"
+    );
+    assert_eq!(text(&o.stderr), "err1\n", "{d}");
+}
+
+#[test]
+fn writes_stay_in_the_upper_layer() {
+    if !kvm_available("writes_stay_in_the_upper_layer") {
+        return;
+    }
+    let o = run(&[
+        "local/busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo new > /etc/added; rm /bin/ls; cat /etc/added; test -e /bin/ls || echo gone",
+    ]);
+    let d = show(&o);
+    assert_eq!(o.status.code(), Some(0), "{d}");
+    assert_eq!(text(&o.stdout), "new\ngone\n", "{d}");
+    // The image's root filesystem still has /bin/ls and no /etc/added for the next task.
+    let second = run(&[
+        "local/busybox",
+        "--",
+        "sh",
+        "-c",
+        "test -e /bin/ls && test ! -e /etc/added && echo pristine",
+    ]);
+    assert_eq!(text(&second.stdout), "pristine\n", "{}", show(&second));
+}
+
+#[test]
+fn signals_and_start_failures_map_to_shell_exit_codes() {
+    if !kvm_available("signals_and_start_failures_map_to_shell_exit_codes") {
+        return;
+    }
+    let o = run(&["local/busybox", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(137), "{}", show(&o));
+    let o = run(&["local/busybox", "--", "no-such-command", "x"]);
+    assert_eq!(o.status.code(), Some(127), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("no-such-command: command not found"),
+        "{}",
+        show(&o)
+    );
+    let o = run(&["-u", "ghost", "local/busybox", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("user 'ghost' not found"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn ten_mib_of_binary_output_arrives_intact() {
+    if !kvm_available("ten_mib_of_binary_output_arrives_intact") {
+        return;
+    }
+    let one = std::fs::read("/bin/busybox").unwrap();
+    let copies = (10 << 20) / one.len() + 1;
+    let script = format!("i=0; while [ $i -lt {copies} ]; do cat /bin/busybox; i=$((i+1)); done");
+    let o = run(&["local/busybox", "--", "sh", "-c", &script]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "exit {:?} stderr {}",
+        o.status.code(),
+        text(&o.stderr)
+    );
+    assert_eq!(o.stdout.len(), one.len() * copies);
+    assert!(
+        o.stdout.chunks(one.len()).all(|c| c == one.as_slice()),
+        "output differs from /bin/busybox x5"
+    );
+}
+
+#[test]
+fn a_timeout_ends_the_task_and_the_vm() {
+    if !kvm_available("a_timeout_ends_the_task_and_the_vm") {
+        return;
+    }
+    // Its own state dir, so that no other test's VM matches the check below.
+    state_dir();
+    let own = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("run-timeout-{}", std::process::id()));
+    let o = skiff_in(
+        &own,
+        &[
+            "run",
+            "--local",
+            "--timeout",
+            "3",
+            "local/busybox",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(124), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("timed out after 3 s"),
+        "{}",
+        show(&o)
+    );
+    // No VMM of this state dir is left running.
+    let ps = Command::new("pgrep")
+        .arg("-f")
+        .arg(own.join("run"))
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "a skiff-vmm survived: {}",
+        text(&ps.stdout)
+    );
+}
