@@ -55,22 +55,9 @@ pub fn kernel() -> PathBuf {
         .clone()
 }
 
-/// Compiles tests/guest/test-init.c into a static binary (once per test process).
+/// The static test init (tests/guest/test-init.c).
 pub fn test_init() -> PathBuf {
-    static INIT: OnceLock<PathBuf> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/test-init.c");
-        let out = scratch_dir().join(format!("test-init-{}", std::process::id()));
-        let st = Command::new("cc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("run cc (install build-essential)");
-        assert!(st.success(), "cc failed on {}", src.display());
-        out
-    })
-    .clone()
+    guest_program("test-init")
 }
 
 /// An initramfs whose /init is the static test init.

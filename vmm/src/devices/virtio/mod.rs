@@ -69,6 +69,17 @@ impl Interrupt {
     }
 }
 
+/// Copies `data.len()` bytes of a device's config space from `offset`; bytes past its end
+/// read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| config.get(o.checked_add(i)?).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// What a device does when the guest misuses it: the transport marks the device as needing
 /// a reset (status bit 0x40) and tells the driver through a config interrupt.
 #[derive(Debug, thiserror::Error)]

@@ -137,13 +137,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cfg = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| cfg.get(o + i).copied())
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn activate(&mut self, acked_features: u64) -> Result<(), DeviceBroken> {

@@ -219,13 +219,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cfg = self.muxer.guest_cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| cfg.get(o + i).copied())
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(
+            &self.muxer.guest_cid.to_le_bytes(),
+            offset,
+            data,
+        );
     }
 
     fn activate(&mut self, _acked_features: u64) -> Result<(), DeviceBroken> {
