@@ -141,14 +141,7 @@ fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
         (None, Some(name)) => {
             let r: Reference = name.parse().map_err(|e| anyhow!("{name}: {e}"))?;
             let st = store(state_dir)?;
-            let image = match st.lookup(&r)? {
-                Some(i) => i,
-                None if r.to_string() == busybox::BUSYBOX_REF => {
-                    busybox::build_busybox_image(&st, Path::new(busybox::DEFAULT_BUSYBOX))
-                        .context("cannot make the bundled local/busybox:latest from /bin/busybox")?
-                }
-                None => pull(&st, &r, &RegistryOptions::default())?,
-            };
+            let image = get_image(&st, &r, &RegistryOptions::default())?;
             (st.rootfs(&image)?.path, image.config.run_defaults())
         }
         (None, None) => unreachable!("checked above"),
@@ -261,6 +254,22 @@ fn pull(
     Ok(st.pull(&client, r, &progress)?)
 }
 
+/// The stored image, else the bundled busybox made on first use, else a pull.
+fn get_image(
+    st: &ImageStore,
+    r: &Reference,
+    opts: &RegistryOptions,
+) -> anyhow::Result<control_plane::images::Image> {
+    if let Some(i) = st.lookup(r)? {
+        return Ok(i);
+    }
+    if r.to_string() == busybox::BUSYBOX_REF {
+        return busybox::build_busybox_image(st, Path::new(busybox::DEFAULT_BUSYBOX))
+            .context("cannot make the bundled local/busybox:latest from /bin/busybox");
+    }
+    pull(st, r, opts)
+}
+
 fn short(d: &str) -> &str {
     let hex = d.strip_prefix("sha256:").unwrap_or(d);
     &hex[..hex.len().min(12)]
@@ -280,7 +289,11 @@ fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
                 ca_file,
                 ..Default::default()
             };
-            let image = pull(&st, &r, &opts)?;
+            let image = if r.to_string() == busybox::BUSYBOX_REF {
+                get_image(&st, &r, &opts)?
+            } else {
+                pull(&st, &r, &opts)?
+            };
             let fs = st.rootfs(&image)?;
             println!(
                 "{r}: {} (rootfs {})",

@@ -29,9 +29,9 @@ fn state_dir() -> &'static PathBuf {
         }
         let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("run-local-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        // Make the bundled image once, before tests run in parallel.
-        let out = skiff(&["image", "ls"]);
-        assert!(out.status.success());
+        // Make the bundled image and its root filesystem once, before tests run in parallel.
+        let out = skiff(&["image", "pull", "local/busybox:latest"]);
+        assert!(out.status.success(), "{}", show(&out));
         d
     })
 }
@@ -56,6 +56,17 @@ fn run(args: &[&str]) -> Output {
     let mut all = vec!["run", "--local"];
     all.extend_from_slice(args);
     skiff(&all)
+}
+
+/// sha256 of every EROFS/ext4 root filesystem image in the shared state dir.
+fn rootfs_hashes() -> Vec<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("find \"$0\" -name '*.erofs' -o -name '*.ext4' | sort | xargs -r sha256sum")
+        .arg(state_dir())
+        .output()
+        .unwrap();
+    text(&out.stdout).lines().map(str::to_owned).collect()
 }
 
 fn text(b: &[u8]) -> String {
@@ -107,6 +118,9 @@ fn writes_stay_in_the_upper_layer() {
     if !kvm_available("writes_stay_in_the_upper_layer") {
         return;
     }
+    state_dir();
+    let before = rootfs_hashes();
+    assert!(!before.is_empty(), "no root filesystem image found");
     let o = run(&[
         "local/busybox",
         "--",
@@ -117,6 +131,8 @@ fn writes_stay_in_the_upper_layer() {
     let d = show(&o);
     assert_eq!(o.status.code(), Some(0), "{d}");
     assert_eq!(text(&o.stdout), "new\ngone\n", "{d}");
+    // The image's root filesystem file on the host is byte for byte what it was.
+    assert_eq!(rootfs_hashes(), before, "{d}");
     // The image's root filesystem still has /bin/ls and no /etc/added for the next task.
     let second = run(&[
         "local/busybox",
