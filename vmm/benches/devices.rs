@@ -91,7 +91,7 @@ fn main() {
 
     // Block: skiff-vmm.
     let script =
-        "#!/bin/sh\nmount -t proc proc /proc\n/bin/vsock-test read /dev/vda x\nreboot -f\n";
+        "#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\n/bin/vsock-test read /dev/vda x\nreboot -f\n";
     let rd = initramfs(&dir, "blk", script, &tool);
     let mut c = Command::new(env!("CARGO_BIN_EXE_skiff-vmm"));
     c.arg("--kernel").arg(&kernel).arg("--initrd").arg(&rd);
