@@ -158,6 +158,24 @@ fn signals_and_start_failures_map_to_shell_exit_codes() {
         "{}",
         show(&o)
     );
+    let o = run(&["local/busybox", "--", "/etc/passwd"]);
+    assert_eq!(o.status.code(), Some(126), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("/etc/passwd: permission denied"),
+        "{}",
+        show(&o)
+    );
+    // A "root filesystem" that is no file system: the agent reports it, the VM ends.
+    let junk =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("junk-{}.img", std::process::id()));
+    std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
+    let o = run(&["--rootfs", junk.to_str().unwrap(), "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("cannot mount image disk /dev/vda"),
+        "{}",
+        show(&o)
+    );
     let o = run(&["-u", "ghost", "local/busybox", "--", "true"]);
     assert_eq!(o.status.code(), Some(125), "{}", show(&o));
     assert!(
