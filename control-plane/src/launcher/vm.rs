@@ -139,6 +139,9 @@ pub fn run_task(
     let listener = UnixListener::bind(&agent_sock).map_err(wd)?;
     listener.set_nonblocking(true).map_err(wd)?;
     let console = cfg.work_dir.join("console.log");
+    // The VMM's own log goes to a file: a pipe nobody reads would fill and stall it.
+    let vmm_log_path = cfg.work_dir.join("vmm.log");
+    let vmm_log = std::fs::File::create(&vmm_log_path).map_err(wd)?;
 
     let start = Instant::now();
     let child = Command::new(&cfg.vmm)
@@ -157,7 +160,7 @@ pub fn run_task(
         .args(["--cmdline", "quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(vmm_log)
         .spawn()
         .map_err(|source| LaunchError::Spawn {
             vmm: cfg.vmm.clone(),
@@ -174,10 +177,7 @@ pub fn run_task(
             Err(e) => return Err(LaunchError::Connection(e.to_string())),
         }
         if let Ok(Some(status)) = vm.0.try_wait() {
-            let mut err = String::new();
-            if let Some(mut s) = vm.0.stderr.take() {
-                let _ = s.read_to_string(&mut err);
-            }
+            let err = std::fs::read_to_string(&vmm_log_path).unwrap_or_default();
             return Err(LaunchError::NoHello {
                 status: format!(
                     "{status}{}",
