@@ -80,6 +80,23 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// A queue whose available index runs more than its length ahead of what the device has
+/// taken is a guest lie: the device must stop using it.
+pub fn check_avail(q: &Queue, mem: &GuestMemoryMmap, device: &str) -> Result<(), DeviceBroken> {
+    use virtio_queue::QueueT;
+    let avail = q
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .map_err(|e| DeviceBroken(format!("{device} queue: {e}")))?;
+    if (avail - std::num::Wrapping(q.next_avail())).0 > q.size() {
+        return Err(DeviceBroken(format!(
+            "{device} available index {} is more than {} ahead",
+            avail.0,
+            q.size()
+        )));
+    }
+    Ok(())
+}
+
 /// What a device does when the guest misuses it: the transport marks the device as needing
 /// a reset (status bit 0x40) and tells the driver through a config interrupt.
 #[derive(Debug, thiserror::Error)]

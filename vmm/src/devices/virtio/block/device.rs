@@ -11,7 +11,8 @@ use vm_memory::GuestMemoryMmap;
 use super::request::{execute, RequestOutcome};
 use super::*;
 use crate::devices::virtio::{
-    DeviceBroken, Interrupt, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_RING_F_EVENT_IDX,
+    check_avail, DeviceBroken, Interrupt, VirtioDevice, INTERRUPT_USED_RING,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -159,15 +160,7 @@ impl VirtioDevice for Block {
         let mut completed = false;
         loop {
             queue.disable_notification(mem).map_err(broken)?;
-            // An available index that ran more than a queue's length ahead is a lie.
-            let avail = queue.avail_idx(mem, Ordering::Acquire).map_err(broken)?;
-            if (avail - std::num::Wrapping(queue.next_avail())).0 > queue.size() {
-                return Err(DeviceBroken(format!(
-                    "virtio-blk available index {} is more than {} ahead",
-                    avail.0,
-                    queue.size()
-                )));
-            }
+            check_avail(queue, mem, "virtio-blk")?;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 let used = match execute(

@@ -11,7 +11,8 @@ use super::muxer::Muxer;
 use super::packet::{self, Header, HEADER_LEN};
 use super::*;
 use crate::devices::virtio::{
-    DeviceBroken, Interrupt, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_RING_F_EVENT_IDX,
+    check_avail, DeviceBroken, Interrupt, VirtioDevice, INTERRUPT_USED_RING,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -62,21 +63,6 @@ impl std::str::FromStr for VsockConfig {
     }
 }
 
-/// An available index more than a queue's length ahead of us is a guest lie.
-fn check_avail(q: &Queue, mem: &GuestMemoryMmap) -> Result<(), DeviceBroken> {
-    let avail = q
-        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-        .map_err(|e| DeviceBroken(format!("vsock queue: {e}")))?;
-    if (avail - std::num::Wrapping(q.next_avail())).0 > q.size() {
-        return Err(DeviceBroken(format!(
-            "vsock available index {} is more than {} ahead",
-            avail.0,
-            q.size()
-        )));
-    }
-    Ok(())
-}
-
 pub struct Vsock {
     muxer: Muxer,
     queue_sizes: [u16; 3],
@@ -104,7 +90,7 @@ impl Vsock {
         let mut any = false;
         loop {
             q.disable_notification(mem).map_err(broken)?;
-            check_avail(q, mem)?;
+            check_avail(q, mem, "vsock")?;
             while let Some(chain) = q.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 any = true;
@@ -141,7 +127,7 @@ impl Vsock {
         let mut any = false;
         self.muxer.rx_blocked = false;
         q.disable_notification(mem).map_err(broken)?;
-        check_avail(q, mem)?;
+        check_avail(q, mem, "vsock")?;
         while self.muxer.has_rx_work() {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 // Out of buffers: ask to be told when the guest adds some, unless it
