@@ -248,3 +248,86 @@ fn a_timeout_ends_the_task_and_the_vm() {
         text(&ps.stdout)
     );
 }
+
+#[test]
+fn stdin_and_signals_reach_the_task() {
+    if !kvm_available("stdin_and_signals_reach_the_task") {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    state_dir();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("run-local-{}", std::process::id()));
+    // Reads one line and 1 MiB, then stops reading stdin and waits for SIGINT.
+    let script = "trap 'echo got INT; exit 3' INT; read line; echo \"line:$line\"; \
+                  echo \"md5:$(head -c 1048576 | md5sum)\"; echo ready; \
+                  while :; do sleep 1; done";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("--state-dir")
+        .arg(&dir)
+        .args(["run", "--local", "-i", "local/busybox", "--", "sh", "-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let body: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let want_md5 = host_md5(&body);
+    let mut stdin = child.stdin.take().unwrap();
+    // Then 4 MiB more that nobody reads, with stdin left open: flow control holds them
+    // back, and the signal below must not queue behind them.
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(b"hello stdin\n").unwrap();
+        stdin.write_all(&body).unwrap();
+        let _ = stdin.write_all(&vec![7u8; 4 << 20]);
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let ready = line == "ready";
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "line:hello stdin".to_owned(),
+            format!("md5:{want_md5}  -"),
+            "ready".to_owned()
+        ]
+    );
+    // Ctrl-C on `skiff` reaches the task's process, which handles it.
+    send_signal(child.id(), "INT");
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(rest, ["got INT"], "stderr: {stderr}");
+    assert_eq!(status.code(), Some(3), "stderr: {stderr}");
+    // `skiff` has exited, so the writer's pipe is closed and it ends too.
+    writer.join().unwrap();
+}
+
+fn host_md5(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    text(&out.stdout).split_whitespace().next().unwrap().to_owned()
+}
+
+fn send_signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}

@@ -13,7 +13,12 @@ pub use frame::{Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN, MAX_
 pub use message::*;
 
 /// Bumped on every incompatible change of [`Message`] or the frame format.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Stdin bytes the host may have sent that the agent has not yet reported as consumed
+/// ([`Message::StdinConsumed`]). Stdin never piles up in the connection, so a signal sent
+/// after it is never stuck behind it.
+pub const STDIN_WINDOW: u64 = 1 << 20;
 
 /// The vsock port on the host (CID 2) that agents dial when they are ready.
 pub const HOST_PORT: u32 = 1024;

@@ -35,6 +35,14 @@ pub struct RunSpec {
     pub hostname: String,
     /// The host will send stdin frames (and StdinEof); otherwise stdin is /dev/null.
     pub stdin: bool,
+    /// The host's wall clock (ms since the Unix epoch) when it sent the spec; the agent sets
+    /// the guest clock from it (a VM restored from a snapshot would be behind). 0: leave it.
+    #[serde(default)]
+    pub wall_clock_ms: u64,
+    /// Fresh host entropy that the agent mixes into the guest's random pool before the
+    /// process starts, so VMs restored from one snapshot never share random state.
+    #[serde(default)]
+    pub entropy: Vec<u8>,
 }
 
 /// Why a run could not start.
@@ -76,6 +84,9 @@ pub enum Message {
     Started { pid: u32, exec_ms: u64 },
     /// Host → agent: deliver this signal to the process.
     Signal { signal: i32 },
+    /// Agent → host: this many more stdin bytes went to the process (or were dropped
+    /// because it closed its stdin); the host may send that many more.
+    StdinConsumed { bytes: u64 },
     /// Agent → host: the run could not start.
     Failed {
         kind: FailureKind,
@@ -92,5 +103,8 @@ pub enum Message {
         cpu_system_ms: u64,
         max_rss_kib: u64,
         exited_ms: u64,
+        /// The guest's OOM killer killed a process of the task.
+        #[serde(default)]
+        oom_killed: bool,
     },
 }

@@ -11,8 +11,9 @@ fn wire(f: &Frame) -> String {
 }
 
 #[test]
-fn protocol_version_is_1() {
-    assert_eq!(PROTOCOL_VERSION, 1);
+fn protocol_version_is_2() {
+    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(STDIN_WINDOW, 1 << 20);
     assert_eq!(HOST_PORT, 1024);
 }
 
@@ -41,8 +42,10 @@ fn control_messages_encode_as_frozen() {
                 upper_size_mib: 64,
                 hostname: "task".into(),
                 stdin: false,
+                wall_clock_ms: 1_700_000_000_123,
+                entropy: vec![1, 255],
             }),
-            r#"ab00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false}"#,
+            r#"db00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false,"wall_clock_ms":1700000000123,"entropy":[1,255]}"#,
         ),
         (
             Message::Started {
@@ -54,6 +57,10 @@ fn control_messages_encode_as_frozen() {
         (
             Message::Signal { signal: 15 },
             r#"1e00000000 {"type":"signal","signal":15}"#,
+        ),
+        (
+            Message::StdinConsumed { bytes: 65536 },
+            r#"2800000000 {"type":"stdin_consumed","bytes":65536}"#,
         ),
         (
             Message::Failed {
@@ -71,8 +78,9 @@ fn control_messages_encode_as_frozen() {
                 cpu_system_ms: 2,
                 max_rss_kib: 3,
                 exited_ms: 4,
+                oom_killed: true,
             },
-            r#"6d00000000 {"type":"exited","exit_code":137,"signal":9,"cpu_user_ms":1,"cpu_system_ms":2,"max_rss_kib":3,"exited_ms":4}"#,
+            r#"8000000000 {"type":"exited","exit_code":137,"signal":9,"cpu_user_ms":1,"cpu_system_ms":2,"max_rss_kib":3,"exited_ms":4,"oom_killed":true}"#,
         ),
     ];
     for (m, want) in cases {

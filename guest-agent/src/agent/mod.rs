@@ -1,6 +1,7 @@
 //! `skiff-agent` as PID 1: set the guest up, dial the host, say hello, run what it asks,
 //! report, power off. Whatever happens, the VM ends: a task never leaves a VM hanging.
 
+mod cgroup;
 mod conn;
 mod process;
 mod rootfs;
@@ -9,7 +10,7 @@ mod user;
 
 use std::time::Duration;
 
-use guest_agent::{BootTimings, Frame, Message, HOST_PORT, PROTOCOL_VERSION};
+use guest_agent::{BootTimings, Frame, Message, RunSpec, HOST_PORT, PROTOCOL_VERSION};
 
 use conn::Conn;
 use process::Outcome;
@@ -26,23 +27,19 @@ pub fn run() -> Result<(), String> {
     let port = system::cmdline_value("skiff.port")
         .and_then(|p| p.parse().ok())
         .unwrap_or(HOST_PORT);
-    let mut conn = Conn::dial(port, Duration::from_secs(10))?;
-    let timings = BootTimings {
-        agent_start_ms,
-        setup_done_ms,
-        connected_ms: system::boot_ms(),
-    };
+    let (mut conn, spec) = wait_for_work(port, agent_start_ms, setup_done_ms)?;
     let io = |e: guest_agent::FrameError| format!("host connection: {e}");
-    conn.send(&Frame::Control(Message::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        timings,
-    }))
-    .map_err(io)?;
-    let spec = match conn.recv().map_err(io)? {
-        Frame::Control(Message::Run(spec)) => spec,
-        other => return Err(format!("expected a run spec from the host, got {other:?}")),
-    };
+    // A VM restored from a snapshot carries the snapshot's clock and random state.
+    if spec.wall_clock_ms != 0 {
+        if let Err(e) = system::set_wall_clock(spec.wall_clock_ms) {
+            eprintln!("skiff-agent: {e}");
+        }
+    }
+    if !spec.entropy.is_empty() {
+        if let Err(e) = system::add_entropy(&spec.entropy) {
+            eprintln!("skiff-agent: {e}");
+        }
+    }
     if !spec.hostname.is_empty() {
         system::set_hostname(&spec.hostname);
     }
@@ -57,6 +54,45 @@ pub fn run() -> Result<(), String> {
     conn.send(&Frame::Control(report)).map_err(io)?;
     Ok(())
 }
+
+/// Dials the host, says hello and waits for the run spec. A connection that breaks before
+/// the spec arrives is dialled again: that is what a VM restored from a snapshot sees (the
+/// restore resets every vsock connection, and the new host listens on a new socket).
+fn wait_for_work(
+    port: u32,
+    agent_start_ms: u64,
+    setup_done_ms: u64,
+) -> Result<(Conn, RunSpec), String> {
+    let io = |e: guest_agent::FrameError| format!("host connection: {e}");
+    let mut redials = 0;
+    loop {
+        let mut conn = Conn::dial(port, Duration::from_secs(10))?;
+        let timings = BootTimings {
+            agent_start_ms,
+            setup_done_ms,
+            connected_ms: system::boot_ms(),
+        };
+        let said_hello = conn.send(&Frame::Control(Message::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            timings,
+        }));
+        match said_hello.and_then(|()| conn.recv()) {
+            Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, spec)),
+            Ok(other) => {
+                return Err(format!("expected a run spec from the host, got {other:?}"))
+            }
+            Err(e) if redials < MAX_REDIALS => {
+                redials += 1;
+                eprintln!("skiff-agent: {}; dialling the host again", io(e));
+            }
+            Err(e) => return Err(io(e)),
+        }
+    }
+}
+
+/// Connections lost before the run spec that the agent dials again.
+const MAX_REDIALS: u32 = 100;
 
 pub fn power_off() -> ! {
     system::power_off()

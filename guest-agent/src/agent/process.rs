@@ -4,17 +4,20 @@
 //! duty), and reports how the process ended once its output is drained.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 
-use guest_agent::{FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK};
+use guest_agent::{
+    FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK, STDIN_WINDOW,
+};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::cgroup;
 use super::conn::Conn;
 use super::rootfs::{self, ROOT};
 use super::system::boot_ms;
@@ -41,7 +44,7 @@ pub enum Outcome {
     Exited(Message),
 }
 
-fn spawn(spec: &RunSpec) -> Result<Child, (FailureKind, String)> {
+fn spawn(spec: &RunSpec, cgroup: Option<RawFd>) -> Result<Child, (FailureKind, String)> {
     let Some(program) = spec.argv.first() else {
         return Err((FailureKind::CommandNotFound, "no command given".into()));
     };
@@ -102,10 +105,15 @@ fn spawn(spec: &RunSpec) -> Result<Child, (FailureKind, String)> {
     // Identity changes come after chroot (which needs root), so they are done here rather
     // than with Command::uid/gid, which std applies before pre_exec closures.
     // SAFETY: the closure runs in the forked child before exec and only makes system calls
-    // (chroot, chdir, setgroups, setgid, setuid) that are async-signal-safe; the agent is
-    // single-threaded, so no lock can be held across the fork.
+    // (write to the cgroup.procs fd the parent keeps open, chroot, chdir, setgroups,
+    // setgid, setuid) that are async-signal-safe; the write reads 1 byte of a static
+    // string; the agent is single-threaded, so no lock can be held across the fork.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = cgroup {
+                // Joining may fail (no memory controller): the task then runs unaccounted.
+                let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
+            }
             nix::unistd::chroot(ROOT)?;
             nix::unistd::chdir(cwd.as_str())?;
             let gid = nix::unistd::Gid::from_raw(ids.gid);
@@ -132,6 +140,98 @@ fn spawn(spec: &RunSpec) -> Result<Child, (FailureKind, String)> {
     })
 }
 
+/// The process's stdin: bytes from the host wait here until the pipe takes them, so a
+/// process that does not read its stdin never blocks the agent's loop. The host sends at
+/// most [`STDIN_WINDOW`] bytes ahead of what we report consumed, which bounds `pending`.
+struct StdinPipe {
+    pipe: Option<std::process::ChildStdin>,
+    pending: std::collections::VecDeque<u8>,
+    close_when_drained: bool,
+    /// Bytes written to the pipe (or dropped) and not yet reported to the host.
+    consumed: u64,
+}
+
+/// Above this many pending bytes (a host that ignores the window) the agent stops reading
+/// from the host.
+const STDIN_BACKLOG: usize = STDIN_WINDOW as usize;
+
+/// Consumption is reported in steps of this size (or when nothing is left pending).
+const CONSUMED_REPORT_STEP: u64 = 64 * 1024;
+
+impl StdinPipe {
+    fn new(pipe: Option<std::process::ChildStdin>) -> Self {
+        if let Some(p) = &pipe {
+            set_nonblocking(p);
+        }
+        Self {
+            pipe,
+            pending: Default::default(),
+            close_when_drained: false,
+            consumed: 0,
+        }
+    }
+
+    fn wants_write(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.pipe
+            .as_ref()
+            .filter(|_| !self.pending.is_empty())
+            .map(|p| p.as_fd())
+    }
+
+    fn is_backed_up(&self) -> bool {
+        self.pipe.is_some() && self.pending.len() >= STDIN_BACKLOG
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if self.pipe.is_some() {
+            self.pending.extend(data);
+            self.flush();
+        } else {
+            self.consumed += data.len() as u64;
+        }
+    }
+
+    /// Consumed bytes worth telling the host about (a step's worth, or all once drained).
+    fn take_consumed(&mut self) -> Option<u64> {
+        let due = self.consumed >= CONSUMED_REPORT_STEP
+            || (self.consumed > 0 && self.pending.is_empty());
+        due.then(|| std::mem::take(&mut self.consumed))
+    }
+
+    fn close_when_drained(&mut self) {
+        self.close_when_drained = true;
+        self.flush();
+    }
+
+    /// Writes what the pipe takes now; a closed pipe (the process exited or closed its
+    /// stdin) drops the rest, as a shell pipeline would.
+    fn flush(&mut self) {
+        let Some(p) = self.pipe.as_mut() else {
+            return;
+        };
+        while !self.pending.is_empty() {
+            let (front, _) = self.pending.as_slices();
+            match p.write(front) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.consumed += n as u64;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.pipe = None;
+                    self.consumed += self.pending.len() as u64;
+                    self.pending.clear();
+                    return;
+                }
+            }
+        }
+        if self.close_when_drained {
+            self.pipe = None;
+        }
+    }
+}
+
 fn set_nonblocking(fd: &impl AsFd) {
     if let Ok(flags) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
@@ -144,7 +244,10 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
     if let Err((kind, msg)) = rootfs::prepare(spec) {
         return Ok(Outcome::Failed(kind, msg));
     }
-    let mut child = match spawn(spec) {
+    let cgroup = cgroup::TaskCgroup::create()
+        .map_err(|e| eprintln!("skiff-agent: {e}; OOM kills will not be reported"))
+        .ok();
+    let mut child = match spawn(spec, cgroup.as_ref().map(cgroup::TaskCgroup::procs_fd)) {
         Ok(c) => c,
         Err((kind, msg)) => return Ok(Outcome::Failed(kind, msg)),
     };
@@ -156,7 +259,7 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
     let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
     let mut stdout = child.stdout.take().map(|s| file(s.into()));
     let mut stderr = child.stderr.take().map(|s| file(s.into()));
-    let mut stdin = child.stdin.take();
+    let mut stdin = StdinPipe::new(child.stdin.take());
     for f in stdout.iter().chain(stderr.iter()) {
         set_nonblocking(f);
     }
@@ -165,33 +268,37 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
     let mut exited_at = 0;
     while stdout.is_some() || stderr.is_some() || status.is_none() {
         let mut fds: Vec<PollFd> = Vec::new();
-        let out_fd = stdout.as_ref().map(|s| s.as_fd());
-        let err_fd = stderr.as_ref().map(|s| s.as_fd());
-        if let Some(fd) = out_fd {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        if let Some(fd) = err_fd {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+        let out_at = stdout.as_ref().map(|s| {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let err_at = stderr.as_ref().map(|s| {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let stdin_at = stdin.wants_write().map(|fd| {
+            fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+            fds.len() - 1
+        });
+        // While the process does not drain its stdin, stop taking more from the host:
+        // the host's writes then block instead of this agent's memory growing.
+        let conn_at = (!stdin.is_backed_up()).then(|| {
+            fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
         // A short timeout: SIGCHLD is not wired to a fd, so exits are polled.
         let _ = poll(&mut fds, PollTimeout::from(50u16));
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let ready = |at: Option<usize>| {
+            at.and_then(|i| fds[i].revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let (out_ready, err_ready, stdin_ready, conn_ready) =
+            (ready(out_at), ready(err_at), ready(stdin_at), ready(conn_at));
         drop(fds);
-        let mut i = 0;
-        for (stream, is_out) in [(&mut stdout, true), (&mut stderr, false)] {
-            if stream.is_none() {
+        for (stream, is_out, r) in [(&mut stdout, true, out_ready), (&mut stderr, false, err_ready)] {
+            let Some(s) = stream.as_mut().filter(|_| r) else {
                 continue;
-            }
-            let r = ready[i];
-            i += 1;
-            if !r {
-                continue;
-            }
-            let s = stream.as_mut().unwrap();
+            };
             match s.read(&mut buf) {
                 Ok(0) => *stream = None,
                 Ok(n) => {
@@ -207,7 +314,13 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
                 Err(_) => *stream = None,
             }
         }
-        if ready[i] {
+        if stdin_ready {
+            stdin.flush();
+        }
+        if let Some(bytes) = stdin.take_consumed() {
+            conn.send(&Frame::Control(Message::StdinConsumed { bytes }))?;
+        }
+        if conn_ready {
             conn.fill()?;
             while let Some(frame) = conn.next_buffered()? {
                 match frame {
@@ -216,16 +329,13 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
                             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
                         }
                     }
-                    Frame::Stdin(data) => {
-                        if let Some(s) = stdin.as_mut() {
-                            if s.write_all(&data).is_err() {
-                                stdin = None;
-                            }
-                        }
-                    }
-                    Frame::StdinEof => stdin = None,
+                    Frame::Stdin(data) => stdin.push(&data),
+                    Frame::StdinEof => stdin.close_when_drained(),
                     _ => {}
                 }
+            }
+            if let Some(bytes) = stdin.take_consumed() {
+                conn.send(&Frame::Control(Message::StdinConsumed { bytes }))?;
             }
         }
         // Reap everything: the task's process and any orphan reparented to us.
@@ -260,5 +370,6 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
         cpu_system_ms: usage.as_ref().map_or(0, |u| ms(u.system_time())),
         max_rss_kib: usage.as_ref().map_or(0, |u| u.max_rss() as u64),
         exited_ms: exited_at,
+        oom_killed: cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0),
     }))
 }

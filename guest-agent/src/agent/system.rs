@@ -118,3 +118,35 @@ pub fn power_off() -> ! {
     // VMM reports as such.
     std::process::exit(1)
 }
+
+/// Sets the wall clock to `unix_ms` (the host's clock when it sent the run spec).
+pub fn set_wall_clock(unix_ms: u64) -> Result<(), String> {
+    use nix::sys::time::TimeSpec;
+    use nix::time::{clock_settime, ClockId};
+    let ts = TimeSpec::new(
+        (unix_ms / 1000) as libc::time_t,
+        ((unix_ms % 1000) * 1_000_000) as libc::c_long,
+    );
+    clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(|e| format!("set the clock: {e}"))
+}
+
+// RNDRESEEDCRNG = _IO('R', 0x07): reseed the kernel's CRNG from its input pool now.
+nix::ioctl_none!(rnd_reseed_crng, b'R', 0x07);
+
+/// Mixes `bytes` into the kernel's entropy pool and reseeds the CRNG at once, so that
+/// what /dev/urandom and getrandom(2) return next depends on them.
+pub fn add_entropy(bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("open /dev/urandom: {e}"))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("write /dev/urandom: {e}"))?;
+    // SAFETY: RNDRESEEDCRNG takes no argument; the fd is an open /dev/urandom that lives
+    // across the call.
+    unsafe { rnd_reseed_crng(f.as_raw_fd()) }
+        .map_err(|e| format!("reseed the CRNG: {e}"))?;
+    Ok(())
+}

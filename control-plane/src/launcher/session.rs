@@ -1,17 +1,27 @@
+//! One task's life on the host side: start the VMM, wait for the agent's hello, send the
+//! run spec, relay frames until the process's report, tear the VM down.
+
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use guest_agent::{BootTimings, FailureKind, Frame, Message, RunSpec, HOST_PORT, PROTOCOL_VERSION};
+use guest_agent::{Frame, Message, RunSpec, HOST_PORT, PROTOCOL_VERSION};
+
+use super::control::{FinishOnDrop, TaskControl};
+use super::result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};
+use super::vmm_process::{self, console_tail};
+
+/// SIGTERM: what a timeout sends first.
+const SIGTERM: i32 = 15;
 
 /// Where the pieces of a microVM are and how big it is.
 #[derive(Debug, Clone)]
 pub struct LaunchConfig {
     pub vmm: PathBuf,
     pub kernel: PathBuf,
-    /// The agent's initramfs (see [`build_agent_initramfs`]).
+    /// The agent's initramfs (see [`super::build_agent_initramfs`]).
     pub initrd: PathBuf,
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -20,6 +30,8 @@ pub struct LaunchConfig {
     /// Scratch directory for this task's sockets and console log.
     pub work_dir: PathBuf,
     pub timeout: Option<Duration>,
+    /// After a timeout's SIGTERM, how long the process has before its VM is ended.
+    pub stop_timeout: Duration,
     /// Longest wait for the agent's hello (a full boot on an emulating host is slow).
     pub boot_timeout: Duration,
 }
@@ -48,86 +60,15 @@ pub enum LaunchError {
     Connection(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    Stdout,
-    Stderr,
-}
-
-/// Milliseconds from the VMM's start (host clock) to each phase.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Timings {
-    pub agent_ready_ms: u64,
-    pub process_started_ms: Option<u64>,
-    pub process_exited_ms: Option<u64>,
-    pub vm_stopped_ms: u64,
-    /// The agent's own view (guest clock from kernel start).
-    pub guest: BootTimings,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum TaskEnd {
-    /// The process ran and ended.
-    Exited {
-        exit_code: i32,
-        signal: Option<i32>,
-        cpu_user_ms: u64,
-        cpu_system_ms: u64,
-        max_rss_kib: u64,
-    },
-    /// The process never started.
-    Failed {
-        kind: FailureKind,
-        message: String,
-        exit_code: i32,
-    },
-    /// It ran past its timeout and the VM was ended.
-    TimedOut(Duration),
-    /// The VM or the agent went away without a report.
-    Lost(String),
-}
-
-impl TaskEnd {
-    /// The exit code `skiff run` exits with.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            TaskEnd::Exited { exit_code, .. } | TaskEnd::Failed { exit_code, .. } => *exit_code,
-            TaskEnd::TimedOut(_) => 124,
-            TaskEnd::Lost(_) => 125,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskResult {
-    pub end: TaskEnd,
-    pub timings: Timings,
-}
-
-/// Kills and reaps the VMM when dropped, whatever path got us there.
-struct VmGuard(Child);
-
-impl Drop for VmGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
-/// Runs `spec` in a new microVM; `on_output` gets the process's output as it arrives.
+/// Runs `spec` in a new microVM. `on_event` hears each phase and the output as it arrives;
+/// `control` may signal the process, feed its stdin or end the VM from other threads.
 pub fn run_task(
     cfg: &LaunchConfig,
     spec: &RunSpec,
-    on_output: &mut dyn FnMut(Output, &[u8]),
+    control: &TaskControl,
+    on_event: &mut dyn FnMut(TaskEvent<'_>),
 ) -> Result<TaskResult, LaunchError> {
+    let _finish = FinishOnDrop(control);
     let wd = |source| LaunchError::WorkDir {
         path: cfg.work_dir.clone(),
         source,
@@ -137,68 +78,64 @@ pub fn run_task(
     let agent_sock = PathBuf::from(format!("{}_{HOST_PORT}", uds.display()));
     let _ = std::fs::remove_file(&agent_sock);
     let listener = UnixListener::bind(&agent_sock).map_err(wd)?;
-    listener.set_nonblocking(true).map_err(wd)?;
+    let _unlink = RemoveOnDrop(agent_sock);
     let console = cfg.work_dir.join("console.log");
-    // The VMM's own log goes to a file: a pipe nobody reads would fill and stall it.
     let vmm_log_path = cfg.work_dir.join("vmm.log");
     let vmm_log = std::fs::File::create(&vmm_log_path).map_err(wd)?;
 
     let start = Instant::now();
-    let child = Command::new(&cfg.vmm)
-        .arg("--kernel")
-        .arg(&cfg.kernel)
-        .arg("--initrd")
-        .arg(&cfg.initrd)
-        .arg("--disk")
-        .arg(format!("{},ro", cfg.rootfs.display()))
-        .arg("--vsock")
-        .arg(format!("cid=3,uds={}", uds.display()))
-        .args(["--vcpus", &cfg.vcpus.to_string()])
-        .args(["--memory-mib", &cfg.memory_mib.to_string()])
-        .arg("--serial-out")
-        .arg(&console)
-        .args(["--cmdline", "quiet"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(vmm_log)
-        .spawn()
-        .map_err(|source| LaunchError::Spawn {
+    let child = vmm_process::spawn(cfg, &uds, &console, vmm_log).map_err(|source| {
+        LaunchError::Spawn {
             vmm: cfg.vmm.clone(),
             source,
-        })?;
-    let mut vm = VmGuard(child);
-    let ms = |t: Instant| t.duration_since(start).as_millis() as u64;
-
-    // The agent dials us when it is ready.
-    let mut stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => return Err(LaunchError::Connection(e.to_string())),
         }
-        if let Ok(Some(status)) = vm.0.try_wait() {
+    })?;
+    on_event(TaskEvent::VmStarted { pid: child.id() });
+    control.attach_child(child);
+    let ms = |t: Instant| t.duration_since(start).as_millis() as u64;
+    let stopped = |end, mut timings: Timings| {
+        control.finish();
+        timings.vm_stopped_ms = ms(Instant::now());
+        Ok(TaskResult { end, timings })
+    };
+
+    // The agent dials us when it is ready: wait for that connection, the VM's end, or
+    // the boot timeout, whichever comes first.
+    let mut stream = loop {
+        let ready = wait_readable(&listener, Duration::from_millis(50)).map_err(|e| {
+            LaunchError::Connection(format!("waiting for the agent: {e}"))
+        })?;
+        if ready {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(LaunchError::Connection(e.to_string())),
+            }
+        }
+        if let Some(status) = control.try_wait() {
+            if control.was_killed() {
+                return stopped(TaskEnd::Killed, Timings::default());
+            }
             let err = std::fs::read_to_string(&vmm_log_path).unwrap_or_default();
+            let err = err.trim();
             return Err(LaunchError::NoHello {
-                status: format!(
-                    "{status}{}",
-                    if err.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", err.trim())
-                    }
-                ),
+                status: if err.is_empty() {
+                    status.to_string()
+                } else {
+                    format!("{status}: {err}")
+                },
                 console: console_tail(&console),
             });
         }
         if start.elapsed() > cfg.boot_timeout {
             return Err(LaunchError::HelloTimeout(cfg.boot_timeout));
         }
-        std::thread::sleep(Duration::from_millis(5));
     };
     let conn_err = |e: &dyn std::fmt::Display| LaunchError::Connection(e.to_string());
-    stream.set_nonblocking(false).map_err(|e| conn_err(&e))?;
     let mut reader = FrameBuf::default();
-    let hello = reader.next(&mut stream, None).map_err(|e| conn_err(&e))?;
+    let hello = reader
+        .next(&mut stream, Some(start + cfg.boot_timeout))
+        .map_err(|e| conn_err(&e))?;
     let mut timings = Timings {
         agent_ready_ms: ms(Instant::now()),
         ..Default::default()
@@ -223,28 +160,49 @@ pub fn run_task(
             )))
         }
     }
-    let run = Frame::Control(Message::Run(spec.clone()));
+    on_event(TaskEvent::AgentReady);
+    let mut spec = spec.clone();
+    // The guest learns the time and gets fresh entropy with every task: a VM restored from
+    // a snapshot would otherwise run with the snapshot's clock and random state.
+    spec.wall_clock_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    spec.entropy = host_entropy().map_err(|e| conn_err(&format!("host entropy: {e}")))?;
+    let run = Frame::Control(Message::Run(spec));
     stream
         .write_all(&run.encode().map_err(|e| conn_err(&e))?)
         .map_err(|e| conn_err(&e))?;
+    control.attach_writer(stream.try_clone().map_err(|e| conn_err(&e))?);
 
-    let deadline = cfg.timeout.map(|t| Instant::now() + t);
+    let mut deadline = cfg.timeout.map(|t| Instant::now() + t);
+    let mut timed_out = false;
     let end = loop {
         let frame = match reader.next(&mut stream, deadline) {
             Ok(Some(f)) => f,
+            Ok(None) if control.was_killed() => break TaskEnd::Killed,
             Ok(None) => {
                 break TaskEnd::Lost("the agent closed the connection without a report".into())
             }
-            Err(e) if e.kind() == ErrorKind::TimedOut => {
-                break TaskEnd::TimedOut(cfg.timeout.unwrap_or_default());
+            Err(e) if e.kind() == ErrorKind::TimedOut && !timed_out => {
+                // Ask first, as `docker stop` does; end the VM if that is not heeded.
+                timed_out = true;
+                let _ = control.signal(SIGTERM);
+                deadline = Some(Instant::now() + cfg.stop_timeout);
+                continue;
             }
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                break TaskEnd::TimedOut(cfg.timeout.unwrap_or_default())
+            }
+            Err(_) if control.was_killed() => break TaskEnd::Killed,
             Err(e) => break TaskEnd::Lost(format!("agent connection: {e}")),
         };
         match frame {
-            Frame::Stdout(b) => on_output(Output::Stdout, &b),
-            Frame::Stderr(b) => on_output(Output::Stderr, &b),
+            Frame::Stdout(b) => on_event(TaskEvent::Output(Output::Stdout, &b)),
+            Frame::Stderr(b) => on_event(TaskEvent::Output(Output::Stderr, &b)),
+            Frame::Control(Message::StdinConsumed { bytes }) => control.stdin_consumed(bytes),
             Frame::Control(Message::Started { .. }) => {
-                timings.process_started_ms = Some(ms(Instant::now()))
+                timings.process_started_ms = Some(ms(Instant::now()));
+                on_event(TaskEvent::ProcessStarted);
             }
             Frame::Control(Message::Exited {
                 exit_code,
@@ -252,15 +210,20 @@ pub fn run_task(
                 cpu_user_ms,
                 cpu_system_ms,
                 max_rss_kib,
+                oom_killed,
                 ..
             }) => {
                 timings.process_exited_ms = Some(ms(Instant::now()));
+                if timed_out {
+                    break TaskEnd::TimedOut(cfg.timeout.unwrap_or_default());
+                }
                 break TaskEnd::Exited {
                     exit_code,
                     signal,
                     cpu_user_ms,
                     cpu_system_ms,
                     max_rss_kib,
+                    oom_killed,
                 };
             }
             Frame::Control(Message::Failed {
@@ -278,22 +241,43 @@ pub fn run_task(
         }
     };
     // The agent powers the VM off after its report; give it a moment, then make sure.
-    let grace = Instant::now()
-        + Duration::from_secs(if matches!(end, TaskEnd::TimedOut(_)) {
-            0
-        } else {
-            30
-        });
-    while Instant::now() < grace {
-        if let Ok(Some(_)) = vm.0.try_wait() {
-            break;
+    if matches!(end, TaskEnd::Exited { .. } | TaskEnd::Failed { .. }) {
+        let grace = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < grace && control.try_wait().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
-    drop(vm);
-    timings.vm_stopped_ms = ms(Instant::now());
-    let _ = std::fs::remove_file(&agent_sock);
-    Ok(TaskResult { end, timings })
+    stopped(end, timings)
+}
+
+/// 32 bytes from the host's CRNG.
+fn host_entropy() -> std::io::Result<Vec<u8>> {
+    let mut b = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// Waits until `fd` is readable or `timeout` passes.
+fn wait_readable(fd: &impl AsFd, timeout: Duration) -> std::io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let t = Timespec::try_from(timeout).unwrap_or(Timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    });
+    match poll(&mut fds, Some(&t)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Frames from a stream, with a deadline.
@@ -342,16 +326,4 @@ impl FrameBuf {
             }
         }
     }
-}
-
-/// Writes the agent's initramfs (the agent as /init) to `out`.
-pub fn build_agent_initramfs(agent: &Path, out: &Path) -> std::io::Result<()> {
-    let tmp = out.with_extension("tmp");
-    let f = std::fs::File::create(&tmp)?;
-    let mut w = vmm::initramfs::CpioWriter::new(std::io::BufWriter::new(f));
-    let io = |e: vmm::initramfs::InitramfsError| std::io::Error::other(e.to_string());
-    vmm::initramfs::write_skeleton(&mut w).map_err(io)?;
-    w.host_file("init", agent).map_err(io)?;
-    w.finish().map_err(io)?;
-    std::fs::rename(tmp, out)
 }

@@ -1,0 +1,140 @@
+//! `skiff image …`: the local image store (pull, list, remove, prune, import).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use clap::Subcommand;
+use control_plane::images::busybox;
+use control_plane::images::registry::{RegistryClient, RegistryOptions};
+use control_plane::images::{Image, ImageStore, PullEvent, Reference};
+
+use super::short;
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Pull an image from its registry.
+    Pull {
+        reference: String,
+        /// Registries (host[:port]) allowed over plain HTTP.
+        #[arg(long)]
+        insecure: Vec<String>,
+        /// Extra CA certificates (PEM).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// List stored images.
+    Ls,
+    /// Remove an image's tag.
+    Rm { reference: String },
+    /// Delete blobs and root filesystems no tag uses.
+    Prune,
+    /// Import an OCI layout directory or a `docker save` tarball.
+    Import { path: PathBuf },
+}
+
+pub fn store(state_dir: &Path) -> anyhow::Result<ImageStore> {
+    ImageStore::open(state_dir, None).context("cannot open the image store")
+}
+
+pub fn pull(
+    st: &ImageStore,
+    r: &Reference,
+    opts: &RegistryOptions,
+) -> anyhow::Result<Image> {
+    let client = RegistryClient::new(opts.clone())?;
+    let progress = |e: PullEvent| match e {
+        PullEvent::Resolved { manifest, layers } => {
+            eprintln!("{r}: resolved {manifest} ({layers} layers)")
+        }
+        PullEvent::LayerCached { digest, .. } => {
+            eprintln!("{}: already exists", short(&digest.to_string()))
+        }
+        PullEvent::LayerDone { digest, size } => eprintln!(
+            "{}: pull complete ({size} bytes)",
+            short(&digest.to_string())
+        ),
+        PullEvent::LayerRetry {
+            digest,
+            attempt,
+            error,
+        } => {
+            eprintln!("{}: retry {attempt} ({error})", short(&digest.to_string()))
+        }
+        _ => {}
+    };
+    Ok(st.pull(&client, r, &progress)?)
+}
+
+/// The stored image, else the bundled busybox made on first use, else a pull.
+pub fn get_image(
+    st: &ImageStore,
+    r: &Reference,
+    opts: &RegistryOptions,
+) -> anyhow::Result<Image> {
+    if let Some(i) = st.lookup(r)? {
+        return Ok(i);
+    }
+    if r.to_string() == busybox::BUSYBOX_REF {
+        return busybox::build_busybox_image(st, Path::new(busybox::DEFAULT_BUSYBOX))
+            .context("cannot make the bundled local/busybox:latest from /bin/busybox");
+    }
+    pull(st, r, opts)
+}
+
+pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
+    let st = store(state_dir)?;
+    match c {
+        ImageCmd::Pull {
+            reference,
+            insecure,
+            ca_file,
+        } => {
+            let r: Reference = reference.parse().map_err(|e| anyhow!("{reference}: {e}"))?;
+            let opts = RegistryOptions {
+                insecure,
+                ca_file,
+                ..Default::default()
+            };
+            let image = if r.to_string() == busybox::BUSYBOX_REF {
+                get_image(&st, &r, &opts)?
+            } else {
+                pull(&st, &r, &opts)?
+            };
+            let fs = st.rootfs(&image)?;
+            println!(
+                "{r}: {} (rootfs {})",
+                image.manifest_digest,
+                fs.path.display()
+            );
+        }
+        ImageCmd::Ls => {
+            println!("{:<48} {:<20} {:>12}", "REFERENCE", "IMAGE ID", "SIZE");
+            for i in st.list()? {
+                println!(
+                    "{:<48} {:<20} {:>12}",
+                    i.reference.to_string(),
+                    short(&i.id.to_string()),
+                    i.size
+                );
+            }
+        }
+        ImageCmd::Rm { reference } => {
+            let r: Reference = reference.parse().map_err(|e| anyhow!("{reference}: {e}"))?;
+            st.remove(&r)?;
+            println!("untagged {r}");
+        }
+        ImageCmd::Prune => println!("{:?}", st.prune()?),
+        ImageCmd::Import { path } => {
+            let images = if path.is_dir() {
+                control_plane::images::import::import_oci_layout(&st, &path, None)?
+            } else {
+                control_plane::images::import::import_docker_save(&st, &path)?
+            };
+            for i in images {
+                println!("imported {} ({})", i.reference, i.manifest_digest);
+            }
+        }
+    }
+    Ok(0)
+}
+

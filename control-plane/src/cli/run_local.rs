@@ -1,0 +1,149 @@
+//! `skiff run --local`: one task in a microVM started by this process, no server. Output
+//! streams to our stdout/stderr, signals we get are passed to the task (as `docker run`
+//! does), `-i` feeds our stdin to it, and we exit with the task's exit code.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use control_plane::images::config::RunDefaults;
+use control_plane::images::registry::RegistryOptions;
+use control_plane::images::run::{resolve, RunOverrides};
+use control_plane::images::Reference;
+use control_plane::launcher::{self, LaunchConfig, Output, TaskControl, TaskEnd, TaskEvent};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+
+use super::image::{get_image, store};
+use super::run::RunArgs;
+use super::{env_path, tempdir_in, vmm_path};
+
+/// Signals passed on to the task.
+const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
+    let (image_arg, cmd) = a.image_and_command()?;
+    let (rootfs, defaults) = match (a.rootfs.clone(), image_arg) {
+        (Some(r), _) => (r, RunDefaults::default()),
+        (None, Some(name)) => {
+            let r: Reference = name.parse().map_err(|e| anyhow!("{name}: {e}"))?;
+            let st = store(state_dir)?;
+            let image = get_image(&st, &r, &RegistryOptions::default())?;
+            (st.rootfs(&image)?.path, image.config.run_defaults())
+        }
+        (None, None) => return Err(anyhow!("give an image (or --rootfs FILE)")),
+    };
+    let overrides = RunOverrides {
+        entrypoint: a.entrypoint.map(|e| vec![e]),
+        cmd: (!cmd.is_empty()).then_some(cmd),
+        env: a.env,
+        working_dir: a.workdir,
+        user: a.user,
+    };
+    let resolved = resolve(&defaults, &overrides)?;
+    let spec = guest_agent::RunSpec {
+        argv: resolved.argv,
+        env: resolved.env,
+        working_dir: resolved.working_dir,
+        user: resolved.user,
+        image_disk: "/dev/vda".into(),
+        upper_size_mib: (a.memory / 4).max(16),
+        hostname: "skiff".into(),
+        stdin: a.interactive,
+        ..Default::default()
+    };
+    let work = tempdir_in(&state_dir.join("run"))?;
+    let initrd = work.join("agent.cpio");
+    launcher::build_agent_initramfs(
+        &env_path("SKIFF_AGENT", "static skiff-agent binary")?,
+        &initrd,
+    )
+    .context("cannot build the agent initramfs")?;
+    let cfg = LaunchConfig {
+        vmm: vmm_path(),
+        kernel: env_path("SKIFF_KERNEL", "guest kernel (vmlinux)")?,
+        initrd,
+        vcpus: a.cpu,
+        memory_mib: a.memory,
+        rootfs,
+        work_dir: work.clone(),
+        timeout: a.timeout.map(Duration::from_secs),
+        stop_timeout: Duration::from_secs(a.stop_timeout),
+        boot_timeout: Duration::from_secs(600),
+    };
+    let control = TaskControl::new();
+    forward_signals(&control)?;
+    if a.interactive {
+        forward_stdin(&control);
+    }
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let result = launcher::run_task(&cfg, &spec, &control, &mut |e| {
+        let _ = match e {
+            TaskEvent::Output(Output::Stdout, b) => out.write_all(b).and_then(|_| out.flush()),
+            TaskEvent::Output(Output::Stderr, b) => err.write_all(b).and_then(|_| err.flush()),
+            _ => Ok(()),
+        };
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    let result = result?;
+    match &result.end {
+        TaskEnd::Failed { message, .. } => eprintln!("skiff: {message}"),
+        TaskEnd::TimedOut(t) => eprintln!(
+            "skiff: timed out after {} s; the VM was stopped",
+            t.as_secs()
+        ),
+        TaskEnd::Killed => eprintln!("skiff: stopped before the task started"),
+        TaskEnd::Lost(why) => eprintln!("skiff: task lost: {why}"),
+        TaskEnd::Exited { .. } => {}
+    }
+    if a.timings {
+        let t = &result.timings;
+        eprintln!(
+            "skiff: timings from VMM start: agent ready {} ms, process started {} ms, exited {} ms, VM stopped {} ms",
+            t.agent_ready_ms,
+            t.process_started_ms.map_or("-".into(), |v| v.to_string()),
+            t.process_exited_ms.map_or("-".into(), |v| v.to_string()),
+            t.vm_stopped_ms
+        );
+    }
+    Ok(result.end.exit_code())
+}
+
+/// Signals sent to `skiff` go to the task's process; one that comes while the VM is
+/// still booting ends the VM (nothing there could receive it yet).
+fn forward_signals(control: &TaskControl) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
+        .context("cannot install signal handlers")?;
+    let control = control.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            tracing::debug!("forwarding signal {sig} to the task");
+            if control.signal(sig).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Our stdin goes to the task's stdin; our EOF closes it.
+fn forward_stdin(control: &TaskControl) {
+    let control = control.clone();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = control.close_stdin();
+                    return;
+                }
+                Ok(n) => {
+                    if control.write_stdin(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}

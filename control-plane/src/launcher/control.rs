@@ -1,0 +1,203 @@
+//! A handle on a running task that other threads hold: signals and stdin go to the agent
+//! over the task's connection; `kill_vm` ends the VM outright.
+//!
+//! The VMM's `Child` lives behind the handle's lock, and only the handle waits for it, so a
+//! kill can never reach a recycled process id.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use guest_agent::{Frame, Message, STDIN_WINDOW};
+
+/// Stdin travels in frames of at most this many bytes.
+const STDIN_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("the task has already ended")]
+    Ended,
+    #[error("cannot reach the task's agent: {0}")]
+    Connection(#[from] std::io::Error),
+}
+
+#[derive(Default)]
+struct State {
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+    connected: bool,
+    ended: bool,
+    killed: bool,
+    /// Stdin bytes sent that the agent has not reported consumed (≤ STDIN_WINDOW).
+    stdin_in_flight: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Apart from `state` so that a write blocked on a full socket never holds up a kill.
+    writer: Mutex<Option<UnixStream>>,
+}
+
+/// Cheap to clone; every clone acts on the same task.
+#[derive(Clone, Default)]
+pub struct TaskControl(Arc<Inner>);
+
+impl TaskControl {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, frame: &Frame) -> Result<(), ControlError> {
+        let mut w = self.0.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let s = w.as_mut().ok_or(ControlError::Ended)?;
+        let bytes = frame
+            .encode()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        s.write_all(&bytes)?;
+        Ok(())
+    }
+
+    /// Blocks until the run spec has gone out (true) or the task ended first (false).
+    pub fn wait_connected(&self) -> bool {
+        let mut st = self.state();
+        while !st.connected && !st.ended {
+            st = self.0.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.connected && !st.ended
+    }
+
+    /// Delivers `signal` to the task's process. Before the process exists (the VM is still
+    /// booting) nothing could receive it, so the VM is ended instead.
+    pub fn signal(&self, signal: i32) -> Result<(), ControlError> {
+        {
+            let st = self.state();
+            if st.ended {
+                return Err(ControlError::Ended);
+            }
+            if !st.connected {
+                drop(st);
+                self.kill_vm();
+                return Ok(());
+            }
+        }
+        self.send(&Frame::Control(Message::Signal { signal }))
+    }
+
+    /// Feeds bytes to the process's stdin (the run spec must have asked for stdin); waits
+    /// until the agent is connected, and while the agent has a window's worth unconsumed.
+    pub fn write_stdin(&self, data: &[u8]) -> Result<(), ControlError> {
+        if !self.wait_connected() {
+            return Err(ControlError::Ended);
+        }
+        for chunk in data.chunks(STDIN_CHUNK) {
+            let len = chunk.len() as u64;
+            {
+                let mut st = self.state();
+                while !st.ended && st.stdin_in_flight + len > STDIN_WINDOW {
+                    st = self.0.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                if st.ended {
+                    return Err(ControlError::Ended);
+                }
+                st.stdin_in_flight += len;
+            }
+            self.send(&Frame::Stdin(chunk.to_vec()))?;
+        }
+        Ok(())
+    }
+
+    /// Closes the process's stdin.
+    pub fn close_stdin(&self) -> Result<(), ControlError> {
+        if !self.wait_connected() {
+            return Err(ControlError::Ended);
+        }
+        self.send(&Frame::StdinEof)
+    }
+
+    /// Ends the VM now (SIGKILL to `skiff-vmm`); the task ends as [`TaskEnd::Killed`]
+    /// unless it had already reported.
+    ///
+    /// [`TaskEnd::Killed`]: super::TaskEnd::Killed
+    pub fn kill_vm(&self) {
+        let mut st = self.state();
+        if st.ended {
+            return;
+        }
+        st.killed = true;
+        if let Some(c) = st.child.as_mut() {
+            let _ = c.kill();
+        }
+        self.0.changed.notify_all();
+    }
+
+    /// The VMM's process id while it runs.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        let st = self.state();
+        st.child.as_ref().filter(|_| st.status.is_none()).map(Child::id)
+    }
+
+    pub(super) fn attach_child(&self, child: Child) {
+        let mut st = self.state();
+        let killed = st.killed;
+        let c = st.child.insert(child);
+        if killed {
+            let _ = c.kill();
+        }
+    }
+
+    pub(super) fn attach_writer(&self, stream: UnixStream) {
+        *self.0.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+        self.state().connected = true;
+        self.0.changed.notify_all();
+    }
+
+    /// The agent reports stdin bytes consumed: that much more may be sent.
+    pub(super) fn stdin_consumed(&self, bytes: u64) {
+        let mut st = self.state();
+        st.stdin_in_flight = st.stdin_in_flight.saturating_sub(bytes);
+        self.0.changed.notify_all();
+    }
+
+    pub(super) fn was_killed(&self) -> bool {
+        self.state().killed
+    }
+
+    /// The VMM's exit status once it has ended (reaps it).
+    pub(super) fn try_wait(&self) -> Option<ExitStatus> {
+        let mut st = self.state();
+        if st.status.is_none() {
+            st.status = st.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        }
+        st.status
+    }
+
+    /// The task is over: the VM is killed if it still runs, reaped, and later calls to the
+    /// handle report [`ControlError::Ended`].
+    pub(super) fn finish(&self) {
+        let mut st = self.state();
+        let st = &mut *st;
+        if let (Some(c), None) = (st.child.as_mut(), st.status) {
+            let _ = c.kill();
+            st.status = c.wait().ok();
+        }
+        st.ended = true;
+        *self.0.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.0.changed.notify_all();
+    }
+}
+
+/// Ends the task's VM when the launcher leaves by any path (error, panic, return).
+pub(super) struct FinishOnDrop<'a>(pub &'a TaskControl);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}

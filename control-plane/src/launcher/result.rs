@@ -1,0 +1,81 @@
+//! What a launch reports: events while the task runs, and how it ended.
+
+use std::time::Duration;
+
+use guest_agent::{BootTimings, FailureKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// Milliseconds from the VMM's start (host clock) to each phase.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub agent_ready_ms: u64,
+    pub process_started_ms: Option<u64>,
+    pub process_exited_ms: Option<u64>,
+    pub vm_stopped_ms: u64,
+    /// The agent's own view (guest clock from kernel start).
+    pub guest: BootTimings,
+}
+
+/// Things that happen while a task runs, in order, as they happen.
+#[derive(Debug, PartialEq)]
+pub enum TaskEvent<'a> {
+    /// `skiff-vmm` is running (its process id).
+    VmStarted { pid: u32 },
+    /// The agent said hello; the run spec goes out next.
+    AgentReady,
+    /// The agent exec'd the process.
+    ProcessStarted,
+    Output(Output, &'a [u8]),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskEnd {
+    /// The process ran and ended.
+    Exited {
+        exit_code: i32,
+        signal: Option<i32>,
+        cpu_user_ms: u64,
+        cpu_system_ms: u64,
+        max_rss_kib: u64,
+        /// The guest's OOM killer killed a process of the task (the VM's memory is the
+        /// task's memory limit).
+        oom_killed: bool,
+    },
+    /// The process never started.
+    Failed {
+        kind: FailureKind,
+        message: String,
+        exit_code: i32,
+    },
+    /// It ran past its timeout: it was sent SIGTERM, then its VM was ended if it did not
+    /// exit within the stop timeout.
+    TimedOut(Duration),
+    /// Its VM was ended on request ([`crate::launcher::TaskControl::kill_vm`]) before the
+    /// process reported an exit.
+    Killed,
+    /// The VM or the agent went away without a report.
+    Lost(String),
+}
+
+impl TaskEnd {
+    /// The exit code `skiff run` exits with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TaskEnd::Exited { exit_code, .. } | TaskEnd::Failed { exit_code, .. } => *exit_code,
+            TaskEnd::TimedOut(_) => 124,
+            TaskEnd::Killed => 137,
+            TaskEnd::Lost(_) => 125,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    pub end: TaskEnd,
+    pub timings: Timings,
+}
