@@ -1,5 +1,6 @@
-//! `skiff`: the command line. `skiff run --local` runs one task in a microVM with no
-//! server (like podman); `skiff image …` works on the local image store.
+//! `skiff`: the command line. `skiff serve` is the control plane; `run`, `ps`, `inspect`,
+//! `logs`, `stop` talk to it over HTTP; `skiff run --local` runs one task in a microVM with
+//! no server (like podman); `skiff image …` works on the local image store.
 
 mod cli;
 
@@ -9,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cli::image::ImageCmd;
+use cli::remote::{self, Api};
 use cli::run::RunArgs;
+use cli::serve::ServeArgs;
 
 #[derive(Parser)]
 #[command(
@@ -21,14 +24,49 @@ struct Cli {
     /// State directory (images, tasks); also SKIFF_STATE_DIR.
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
+    /// The server's URL (default: SKIFF_API, else http://127.0.0.1:8642).
+    #[arg(long, global = true)]
+    api: Option<String>,
+    /// File with the bearer token for the server (default: SKIFF_TOKEN).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the control plane: the HTTP task API.
+    Serve(ServeArgs),
     /// Run a command in a new microVM and stream its output, like `docker run`.
     Run(RunArgs),
+    /// List tasks (running ones; -a for all).
+    Ps {
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only tasks in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only tasks with this label KEY=VALUE.
+        #[arg(short = 'l', long = "label")]
+        label: Vec<String>,
+    },
+    /// Show tasks in full, as JSON.
+    Inspect {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Print a task's output (-f: follow until it stops).
+    Logs {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        id: String,
+    },
+    /// Stop tasks: SIGTERM, SIGKILL after their stop timeout, then the VM ends.
+    Stop {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -62,11 +100,17 @@ fn main() -> ExitCode {
     };
     let state_dir = control_plane::state_dir::resolve(cli.state_dir.as_deref());
     let r = match cli.cmd {
+        Cmd::Serve(a) => cli::serve::serve(&state_dir, a),
         Cmd::Run(a) if a.local => cli::run_local::run(&state_dir, a),
-        Cmd::Run(_) => Err(anyhow::anyhow!(
-            "only --local runs exist so far (no server yet): use `skiff run --local …`"
-        )),
         Cmd::Image(c) => cli::image::image(&state_dir, c),
+        remote_cmd => Api::new(cli.api, cli.token_file.as_deref()).and_then(|api| match remote_cmd {
+            Cmd::Run(a) => remote::run(&api, a),
+            Cmd::Ps { all, state, label } => remote::ps(&api, all, state, label),
+            Cmd::Inspect { ids } => remote::inspect(&api, &ids),
+            Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
+            Cmd::Stop { ids } => remote::stop(&api, &ids),
+            Cmd::Serve(_) | Cmd::Image(_) => unreachable!("handled above"),
+        }),
     };
     match r {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use control_plane::images::busybox;
-use control_plane::images::registry::{RegistryClient, RegistryOptions};
+use control_plane::image_source;
+use control_plane::images::registry::RegistryOptions;
 use control_plane::images::{Image, ImageStore, PullEvent, Reference};
 
 use super::short;
@@ -36,13 +36,8 @@ pub fn store(state_dir: &Path) -> anyhow::Result<ImageStore> {
     ImageStore::open(state_dir, None).context("cannot open the image store")
 }
 
-pub fn pull(
-    st: &ImageStore,
-    r: &Reference,
-    opts: &RegistryOptions,
-) -> anyhow::Result<Image> {
-    let client = RegistryClient::new(opts.clone())?;
-    let progress = |e: PullEvent| match e {
+fn progress(r: &Reference) -> impl Fn(PullEvent) + Sync + '_ {
+    move |e: PullEvent| match e {
         PullEvent::Resolved { manifest, layers } => {
             eprintln!("{r}: resolved {manifest} ({layers} layers)")
         }
@@ -61,24 +56,13 @@ pub fn pull(
             eprintln!("{}: retry {attempt} ({error})", short(&digest.to_string()))
         }
         _ => {}
-    };
-    Ok(st.pull(&client, r, &progress)?)
+    }
 }
 
-/// The stored image, else the bundled busybox made on first use, else a pull.
-pub fn get_image(
-    st: &ImageStore,
-    r: &Reference,
-    opts: &RegistryOptions,
-) -> anyhow::Result<Image> {
-    if let Some(i) = st.lookup(r)? {
-        return Ok(i);
-    }
-    if r.to_string() == busybox::BUSYBOX_REF {
-        return busybox::build_busybox_image(st, Path::new(busybox::DEFAULT_BUSYBOX))
-            .context("cannot make the bundled local/busybox:latest from /bin/busybox");
-    }
-    pull(st, r, opts)
+/// The stored image, else the bundled busybox made on first use, else a pull (with
+/// progress on stderr).
+pub fn get_image(st: &ImageStore, r: &Reference, opts: &RegistryOptions) -> anyhow::Result<Image> {
+    Ok(image_source::get_image(st, r, opts, &progress(r))?)
 }
 
 pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
@@ -95,22 +79,18 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
                 ca_file,
                 ..Default::default()
             };
-            let image = if r.to_string() == busybox::BUSYBOX_REF {
-                get_image(&st, &r, &opts)?
-            } else {
-                pull(&st, &r, &opts)?
-            };
+            let image = image_source::pull(&st, &r, &opts, &progress(&r))?;
             let fs = st.rootfs(&image)?;
-            println!(
+            crate::outln!(
                 "{r}: {} (rootfs {})",
                 image.manifest_digest,
                 fs.path.display()
             );
         }
         ImageCmd::Ls => {
-            println!("{:<48} {:<20} {:>12}", "REFERENCE", "IMAGE ID", "SIZE");
+            crate::outln!("{:<48} {:<20} {:>12}", "REFERENCE", "IMAGE ID", "SIZE");
             for i in st.list()? {
-                println!(
+                crate::outln!(
                     "{:<48} {:<20} {:>12}",
                     i.reference.to_string(),
                     short(&i.id.to_string()),
@@ -121,9 +101,9 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
         ImageCmd::Rm { reference } => {
             let r: Reference = reference.parse().map_err(|e| anyhow!("{reference}: {e}"))?;
             st.remove(&r)?;
-            println!("untagged {r}");
+            crate::outln!("untagged {r}");
         }
-        ImageCmd::Prune => println!("{:?}", st.prune()?),
+        ImageCmd::Prune => crate::outln!("{:?}", st.prune()?),
         ImageCmd::Import { path } => {
             let images = if path.is_dir() {
                 control_plane::images::import::import_oci_layout(&st, &path, None)?
@@ -131,7 +111,7 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
                 control_plane::images::import::import_docker_save(&st, &path)?
             };
             for i in images {
-                println!("imported {} ({})", i.reference, i.manifest_digest);
+                crate::outln!("imported {} ({})", i.reference, i.manifest_digest);
             }
         }
     }

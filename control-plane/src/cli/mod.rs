@@ -1,8 +1,10 @@
 //! The `skiff` command line: one module per command group.
 
 pub mod image;
+pub mod remote;
 pub mod run;
 pub mod run_local;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 
@@ -45,4 +47,24 @@ pub fn tempdir_in(parent: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     bail!("cannot make a task directory under {}", parent.display())
+}
+
+/// Writes a line to stdout; a closed pipe (`skiff ps | head`) ends the program quietly
+/// instead of panicking as `println!` would.
+pub fn out_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// `println!` that survives a closed stdout (see [`out_line`]).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out_line(format_args!($($arg)*))
+    };
 }

@@ -30,6 +30,8 @@ pub enum TaskEvent<'a> {
     AgentReady,
     /// The agent exec'd the process.
     ProcessStarted,
+    /// The agent reported the process's end (its output has all arrived).
+    ProcessExited,
     Output(Output, &'a [u8]),
 }
 

@@ -214,6 +214,7 @@ pub fn run_task(
                 ..
             }) => {
                 timings.process_exited_ms = Some(ms(Instant::now()));
+                on_event(TaskEvent::ProcessExited);
                 if timed_out {
                     break TaskEnd::TimedOut(cfg.timeout.unwrap_or_default());
                 }

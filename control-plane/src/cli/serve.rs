@@ -1,0 +1,153 @@
+//! `skiff serve`: the control plane's HTTP server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use control_plane::images::registry::RegistryOptions;
+use control_plane::scheduler::Capacity;
+use control_plane::server::{ServeConfig, Server};
+
+use super::{env_path, vmm_path};
+
+/// Where `skiff serve` listens unless told otherwise, and where the CLI looks for it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8642";
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback requires a bearer token.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// vCPUs tasks may use in all (default: the host's CPUs times --overcommit).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory tasks may use in all, MiB (default: 90% of the host's memory).
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// vCPUs handed out per host CPU when --cpus is not given.
+    #[arg(long, default_value_t = 1.0)]
+    overcommit: f64,
+    /// File holding the bearer token clients must send (also SKIFF_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Registries (host[:port]) that may be used over plain HTTP.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Guest kernel (default: SKIFF_KERNEL).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Static skiff-agent binary (default: SKIFF_AGENT).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+/// The bearer token from a file (trimmed) or SKIFF_TOKEN.
+pub fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the token file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("SKIFF_TOKEN").ok(),
+    };
+    match token {
+        Some(t) if t.is_empty() => bail!("the bearer token is empty"),
+        t => Ok(t),
+    }
+}
+
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1024, |kib| kib / 1024)
+}
+
+pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
+    if !(a.overcommit > 0.0 && a.overcommit <= 64.0) {
+        bail!("--overcommit must be more than 0 and at most 64");
+    }
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let capacity = Capacity {
+        cpus: a
+            .cpus
+            .unwrap_or(((host_cpus as f64) * a.overcommit).floor().max(1.0) as u32),
+        memory_mib: a.memory_mib.unwrap_or(host_memory_mib() * 9 / 10),
+    };
+    if capacity.cpus == 0 || capacity.memory_mib < 64 {
+        bail!("capacity must be at least 1 vCPU and 64 MiB");
+    }
+    let cfg = ServeConfig {
+        listen: a.listen,
+        state_dir: state_dir.to_owned(),
+        capacity,
+        token: read_token(a.token_file.as_deref())?,
+        vmm: vmm_path(),
+        kernel: match a.kernel {
+            Some(k) => k,
+            None => env_path("SKIFF_KERNEL", "guest kernel (vmlinux)")?,
+        },
+        agent: match a.agent {
+            Some(k) => k,
+            None => env_path("SKIFF_AGENT", "static skiff-agent binary")?,
+        },
+        registry: RegistryOptions {
+            insecure: a.insecure_registries,
+            ..Default::default()
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listen = cfg.listen;
+        let srv = Server::start(cfg)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        eprintln!(
+            "skiff serve: listening on http://{} (state dir {}, capacity {} vCPUs, {} MiB)",
+            listener.local_addr().unwrap_or(listen),
+            state_dir.display(),
+            capacity.cpus,
+            capacity.memory_mib
+        );
+        let app = control_plane::api::router(srv.clone());
+        let srv2 = srv.clone();
+        // Running tasks are stopped first, so that log followers see their end and the
+        // server's connections can drain. Tasks still waiting run after the next start.
+        let shutdown = async move {
+            shutdown_signal().await;
+            eprintln!("skiff serve: shutting down; stopping running tasks");
+            srv2.stop_all().await;
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
