@@ -23,6 +23,9 @@ pub fn run() -> Result<(), String> {
         eprintln!("skiff-agent: {e}");
     }
     system::set_hostname("skiff");
+    if let Err(e) = system::overcommit_like_containers() {
+        eprintln!("skiff-agent: {e}");
+    }
     let setup_done_ms = system::boot_ms();
     let port = system::cmdline_value("skiff.port")
         .and_then(|p| p.parse().ok())

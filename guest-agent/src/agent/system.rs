@@ -150,3 +150,11 @@ pub fn add_entropy(bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("reseed the CRNG: {e}"))?;
     Ok(())
 }
+
+/// Lets allocations succeed and leaves the limit to the OOM killer, as a container under a
+/// memory limit sees it: with the kernel's default heuristic, one large malloc in a small
+/// VM fails outright instead ("out of memory" from the program, not an OOM kill).
+pub fn overcommit_like_containers() -> Result<(), String> {
+    std::fs::write("/proc/sys/vm/overcommit_memory", "1")
+        .map_err(|e| format!("set vm.overcommit_memory: {e}"))
+}

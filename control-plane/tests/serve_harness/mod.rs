@@ -1,0 +1,206 @@
+//! A real `skiff serve` for tests: started as its own process on 127.0.0.1 (a free port),
+//! with its own state dir, driven over real HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// True when VM tests can run; panics in CI without /dev/kvm.
+pub fn kvm_available(test: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        for var in ["SKIFF_KERNEL", "SKIFF_AGENT"] {
+            assert!(
+                std::env::var_os(var).is_some(),
+                "{var} is not set: run the tests through scripts/test.sh (it sources target/skiff.env)"
+            );
+        }
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: /dev/kvm is missing; VM tests cannot run (CI=true: not skipping)");
+    }
+    eprintln!("SKIPPED {test}: /dev/kvm is missing");
+    false
+}
+
+/// A fresh state dir for one test.
+pub fn state_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub struct Serve {
+    child: Child,
+    pub url: String,
+    pub state_dir: PathBuf,
+    client: Client,
+}
+
+impl Serve {
+    /// Starts `skiff serve` on `state_dir` with extra flags (e.g. capacity).
+    pub fn start(state_dir: &Path, args: &[&str]) -> Serve {
+        Self::start_with(state_dir, args, &[])
+    }
+
+    pub fn start_with(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start skiff serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(url);
+                }
+                eprintln!("[serve] {line}");
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("skiff serve did not say where it listens");
+        Serve {
+            child,
+            url,
+            state_dir: state_dir.to_owned(),
+            client: Client::builder().timeout(None).build().unwrap(),
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.client.request(m, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let resp = r.send().expect("HTTP request");
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (s, v) = self.request("GET", path, None);
+        assert_eq!(s, StatusCode::OK, "GET {path}: {v}");
+        v
+    }
+
+    /// Submits a task; returns its id.
+    pub fn submit(&self, body: &Value) -> String {
+        let (s, v) = self.request("POST", "/v1/tasks", Some(&body.to_string()));
+        assert_eq!(s, StatusCode::ACCEPTED, "submit {body}: {v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn task(&self, id: &str) -> Value {
+        self.get(&format!("/v1/tasks/{id}"))
+    }
+
+    /// Waits until `cond` holds for the task (checked twice a second).
+    pub fn wait_task(&self, id: &str, what: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let t = self.task(id);
+            if cond(&t) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "task {id} not {what} after {timeout:?}: {t:#}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    pub fn wait_stopped(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_task(id, "STOPPED", timeout, |t| t["state"] == "STOPPED")
+    }
+
+    /// The task's output so far: (stdout, stderr).
+    pub fn logs(&self, id: &str) -> (Vec<u8>, Vec<u8>) {
+        let text = self
+            .client
+            .get(format!("{}/v1/tasks/{id}/logs", self.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        split_logs(&text)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // SIGTERM first: the server stops its running tasks before it exits.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+}
+
+/// NDJSON log lines → (stdout, stderr) bytes.
+pub fn split_logs(text: &str) -> (Vec<u8>, Vec<u8>) {
+    use base64::Engine;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).expect("log line is JSON");
+        let data = match (v["data"].as_str(), v["dataBase64"].as_str()) {
+            (Some(t), _) => t.as_bytes().to_vec(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD.decode(b).unwrap(),
+            _ => panic!("log line without data: {line}"),
+        };
+        if v["stream"] == "stderr" {
+            err.extend(data);
+        } else {
+            out.extend(data);
+        }
+    }
+    (out, err)
+}
+
+/// VMM processes whose command line mentions `dir` (a task's VM under a state dir).
+pub fn vmms_under(dir: &Path) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .arg("-af")
+        .arg(format!("skiff-vmm.*{}", dir.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
