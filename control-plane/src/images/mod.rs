@@ -15,6 +15,7 @@ pub mod rootfs;
 pub mod run;
 pub mod store;
 pub mod unpack;
+pub mod workdir;
 
 pub use digest::Digest;
 pub use pull::{Image, ImageStore, PullError, PullEvent};

@@ -39,6 +39,18 @@ pub enum UnpackError {
     },
 }
 
+impl UnpackError {
+    /// True when the target file system ran out of space (or inodes).
+    pub fn is_no_space(&self) -> bool {
+        let source = match self {
+            UnpackError::Read(e) | UnpackError::Io { source: e, .. } => e,
+            _ => return false,
+        };
+        source.kind() == io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+    }
+}
+
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
     move |source| UnpackError::Io {
         path: path.to_path_buf(),
