@@ -4,17 +4,18 @@
 //! Built on `reqwest`'s blocking client (rustls, system roots plus an optional CA file).
 //! From async code, call it inside `tokio::task::spawn_blocking`.
 //! HTTPS is used for every registry; registries marked insecure and loopback registries
-//! are probed over HTTPS first and fall back to plain HTTP, as Docker does.
+//! are probed over HTTPS first and fall back to plain HTTP, as Docker does. Blob downloads
+//! resume with a `Range` request from what the caller already has.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use tracing::{debug, info};
 
@@ -22,6 +23,7 @@ use super::auth::{parse_challenge, Challenge, Credentials};
 use super::digest::Digest;
 use super::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
 use super::reference::{Reference, DOCKER_HUB};
+use super::store::ResumableWrite;
 
 /// A registry failure, named for the user.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +244,7 @@ impl RegistryClient {
             r.repository,
             reference
         );
-        let resp = self.get(r, &url, Some(ACCEPTED))?;
+        let resp = self.get(r, &url, Some(ACCEPTED), None)?;
         let what = if reference.starts_with("sha256:") {
             reference.to_string()
         } else {
@@ -290,12 +292,15 @@ impl RegistryClient {
         })
     }
 
-    /// Streams the blob `digest` into `out`; returns the bytes copied. The caller verifies.
+    /// Streams the blob `digest` into `out`, from `out.offset()` on with a `Range` request
+    /// when `out` already holds its start. A registry that ignores the range (200) or
+    /// refuses it (416) sends the whole blob, and `out` is restarted first. Returns the
+    /// bytes copied by this call. The caller verifies.
     pub fn blob(
         &self,
         r: &Reference,
         digest: &Digest,
-        out: &mut dyn Write,
+        out: &mut dyn ResumableWrite,
     ) -> Result<u64, RegistryError> {
         let url = format!(
             "{}/v2/{}/blobs/{}",
@@ -303,16 +308,41 @@ impl RegistryClient {
             r.repository,
             digest
         );
-        let resp = self.get(r, &url, None)?;
+        let offset = out.offset();
+        let mut resp = self.get(r, &url, None, (offset > 0).then_some(offset))?;
+        if offset > 0 && resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+            debug!(%digest, offset, "range refused; fetching the whole blob");
+            resp = self.get(r, &url, None, None)?;
+        }
         let mut resp = self.check(r, resp, &url, || RegistryError::BlobUnknown {
             digest: digest.clone(),
             registry: r.registry.clone(),
             repository: r.repository.clone(),
         })?;
-        io::copy(&mut resp, out).map_err(|source| RegistryError::Transfer {
+        let transfer = |source| RegistryError::Transfer {
             registry: r.registry.clone(),
             source,
-        })
+        };
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let range = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !range.starts_with(&format!("bytes {offset}-")) {
+                return Err(RegistryError::Status {
+                    registry: r.registry.clone(),
+                    status: 206,
+                    url,
+                    body: format!("asked for bytes {offset}- but got Content-Range {range:?}"),
+                });
+            }
+            debug!(%digest, offset, "resuming the download");
+        } else if out.offset() > 0 {
+            debug!(%digest, offset, "the registry sends the whole blob; starting over");
+            out.restart().map_err(transfer)?;
+        }
+        io::copy(&mut resp, out).map_err(transfer)
     }
 
     fn check(
@@ -352,6 +382,7 @@ impl RegistryClient {
         r: &Reference,
         url: &str,
         accept: Option<&str>,
+        range_from: Option<u64>,
     ) -> Result<Response, RegistryError> {
         let key = r.name();
         let creds = self.opts.credentials.get(&r.registry);
@@ -359,6 +390,9 @@ impl RegistryClient {
             let mut req = self.http.get(url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
+            }
+            if let Some(from) = range_from {
+                req = req.header(RANGE, format!("bytes={from}-"));
             }
             let auth = self
                 .auth
