@@ -2,9 +2,11 @@
 //! read-only root filesystem images that microVMs mount.
 
 pub mod auth;
+pub mod auth_file;
 pub mod busybox;
 pub mod config;
 pub mod digest;
+pub mod error_text;
 pub mod gc;
 pub mod import;
 pub mod manifest;

@@ -1,5 +1,6 @@
 //! A client for the Docker Registry HTTP API v2 / OCI distribution spec (pull side):
-//! manifests, indexes and blobs, with anonymous, basic and bearer-token auth.
+//! manifests, indexes and blobs, with anonymous, basic and bearer-token auth (credentials
+//! given, or from the registry auth file: see `auth_file`).
 //!
 //! Built on `reqwest`'s blocking client (rustls, system roots plus an optional CA file).
 //! From async code, call it inside `tokio::task::spawn_blocking`.
@@ -20,6 +21,7 @@ use reqwest::StatusCode;
 use tracing::{debug, info};
 
 use super::auth::{parse_challenge, Challenge, Credentials};
+use super::auth_file::{self, AuthFileError};
 use super::digest::Digest;
 use super::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
 use super::reference::{Reference, DOCKER_HUB};
@@ -94,6 +96,8 @@ pub enum RegistryError {
     Client(#[source] reqwest::Error),
     #[error("{0} is a local-only image and cannot be pulled")]
     LocalOnly(String),
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
 }
 
 /// How to reach registries.
@@ -103,8 +107,11 @@ pub struct RegistryOptions {
     pub insecure: Vec<String>,
     /// A PEM file of extra CA certificates to trust.
     pub ca_file: Option<PathBuf>,
-    /// Credentials per registry (`host[:port]`).
+    /// Credentials per registry (`host[:port]`); they win over the auth file's.
     pub credentials: HashMap<String, Credentials>,
+    /// The registry auth file (Docker's `config.json` format); None: the usual places
+    /// (`auth_file::default_path`).
+    pub auth_file: Option<PathBuf>,
 }
 
 /// A manifest as fetched, with the digest of its exact bytes.
@@ -140,7 +147,12 @@ fn is_loopback(registry: &str) -> bool {
 }
 
 impl RegistryClient {
-    pub fn new(opts: RegistryOptions) -> Result<Self, RegistryError> {
+    pub fn new(mut opts: RegistryOptions) -> Result<Self, RegistryError> {
+        if let Some(path) = opts.auth_file.clone().or_else(auth_file::default_path) {
+            for (registry, creds) in auth_file::load(&path)? {
+                opts.credentials.entry(registry).or_insert(creds);
+            }
+        }
         let mut builder = Client::builder()
             .use_rustls_tls()
             .timeout(None)
