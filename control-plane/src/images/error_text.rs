@@ -43,4 +43,18 @@ mod tests {
             "cannot open the image store: store I/O on /x: no such file"
         );
     }
+
+    #[test]
+    fn works_on_anyhow_errors_with_context() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let err = anyhow::Error::new(StoreError::Io {
+            path: "/x".into(),
+            source: io,
+        })
+        .context("cannot open the image store");
+        assert_eq!(
+            one_line(&*err),
+            "cannot open the image store: store I/O on /x: gone"
+        );
+    }
 }
