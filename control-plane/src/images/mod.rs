@@ -11,6 +11,7 @@ pub mod gc;
 pub mod import;
 pub mod manifest;
 pub mod pull;
+pub mod readahead;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;

@@ -199,8 +199,10 @@ impl RootfsBuilder {
             path: path.clone(),
             source: e.error,
         })?;
+        let made = started.elapsed();
+        let in_memory = work.in_memory;
         drop(work);
-        info!(image = %image_id, format = format.ext(), ?unpacked, total = ?started.elapsed(), "root filesystem image built");
+        info!(image = %image_id, format = format.ext(), in_memory, ?unpacked, ?made, total = ?started.elapsed(), "root filesystem image built");
         Ok(Rootfs {
             path,
             format,
