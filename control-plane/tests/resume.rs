@@ -63,7 +63,13 @@ fn a_cut_download_resumes_from_where_it_stopped_within_one_pull() -> Result<()> 
     let reg = Registry::start()?;
     let layer = noisy_layer(4 << 20, 1);
     let size = layer.bytes.len() as u64;
-    let pushed = reg.push_image("resume/a", "v1", OCI_MANIFEST, &[layer.clone()], json!({}))?;
+    let pushed = reg.push_image(
+        "resume/a",
+        "v1",
+        OCI_MANIFEST,
+        std::slice::from_ref(&layer),
+        json!({}),
+    )?;
     // Two cuts, each after 1.2 MB of response: without resuming, the layer would cost
     // 1.2 + 1.2 + 4.2 MB; resumed, it costs its size plus headers.
     let proxy = CutProxy::start(&reg.addr, 2, 1_200_000)?;
@@ -106,7 +112,13 @@ fn the_next_pull_after_a_killed_one_resumes_from_its_partial_file() -> Result<()
     let reg = Registry::start()?;
     let layer = noisy_layer(6 << 20, 2);
     let size = layer.bytes.len() as u64;
-    let pushed = reg.push_image("resume/b", "v1", OCI_MANIFEST, &[layer.clone()], json!({}))?;
+    let pushed = reg.push_image(
+        "resume/b",
+        "v1",
+        OCI_MANIFEST,
+        std::slice::from_ref(&layer),
+        json!({}),
+    )?;
     let digest: &Digest = &pushed.layers[0];
     let state = tempfile::tempdir()?;
 
@@ -176,7 +188,13 @@ fn a_registry_that_ignores_range_sends_the_whole_blob_and_it_still_verifies() ->
     let reg = Registry::start()?;
     let layer = noisy_layer(3 << 20, 3);
     let size = layer.bytes.len() as u64;
-    let pushed = reg.push_image("resume/c", "v1", OCI_MANIFEST, &[layer.clone()], json!({}))?;
+    let pushed = reg.push_image(
+        "resume/c",
+        "v1",
+        OCI_MANIFEST,
+        std::slice::from_ref(&layer),
+        json!({}),
+    )?;
     // One cut after 1 MB; the proxy drops Range headers, so the registry answers 200.
     let proxy = CutProxy::start_with(
         &reg.addr,

@@ -82,9 +82,17 @@ fn mem_available() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// True when `path` is on a tmpfs.
+fn is_tmpfs(st: &rustix::fs::StatFs) -> bool {
+    // f_type is i64 on x86_64 and narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as i64;
+    t == TMPFS_MAGIC
+}
+
 fn tmpfs_work_dir(tmpfs: &Path, layer_bytes: u64) -> Option<tempfile::TempDir> {
     let st = rustix::fs::statfs(tmpfs).ok()?;
-    if st.f_type as i64 != TMPFS_MAGIC {
+    if !is_tmpfs(&st) {
         return None;
     }
     let free = (st.f_bavail as u64).saturating_mul(st.f_bsize as u64);
@@ -153,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_small_tree_goes_to_the_tmpfs_and_dead_builds_are_swept() {
-        let is_tmpfs = rustix::fs::statfs(TMPFS).is_ok_and(|s| s.f_type as i64 == TMPFS_MAGIC);
+        let is_tmpfs = rustix::fs::statfs(TMPFS).is_ok_and(|s| is_tmpfs(&s));
         if !is_tmpfs {
             eprintln!("skipped: {TMPFS} is not a tmpfs here");
             return;
