@@ -326,7 +326,8 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Fetches a blob into the store unless it is there, retrying broken connections.
+    /// Fetches a blob into the store unless it is there, retrying broken connections; each
+    /// retry (and the next pull, after a crash) resumes from what the last try got.
     fn ensure_blob(
         &self,
         client: &RegistryClient,
