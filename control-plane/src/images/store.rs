@@ -207,7 +207,11 @@ impl BlobStore {
                     part.restart().map_err(io_err(&part_path))?;
                 }
                 Err(e @ StoreError::Fetch { .. }) if resume => {
-                    let _ = part.file.flush();
+                    // Keep what came for the next try; an empty file is not worth keeping.
+                    if part.file.flush().is_err() || part.written == 0 {
+                        drop(part);
+                        let _ = fs::remove_file(&part_path);
+                    }
                     return Err(e);
                 }
                 Err(e) => {
@@ -470,6 +474,11 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(&data);
         let size = Some(data.len() as u64);
+        let refused = store.ensure_resumable(&digest, size, |_| {
+            Err(io::Error::new(io::ErrorKind::NotFound, "404"))
+        });
+        assert!(matches!(refused, Err(StoreError::Fetch { .. })));
+        assert!(leftovers(&store).is_empty(), "nothing came, nothing kept");
         let err = store
             .ensure_resumable(&digest, size, |w| {
                 w.write_all(&data[..30_000])?;
