@@ -108,7 +108,7 @@ impl RootfsBuilder {
         Ok(RootfsBuilder {
             dir,
             tmp,
-            unpack: UnpackDir::Auto,
+            unpack: UnpackDir::default(),
             format,
         })
     }
@@ -119,6 +119,12 @@ impl RootfsBuilder {
         } else {
             RootfsFormat::Ext4
         })
+    }
+
+    /// Tries the tmpfs mounted at `dir` instead of `/dev/shm` for unpacking.
+    pub fn with_tmpfs(mut self, dir: &Path) -> Self {
+        self.unpack = UnpackDir::Auto { tmpfs: dir.into() };
+        self
     }
 
     /// Always unpacks layers under `dir` (by default: a tmpfs when the tree fits, else
@@ -405,5 +411,57 @@ mod tests {
             !builder.path(&id, RootfsFormat::Erofs).exists()
                 && !builder.path(&id, RootfsFormat::Ext4).exists()
         );
+    }
+
+    /// A 1 MiB tmpfs mounted for one test (needs root); unmounted on drop.
+    struct SmallTmpfs(tempfile::TempDir);
+
+    impl SmallTmpfs {
+        fn mount() -> Option<SmallTmpfs> {
+            let dir = tempfile::tempdir().ok()?;
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m", "skiff-test"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(SmallTmpfs(dir))
+        }
+    }
+
+    impl Drop for SmallTmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+
+    #[test]
+    fn a_tree_that_fills_the_tmpfs_is_unpacked_again_on_disk() {
+        let Some(tmpfs) = SmallTmpfs::mount() else {
+            eprintln!("skipped: cannot mount a tmpfs (not root)");
+            return;
+        };
+        // 3 MiB of zeros: a few kB of gzip, so the size guess lets it try the 1 MiB tmpfs,
+        // which fills up (without the fallback: "No space left on device").
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &layer(&[("etc/zeros", &"\0".repeat(3 << 20))])).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(state.path()).unwrap();
+        let l = blobs.put_bytes(&gz.finish().unwrap()).unwrap();
+        let builder = RootfsBuilder::new(state.path(), Some(RootfsFormat::Erofs))
+            .unwrap()
+            .with_tmpfs(tmpfs.0.path());
+        let id = Digest::of(b"big");
+        let built = builder.build(&blobs, &id, &[l]).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        extract(RootfsFormat::Erofs, &built.path, &out.path().join("x"));
+        let zeros = fs::metadata(out.path().join("x/etc/zeros")).unwrap();
+        assert_eq!(zeros.len(), 3 << 20);
+        assert_eq!(
+            fs::read_dir(tmpfs.0.path()).unwrap().count(),
+            0,
+            "tmpfs left clean"
+        );
+        assert_eq!(fs::read_dir(state.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
-/// The tmpfs tried first.
-const TMPFS: &str = "/dev/shm";
+/// The tmpfs tried first unless another is given.
+pub const DEFAULT_TMPFS: &str = "/dev/shm";
 /// `TMPFS_MAGIC` from `linux/magic.h`.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Guess of the unpacked size per compressed byte (gzip layers of binaries are 2–3×).
@@ -27,10 +27,18 @@ const PREFIX: &str = "skiff-rootfs-";
 /// Where the unpack work folder goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnpackDir {
-    /// A tmpfs when the tree fits, else the state dir's `tmp/`.
-    Auto,
+    /// This tmpfs when the tree fits, else the state dir's `tmp/`.
+    Auto { tmpfs: PathBuf },
     /// Always this folder.
     Fixed(PathBuf),
+}
+
+impl Default for UnpackDir {
+    fn default() -> Self {
+        UnpackDir::Auto {
+            tmpfs: DEFAULT_TMPFS.into(),
+        }
+    }
 }
 
 /// A work folder, removed on drop.
@@ -43,8 +51,8 @@ pub struct WorkDir {
 
 /// Makes the work folder for a tree of layers totalling `layer_bytes` compressed bytes.
 pub fn make(choice: &UnpackDir, disk: &Path, layer_bytes: u64) -> io::Result<WorkDir> {
-    if *choice == UnpackDir::Auto {
-        if let Some(dir) = tmpfs_work_dir(Path::new(TMPFS), layer_bytes) {
+    if let UnpackDir::Auto { tmpfs } = choice {
+        if let Some(dir) = tmpfs_work_dir(tmpfs, layer_bytes) {
             return Ok(WorkDir {
                 dir,
                 in_memory: true,
@@ -53,7 +61,7 @@ pub fn make(choice: &UnpackDir, disk: &Path, layer_bytes: u64) -> io::Result<Wor
     }
     let base = match choice {
         UnpackDir::Fixed(p) => p.as_path(),
-        UnpackDir::Auto => disk,
+        UnpackDir::Auto { .. } => disk,
     };
     Ok(WorkDir {
         dir: tempdir_in(base)?,
@@ -154,25 +162,25 @@ mod tests {
         let w = make(&UnpackDir::Fixed(fixed.path().into()), disk.path(), 1).unwrap();
         assert!(!w.in_memory);
         assert!(w.dir.path().starts_with(fixed.path()));
-        let w = make(&UnpackDir::Auto, disk.path(), u64::MAX / 16).unwrap();
+        let w = make(&UnpackDir::default(), disk.path(), u64::MAX / 16).unwrap();
         assert!(!w.in_memory);
         assert!(w.dir.path().starts_with(disk.path()));
     }
 
     #[test]
     fn a_small_tree_goes_to_the_tmpfs_and_dead_builds_are_swept() {
-        let is_tmpfs = rustix::fs::statfs(TMPFS).is_ok_and(|s| is_tmpfs(&s));
+        let is_tmpfs = rustix::fs::statfs(DEFAULT_TMPFS).is_ok_and(|s| is_tmpfs(&s));
         if !is_tmpfs {
-            eprintln!("skipped: {TMPFS} is not a tmpfs here");
+            eprintln!("skipped: {DEFAULT_TMPFS} is not a tmpfs here");
             return;
         }
         // No process has pid 4000000000 (pid_max is at most 2^22).
-        let dead = Path::new(TMPFS).join(format!("{PREFIX}4000000000-test"));
+        let dead = Path::new(DEFAULT_TMPFS).join(format!("{PREFIX}4000000000-test"));
         fs::create_dir_all(dead.join("x")).unwrap();
         let disk = tempfile::tempdir().unwrap();
-        let w = make(&UnpackDir::Auto, disk.path(), 1 << 20).unwrap();
+        let w = make(&UnpackDir::default(), disk.path(), 1 << 20).unwrap();
         assert!(w.in_memory, "{}", w.dir.path().display());
-        assert!(w.dir.path().starts_with(TMPFS));
+        assert!(w.dir.path().starts_with(DEFAULT_TMPFS));
         assert!(!dead.exists(), "a dead build's folder was left");
         let path = w.dir.path().to_path_buf();
         drop(w);
