@@ -9,10 +9,11 @@
 //! space and the host's available memory, and when it keeps `user.*` xattrs; a build that
 //! runs out of room there is redone on disk (see `rootfs`).
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{flock, FlockOperation};
 use tracing::debug;
 
 /// The tmpfs tried first unless another is given.
@@ -47,15 +48,19 @@ pub struct WorkDir {
     pub dir: tempfile::TempDir,
     /// True when it is on the tmpfs (a build that fills it is redone on disk).
     pub in_memory: bool,
+    /// `<dir>/lock`, flocked while the build runs: a sweeper that can lock it knows the
+    /// builder is gone (whatever pid namespace it ran in).
+    _lock: Option<File>,
 }
 
 /// Makes the work folder for a tree of layers totalling `layer_bytes` compressed bytes.
 pub fn make(choice: &UnpackDir, disk: &Path, layer_bytes: u64) -> io::Result<WorkDir> {
     if let UnpackDir::Auto { tmpfs } = choice {
-        if let Some(dir) = tmpfs_work_dir(tmpfs, layer_bytes) {
+        if let Some((dir, lock)) = tmpfs_work_dir(tmpfs, layer_bytes) {
             return Ok(WorkDir {
                 dir,
                 in_memory: true,
+                _lock: Some(lock),
             });
         }
     }
@@ -66,6 +71,7 @@ pub fn make(choice: &UnpackDir, disk: &Path, layer_bytes: u64) -> io::Result<Wor
     Ok(WorkDir {
         dir: tempdir_in(base)?,
         in_memory: false,
+        _lock: None,
     })
 }
 
@@ -74,6 +80,7 @@ pub fn on_disk(disk: &Path) -> io::Result<WorkDir> {
     Ok(WorkDir {
         dir: tempdir_in(disk)?,
         in_memory: false,
+        _lock: None,
     })
 }
 
@@ -98,7 +105,7 @@ fn is_tmpfs(st: &rustix::fs::StatFs) -> bool {
     t == TMPFS_MAGIC
 }
 
-fn tmpfs_work_dir(tmpfs: &Path, layer_bytes: u64) -> Option<tempfile::TempDir> {
+fn tmpfs_work_dir(tmpfs: &Path, layer_bytes: u64) -> Option<(tempfile::TempDir, File)> {
     let st = rustix::fs::statfs(tmpfs).ok()?;
     if !is_tmpfs(&st) {
         return None;
@@ -124,11 +131,14 @@ fn tmpfs_work_dir(tmpfs: &Path, layer_bytes: u64) -> Option<tempfile::TempDir> {
         return None;
     }
     let _ = rustix::fs::lremovexattr(dir.path(), "user.skiff-probe");
-    Some(dir)
+    let lock = File::create(dir.path().join("lock")).ok()?;
+    flock(&lock, FlockOperation::LockExclusive).ok()?;
+    Some((dir, lock))
 }
 
 /// Removes work folders of processes that died mid-build (they would hold memory until
-/// reboot).
+/// reboot): ours whose lock nobody holds, or without a lock file (a crash right after
+/// making the folder) whose pid is gone.
 fn sweep_leftovers(tmpfs: &Path) {
     use std::os::unix::fs::MetadataExt;
     let (Ok(entries), Ok(me)) = (fs::read_dir(tmpfs), fs::metadata("/proc/self")) else {
@@ -144,7 +154,11 @@ fn sweep_leftovers(tmpfs: &Path) {
             continue;
         };
         let mine = e.metadata().is_ok_and(|m| m.uid() == me.uid());
-        if mine && !Path::new(&format!("/proc/{pid}")).exists() {
+        let dead = match File::open(e.path().join("lock")) {
+            Ok(lock) => flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok(),
+            Err(_) => !Path::new(&format!("/proc/{pid}")).exists(),
+        };
+        if mine && dead {
             debug!(dir = %e.path().display(), "removing a dead build's work folder");
             let _ = fs::remove_dir_all(e.path());
         }
@@ -174,14 +188,27 @@ mod tests {
             eprintln!("skipped: {DEFAULT_TMPFS} is not a tmpfs here");
             return;
         }
-        // No process has pid 4000000000 (pid_max is at most 2^22).
-        let dead = Path::new(DEFAULT_TMPFS).join(format!("{PREFIX}4000000000-test"));
+        // No process has pid 4000000000 (pid_max is at most 2^22). One folder of a dead
+        // build without a lock file, one with a lock nobody holds, and one whose lock is
+        // held (a live build in another pid namespace): only that one stays.
+        let tmpfs = Path::new(DEFAULT_TMPFS);
+        let dead = tmpfs.join(format!("{PREFIX}4000000000-test"));
         fs::create_dir_all(dead.join("x")).unwrap();
+        let unlocked = tmpfs.join(format!("{PREFIX}4000000000-unlocked"));
+        fs::create_dir_all(&unlocked).unwrap();
+        File::create(unlocked.join("lock")).unwrap();
+        let live = tmpfs.join(format!("{PREFIX}4000000000-live"));
+        fs::create_dir_all(&live).unwrap();
+        let held = File::create(live.join("lock")).unwrap();
+        flock(&held, FlockOperation::LockExclusive).unwrap();
         let disk = tempfile::tempdir().unwrap();
         let w = make(&UnpackDir::default(), disk.path(), 1 << 20).unwrap();
         assert!(w.in_memory, "{}", w.dir.path().display());
         assert!(w.dir.path().starts_with(DEFAULT_TMPFS));
         assert!(!dead.exists(), "a dead build's folder was left");
+        assert!(!unlocked.exists(), "a dead build's locked folder was left");
+        assert!(live.exists(), "a live build's folder was removed");
+        fs::remove_dir_all(&live).unwrap();
         let path = w.dir.path().to_path_buf();
         drop(w);
         assert!(!path.exists());
