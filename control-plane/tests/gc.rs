@@ -5,7 +5,7 @@ mod common;
 use anyhow::Result;
 use common::*;
 use control_plane::images::registry::{RegistryClient, RegistryOptions};
-use control_plane::images::{ImageStore, PullError, Reference};
+use control_plane::images::{Digest, ImageStore, PullError, Reference};
 use serde_json::json;
 
 #[test]
@@ -50,6 +50,10 @@ fn list_remove_and_prune_keep_what_tags_still_reach() -> Result<()> {
     assert!(listed.iter().all(|s| s.rootfs.is_some() && s.size > 0));
     assert_eq!(store.prune()?.blobs, 0, "everything is still tagged");
 
+    // A download that never finished: prune deletes it too.
+    let half = store.blobs().partial_path(&Digest::of(b"never finished"));
+    std::fs::write(&half, b"half a blob")?;
+
     store.remove(&r1)?;
     let err = store.remove(&r1).unwrap_err();
     assert!(matches!(err, PullError::NotFound(_)), "{err:?}");
@@ -58,6 +62,14 @@ fn list_remove_and_prune_keep_what_tags_still_reach() -> Result<()> {
         (report.blobs, report.rootfs),
         (3, 1),
         "manifest, config, own layer, rootfs of one: {report:?}"
+    );
+    assert_eq!(report.partial, 1);
+    assert!(!half.exists());
+    assert!(
+        report
+            .to_string()
+            .starts_with("deleted 3 blobs, 1 root filesystem and 1 partial download: "),
+        "{report}"
     );
     assert!(!store.blobs().contains(&one.layers[1]) && !store.blobs().contains(&one.manifest));
     assert!(

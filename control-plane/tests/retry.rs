@@ -1,5 +1,6 @@
 //! Layer downloads cut mid-way (by a proxy on loopback) are retried; a registry that keeps
-//! failing gives a clear error and leaves nothing behind.
+//! failing gives a clear error and leaves nothing in the store (only a partial file apart
+//! from it, for the next pull to resume; see `resume.rs`).
 
 mod common;
 
@@ -14,9 +15,16 @@ use control_plane::images::store::StoreError;
 use control_plane::images::{ImageStore, PullError, PullEvent, Reference};
 use serde_json::json;
 
+/// 2 MB that gzip cannot shrink, so each try gets further than the 100 kB cut.
 fn noisy_layer() -> Layer {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let data: Vec<u8> = (0..2_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
         .collect();
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
@@ -69,5 +77,8 @@ fn cut_downloads_are_retried_and_endless_failures_are_reported() -> Result<()> {
         "{err}"
     );
     assert!(!store.blobs().contains(&pushed.layers[0]));
+    // What the five tries got is kept apart from the store for the next pull to resume.
+    let partial = store.blobs().partial_path(&pushed.layers[0]);
+    assert!(std::fs::metadata(&partial)?.len() > 300_000);
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Listing, untagging and pruning stored images (`skiff image ls / rm / prune`).
 //!
+//! Prune also deletes unfinished downloads (`<state>/partial/`).
 //! Pulls, imports and rootfs builds hold a shared `flock` on `<state>/gc.lock` while they
 //! write; prune holds it exclusively, so it never deletes blobs of an image being pulled.
 
@@ -33,7 +34,31 @@ pub struct ImageSummary {
 pub struct PruneReport {
     pub blobs: usize,
     pub rootfs: usize,
+    /// Unfinished downloads (`<state>/partial/`).
+    pub partial: usize,
     pub bytes: u64,
+}
+
+impl std::fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        write!(
+            f,
+            "deleted {}, {} and {}: {:.1} MB freed",
+            plural(self.blobs, "blob", "blobs"),
+            plural(self.rootfs, "root filesystem", "root filesystems"),
+            plural(self.partial, "partial download", "partial downloads"),
+            self.bytes as f64 / 1e6
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Blob,
+    Rootfs,
+    Partial,
 }
 
 /// A held `gc.lock`; released on drop.
@@ -163,7 +188,17 @@ impl ImageStore {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        for (dir, is_rootfs) in [(blob_dir, false), (self.state_dir().join("rootfs"), true)] {
+        let partial_dir = self
+            .blobs()
+            .partial_path(&Digest::of(b""))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        for (dir, kind) in [
+            (blob_dir, Kind::Blob),
+            (self.state_dir().join("rootfs"), Kind::Rootfs),
+            (partial_dir, Kind::Partial),
+        ] {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -178,10 +213,11 @@ impl ImageStore {
                 let entry = entry.map_err(io_at(&dir))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let stem = name.split('.').next().unwrap_or("");
-                let keep = if is_rootfs {
-                    keep_ids.contains(stem)
-                } else {
-                    keep_blobs.contains(stem)
+                let keep = match kind {
+                    Kind::Rootfs => keep_ids.contains(stem),
+                    Kind::Blob => keep_blobs.contains(stem),
+                    // No download runs while prune holds gc.lock exclusively.
+                    Kind::Partial => false,
                 };
                 if keep || name.starts_with('.') {
                     continue;
@@ -191,10 +227,10 @@ impl ImageStore {
                 fs::remove_file(&path).map_err(io_at(&path))?;
                 if !name.ends_with(".lock") {
                     report.bytes += size;
-                    if is_rootfs {
-                        report.rootfs += 1
-                    } else {
-                        report.blobs += 1
+                    match kind {
+                        Kind::Blob => report.blobs += 1,
+                        Kind::Rootfs => report.rootfs += 1,
+                        Kind::Partial => report.partial += 1,
                     }
                 }
             }

@@ -20,7 +20,7 @@ use super::manifest::{Descriptor, ImageManifest, Manifest, ManifestError};
 use super::reference::Reference;
 use super::registry::{RegistryClient, RegistryError};
 use super::rootfs::{Rootfs, RootfsBuilder, RootfsError, RootfsFormat};
-use super::store::{BlobStore, Ensured, StoreError};
+use super::store::{BlobStore, Ensured, Partial, ResumableWrite, StoreError};
 
 /// Layers fetched at once, as Docker's default `max-concurrent-downloads` is 3.
 const PARALLEL_LAYERS: usize = 3;
@@ -326,7 +326,8 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Fetches a blob into the store unless it is there, retrying broken connections.
+    /// Fetches a blob into the store unless it is there, retrying broken connections; each
+    /// retry (and the next pull, after a crash) resumes from what the last try got.
     fn ensure_blob(
         &self,
         client: &RegistryClient,
@@ -337,11 +338,11 @@ impl ImageStore {
     ) -> Result<Ensured, PullError> {
         let mut attempt = 1;
         loop {
-            let result = self.blobs.ensure(digest, Some(total), |w| {
+            let result = self.blobs.ensure_resumable(digest, Some(total), |w| {
                 let mut counting = Counting {
+                    done: w.offset(),
+                    reported: w.offset(),
                     inner: w,
-                    done: 0,
-                    reported: 0,
                     total,
                     digest,
                     progress,
@@ -386,7 +387,7 @@ impl ImageStore {
 
 /// Reports download progress every MiB.
 struct Counting<'a> {
-    inner: &'a mut dyn Write,
+    inner: &'a mut Partial,
     done: u64,
     reported: u64,
     total: u64,
@@ -411,5 +412,17 @@ impl Write for Counting<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl ResumableWrite for Counting<'_> {
+    fn offset(&self) -> u64 {
+        self.inner.offset()
+    }
+
+    fn restart(&mut self) -> io::Result<()> {
+        self.inner.restart()?;
+        (self.done, self.reported) = (0, 0);
+        Ok(())
     }
 }

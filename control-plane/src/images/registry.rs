@@ -1,27 +1,31 @@
 //! A client for the Docker Registry HTTP API v2 / OCI distribution spec (pull side):
-//! manifests, indexes and blobs, with anonymous, basic and bearer-token auth.
+//! manifests, indexes and blobs, with anonymous, basic and bearer-token auth (credentials
+//! given, or from the registry auth file: see `auth_file`).
 //!
 //! Built on `reqwest`'s blocking client (rustls, system roots plus an optional CA file).
 //! From async code, call it inside `tokio::task::spawn_blocking`.
 //! HTTPS is used for every registry; registries marked insecure and loopback registries
-//! are probed over HTTPS first and fall back to plain HTTP, as Docker does.
+//! are probed over HTTPS first and fall back to plain HTTP, as Docker does. Blob downloads
+//! resume with a `Range` request from what the caller already has.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use tracing::{debug, info};
 
 use super::auth::{parse_challenge, Challenge, Credentials};
+use super::auth_file::{self, AuthFileError};
 use super::digest::Digest;
 use super::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
 use super::reference::{Reference, DOCKER_HUB};
+use super::store::ResumableWrite;
 
 /// A registry failure, named for the user.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,8 @@ pub enum RegistryError {
     Client(#[source] reqwest::Error),
     #[error("{0} is a local-only image and cannot be pulled")]
     LocalOnly(String),
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
 }
 
 /// How to reach registries.
@@ -101,8 +107,11 @@ pub struct RegistryOptions {
     pub insecure: Vec<String>,
     /// A PEM file of extra CA certificates to trust.
     pub ca_file: Option<PathBuf>,
-    /// Credentials per registry (`host[:port]`).
+    /// Credentials per registry (`host[:port]`); they win over the auth file's.
     pub credentials: HashMap<String, Credentials>,
+    /// The registry auth file (Docker's `config.json` format); None: the usual places
+    /// (`auth_file::default_path`).
+    pub auth_file: Option<PathBuf>,
 }
 
 /// A manifest as fetched, with the digest of its exact bytes.
@@ -138,7 +147,12 @@ fn is_loopback(registry: &str) -> bool {
 }
 
 impl RegistryClient {
-    pub fn new(opts: RegistryOptions) -> Result<Self, RegistryError> {
+    pub fn new(mut opts: RegistryOptions) -> Result<Self, RegistryError> {
+        if let Some(path) = opts.auth_file.clone().or_else(auth_file::default_path) {
+            for (registry, creds) in auth_file::load(&path)? {
+                opts.credentials.entry(registry).or_insert(creds);
+            }
+        }
         let mut builder = Client::builder()
             .use_rustls_tls()
             .timeout(None)
@@ -242,7 +256,7 @@ impl RegistryClient {
             r.repository,
             reference
         );
-        let resp = self.get(r, &url, Some(ACCEPTED))?;
+        let resp = self.get(r, &url, Some(ACCEPTED), None)?;
         let what = if reference.starts_with("sha256:") {
             reference.to_string()
         } else {
@@ -290,12 +304,15 @@ impl RegistryClient {
         })
     }
 
-    /// Streams the blob `digest` into `out`; returns the bytes copied. The caller verifies.
+    /// Streams the blob `digest` into `out`, from `out.offset()` on with a `Range` request
+    /// when `out` already holds its start. A registry that ignores the range (200) or
+    /// refuses it (416) sends the whole blob, and `out` is restarted first. Returns the
+    /// bytes copied by this call. The caller verifies.
     pub fn blob(
         &self,
         r: &Reference,
         digest: &Digest,
-        out: &mut dyn Write,
+        out: &mut dyn ResumableWrite,
     ) -> Result<u64, RegistryError> {
         let url = format!(
             "{}/v2/{}/blobs/{}",
@@ -303,16 +320,41 @@ impl RegistryClient {
             r.repository,
             digest
         );
-        let resp = self.get(r, &url, None)?;
+        let offset = out.offset();
+        let mut resp = self.get(r, &url, None, (offset > 0).then_some(offset))?;
+        if offset > 0 && resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+            debug!(%digest, offset, "range refused; fetching the whole blob");
+            resp = self.get(r, &url, None, None)?;
+        }
         let mut resp = self.check(r, resp, &url, || RegistryError::BlobUnknown {
             digest: digest.clone(),
             registry: r.registry.clone(),
             repository: r.repository.clone(),
         })?;
-        io::copy(&mut resp, out).map_err(|source| RegistryError::Transfer {
+        let transfer = |source| RegistryError::Transfer {
             registry: r.registry.clone(),
             source,
-        })
+        };
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let range = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !range.starts_with(&format!("bytes {offset}-")) {
+                return Err(RegistryError::Status {
+                    registry: r.registry.clone(),
+                    status: 206,
+                    url,
+                    body: format!("asked for bytes {offset}- but got Content-Range {range:?}"),
+                });
+            }
+            debug!(%digest, offset, "resuming the download");
+        } else if out.offset() > 0 {
+            debug!(%digest, offset, "the registry sends the whole blob; starting over");
+            out.restart().map_err(transfer)?;
+        }
+        io::copy(&mut resp, out).map_err(transfer)
     }
 
     fn check(
@@ -352,6 +394,7 @@ impl RegistryClient {
         r: &Reference,
         url: &str,
         accept: Option<&str>,
+        range_from: Option<u64>,
     ) -> Result<Response, RegistryError> {
         let key = r.name();
         let creds = self.opts.credentials.get(&r.registry);
@@ -359,6 +402,9 @@ impl RegistryClient {
             let mut req = self.http.get(url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
+            }
+            if let Some(from) = range_from {
+                req = req.header(RANGE, format!("bytes={from}-"));
             }
             let auth = self
                 .auth

@@ -13,6 +13,7 @@ use tracing::{debug, info};
 use super::digest::Digest;
 use super::store::BlobStore;
 use super::unpack::{apply_layer_file, UnpackError};
+use super::workdir::{self, UnpackDir};
 
 /// A failure to build a root filesystem image.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +81,9 @@ pub struct Rootfs {
 #[derive(Debug, Clone)]
 pub struct RootfsBuilder {
     dir: PathBuf,
+    /// `<state>/tmp`: unpack work folders on disk.
     tmp: PathBuf,
+    unpack: UnpackDir,
     format: Option<RootfsFormat>,
 }
 
@@ -102,7 +105,12 @@ impl RootfsBuilder {
         for d in [&dir, &tmp] {
             fs::create_dir_all(d).map_err(io_at(d))?;
         }
-        Ok(RootfsBuilder { dir, tmp, format })
+        Ok(RootfsBuilder {
+            dir,
+            tmp,
+            unpack: UnpackDir::default(),
+            format,
+        })
     }
 
     fn format(&self) -> RootfsFormat {
@@ -113,11 +121,17 @@ impl RootfsBuilder {
         })
     }
 
-    /// Unpacks layers under `dir` instead of `<state>/tmp` (a tmpfs makes builds faster:
-    /// the unpacked tree is thrown away once the image is made).
+    /// Tries the tmpfs mounted at `dir` instead of `/dev/shm` for unpacking.
+    pub fn with_tmpfs(mut self, dir: &Path) -> Self {
+        self.unpack = UnpackDir::Auto { tmpfs: dir.into() };
+        self
+    }
+
+    /// Always unpacks layers under `dir` (by default: a tmpfs when the tree fits, else
+    /// `<state>/tmp`; see `workdir`).
     pub fn with_unpack_dir(mut self, dir: &Path) -> Result<Self, RootfsError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        self.tmp = dir.to_path_buf();
+        self.unpack = UnpackDir::Fixed(dir.to_path_buf());
         Ok(self)
     }
 
@@ -160,24 +174,23 @@ impl RootfsBuilder {
             });
         }
         let started = Instant::now();
-        let work = tempfile::Builder::new()
-            .prefix("rootfs-")
-            .tempdir_in(&self.tmp)
-            .map_err(io_at(&self.tmp))?;
-        let tree = work.path().join("root");
-        fs::create_dir(&tree).map_err(io_at(&tree))?;
+        let mut layer_bytes = 0;
         for layer in layers {
-            if !blobs.contains(layer) {
-                return Err(RootfsError::MissingLayer(layer.clone()));
-            }
-            let stats = apply_layer_file(&tree, &blobs.path(layer)).map_err(|source| {
-                RootfsError::Unpack {
-                    layer: layer.clone(),
-                    source,
-                }
-            })?;
-            debug!(%layer, ?stats, "layer applied");
+            let meta = fs::metadata(blobs.path(layer))
+                .map_err(|_| RootfsError::MissingLayer(layer.clone()))?;
+            layer_bytes += meta.len();
         }
+        let mut work =
+            workdir::make(&self.unpack, &self.tmp, layer_bytes).map_err(io_at(&self.tmp))?;
+        let mut result = unpack_all(work.dir.path(), blobs, layers);
+        if work.in_memory
+            && matches!(&result, Err(RootfsError::Unpack { source, .. }) if source.is_no_space())
+        {
+            info!(image = %image_id, "the tmpfs filled up; unpacking on disk instead");
+            work = workdir::on_disk(&self.tmp).map_err(io_at(&self.tmp))?;
+            result = unpack_all(work.dir.path(), blobs, layers);
+        }
+        let tree = result?;
         let unpacked = started.elapsed();
         // Made next to its final name, so the rename is atomic whatever the unpack dir is.
         let out = tempfile::Builder::new()
@@ -192,13 +205,31 @@ impl RootfsBuilder {
             path: path.clone(),
             source: e.error,
         })?;
-        info!(image = %image_id, format = format.ext(), ?unpacked, total = ?started.elapsed(), "root filesystem image built");
+        let made = started.elapsed();
+        let in_memory = work.in_memory;
+        drop(work);
+        info!(image = %image_id, format = format.ext(), in_memory, ?unpacked, ?made, total = ?started.elapsed(), "root filesystem image built");
         Ok(Rootfs {
             path,
             format,
             cached: false,
         })
     }
+}
+
+/// Applies `layers` (bottom first) into `<work>/root`; returns that tree.
+fn unpack_all(work: &Path, blobs: &BlobStore, layers: &[Digest]) -> Result<PathBuf, RootfsError> {
+    let tree = work.join("root");
+    fs::create_dir(&tree).map_err(io_at(&tree))?;
+    for layer in layers {
+        let stats =
+            apply_layer_file(&tree, &blobs.path(layer)).map_err(|source| RootfsError::Unpack {
+                layer: layer.clone(),
+                source,
+            })?;
+        debug!(%layer, ?stats, "layer applied");
+    }
+    Ok(tree)
 }
 
 fn run(tool: &'static str, package: &'static str, cmd: &mut Command) -> Result<(), RootfsError> {
@@ -380,5 +411,57 @@ mod tests {
             !builder.path(&id, RootfsFormat::Erofs).exists()
                 && !builder.path(&id, RootfsFormat::Ext4).exists()
         );
+    }
+
+    /// A 1 MiB tmpfs mounted for one test (needs root); unmounted on drop.
+    struct SmallTmpfs(tempfile::TempDir);
+
+    impl SmallTmpfs {
+        fn mount() -> Option<SmallTmpfs> {
+            let dir = tempfile::tempdir().ok()?;
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m", "skiff-test"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(SmallTmpfs(dir))
+        }
+    }
+
+    impl Drop for SmallTmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+
+    #[test]
+    fn a_tree_that_fills_the_tmpfs_is_unpacked_again_on_disk() {
+        let Some(tmpfs) = SmallTmpfs::mount() else {
+            eprintln!("skipped: cannot mount a tmpfs (not root)");
+            return;
+        };
+        // 3 MiB of zeros: a few kB of gzip, so the size guess lets it try the 1 MiB tmpfs,
+        // which fills up (without the fallback: "No space left on device").
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &layer(&[("etc/zeros", &"\0".repeat(3 << 20))])).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(state.path()).unwrap();
+        let l = blobs.put_bytes(&gz.finish().unwrap()).unwrap();
+        let builder = RootfsBuilder::new(state.path(), Some(RootfsFormat::Erofs))
+            .unwrap()
+            .with_tmpfs(tmpfs.0.path());
+        let id = Digest::of(b"big");
+        let built = builder.build(&blobs, &id, &[l]).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        extract(RootfsFormat::Erofs, &built.path, &out.path().join("x"));
+        let zeros = fs::metadata(out.path().join("x/etc/zeros")).unwrap();
+        assert_eq!(zeros.len(), 3 << 20);
+        assert_eq!(
+            fs::read_dir(tmpfs.0.path()).unwrap().count(),
+            0,
+            "tmpfs left clean"
+        );
+        assert_eq!(fs::read_dir(state.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -1,16 +1,18 @@
 //! The content-addressed blob store: `<state>/blobs/sha256/<hex>`, shared by every image.
 //!
-//! A blob is written to a temp file in the same folder while its sha256 is computed, checked
-//! against the expected digest, then renamed into place: a reader never sees half a blob and
-//! a failed or mismatched download leaves nothing behind. Writers of one digest take an
-//! exclusive `flock` on `<hex>.lock` first, so two concurrent pulls fetch a blob once.
+//! A blob is written to its partial file, `<state>/partial/sha256/<hex>` (apart from the
+//! store), while its sha256 is computed, checked against the expected digest, then renamed
+//! into place: a reader never sees half a blob and a failed or mismatched download leaves
+//! nothing in the store. Writers of one digest take an exclusive `flock` on `<hex>.lock`
+//! first, so two concurrent pulls fetch a blob once. A download cut mid-way keeps its partial
+//! file, and the next try resumes from its end (`ensure_resumable`).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::digest::Digest;
 
@@ -61,6 +63,8 @@ pub enum Ensured {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    /// `<state>/partial/sha256`: unfinished downloads, kept apart from the store.
+    partial_dir: PathBuf,
 }
 
 impl BlobStore {
@@ -68,7 +72,9 @@ impl BlobStore {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let dir = state_dir.join("blobs").join("sha256");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        Ok(BlobStore { dir })
+        let partial_dir = state_dir.join("partial").join("sha256");
+        fs::create_dir_all(&partial_dir).map_err(io_err(&partial_dir))?;
+        Ok(BlobStore { dir, partial_dir })
     }
 
     /// Where the blob lives (whether or not it is there yet).
@@ -106,9 +112,15 @@ impl BlobStore {
         Ok(digest)
     }
 
+    /// Where an unfinished download of `digest` is kept (outside the store).
+    pub fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.partial_dir.join(digest.hex())
+    }
+
     /// Makes sure the blob `digest` is stored: if it is missing, `fetch` writes its content
-    /// into a verifying writer. Only one writer per digest runs at a time (across processes);
-    /// a waiting writer finds the blob present and does not fetch it again.
+    /// from the start into a verifying writer. Only one writer per digest runs at a time
+    /// (across processes); a waiting writer finds the blob present and does not fetch it
+    /// again. A failed fetch leaves nothing behind.
     pub fn ensure<E>(
         &self,
         digest: &Digest,
@@ -118,6 +130,45 @@ impl BlobStore {
     where
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let mut fetch = Some(fetch);
+        self.ensure_with(
+            digest,
+            size,
+            false,
+            &mut |w: &mut Partial| match fetch.take() {
+                Some(f) => f(w).map_err(Into::into),
+                None => Err("fetched twice".into()),
+            },
+        )
+    }
+
+    /// Like `ensure`, but a fetch that fails keeps what it got in the partial file
+    /// (`partial_path`), and the next call (in this process or another, after a crash too)
+    /// hands `fetch` a writer that already holds those bytes: it sends the rest, or calls
+    /// `restart` if its source can only send the whole blob. The digest is checked over
+    /// the whole blob; a resumed blob that does not verify is fetched once more from the
+    /// start. Only a verified blob enters the store.
+    pub fn ensure_resumable<E>(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+        mut fetch: impl FnMut(&mut Partial) -> Result<(), E>,
+    ) -> Result<Ensured, StoreError>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.ensure_with(digest, size, true, &mut |w: &mut Partial| {
+            fetch(w).map_err(Into::into)
+        })
+    }
+
+    fn ensure_with(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+        resume: bool,
+        fetch: &mut dyn FnMut(&mut Partial) -> Result<(), BoxError>,
+    ) -> Result<Ensured, StoreError> {
         let path = self.path(digest);
         if path.is_file() {
             return Ok(Ensured::Present);
@@ -134,56 +185,50 @@ impl BlobStore {
             debug!(%digest, "blob written by another puller while we waited");
             return Ok(Ensured::Present);
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{}-", digest.short()))
-            .tempfile_in(&self.dir)
-            .map_err(io_err(&self.dir))?;
-        let mut writer = VerifyingWriter {
-            file: io::BufWriter::with_capacity(1 << 20, tmp),
-            hasher: Sha256::new(),
-            written: 0,
-            limit: size,
-        };
-        let result = fetch(&mut writer);
-        if writer.limit.is_some_and(|l| writer.written > l) {
-            return Err(StoreError::TooLarge {
-                digest: digest.clone(),
-                expected: size.unwrap_or(0),
-            });
+        let part_path = self.partial_path(digest);
+        let mut part = Partial::open(&part_path, size, resume).map_err(io_err(&part_path))?;
+        let mut may_redo = true;
+        loop {
+            let resumed_from = part.written;
+            if resumed_from > 0 {
+                debug!(%digest, resumed_from, "resuming a partial download");
+            }
+            // A partial file already as long as the blob (a crash before the rename) is
+            // only verified.
+            let result = if resumed_from > 0 && size == Some(resumed_from) {
+                Ok(())
+            } else {
+                fetch(&mut part)
+            };
+            match part.check(digest, size, result) {
+                Err(StoreError::DigestMismatch { .. }) if resumed_from > 0 && may_redo => {
+                    warn!(%digest, resumed_from, "resumed download does not verify; fetching it from the start");
+                    may_redo = false;
+                    part.restart().map_err(io_err(&part_path))?;
+                }
+                Err(e @ StoreError::Fetch { .. }) if resume => {
+                    // Keep what came for the next try; an empty file is not worth keeping.
+                    if part.file.flush().is_err() || part.written == 0 {
+                        drop(part);
+                        let _ = fs::remove_file(&part_path);
+                    }
+                    return Err(e);
+                }
+                Err(e) => {
+                    drop(part);
+                    let _ = fs::remove_file(&part_path);
+                    return Err(e);
+                }
+                Ok(()) => break,
+            }
         }
-        result.map_err(|e| StoreError::Fetch {
-            digest: digest.clone(),
-            source: e.into(),
-        })?;
-        let VerifyingWriter {
-            file,
-            hasher,
-            written,
-            ..
-        } = writer;
-        let actual = Digest::from_hasher(hasher);
-        if &actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
-        if let Some(expected) = size.filter(|&s| s != written) {
-            return Err(StoreError::SizeMismatch {
-                digest: digest.clone(),
-                expected,
-                actual: written,
-            });
-        }
-        let tmp = file.into_inner().map_err(|e| StoreError::Io {
-            path: path.clone(),
+        let written = part.written;
+        let file = part.file.into_inner().map_err(|e| StoreError::Io {
+            path: part_path.clone(),
             source: e.into_error(),
         })?;
-        tmp.as_file().sync_data().map_err(io_err(&path))?;
-        tmp.persist(&path).map_err(|e| StoreError::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
+        file.sync_data().map_err(io_err(&part_path))?;
+        fs::rename(&part_path, &path).map_err(io_err(&path))?;
         debug!(%digest, bytes = written, "blob stored");
         Ok(Ensured::Written)
     }
@@ -200,21 +245,115 @@ impl BlobStore {
     }
 }
 
-/// Hashes and counts what passes through; refuses to go past a declared size.
-struct VerifyingWriter {
-    file: io::BufWriter<tempfile::NamedTempFile>,
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A download target that may already hold the first bytes of the blob.
+pub trait ResumableWrite: Write {
+    /// Bytes already there: a fetch sends the blob from here on.
+    fn offset(&self) -> u64;
+    /// Drops what is there, for a source that can only send the blob from its start.
+    fn restart(&mut self) -> io::Result<()>;
+}
+
+/// The partial file of one download: hashes and counts what passes through and refuses to
+/// go past a declared size.
+pub struct Partial {
+    file: io::BufWriter<File>,
     hasher: Sha256,
     written: u64,
     limit: Option<u64>,
+    overflow: bool,
 }
 
-impl Write for VerifyingWriter {
+impl Partial {
+    /// Opens the partial file, keeping (and hashing) its bytes when `resume` is set and it is
+    /// no longer than `limit`, else emptying it.
+    fn open(path: &Path, limit: Option<u64>, resume: bool) -> io::Result<Partial> {
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        let keep = if resume && limit.is_none_or(|l| len <= l) {
+            len
+        } else {
+            0
+        };
+        let mut hasher = Sha256::new();
+        if keep > 0 {
+            io::copy(&mut (&file).take(keep), &mut hasher)?;
+        }
+        file.set_len(keep)?;
+        file.seek(SeekFrom::Start(keep))?;
+        Ok(Partial {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            hasher,
+            written: keep,
+            limit,
+            overflow: false,
+        })
+    }
+
+    /// Turns the fetch result into the store's verdict on what is in the file.
+    fn check(
+        &mut self,
+        digest: &Digest,
+        size: Option<u64>,
+        result: Result<(), BoxError>,
+    ) -> Result<(), StoreError> {
+        if self.overflow {
+            return Err(StoreError::TooLarge {
+                digest: digest.clone(),
+                expected: size.unwrap_or(0),
+            });
+        }
+        result.map_err(|source| StoreError::Fetch {
+            digest: digest.clone(),
+            source,
+        })?;
+        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        match size {
+            Some(expected) if expected != self.written => Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected,
+                actual: self.written,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ResumableWrite for Partial {
+    fn offset(&self) -> u64 {
+        self.written
+    }
+
+    fn restart(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.hasher = Sha256::new();
+        self.written = 0;
+        self.overflow = false;
+        Ok(())
+    }
+}
+
+impl Write for Partial {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self
             .limit
             .is_some_and(|l| self.written + buf.len() as u64 > l)
         {
-            self.written += buf.len() as u64;
+            self.overflow = true;
             return Err(io::Error::other("blob is larger than its declared size"));
         }
         let n = self.file.write(buf)?;
@@ -237,6 +376,7 @@ mod tests {
     fn leftovers(store: &BlobStore) -> Vec<String> {
         fs::read_dir(&store.dir)
             .unwrap()
+            .chain(fs::read_dir(&store.partial_dir).unwrap())
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| !n.ends_with(".lock"))
             .collect()
@@ -325,5 +465,76 @@ mod tests {
         });
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
         assert_eq!(store.read(&digest).unwrap(), data);
+    }
+
+    #[test]
+    fn a_resumed_fetch_sends_only_the_rest_and_a_bad_partial_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(&data);
+        let size = Some(data.len() as u64);
+        let refused = store.ensure_resumable(&digest, size, |_| {
+            Err(io::Error::new(io::ErrorKind::NotFound, "404"))
+        });
+        assert!(matches!(refused, Err(StoreError::Fetch { .. })));
+        assert!(leftovers(&store).is_empty(), "nothing came, nothing kept");
+        let err = store
+            .ensure_resumable(&digest, size, |w| {
+                w.write_all(&data[..30_000])?;
+                Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut"))
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Fetch { .. }), "{err}");
+        assert!(!store.contains(&digest));
+        assert_eq!(
+            fs::metadata(store.partial_path(&digest)).unwrap().len(),
+            30_000
+        );
+        let mut offsets = Vec::new();
+        store
+            .ensure_resumable(&digest, size, |w| {
+                offsets.push(w.offset());
+                w.write_all(&data[w.offset() as usize..])
+            })
+            .unwrap();
+        assert_eq!(offsets, [30_000]);
+        assert_eq!(store.read(&digest).unwrap(), data);
+        assert!(!store.partial_path(&digest).exists());
+
+        // A partial file whose bytes are wrong: the resumed blob does not verify, so it is
+        // fetched once more from the start.
+        let other: Vec<u8> = data.iter().rev().copied().collect();
+        let d2 = Digest::of(&other);
+        fs::write(store.partial_path(&d2), vec![0u8; 40_000]).unwrap();
+        let mut offsets = Vec::new();
+        store
+            .ensure_resumable(&d2, size, |w| {
+                offsets.push(w.offset());
+                w.write_all(&other[w.offset() as usize..])
+            })
+            .unwrap();
+        assert_eq!(offsets, [40_000, 0]);
+        assert_eq!(store.read(&d2).unwrap(), other);
+    }
+
+    #[test]
+    fn a_complete_partial_file_is_only_verified_and_a_plain_ensure_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"0123456789");
+        fs::write(store.partial_path(&digest), b"0123456789").unwrap();
+        let got = store.ensure_resumable(&digest, Some(10), |_| -> Result<(), io::Error> {
+            panic!("must not fetch")
+        });
+        assert_eq!(got.unwrap(), Ensured::Written);
+        assert_eq!(store.read(&digest).unwrap(), b"0123456789");
+
+        let d2 = Digest::of(b"abcdef");
+        fs::write(store.partial_path(&d2), b"abc").unwrap();
+        store
+            .ensure(&d2, Some(6), |w| w.write_all(b"abcdef"))
+            .unwrap();
+        assert_eq!(store.read(&d2).unwrap(), b"abcdef");
     }
 }

@@ -39,6 +39,18 @@ pub enum UnpackError {
     },
 }
 
+impl UnpackError {
+    /// True when the target file system ran out of space (or inodes).
+    pub fn is_no_space(&self) -> bool {
+        let source = match self {
+            UnpackError::Read(e) | UnpackError::Io { source: e, .. } => e,
+            _ => return false,
+        };
+        source.kind() == io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+    }
+}
+
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
     move |source| UnpackError::Io {
         path: path.to_path_buf(),
@@ -86,21 +98,28 @@ pub struct LayerStats {
     pub bytes: u64,
 }
 
-/// Applies the layer file at `layer` (any supported compression) onto `root`.
+/// Applies the layer file at `layer` (any supported compression) onto `root`, decompressing
+/// it on another thread while its files are written.
 pub fn apply_layer_file(root: &Path, layer: &Path) -> Result<LayerStats, UnpackError> {
     let file = File::open(layer).map_err(io_at(layer))?;
-    apply_layer(root, file)
+    let tar = super::readahead::decompressed_ahead(file).map_err(UnpackError::Read)?;
+    apply_tar(root, tar)
 }
 
 /// Applies one layer stream onto `root`, which holds the layers below it.
 pub fn apply_layer(root: &Path, layer: impl Read) -> Result<LayerStats, UnpackError> {
+    apply_tar(root, decompressed(layer)?)
+}
+
+/// Applies one uncompressed layer tar onto `root`.
+fn apply_tar(root: &Path, tar: impl Read) -> Result<LayerStats, UnpackError> {
     let mut applier = Applier {
         root,
         touched: HashSet::new(),
         dirs: Vec::new(),
         stats: LayerStats::default(),
     };
-    let mut archive = tar::Archive::new(decompressed(layer)?);
+    let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(UnpackError::Read)? {
         applier.entry(entry.map_err(UnpackError::Read)?)?;
     }
