@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
-# The main job: set everything up, then run a real task in a real microVM from the bundled
-# image local/busybox:latest (made from Debian's busybox-static; no registry needed), with
-# its output streamed back and the phase timings printed.
+# The main job: set everything up, start the control plane (`skiff serve`), and run a real
+# task in a real microVM through its HTTP API from the bundled image local/busybox:latest
+# (made from Debian's busybox-static; no registry needed). The task's output streams back
+# and its phase timings are printed; then the server stops.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
 # shellcheck disable=SC1091
 . "$root/target/skiff.env"
 export SKIFF_KERNEL SKIFF_AGENT
-echo "running: skiff run --local local/busybox -- sh -c '…' (a full guest boot; on PVM hosts expect ~25 s)" >&2
-"$root/target/release/skiff" run --local --timings --cpu 1 --memory 256 local/busybox -- \
+skiff="$root/target/release/skiff"
+state="${SKIFF_STATE_DIR:-$root/target/hello-state}"
+log="$state/serve.log"
+mkdir -p "$state"
+# Any free loopback port; the server prints the one it got.
+"$skiff" --state-dir "$state" serve --listen 127.0.0.1:0 2>"$log" &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    api="$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$log")"
+    [ -n "$api" ] && break
+    kill -0 "$server" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    sleep 0.1
+done
+[ -n "$api" ] || { echo "skiff serve did not start:" >&2; cat "$log" >&2; exit 1; }
+echo "skiff serve is up at $api; running a task (a full guest boot: on PVM hosts expect ~30 s)" >&2
+export SKIFF_API="$api"
+"$skiff" run --timings --cpu 1 --memory 256 local/busybox -- \
     sh -c 'echo "Hello from a Skiff microVM!"; echo "  kernel: $(uname -sr)"; echo "  user:   $(id)"; echo "  cpus:   $(grep -c ^processor /proc/cpuinfo)"; echo "  memory: $(grep MemTotal /proc/meminfo)"'

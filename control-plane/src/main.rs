@@ -115,7 +115,7 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("skiff: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("skiff: {}", control_plane::images::error_text::one_line(&*e));
             ExitCode::from(125)
         }
     }

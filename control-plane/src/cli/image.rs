@@ -103,7 +103,7 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
             st.remove(&r)?;
             crate::outln!("untagged {r}");
         }
-        ImageCmd::Prune => crate::outln!("{:?}", st.prune()?),
+        ImageCmd::Prune => crate::outln!("{}", st.prune()?),
         ImageCmd::Import { path } => {
             let images = if path.is_dir() {
                 control_plane::images::import::import_oci_layout(&st, &path, None)?
