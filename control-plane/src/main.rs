@@ -35,6 +35,12 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum BenchCmd {
+    /// Cold starts through the HTTP API: full boot vs snapshot restore.
+    ColdStart(cli::bench::ColdStartArgs),
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the control plane: the HTTP task API.
     Serve(ServeArgs),
@@ -67,6 +73,9 @@ enum Cmd {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -103,13 +112,14 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => cli::serve::serve(&state_dir, a),
         Cmd::Run(a) if a.local => cli::run_local::run(&state_dir, a),
         Cmd::Image(c) => cli::image::image(&state_dir, c),
+        Cmd::Bench(BenchCmd::ColdStart(a)) => cli::bench::cold_start(a),
         remote_cmd => Api::new(cli.api, cli.token_file.as_deref()).and_then(|api| match remote_cmd {
             Cmd::Run(a) => remote::run(&api, a),
             Cmd::Ps { all, state, label } => remote::ps(&api, all, state, label),
             Cmd::Inspect { ids } => remote::inspect(&api, &ids),
             Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
             Cmd::Stop { ids } => remote::stop(&api, &ids),
-            Cmd::Serve(_) | Cmd::Image(_) => unreachable!("handled above"),
+            Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) => unreachable!("handled above"),
         }),
     };
     match r {

@@ -60,6 +60,7 @@ async fn metrics(State(srv): State<Arc<Server>>) -> Result<Response, ApiError> {
         srv.sched.capacity(),
         srv.sched.in_use(),
         srv.sched.queued(),
+        srv.snapshots.ready(),
     );
     Ok((
         [(

@@ -1,5 +1,7 @@
 //! The `skiff` command line: one module per command group.
 
+pub mod bench;
+pub mod bench_chart;
 pub mod image;
 pub mod remote;
 pub mod run;

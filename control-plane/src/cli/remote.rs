@@ -80,6 +80,23 @@ impl Api {
         self.json(self.req(reqwest::Method::POST, path).json(body))
     }
 
+    /// A text answer (e.g. /metrics).
+    pub fn text(&self, path: &str) -> anyhow::Result<String> {
+        self.send(self.req(reqwest::Method::GET, path))?
+            .text()
+            .context("reading the server's answer")
+    }
+
+    /// Follows a task's output without keeping it: returns once the task has stopped.
+    pub fn wait_logs_end(&self, id: &str) -> anyhow::Result<()> {
+        let mut resp = self.send(
+            self.req(reqwest::Method::GET, &format!("/v1/tasks/{id}/logs"))
+                .query(&[("follow", true)]),
+        )?;
+        std::io::copy(&mut resp, &mut std::io::sink()).context("the log stream broke")?;
+        Ok(())
+    }
+
     /// Copies a task's output to our stdout/stderr until the server ends the stream.
     pub fn stream_logs(&self, id: &str, follow: bool) -> anyhow::Result<()> {
         let resp = self.send(

@@ -70,6 +70,7 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
         timeout: a.timeout.map(Duration::from_secs),
         stop_timeout: Duration::from_secs(a.stop_timeout),
         boot_timeout: Duration::from_secs(600),
+        snapshot: None,
     };
     let control = TaskControl::new();
     forward_signals(&control)?;

@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Registries (host[:port]) that may be used over plain HTTP.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Always boot task VMs; never start them from snapshots.
+    #[arg(long)]
+    no_snapshots: bool,
     /// Guest kernel (default: SKIFF_KERNEL).
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -102,6 +105,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
             insecure: a.insecure_registries,
             ..Default::default()
         },
+        snapshots: !a.no_snapshots,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

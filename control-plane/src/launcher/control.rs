@@ -143,8 +143,11 @@ impl TaskControl {
         st.child.as_ref().filter(|_| st.status.is_none()).map(Child::id)
     }
 
+    /// The VMM to act on (a second one replaces the first after a failed restore, which
+    /// has exited by then).
     pub(super) fn attach_child(&self, child: Child) {
         let mut st = self.state();
+        st.status = None;
         let killed = st.killed;
         let c = st.child.insert(child);
         if killed {

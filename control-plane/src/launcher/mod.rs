@@ -9,9 +9,11 @@
 mod control;
 mod result;
 mod session;
+mod snapshot;
 mod vmm_process;
 
 pub use control::{ControlError, TaskControl};
 pub use result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};
 pub use session::{run_task, LaunchConfig, LaunchError};
+pub use snapshot::{build_snapshot, Snapshot, SnapshotError};
 pub use vmm_process::build_agent_initramfs;

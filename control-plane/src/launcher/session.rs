@@ -11,10 +11,14 @@ use guest_agent::{Frame, Message, RunSpec, HOST_PORT, PROTOCOL_VERSION};
 
 use super::control::{FinishOnDrop, TaskControl};
 use super::result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};
-use super::vmm_process::{self, console_tail};
+use super::snapshot::Snapshot;
+use super::vmm_process::{self, console_tail, StartFrom};
 
 /// SIGTERM: what a timeout sends first.
 const SIGTERM: i32 = 15;
+
+/// How long a restored VM has to say hello before the launcher falls back to a boot.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Where the pieces of a microVM are and how big it is.
 #[derive(Debug, Clone)]
@@ -34,6 +38,9 @@ pub struct LaunchConfig {
     pub stop_timeout: Duration,
     /// Longest wait for the agent's hello (a full boot on an emulating host is slow).
     pub boot_timeout: Duration,
+    /// Start from this snapshot (of a booted VM of the same shape whose agent waits for
+    /// work) instead of booting; a restore that fails falls back to a boot.
+    pub snapshot: Option<Snapshot>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,87 +86,47 @@ pub fn run_task(
     let _ = std::fs::remove_file(&agent_sock);
     let listener = UnixListener::bind(&agent_sock).map_err(wd)?;
     let _unlink = RemoveOnDrop(agent_sock);
-    let console = cfg.work_dir.join("console.log");
-    let vmm_log_path = cfg.work_dir.join("vmm.log");
-    let vmm_log = std::fs::File::create(&vmm_log_path).map_err(wd)?;
-
     let start = Instant::now();
-    let child = vmm_process::spawn(cfg, &uds, &console, vmm_log).map_err(|source| {
-        LaunchError::Spawn {
-            vmm: cfg.vmm.clone(),
-            source,
-        }
-    })?;
-    on_event(TaskEvent::VmStarted { pid: child.id() });
-    control.attach_child(child);
     let ms = |t: Instant| t.duration_since(start).as_millis() as u64;
     let stopped = |end, mut timings: Timings| {
         control.finish();
         timings.vm_stopped_ms = ms(Instant::now());
         Ok(TaskResult { end, timings })
     };
-
-    // The agent dials us when it is ready: wait for that connection, the VM's end, or
-    // the boot timeout, whichever comes first.
-    let mut stream = loop {
-        let ready = wait_readable(&listener, Duration::from_millis(50)).map_err(|e| {
-            LaunchError::Connection(format!("waiting for the agent: {e}"))
-        })?;
-        if ready {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(LaunchError::Connection(e.to_string())),
+    let attempt = |from: StartFrom<'_>, patience: Duration, on_event: &mut dyn FnMut(TaskEvent<'_>)| {
+        start_vm(cfg, from, &listener, &uds, control, on_event, Instant::now() + patience)
+    };
+    let connected = match &cfg.snapshot {
+        Some(snap) => match attempt(StartFrom::Snapshot(snap), RESTORE_PATIENCE, on_event) {
+            Ok(c) => c,
+            Err(e) if !control.was_killed() => {
+                let bad_snapshot = matches!(&e, LaunchError::NoHello { status, .. } if status.contains("exit status: 2"));
+                let reason = e.to_string();
+                tracing::warn!("restoring the snapshot failed ({reason}); falling back to a full boot");
+                on_event(TaskEvent::RestoreFailed {
+                    reason: &reason,
+                    bad_snapshot,
+                });
+                attempt(StartFrom::Boot { api_sock: None }, cfg.boot_timeout, on_event)?
             }
-        }
-        if let Some(status) = control.try_wait() {
-            if control.was_killed() {
-                return stopped(TaskEnd::Killed, Timings::default());
-            }
-            let err = std::fs::read_to_string(&vmm_log_path).unwrap_or_default();
-            let err = err.trim();
-            return Err(LaunchError::NoHello {
-                status: if err.is_empty() {
-                    status.to_string()
-                } else {
-                    format!("{status}: {err}")
-                },
-                console: console_tail(&console),
-            });
-        }
-        if start.elapsed() > cfg.boot_timeout {
-            return Err(LaunchError::HelloTimeout(cfg.boot_timeout));
-        }
+            Err(_) => None,
+        },
+        None => attempt(StartFrom::Boot { api_sock: None }, cfg.boot_timeout, on_event)?,
+    };
+    let Some(Connected {
+        mut stream,
+        mut reader,
+        guest,
+    }) = connected
+    else {
+        return stopped(TaskEnd::Killed, Timings::default());
     };
     let conn_err = |e: &dyn std::fmt::Display| LaunchError::Connection(e.to_string());
-    let mut reader = FrameBuf::default();
-    let hello = reader
-        .next(&mut stream, Some(start + cfg.boot_timeout))
-        .map_err(|e| conn_err(&e))?;
     let mut timings = Timings {
         agent_ready_ms: ms(Instant::now()),
+        guest,
         ..Default::default()
     };
-    match hello {
-        Some(Frame::Control(Message::Hello {
-            protocol_version,
-            timings: guest,
-            ..
-        })) => {
-            if protocol_version != PROTOCOL_VERSION {
-                return Err(LaunchError::Protocol {
-                    agent: protocol_version,
-                    ours: PROTOCOL_VERSION,
-                });
-            }
-            timings.guest = guest;
-        }
-        other => {
-            return Err(LaunchError::Connection(format!(
-                "expected hello, got {other:?}"
-            )))
-        }
-    }
     on_event(TaskEvent::AgentReady);
     let mut spec = spec.clone();
     // The guest learns the time and gets fresh entropy with every task: a VM restored from
@@ -249,6 +216,133 @@ pub fn run_task(
         }
     }
     stopped(end, timings)
+}
+
+/// The agent's connection once it has said hello.
+struct Connected {
+    stream: UnixStream,
+    reader: FrameBuf,
+    guest: guest_agent::BootTimings,
+}
+
+/// Starts the VM and waits for the agent's hello (the readiness signal). `Ok(None)`: the
+/// VM was ended on request meanwhile.
+fn start_vm(
+    cfg: &LaunchConfig,
+    from: StartFrom<'_>,
+    listener: &UnixListener,
+    uds: &std::path::Path,
+    control: &TaskControl,
+    on_event: &mut dyn FnMut(TaskEvent<'_>),
+    deadline: Instant,
+) -> Result<Option<Connected>, LaunchError> {
+    let wd = |source| LaunchError::WorkDir {
+        path: cfg.work_dir.clone(),
+        source,
+    };
+    let console = cfg.work_dir.join("console.log");
+    let vmm_log_path = cfg.work_dir.join("vmm.log");
+    let vmm_log = std::fs::File::create(&vmm_log_path).map_err(wd)?;
+    let from_snapshot = matches!(from, StartFrom::Snapshot(_));
+    let child = vmm_process::spawn(cfg, from, uds, &console, vmm_log).map_err(|source| {
+        LaunchError::Spawn {
+            vmm: cfg.vmm.clone(),
+            source,
+        }
+    })?;
+    on_event(TaskEvent::VmStarted {
+        pid: child.id(),
+        from_snapshot,
+    });
+    control.attach_child(child);
+    // The agent dials us when it is ready: wait for that connection, the VM's end, or
+    // the deadline, whichever comes first.
+    let mut stream = loop {
+        let ready = wait_readable(listener, Duration::from_millis(50)).map_err(|e| {
+            LaunchError::Connection(format!("waiting for the agent: {e}"))
+        })?;
+        if ready {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(LaunchError::Connection(e.to_string())),
+            }
+        }
+        if let Some(status) = control.try_wait() {
+            if control.was_killed() {
+                return Ok(None);
+            }
+            let err = std::fs::read_to_string(&vmm_log_path).unwrap_or_default();
+            let err = err.trim();
+            return Err(LaunchError::NoHello {
+                status: if err.is_empty() {
+                    status.to_string()
+                } else {
+                    format!("{status}: {err}")
+                },
+                console: console_tail(&console),
+            });
+        }
+        if Instant::now() > deadline {
+            // Ends this VM; a fallback attaches its own.
+            if let Some(c) = control.vmm_pid() {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(c as i32).expect("a child's pid is positive"),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            while control.try_wait().is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return Err(LaunchError::HelloTimeout(cfg.boot_timeout));
+        }
+    };
+    let conn_err = |e: &dyn std::fmt::Display| LaunchError::Connection(e.to_string());
+    let mut reader = FrameBuf::default();
+    let hello = reader
+        .next(&mut stream, Some(deadline))
+        .map_err(|e| conn_err(&e))?;
+    match hello {
+        Some(Frame::Control(Message::Hello {
+            protocol_version,
+            timings,
+            ..
+        })) => {
+            if protocol_version != PROTOCOL_VERSION {
+                return Err(LaunchError::Protocol {
+                    agent: protocol_version,
+                    ours: PROTOCOL_VERSION,
+                });
+            }
+            Ok(Some(Connected {
+                stream,
+                reader,
+                guest: timings,
+            }))
+        }
+        other => Err(LaunchError::Connection(format!(
+            "expected hello, got {other:?}"
+        ))),
+    }
+}
+
+/// Boots a VM with a control socket for [`super::build_snapshot`] and waits for its
+/// agent's hello; the connection is returned so that it stays open.
+pub(super) fn start_vm_for_snapshot(
+    cfg: &LaunchConfig,
+    listener: &UnixListener,
+    uds: &std::path::Path,
+    api_sock: &std::path::Path,
+    control: &TaskControl,
+) -> Result<UnixStream, LaunchError> {
+    let from = StartFrom::Boot {
+        api_sock: Some(api_sock),
+    };
+    let deadline = Instant::now() + cfg.boot_timeout;
+    match start_vm(cfg, from, listener, uds, control, &mut |_| {}, deadline)? {
+        Some(c) => Ok(c.stream),
+        None => Err(LaunchError::Connection("the VM was ended".into())),
+    }
 }
 
 /// 32 bytes from the host's CRNG.

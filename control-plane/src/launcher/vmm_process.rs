@@ -5,30 +5,51 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use super::session::LaunchConfig;
+use super::snapshot::Snapshot;
+
+/// How the VM comes to life: a full boot, or a restore of a snapshot.
+pub(super) enum StartFrom<'a> {
+    Boot { api_sock: Option<&'a Path> },
+    Snapshot(&'a Snapshot),
+}
 
 /// Starts the VMM. Its serial console goes to `console`, its own log to `vmm_log` (a pipe
 /// nobody reads would fill and stall it). It gets a process group of its own, so a Ctrl-C
 /// meant for `skiff` reaches the task (forwarded by us), not the VMM.
 pub(super) fn spawn(
     cfg: &LaunchConfig,
+    from: StartFrom<'_>,
     uds: &Path,
     console: &Path,
     vmm_log: std::fs::File,
 ) -> std::io::Result<Child> {
-    Command::new(&cfg.vmm)
-        .arg("--kernel")
-        .arg(&cfg.kernel)
-        .arg("--initrd")
-        .arg(&cfg.initrd)
-        .arg("--disk")
+    let mut cmd = Command::new(&cfg.vmm);
+    match from {
+        StartFrom::Boot { api_sock } => {
+            cmd.arg("--kernel")
+                .arg(&cfg.kernel)
+                .arg("--initrd")
+                .arg(&cfg.initrd)
+                .args(["--vcpus", &cfg.vcpus.to_string()])
+                .args(["--memory-mib", &cfg.memory_mib.to_string()])
+                .args(["--cmdline", "quiet"]);
+            if let Some(api) = api_sock {
+                cmd.arg("--api-sock").arg(api);
+            }
+        }
+        StartFrom::Snapshot(snap) => {
+            cmd.arg("--restore")
+                .arg(&snap.state)
+                .arg("--memory-file")
+                .arg(&snap.memory);
+        }
+    }
+    cmd.arg("--disk")
         .arg(format!("{},ro", cfg.rootfs.display()))
         .arg("--vsock")
         .arg(format!("cid=3,uds={}", uds.display()))
-        .args(["--vcpus", &cfg.vcpus.to_string()])
-        .args(["--memory-mib", &cfg.memory_mib.to_string()])
         .arg("--serial-out")
         .arg(console)
-        .args(["--cmdline", "quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log)

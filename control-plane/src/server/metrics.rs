@@ -38,6 +38,7 @@ pub struct Metrics {
     used_vcpus: Gauge,
     used_memory: Gauge,
     queued: Gauge,
+    snapshots: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,6 +85,12 @@ impl Metrics {
         registry.register("used_vcpus", "vCPUs held by tasks", used_vcpus.clone());
         registry.register("used_memory_mib", "Memory (MiB) held by tasks", used_memory.clone());
         registry.register("tasks_queued", "Tasks waiting for capacity", queued.clone());
+        let snapshots = Gauge::default();
+        registry.register(
+            "snapshots_ready",
+            "VM shapes with a snapshot ready for the fast path",
+            snapshots.clone(),
+        );
         Self {
             registry,
             submitted,
@@ -95,6 +102,7 @@ impl Metrics {
             used_vcpus,
             used_memory,
             queued,
+            snapshots,
         }
     }
 
@@ -135,7 +143,9 @@ impl Metrics {
         capacity: Capacity,
         used: InUse,
         queued: usize,
+        snapshots_ready: usize,
     ) -> String {
+        self.snapshots.set(snapshots_ready as i64);
         for (state, n) in counts {
             self.tasks
                 .get_or_create(&StateLabel {

@@ -4,6 +4,7 @@
 mod live;
 pub mod metrics;
 mod recovery;
+pub mod snapshots;
 mod supervisor;
 
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ pub struct ServeConfig {
     pub kernel: PathBuf,
     pub agent: PathBuf,
     pub registry: RegistryOptions,
+    /// Start tasks from snapshots of booted VMs (the fast path).
+    pub snapshots: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,7 @@ pub struct Server {
     pub metrics: metrics::Metrics,
     /// The agent's initramfs, built at start-up from `cfg.agent`.
     pub initrd: PathBuf,
+    pub snapshots: Arc<snapshots::Snapshots>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// Serialises read-modify-write of task records.
     update_lock: Mutex<()>,
@@ -89,7 +93,16 @@ impl Server {
             "build the agent initramfs from {}",
             cfg.agent.display()
         )))?;
+        let snapshots = snapshots::Snapshots::open(
+            &cfg.state_dir.join("snapshots"),
+            cfg.snapshots,
+            &cfg.vmm,
+            &cfg.kernel,
+            &initrd,
+        )
+        .map_err(io_err("prepare the snapshot dir"))?;
         let srv = Arc::new(Self {
+            snapshots: Arc::new(snapshots),
             sched: Scheduler::new(cfg.capacity),
             metrics: metrics::Metrics::new(),
             cfg,

@@ -14,7 +14,7 @@ use crate::images::run::{resolve, RunOverrides};
 use crate::images::Reference;
 use crate::launcher::{self, LaunchConfig, TaskEnd, TaskEvent};
 use crate::tasks::logs::LogWriter;
-use crate::tasks::{now_ms, StopCode, Task, TaskState, Usage};
+use crate::tasks::{now_ms, StartMode, StopCode, Task, TaskState, Usage};
 
 /// After SIGKILL, how long the agent has to report before the VM is ended.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -105,6 +105,11 @@ async fn run(srv: &Arc<Server>, id: &str, live: &Arc<Live>) -> Result<Ending, Se
         timeout: task.timeout_seconds.map(Duration::from_secs),
         stop_timeout: Duration::from_secs(task.stop_timeout_seconds),
         boot_timeout: BOOT_TIMEOUT,
+        snapshot: None,
+    };
+    let cfg = LaunchConfig {
+        snapshot: srv.snapshots.for_shape(&cfg),
+        ..cfg
     };
     let (srv2, live2, id2) = (srv.clone(), live.clone(), id.to_owned());
     let result = tokio::task::spawn_blocking(move || launch(&srv2, &live2, &id2, &cfg, &spec))
@@ -195,13 +200,32 @@ fn launch(
         }
     };
     let result = launcher::run_task(cfg, spec, &live.control, &mut |ev| match ev {
-        TaskEvent::VmStarted { pid } => {
+        TaskEvent::VmStarted { pid, from_snapshot } => {
             live.set_vm_started();
+            let mode = if from_snapshot { StartMode::Snapshot } else { StartMode::Boot };
             record(srv.update(id, |t| {
                 t.phases.vm_started_ms = Some(now_ms());
                 t.vmm_pid = Some(pid);
+                t.start_mode = Some(mode);
             }));
-            srv.event(id, &format!("VM started (skiff-vmm pid {pid})"));
+            srv.event(
+                id,
+                &format!(
+                    "VM started (skiff-vmm pid {pid}, {})",
+                    if from_snapshot { "restoring a snapshot" } else { "booting" }
+                ),
+            );
+        }
+        TaskEvent::RestoreFailed {
+            reason,
+            bad_snapshot,
+        } => {
+            srv.event(id, &format!("snapshot restore failed, booting instead: {reason}"));
+            if bad_snapshot {
+                if let Some(s) = &cfg.snapshot {
+                    srv.snapshots.discard(s);
+                }
+            }
         }
         TaskEvent::AgentReady => {
             record(srv.update(id, |t| t.phases.agent_ready_ms = Some(now_ms())));

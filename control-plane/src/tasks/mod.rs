@@ -6,7 +6,7 @@ pub mod model;
 pub mod request;
 pub mod store;
 
-pub use model::{Phases, StopCode, Task, TaskState, Usage};
+pub use model::{Phases, StartMode, StopCode, Task, TaskState, Usage};
 pub use request::{Limits, TaskRequest, ValidationError};
 pub use store::{ListQuery, StoreError, TaskStore};
 

@@ -68,6 +68,16 @@ pub enum StopCode {
     ControlPlaneRestarted,
 }
 
+/// How the task's VM came to life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    /// A full boot of the guest kernel.
+    Boot,
+    /// A restore of a snapshot of a booted VM.
+    Snapshot,
+}
+
 /// When each phase was reached (ms since the Unix epoch).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -133,6 +143,8 @@ pub struct Task {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     pub phases: Phases,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_mode: Option<StartMode>,
     /// The `skiff-vmm` process while the VM runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_pid: Option<u32>,

@@ -179,6 +179,7 @@ impl TaskRequest {
                 accepted_ms: now_ms,
                 ..Default::default()
             },
+            start_mode: None,
             vmm_pid: None,
         })
     }

@@ -14,6 +14,21 @@ fn mkdir_all(p: &str) -> Result<(), String> {
     std::fs::create_dir_all(p).map_err(|e| format!("mkdir {p}: {e}"))
 }
 
+// BLKFLSBUF = _IO(0x12, 97): write back and drop the block device's cached blocks.
+nix::ioctl_none!(blk_flush_buffers, 0x12, 97);
+
+/// A VM restored from a snapshot may hold blocks of the disk that was attached when the
+/// snapshot was taken (the partition scan at boot reads some); the disk behind /dev/vda
+/// is another one now, so those blocks must go before the file system is mounted.
+fn drop_cached_blocks(disk: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(disk).map_err(|e| format!("open {disk}: {e}"))?;
+    // SAFETY: BLKFLSBUF takes no argument; the fd is an open block device that lives
+    // across the call.
+    unsafe { blk_flush_buffers(f.as_raw_fd()) }.map_err(|e| format!("BLKFLSBUF {disk}: {e}"))?;
+    Ok(())
+}
+
 fn fail(kind: FailureKind, message: String) -> (FailureKind, String) {
     (kind, message)
 }
@@ -29,6 +44,9 @@ pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
     }
     for d in [LOWER, RW, ROOT] {
         mkdir_all(d).map_err(|m| fail(FailureKind::Internal, m))?;
+    }
+    if let Err(e) = drop_cached_blocks(disk) {
+        eprintln!("skiff-agent: {e}");
     }
     let ro = MsFlags::MS_RDONLY;
     let mut last = String::new();

@@ -1,0 +1,317 @@
+//! `skiff bench cold-start`: submits tasks over HTTP and measures, per start mode (full
+//! boot, snapshot restore), submit → VM started, → agent ready, → process exec, → task
+//! STOPPED, and tasks per second; writes the samples as JSON and a CDF chart as SVG.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+
+use super::remote::Api;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Boot,
+    Snapshot,
+    Both,
+}
+
+#[derive(Args)]
+pub struct ColdStartArgs {
+    /// Tasks per mode.
+    #[arg(short = 'n', default_value_t = 10)]
+    n: usize,
+    /// Tasks in flight at once.
+    #[arg(short = 'c', default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, value_enum, default_value = "both")]
+    mode: Mode,
+    #[arg(long, default_value = "local/busybox")]
+    image: String,
+    /// vCPUs and MiB of each task.
+    #[arg(long, default_value_t = 1)]
+    cpu: u32,
+    #[arg(long, default_value_t = 128)]
+    memory: u64,
+    /// Use this running server (its own start mode) instead of starting one per mode.
+    #[arg(long)]
+    server: Option<String>,
+    /// Raw samples and percentiles.
+    #[arg(long, default_value = "cold-start.json")]
+    json: PathBuf,
+    /// CDF chart of submit → exec per mode.
+    #[arg(long, default_value = "cold-start.svg")]
+    svg: PathBuf,
+}
+
+/// The phases measured, as (name in the output, task phase field).
+const PHASES: [(&str, &str); 4] = [
+    ("submit_to_vm_started_ms", "vmStartedMs"),
+    ("submit_to_agent_ready_ms", "agentReadyMs"),
+    ("submit_to_exec_ms", "processStartedMs"),
+    ("submit_to_stopped_ms", "stoppedMs"),
+];
+
+/// A `skiff serve` this benchmark started; stopped when dropped.
+struct OwnServer {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(snapshots: bool, cpu: u32, memory: u64, concurrency: usize) -> anyhow::Result<OwnServer> {
+    let dir = tempfile::tempdir().context("cannot make a state dir")?;
+    let log = dir.path().join("serve.log");
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--state-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        // Room for `concurrency` tasks (plus the snapshot build) whatever the host has.
+        .args(["--cpus", &(cpu as usize * concurrency).to_string()])
+        .args(["--memory-mib", &(memory as usize * concurrency).to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    if !snapshots {
+        cmd.arg("--no-snapshots");
+    }
+    let mut child = cmd.spawn().context("cannot start skiff serve")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(url) = text
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
+            return Ok(OwnServer {
+                child,
+                url: url.to_owned(),
+                _dir: dir,
+            });
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            bail!("skiff serve exited ({st}): {}", text.trim());
+        }
+        if Instant::now() > deadline {
+            bail!("skiff serve did not start: {}", text.trim());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn task_body(a: &ColdStartArgs) -> Value {
+    json!({"image": a.image, "command": ["true"], "cpu": a.cpu, "memoryMiB": a.memory})
+}
+
+/// Submits one task, follows it to the end, returns its record.
+fn one_task(api: &Api, body: &Value) -> anyhow::Result<Value> {
+    let t = api.post("/v1/tasks", body)?;
+    let id = t["id"].as_str().ok_or_else(|| anyhow!("no task id in {t}"))?.to_owned();
+    api.wait_logs_end(&id)?;
+    let t = api.get(&format!("/v1/tasks/{id}"))?;
+    if t["state"] != "STOPPED" {
+        bail!("task {id} is {} after its logs ended", t["state"]);
+    }
+    if t["exitCode"] != 0 {
+        bail!("task {id} failed: {}: {}", t["stopCode"], t["stoppedReason"]);
+    }
+    Ok(t)
+}
+
+/// Waits until the server reports a snapshot ready (after a first task triggered it).
+fn wait_for_snapshot(api: &Api, body: &Value) -> anyhow::Result<()> {
+    eprintln!("snapshot mode: a first task boots and the server snapshots a VM of this shape…");
+    one_task(api, body)?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let m = api.text("/metrics")?;
+        if m.lines().any(|l| l.starts_with("skiff_snapshots_ready ") && !l.ends_with(" 0")) {
+            // A task that restores is the proof.
+            let t = one_task(api, body)?;
+            if t["startMode"] == "snapshot" {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no snapshot became ready within 30 minutes");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn run_mode(api: &Api, a: &ColdStartArgs, snapshot: bool) -> anyhow::Result<Value> {
+    let body = task_body(a);
+    if snapshot {
+        wait_for_snapshot(api, &body)?;
+    }
+    eprintln!(
+        "{}: {} tasks, {} at a time…",
+        if snapshot { "snapshot" } else { "boot" },
+        a.n,
+        a.concurrency
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t0 = Instant::now();
+    let results: Vec<anyhow::Result<Value>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..a.concurrency)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < a.n {
+                        out.push(one_task(api, &body));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    let wall = t0.elapsed().as_secs_f64();
+    let tasks: Vec<Value> = results.into_iter().collect::<anyhow::Result<_>>()?;
+    let want = if snapshot { "snapshot" } else { "boot" };
+    let mismatched = tasks.iter().filter(|t| t["startMode"] != want).count();
+    let mut samples = Vec::new();
+    for t in &tasks {
+        let p = &t["phases"];
+        let t0 = p["acceptedMs"].as_u64().unwrap_or(0);
+        let mut s = json!({"id": t["id"], "startMode": t["startMode"]});
+        for (name, field) in PHASES {
+            s[name] = json!(p[field].as_u64().map(|v| v.saturating_sub(t0)));
+        }
+        samples.push(s);
+    }
+    let mut out = json!({
+        "n": a.n,
+        "concurrency": a.concurrency,
+        "wall_seconds": wall,
+        "tasks_per_second": a.n as f64 / wall,
+        "tasks_not_in_this_mode": mismatched,
+    });
+    for (name, _) in PHASES {
+        let mut v: Vec<f64> = samples.iter().filter_map(|s| s[name].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        out[name] = json!({
+            "p50": percentile(&v, 50.0),
+            "p90": percentile(&v, 90.0),
+            "p99": percentile(&v, 99.0),
+            "max": v.last().copied().unwrap_or(f64::NAN),
+        });
+    }
+    out["samples"] = Value::Array(samples);
+    Ok(out)
+}
+
+fn host_facts() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpu": model,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "kernel": kernel.trim(),
+        "kvm": if Path::new("/sys/module/kvm_pvm").exists() { "PVM (software nested)" } else { "hardware KVM" },
+    })
+}
+
+pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
+    if a.n == 0 || a.concurrency == 0 {
+        bail!("-n and -c must be at least 1");
+    }
+    let host = host_facts();
+    let modes: Vec<bool> = match a.mode {
+        Mode::Boot => vec![false],
+        Mode::Snapshot => vec![true],
+        Mode::Both => vec![false, true],
+    };
+    let mut report = json!({"host": host, "image": a.image, "cpu": a.cpu, "memoryMiB": a.memory, "modes": {}});
+    for snapshot in modes {
+        let name = if snapshot { "snapshot" } else { "boot" };
+        let (own, api) = match &a.server {
+            Some(url) => (None, Api::new(Some(url.clone()), None)?),
+            None => {
+                let s = start_server(snapshot, a.cpu, a.memory, a.concurrency)?;
+                let api = Api::new(Some(s.url.clone()), None)?;
+                (Some(s), api)
+            }
+        };
+        report["modes"][name] = run_mode(&api, &a, snapshot)?;
+        drop(own);
+    }
+    print_report(&report);
+    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", a.json.display()))?;
+    std::fs::write(&a.svg, super::bench_chart::cdf_svg(&report))
+        .with_context(|| format!("cannot write {}", a.svg.display()))?;
+    eprintln!("samples: {}; chart: {}", a.json.display(), a.svg.display());
+    Ok(0)
+}
+
+fn print_report(r: &Value) {
+    let h = &r["host"];
+    crate::outln!(
+        "host: {} ({} cores), kernel {}, {}",
+        h["cpu"].as_str().unwrap_or(""),
+        h["cores"],
+        h["kernel"].as_str().unwrap_or(""),
+        h["kvm"].as_str().unwrap_or("")
+    );
+    crate::outln!(
+        "{:<9} {:<26} {:>10} {:>10} {:>10} {:>10}",
+        "mode", "phase (ms from submit)", "p50", "p90", "p99", "max"
+    );
+    let modes = r["modes"].as_object().cloned().unwrap_or_default();
+    for (mode, m) in &modes {
+        for (name, _) in PHASES {
+            let p = &m[name];
+            let f = |k: &str| p[k].as_f64().map_or("-".into(), |v| format!("{v:.0}"));
+            crate::outln!(
+                "{:<9} {:<26} {:>10} {:>10} {:>10} {:>10}",
+                mode,
+                name.trim_end_matches("_ms"),
+                f("p50"),
+                f("p90"),
+                f("p99"),
+                f("max")
+            );
+        }
+        crate::outln!(
+            "{:<9} {:.2} tasks/s ({} tasks, concurrency {})",
+            mode,
+            m["tasks_per_second"].as_f64().unwrap_or(0.0),
+            m["n"],
+            m["concurrency"]
+        );
+    }
+    if let (Some(b), Some(s)) = (
+        modes.get("boot").and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64()),
+        modes.get("snapshot").and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64()),
+    ) {
+        crate::outln!("submit → exec p50: snapshot is {:.0}× faster than a full boot", b / s.max(1.0));
+    }
+}
