@@ -38,12 +38,19 @@ pub enum Request {
     Shutdown {},
 }
 
-/// Answers one request line.
-pub fn handle(ctl: &Controller, line: &str) -> Value {
+/// Answers one request line. A shutdown is only answered here; the caller ends the VM
+/// after the reply is written (else the process could end before the caller hears back).
+pub fn handle(ctl: &Controller, line: &str) -> (Value, bool) {
     let req: Request = match serde_json::from_str(line) {
         Ok(r) => r,
-        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+        Err(e) => {
+            return (
+                json!({"ok": false, "error": format!("bad request: {e}")}),
+                false,
+            )
+        }
     };
+    let shutdown = req == Request::Shutdown {};
     tracing::info!(?req, "control request");
     let r = match req {
         Request::Pause {} => ctl.pause().map(|_| json!({"ok": true})),
@@ -60,12 +67,12 @@ pub fn handle(ctl: &Controller, line: &str) -> Value {
                 "millis": r.millis,
             })
         }),
-        Request::Shutdown {} => {
-            ctl.shutdown();
-            Ok(json!({"ok": true}))
-        }
+        Request::Shutdown {} => Ok(json!({"ok": true})),
     };
-    r.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()}))
+    (
+        r.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()})),
+        shutdown,
+    )
 }
 
 fn serve_conn(ctl: &Controller, stream: UnixStream) {
@@ -78,7 +85,11 @@ fn serve_conn(ctl: &Controller, stream: UnixStream) {
         match (&mut reader).take(MAX_LINE).read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) if !line.ends_with('\n') && line.len() as u64 >= MAX_LINE => {
-                let _ = writeln!(out, "{}", json!({"ok": false, "error": "request line too long"}));
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    json!({"ok": false, "error": "request line too long"})
+                );
                 return;
             }
             Ok(_) => {}
@@ -86,8 +97,13 @@ fn serve_conn(ctl: &Controller, stream: UnixStream) {
         if line.trim().is_empty() {
             continue;
         }
-        let reply = handle(ctl, line.trim());
-        if writeln!(out, "{reply}").is_err() {
+        let (reply, shutdown) = handle(ctl, line.trim());
+        let written = writeln!(out, "{reply}").and_then(|_| out.flush());
+        if shutdown {
+            ctl.shutdown();
+            return;
+        }
+        if written.is_err() {
             return;
         }
     }
@@ -121,9 +137,13 @@ mod tests {
 
     #[test]
     fn requests_parse_and_unknown_ones_do_not() {
-        assert_eq!(serde_json::from_str::<Request>(r#"{"action":"pause"}"#).unwrap(), Request::Pause {});
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"action":"pause"}"#).unwrap(),
+            Request::Pause {}
+        );
         let s: Request =
-            serde_json::from_str(r#"{"action":"snapshot","state_path":"a","memory_path":"b"}"#).unwrap();
+            serde_json::from_str(r#"{"action":"snapshot","state_path":"a","memory_path":"b"}"#)
+                .unwrap();
         assert_eq!(
             s,
             Request::Snapshot {

@@ -178,7 +178,11 @@ impl Controller {
     }
 
     /// Pauses the VM (if running) and writes a snapshot; the VM stays paused.
-    pub fn snapshot(&self, state_path: &Path, memory_path: &Path) -> Result<SnapshotReport, ControlError> {
+    pub fn snapshot(
+        &self,
+        state_path: &Path,
+        memory_path: &Path,
+    ) -> Result<SnapshotReport, ControlError> {
         let start = Instant::now();
         let mut inner = lock(&self.inner);
         self.pause_locked(&mut inner)?;
@@ -214,7 +218,9 @@ impl Controller {
             .map(|v| {
                 v.msrs
                     .iter()
-                    .filter(|m| (crate::host::PVM_MSR_FIRST..=crate::host::PVM_MSR_LAST).contains(&m.index))
+                    .filter(|m| {
+                        (crate::host::PVM_MSR_FIRST..=crate::host::PVM_MSR_LAST).contains(&m.index)
+                    })
                     .count()
             })
             .unwrap_or(0);

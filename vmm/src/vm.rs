@@ -12,9 +12,9 @@ use kvm_ioctls::{Kvm, VmFd};
 use thiserror::Error;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::api;
 use crate::boot::{self, BootError};
 use crate::config::{ConfigError, VmConfig};
-use crate::api;
 use crate::controller::{Controller, VcpuLink};
 use crate::cpu::kick;
 use crate::cpu::vcpu::{Vcpu, VcpuControl, VcpuError};
@@ -430,15 +430,16 @@ impl Vm {
             self.machine.clone(),
             self.exit.clone(),
         ));
-        let _api = match &self.options.api_sock {
-            Some(path) => Some(api::serve(path, controller.clone()).map_err(|source| {
-                VmError::ApiSocket {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
-            None => None,
-        };
+        let _api =
+            match &self.options.api_sock {
+                Some(path) => Some(api::serve(path, controller.clone()).map_err(|source| {
+                    VmError::ApiSocket {
+                        path: path.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
 
         let stop = Arc::new(AtomicBool::new(false));
         let kicker = match &sampler {
@@ -477,7 +478,10 @@ fn report_timings(start: std::time::Instant, phases: &[(&str, std::time::Duratio
         parts.push(format!("{name} {:.2}", ms(at.saturating_sub(prev))));
         prev = *at;
     }
-    parts.push(format!("vcpu threads {:.2}", ms(total.saturating_sub(prev))));
+    parts.push(format!(
+        "vcpu threads {:.2}",
+        ms(total.saturating_sub(prev))
+    ));
     let line = format!(
         "restored: vCPUs resumed {:.2} ms after start ({} ms)",
         ms(total),

@@ -19,11 +19,10 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
+use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    Address,
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap,
 };
 
 pub const MAGIC: &[u8; 8] = b"SKIFFSNP";
@@ -42,7 +41,9 @@ pub enum FileError {
     },
     #[error("{0}: not a skiff-vmm snapshot state file (bad magic)")]
     Magic(PathBuf),
-    #[error("{path}: snapshot format version {found}; this skiff-vmm reads version {FORMAT_VERSION}")]
+    #[error(
+        "{path}: snapshot format version {found}; this skiff-vmm reads version {FORMAT_VERSION}"
+    )]
     Version { path: PathBuf, found: u32 },
     #[error("{path}: truncated state file ({len} bytes, the header says {want})")]
     Truncated { path: PathBuf, len: u64, want: u64 },
@@ -119,7 +120,8 @@ pub fn check_state_bytes<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], F
             want: HEADER_LEN as u64,
         });
     }
-    let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
     let version = u32_at(8);
     if version != FORMAT_VERSION {
         return Err(FileError::Version {
@@ -183,10 +185,11 @@ pub fn write_memory(path: &Path, mem: &GuestMemoryMmap) -> Result<u64, FileError
         while off < len {
             let n = (len - off).min(CHUNK as u64) as usize;
             let addr = region.start_addr().unchecked_add(off);
-            mem.read_slice(&mut buf[..n], addr).map_err(|e| FileError::Map {
-                path: path.to_owned(),
-                reason: format!("read guest RAM at {:#x}: {e}", addr.0),
-            })?;
+            mem.read_slice(&mut buf[..n], addr)
+                .map_err(|e| FileError::Map {
+                    path: path.to_owned(),
+                    reason: format!("read guest RAM at {:#x}: {e}", addr.0),
+                })?;
             // Runs of non-zero pages, each written with one pwrite.
             let mut p = 0;
             while p < n {
@@ -238,7 +241,7 @@ pub fn map_memory(
     let mut offset = 0u64;
     for &(addr, size) in ranges {
         let fd = file.try_clone().map_err(io(path))?;
-        let mapping = MmapRegionBuilder::new_with_bitmap(size, <() as NewBitmap>::with_len(size))
+        let mapping = MmapRegionBuilder::new(size)
             .with_file_offset(FileOffset::new(fd, offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -269,24 +272,42 @@ mod tests {
         assert_eq!(check_state_bytes(p, &good).unwrap(), b"{\"a\":1}");
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(matches!(check_state_bytes(p, &flipped), Err(FileError::Checksum(_))));
+        assert!(matches!(
+            check_state_bytes(p, &flipped),
+            Err(FileError::Checksum(_))
+        ));
         let mut v = good.clone();
         v[8] = 9;
-        assert!(matches!(check_state_bytes(p, &v), Err(FileError::Version { found: 9, .. })));
+        assert!(matches!(
+            check_state_bytes(p, &v),
+            Err(FileError::Version { found: 9, .. })
+        ));
         let mut m = good.clone();
         m[0] = b'X';
         assert!(matches!(check_state_bytes(p, &m), Err(FileError::Magic(_))));
         for cut in [0, 5, 20, good.len() - 1] {
             let r = check_state_bytes(p, &good[..cut]);
-            assert!(matches!(r, Err(FileError::Truncated { .. })), "cut at {cut}: {r:?}");
+            assert!(
+                matches!(r, Err(FileError::Truncated { .. })),
+                "cut at {cut}: {r:?}"
+            );
         }
         let mut long = good.clone();
         long.push(0);
-        assert!(matches!(check_state_bytes(p, &long), Err(FileError::Trailing { .. })));
+        assert!(matches!(
+            check_state_bytes(p, &long),
+            Err(FileError::Trailing { .. })
+        ));
         let mut huge = good.clone();
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(check_state_bytes(p, &huge), Err(FileError::Length { .. })));
-        assert!(matches!(check_state_bytes(p, b"hello, world, I am text"), Err(FileError::Magic(_))));
+        assert!(matches!(
+            check_state_bytes(p, &huge),
+            Err(FileError::Length { .. })
+        ));
+        assert!(matches!(
+            check_state_bytes(p, b"hello, world, I am text"),
+            Err(FileError::Magic(_))
+        ));
     }
 
     #[test]
@@ -296,21 +317,36 @@ mod tests {
         let path = dir.join("mem");
         let ranges = [(GuestAddress(0), 1 << 20), (GuestAddress(1 << 30), 2 << 20)];
         let mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
-        mem.write_obj(0x1234_u32, GuestAddress((1 << 30) + 0x10_0000)).unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        mem.write_obj(0x1234_u32, GuestAddress((1 << 30) + 0x10_0000))
+            .unwrap();
         let written = write_memory(&path, &mem).unwrap();
         assert_eq!(written, 2 * PAGE as u64);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 << 20);
         let back = map_memory(&path, &ranges).unwrap();
-        assert_eq!(back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
-        assert_eq!(back.read_obj::<u32>(GuestAddress((1 << 30) + 0x10_0000)).unwrap(), 0x1234);
+        assert_eq!(
+            back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert_eq!(
+            back.read_obj::<u32>(GuestAddress((1 << 30) + 0x10_0000))
+                .unwrap(),
+            0x1234
+        );
         // Writes stay private to the mapping.
         back.write_obj(7_u32, GuestAddress(0x1000)).unwrap();
         let again = map_memory(&path, &ranges).unwrap();
-        assert_eq!(again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         let short = dir.join("short");
         std::fs::write(&short, [0u8; 4096]).unwrap();
-        assert!(matches!(map_memory(&short, &ranges), Err(FileError::MemoryTooShort { .. })));
+        assert!(matches!(
+            map_memory(&short, &ranges),
+            Err(FileError::MemoryTooShort { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -96,7 +96,11 @@ fn validate(snap: &Snapshot, path: &std::path::Path) -> Result<(), RestoreError>
         return Err(bad(format!("{} vCPUs", m.vcpus)));
     }
     if snap.vcpus.len() != m.vcpus as usize
-        || snap.vcpus.iter().enumerate().any(|(i, v)| v.id as usize != i)
+        || snap
+            .vcpus
+            .iter()
+            .enumerate()
+            .any(|(i, v)| v.id as usize != i)
     {
         return Err(bad("vCPU states do not match the vCPU count".into()));
     }
@@ -117,7 +121,10 @@ fn validate(snap: &Snapshot, path: &std::path::Path) -> Result<(), RestoreError>
         let irq = layout::VIRTIO_IRQ_START + d.slot;
         let base = layout::VIRTIO_MMIO_START + d.slot as u64 * layout::VIRTIO_MMIO_SIZE;
         if d.slot as usize != i || irq > layout::IRQ_MAX || d.irq != irq || d.mmio_base != base {
-            return Err(bad(format!("device {i} has slot {} / IRQ {} / base {:#x}", d.slot, d.irq, d.mmio_base)));
+            return Err(bad(format!(
+                "device {i} has slot {} / IRQ {} / base {:#x}",
+                d.slot, d.irq, d.mmio_base
+            )));
         }
     }
     Ok(())
@@ -173,9 +180,9 @@ impl Vm {
         for d in &snap.devices {
             let dev: Box<dyn VirtioDevice> = match &d.device {
                 DeviceState::Block(s) => {
-                    let (i, disk) = disks.next().ok_or_else(|| {
-                        RestoreError::Mismatch("fewer disks than saved".into())
-                    })?;
+                    let (i, disk) = disks
+                        .next()
+                        .ok_or_else(|| RestoreError::Mismatch("fewer disks than saved".into()))?;
                     Box::new(Block::restore(i, disk, s)?)
                 }
                 DeviceState::Vsock(s) => {

@@ -79,7 +79,11 @@ impl Caps {
 
 /// The MSRs of KVM's index list that this vCPU can read, with their values. KVM reads a
 /// batch up to the first MSR it refuses; that one is dropped and the rest retried.
-fn readable_msrs(fd: &VcpuFd, indices: &[u32], id: u8) -> Result<Vec<kvm_msr_entry>, VcpuStateError> {
+fn readable_msrs(
+    fd: &VcpuFd,
+    indices: &[u32],
+    id: u8,
+) -> Result<Vec<kvm_msr_entry>, VcpuStateError> {
     let mut out = Vec::with_capacity(indices.len());
     let mut rest: &[u32] = indices;
     while !rest.is_empty() {
@@ -97,14 +101,20 @@ fn readable_msrs(fd: &VcpuFd, indices: &[u32], id: u8) -> Result<Vec<kvm_msr_ent
             total: entries.len(),
             first: chunk[0],
         })?;
-        let n = fd.get_msrs(&mut msrs).map_err(|source| VcpuStateError::Kvm {
-            id,
-            what: "read MSRs",
-            source,
-        })?;
+        let n = fd
+            .get_msrs(&mut msrs)
+            .map_err(|source| VcpuStateError::Kvm {
+                id,
+                what: "read MSRs",
+                source,
+            })?;
         out.extend_from_slice(&msrs.as_slice()[..n]);
         if n < chunk.len() {
-            tracing::debug!(vcpu = id, msr = format_args!("{:#x}", chunk[n]), "MSR not readable; not saved");
+            tracing::debug!(
+                vcpu = id,
+                msr = format_args!("{:#x}", chunk[n]),
+                "MSR not readable; not saved"
+            );
             rest = &rest[n + 1..];
         } else {
             rest = &rest[chunk.len()..];
@@ -125,7 +135,12 @@ fn order_msrs(msrs: &mut [kvm_msr_entry]) {
 
 impl VcpuState {
     /// Reads the state of a vCPU that is out of KVM_RUN (paused).
-    pub fn save(fd: &VcpuFd, id: u8, msr_indices: &[u32], caps: Caps) -> Result<Self, VcpuStateError> {
+    pub fn save(
+        fd: &VcpuFd,
+        id: u8,
+        msr_indices: &[u32],
+        caps: Caps,
+    ) -> Result<Self, VcpuStateError> {
         let e = |what| move |source| VcpuStateError::Kvm { id, what, source };
         let mp_state = fd.get_mp_state().map_err(e("read MP state"))?;
         let regs = fd.get_regs().map_err(e("read registers"))?;
@@ -170,14 +185,16 @@ impl VcpuState {
         fd.set_cpuid2(&cpuid).map_err(e("set CPUID"))?;
         fd.set_mp_state(self.mp_state).map_err(e("set MP state"))?;
         fd.set_regs(&self.regs).map_err(e("set registers"))?;
-        fd.set_sregs(&self.sregs).map_err(e("set special registers"))?;
+        fd.set_sregs(&self.sregs)
+            .map_err(e("set special registers"))?;
         // SAFETY: `Caps::probe` refused hosts whose XSAVE state is larger than the 4 KiB
         // kvm_xsave, so KVM reads no more than the struct holds.
         unsafe { fd.set_xsave(&self.xsave) }.map_err(e("set XSAVE state"))?;
         if let Some(x) = &self.xcrs {
             fd.set_xcrs(x).map_err(e("set XCRs"))?;
         }
-        fd.set_debug_regs(&self.debugregs).map_err(e("set debug registers"))?;
+        fd.set_debug_regs(&self.debugregs)
+            .map_err(e("set debug registers"))?;
         fd.set_lapic(&self.lapic).map_err(e("set the LAPIC"))?;
         let mut entries = self.msrs.clone();
         fix_zero_tsc_deadline(&mut entries);
@@ -198,7 +215,8 @@ impl VcpuState {
                 });
             }
         }
-        fd.set_vcpu_events(&self.events).map_err(e("set vCPU events"))?;
+        fd.set_vcpu_events(&self.events)
+            .map_err(e("set vCPU events"))?;
         Ok(())
     }
 }
@@ -208,7 +226,10 @@ impl VcpuState {
 /// other interrupt comes. Arming it at the saved TSC makes it fire once, at once (what
 /// Firecracker does too); the guest's handler re-arms it as it needs.
 fn fix_zero_tsc_deadline(entries: &mut [kvm_msr_entry]) {
-    let tsc = entries.iter().find(|m| m.index == MSR_IA32_TSC).map(|m| m.data);
+    let tsc = entries
+        .iter()
+        .find(|m| m.index == MSR_IA32_TSC)
+        .map(|m| m.data);
     if let (Some(tsc), Some(d)) = (
         tsc,
         entries
@@ -233,7 +254,11 @@ mod tests {
 
     #[test]
     fn tsc_goes_first_and_deadline_last_and_zero_deadline_is_armed() {
-        let mut m = vec![msr(MSR_IA32_TSC_DEADLINE, 0), msr(0x174, 1), msr(MSR_IA32_TSC, 99)];
+        let mut m = vec![
+            msr(MSR_IA32_TSC_DEADLINE, 0),
+            msr(0x174, 1),
+            msr(MSR_IA32_TSC, 99),
+        ];
         order_msrs(&mut m);
         let order: Vec<u32> = m.iter().map(|e| e.index).collect();
         assert_eq!(order, vec![MSR_IA32_TSC, 0x174, MSR_IA32_TSC_DEADLINE]);

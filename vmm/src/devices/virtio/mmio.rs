@@ -123,7 +123,10 @@ impl MmioTransport {
             config_generation: state.config_generation,
         };
         if t.active() {
-            let bad = t.queues.iter().position(|q| q.ready() && !q.is_valid(&t.mem));
+            let bad = t
+                .queues
+                .iter()
+                .position(|q| q.ready() && !q.is_valid(&t.mem));
             if let Some(i) = bad {
                 t.mark_broken(&format!("restored queue {i} is not valid"));
             } else if let Err(e) = t.device.activate(t.acked_features) {
