@@ -8,7 +8,9 @@
 //!     private / shared split from /proc/PID/smaps_rollup (shared = snapshot pages in the
 //!     page cache, which every VM restored from the file shares).
 //!
-//!   cargo bench --bench snapshot -- [-n N] [--json FILE]
+//!   cargo bench --bench snapshot -- [-n N] [--json FILE] [--reuse]
+//!
+//! `--reuse` restores the snapshot left by an earlier run instead of booting again.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -93,6 +95,7 @@ struct Sample {
     private_kib: u64,
     shared_kib: u64,
     pss_kib: u64,
+    anon_kib: u64,
 }
 
 fn spawn_vmm(args: &[String]) -> Child {
@@ -177,48 +180,21 @@ fn restore_once(
         private_kib: kib(&rollup, "Private_Clean:") + kib(&rollup, "Private_Dirty:"),
         shared_kib: kib(&rollup, "Shared_Clean:") + kib(&rollup, "Shared_Dirty:"),
         pss_kib: kib(&rollup, "Pss:"),
+        anon_kib: kib(&rollup, "Anonymous:"),
     };
     let _ = api(&api_sock, r#"{"action":"shutdown"}"#);
     let _ = child.wait();
     Ok(sample)
 }
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = (p / 100.0 * (v.len() as f64 - 1.0)).round() as usize;
-    v[rank.min(v.len() - 1)]
-}
-
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let mut n = 10usize;
-    let mut json: Option<PathBuf> = None;
-    let mut i = 1;
-    while i < args.len() {
-        match args[i].as_str() {
-            "-n" => {
-                n = args[i + 1].parse().expect("-n takes a number");
-                i += 1;
-            }
-            "--json" => {
-                json = Some(args[i + 1].clone().into());
-                i += 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapshot-bench");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// Boots the guest, waits until it dials the host, snapshots it and ends it.
+fn boot_and_snapshot(dir: &Path, state: &Path, mem: &Path, disk: &Path) {
     let kernel = kernel();
     let initrd = guest_initramfs(&dir);
-    let disk = dir.join("disk.img");
     let mut data = b"SKIFF-BENCH-DISK\n".to_vec();
     data.resize(1 << 20, 0);
     std::fs::write(&disk, data).unwrap();
 
-    println!("snapshot benchmark: 1 boot, then {n} restores in new processes (1 vCPU, 128 MiB)");
     let uds = dir.join("boot.sock");
     let api_sock = dir.join("boot.api");
     let l = listen(&uds);
@@ -242,8 +218,6 @@ fn main() {
     let mut boot = spawn_vmm(&boot_args);
     let (_c, _) = accept_hello(l, Duration::from_secs(600)).expect("booted guest dials the host");
     println!("boot → guest ready: {:.1} s", t.elapsed().as_secs_f64());
-    let state = dir.join("vm.state");
-    let mem = dir.join("vm.mem");
     let req = serde_json::json!({"action": "snapshot", "state_path": state, "memory_path": mem});
     let snap = api(&api_sock, &req.to_string());
     assert_eq!(snap["ok"], true, "{snap}");
@@ -256,7 +230,47 @@ fn main() {
         snap["memory_file_bytes"].as_u64().unwrap_or(0) >> 20,
         snap["memory_data_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
     );
+}
 
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = (p / 100.0 * (v.len() as f64 - 1.0)).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut n = 10usize;
+    let mut json: Option<PathBuf> = None;
+    let mut reuse = false;
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "-n" => {
+                n = args[i + 1].parse().expect("-n takes a number");
+                i += 1;
+            }
+            "--json" => {
+                json = Some(args[i + 1].clone().into());
+                i += 1;
+            }
+            "--reuse" => reuse = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    println!("snapshot benchmark: 1 boot, then {n} restores in new processes (1 vCPU, 128 MiB)");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapshot-bench");
+    let state = dir.join("vm.state");
+    let mem = dir.join("vm.mem");
+    let disk = dir.join("disk.img");
+    if reuse && state.exists() && mem.exists() && disk.exists() {
+        println!("reusing the snapshot in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        boot_and_snapshot(&dir, &state, &mem, &disk);
+    }
     let mut samples = Vec::new();
     for i in 0..n {
         match restore_once(&dir, i, &state, &mem, &disk) {
@@ -290,6 +304,11 @@ fn main() {
             "MiB",
         ),
         ("PSS", col(&|s| s.pss_kib as f64 / 1024.0), "MiB"),
+        (
+            "anonymous (copied-on-write + heap)",
+            col(&|s| s.anon_kib as f64 / 1024.0),
+            "MiB",
+        ),
     ];
     println!(
         "\n{} restores           {:>10} {:>10}",
