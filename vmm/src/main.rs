@@ -175,8 +175,18 @@ fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if e.use_stderr() => {
-            let first = e.to_string();
-            let line = first.lines().next().unwrap_or("bad arguments");
+            // clap's message on one line, without its usage hints.
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("Usage:")
+                        && !l.starts_with("For more information")
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
             eprintln!("skiff-vmm: {}", line.trim_start_matches("error: "));
             return ExitCode::from(code::BAD_INPUT as u8);
         }

@@ -242,6 +242,9 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     assert_eq!(snap["ok"], true, "{snap}\n{}", vm0.describe());
     eprintln!("snapshot: {snap}");
     assert_eq!(std::fs::metadata(&mem).unwrap().len(), 128 << 20);
+    // The snapshotted VM itself carries on when resumed.
+    assert_eq!(api(&api0, r#"{"action":"resume"}"#)["ok"], true);
+    ping(&mut c0, "after-snapshot");
     assert_eq!(api(&api0, r#"{"action":"shutdown"}"#)["ok"], true);
     assert_eq!(
         vm0.wait(Duration::from_secs(30)),
