@@ -6,9 +6,11 @@
 //!   - spawn → the guest dialled the host again over vsock (after the transport reset);
 //!   - the restored VMM's memory once the guest idles: peak RSS (VmHWM) and the
 //!     private / shared split from /proc/PID/smaps_rollup (shared = snapshot pages in the
-//!     page cache, which every VM restored from the file shares).
+//!     page cache, which every VM restored from the file shares);
+//! then restores K VMs at once (default 4) and reports each one's PSS, which divides the
+//! shared snapshot pages among them.
 //!
-//!   cargo bench --bench snapshot -- [-n N] [--json FILE] [--reuse]
+//!   cargo bench --bench snapshot -- [-n N] [--concurrent K] [--json FILE] [--reuse]
 //!
 //! `--reuse` restores the snapshot left by an earlier run instead of booting again.
 
@@ -108,6 +110,76 @@ fn spawn_vmm(args: &[String]) -> Child {
         .expect("spawn skiff-vmm")
 }
 
+/// Restores `k` VMs at once, waits until every guest dialled back and idles, and returns
+/// each VMM's (PSS, anonymous) memory in KiB: PSS splits the snapshot's shared pages among
+/// the VMs that map them, so it is the host memory each idle restored task costs.
+fn restore_concurrently(
+    dir: &Path,
+    k: usize,
+    state: &Path,
+    mem: &Path,
+    disk: &Path,
+) -> Vec<(u64, u64)> {
+    let mut running = Vec::new();
+    for i in 0..k {
+        let uds = dir.join(format!("c{i}.sock"));
+        let l = listen(&uds);
+        let args = restore_args(dir, &format!("c{i}"), state, mem, disk, &uds);
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-vmm"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn skiff-vmm");
+        running.push((child, l));
+    }
+    let mut conns = Vec::new();
+    let mut children = Vec::new();
+    for (child, l) in running {
+        match accept_hello(l, Duration::from_secs(120)) {
+            Ok((c, _)) => conns.push(c),
+            Err(e) => eprintln!("concurrent restore: {e}"),
+        }
+        children.push(child);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut out = Vec::new();
+    for (i, child) in children.iter_mut().enumerate() {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id()))
+            .unwrap_or_default();
+        out.push((kib(&rollup, "Pss:"), kib(&rollup, "Anonymous:")));
+        let _ = api(&dir.join(format!("c{i}.api")), r#"{"action":"shutdown"}"#);
+        let _ = child.wait();
+    }
+    out
+}
+
+fn restore_args(
+    dir: &Path,
+    name: &str,
+    state: &Path,
+    mem: &Path,
+    disk: &Path,
+    uds: &Path,
+) -> Vec<String> {
+    vec![
+        "--restore".into(),
+        state.display().to_string(),
+        "--memory-file".into(),
+        mem.display().to_string(),
+        "--disk".into(),
+        format!("{},ro", disk.display()),
+        "--vsock".into(),
+        format!("cid=3,uds={}", uds.display()),
+        "--api-sock".into(),
+        dir.join(format!("{name}.api")).display().to_string(),
+        "--serial-out".into(),
+        dir.join(format!("{name}.console")).display().to_string(),
+        "--timings".into(),
+    ]
+}
+
 fn restore_once(
     dir: &Path,
     i: usize,
@@ -118,21 +190,7 @@ fn restore_once(
     let uds = dir.join(format!("r{i}.sock"));
     let api_sock = dir.join(format!("r{i}.api"));
     let l = listen(&uds);
-    let args: Vec<String> = vec![
-        "--restore".into(),
-        state.display().to_string(),
-        "--memory-file".into(),
-        mem.display().to_string(),
-        "--disk".into(),
-        format!("{},ro", disk.display()),
-        "--vsock".into(),
-        format!("cid=3,uds={}", uds.display()),
-        "--api-sock".into(),
-        api_sock.display().to_string(),
-        "--serial-out".into(),
-        dir.join(format!("r{i}.console")).display().to_string(),
-        "--timings".into(),
-    ];
+    let args = restore_args(dir, &format!("r{i}"), state, mem, disk, &uds);
     let start = Instant::now();
     let mut child = spawn_vmm(&args);
     let pid = child.id();
@@ -243,6 +301,7 @@ fn main() {
     let mut n = 10usize;
     let mut json: Option<PathBuf> = None;
     let mut reuse = false;
+    let mut concurrent = 4usize;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -255,6 +314,10 @@ fn main() {
                 i += 1;
             }
             "--reuse" => reuse = true,
+            "--concurrent" => {
+                concurrent = args[i + 1].parse().expect("--concurrent takes a number");
+                i += 1;
+            }
             _ => {}
         }
         i += 1;
@@ -323,6 +386,19 @@ fn main() {
         doc.insert(
             format!("{name} ({unit})"),
             serde_json::json!({"p50": p50, "p90": p90}),
+        );
+    }
+    if concurrent > 0 {
+        let m = restore_concurrently(&dir, concurrent, &state, &mem, &disk);
+        let pss: Vec<f64> = m.iter().map(|x| x.0 as f64 / 1024.0).collect();
+        let anon: Vec<f64> = m.iter().map(|x| x.1 as f64 / 1024.0).collect();
+        let (p, a) = (percentile(pss, 50.0), percentile(anon, 50.0));
+        println!(
+            "{concurrent} restored VMs running at once: PSS per VMM {p:.2} MiB, anonymous {a:.2} MiB (median)"
+        );
+        doc.insert(
+            format!("{concurrent} at once: PSS per VMM (MiB)"),
+            serde_json::json!({"p50": p}),
         );
     }
     if let Some(path) = json {
