@@ -65,6 +65,8 @@ pub fn handle(ctl: &Controller, line: &str) -> (Value, bool) {
                 "memory_data_bytes": r.memory_data_bytes,
                 "memory_file_bytes": r.memory_file_bytes,
                 "millis": r.millis,
+                "msrs": r.msrs,
+                "pvm_msrs": r.pvm_msrs,
             })
         }),
         Request::Shutdown {} => Ok(json!({"ok": true})),

@@ -22,7 +22,7 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::VirtioSnapshot;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::snapshot::file::{self, FileError};
-use crate::snapshot::vcpu::VcpuStateError;
+use crate::snapshot::vcpu::{self, Caps, VcpuStateError};
 use crate::snapshot::vmstate::{VmState, VmStateError};
 use crate::snapshot::{MachineInfo, Snapshot};
 
@@ -57,6 +57,9 @@ pub struct SnapshotReport {
     pub memory_data_bytes: u64,
     pub memory_file_bytes: u64,
     pub millis: f64,
+    /// MSRs saved per vCPU, and how many of them are PVM's own.
+    pub msrs: usize,
+    pub pvm_msrs: usize,
 }
 
 type TransportSlot = (u32, u64, u32, Arc<Mutex<MmioTransport>>);
@@ -67,6 +70,7 @@ struct Inner {
 }
 
 pub struct Controller {
+    kvm: kvm_ioctls::Kvm,
     vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
     devices: Vec<TransportSlot>,
@@ -85,6 +89,7 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Controller {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        kvm: kvm_ioctls::Kvm,
         vm: Arc<VmFd>,
         mem: GuestMemoryMmap,
         devices: Vec<TransportSlot>,
@@ -96,6 +101,7 @@ impl Controller {
         exit: Arc<ExitSignal>,
     ) -> Self {
         Self {
+            kvm,
             vm,
             mem,
             devices,
@@ -200,9 +206,14 @@ impl Controller {
                 device: t.save_device_state(),
             })
             .collect();
+        let caps = Caps::probe(&self.kvm)?;
+        let msrs = Arc::new(vcpu::msrs_to_save(&self.kvm)?);
         for v in &self.vcpus {
             v.commands
-                .send(VcpuCommand::SaveState)
+                .send(VcpuCommand::SaveState {
+                    msrs: msrs.clone(),
+                    caps,
+                })
                 .map_err(|_| ControlError::Gone)?;
         }
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
@@ -224,11 +235,8 @@ impl Controller {
                     .count()
             })
             .unwrap_or(0);
-        tracing::info!(
-            msrs = vcpus.first().map_or(0, |v| v.msrs.len()),
-            pvm_msrs,
-            "vCPU state saved"
-        );
+        let msr_count = vcpus.first().map_or(0, |v| v.msrs.len());
+        tracing::info!(msrs = msr_count, pvm_msrs, "vCPU state saved");
         let snap = Snapshot {
             machine: self.machine.clone(),
             vm: VmState::save(&self.vm)?,
@@ -245,6 +253,8 @@ impl Controller {
             memory_data_bytes,
             memory_file_bytes: self.machine.regions.iter().map(|r| r.1).sum(),
             millis: start.elapsed().as_secs_f64() * 1000.0,
+            msrs: msr_count,
+            pvm_msrs,
         };
         tracing::info!(?report, "snapshot written");
         Ok(report)

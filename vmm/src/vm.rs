@@ -31,7 +31,6 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostQuirks;
 use crate::layout::{self, MemoryError};
 use crate::profile::{self, Sampler, SymbolMap};
-use crate::snapshot::vcpu::Caps;
 use crate::snapshot::MachineInfo;
 
 /// KVM needs three pages for the real-mode TSS just below 4 GiB.
@@ -132,12 +131,12 @@ impl AttachedVirtio {
 
 /// Puts virtio device number `slot` on the MMIO bus with its interrupt (irqfd) and queue
 /// notifications (ioeventfds); `make` builds its transport around the interrupt.
-pub(crate) fn attach_virtio(
+pub(crate) fn attach_virtio<E: From<VmError>>(
     vm: &VmFd,
     bus: &mut MmioBus,
     slot: u32,
-    make: impl FnOnce(Interrupt) -> Result<MmioTransport, VmError>,
-) -> Result<AttachedVirtio, VmError> {
+    make: impl FnOnce(Interrupt) -> Result<MmioTransport, E>,
+) -> Result<AttachedVirtio, E> {
     let base = layout::VIRTIO_MMIO_START + slot as u64 * layout::VIRTIO_MMIO_SIZE;
     let gsi = layout::VIRTIO_IRQ_START + slot;
     let irqfd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
@@ -158,7 +157,8 @@ pub(crate) fn attach_virtio(
         queue_evts.push(evt);
     }
     let transport = Arc::new(Mutex::new(transport));
-    bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+    bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())
+        .map_err(VmError::from)?;
     let subscriber: Subscriber = Arc::new(Mutex::new(MmioSubscriber::new(
         transport.clone(),
         queue_evts,
@@ -281,14 +281,14 @@ impl Vm {
         for (i, disk) in config.disks.iter().enumerate() {
             let dev = Block::open(disk, &Block::path_id(&disk.path, i))?;
             devices.push(attach_virtio(&vm, &mut mmio, i as u32, |irq| {
-                Ok(MmioTransport::new(Box::new(dev), mem.clone(), irq))
+                Ok::<_, VmError>(MmioTransport::new(Box::new(dev), mem.clone(), irq))
             })?);
         }
         if let Some(v) = &config.vsock {
             let dev = Vsock::new(v)?;
             let slot = config.disks.len() as u32;
             devices.push(attach_virtio(&vm, &mut mmio, slot, |irq| {
-                Ok(MmioTransport::new(Box::new(dev), mem.clone(), irq))
+                Ok::<_, VmError>(MmioTransport::new(Box::new(dev), mem.clone(), irq))
             })?);
         }
 
@@ -372,19 +372,6 @@ impl Vm {
         let _event_loop =
             event_loop::spawn(subscribers, self.exit.clone()).map_err(io_err("event loop"))?;
 
-        let msr_indices = Arc::new(
-            self.kvm
-                .get_msr_index_list()
-                .map(|l| l.as_slice().to_vec())
-                .unwrap_or_default(),
-        );
-        let caps = match Caps::probe(&self.kvm) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!("snapshots unavailable: {e}");
-                None
-            }
-        };
         let pause = Arc::new(AtomicBool::new(false));
         let (reply_tx, reply_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
@@ -395,8 +382,6 @@ impl Vm {
                 pause: pause.clone(),
                 commands: cmd_rx,
                 replies: reply_tx.clone(),
-                msr_indices: msr_indices.clone(),
-                caps,
             };
             let bus = self.bus.clone();
             let mmio = self.mmio.clone();
@@ -417,6 +402,7 @@ impl Vm {
         }
 
         let controller = Arc::new(Controller::new(
+            self.kvm,
             self.vm.clone(),
             self.mem.clone(),
             self.devices

@@ -241,6 +241,7 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     let snap = api(&api0, &req.to_string());
     assert_eq!(snap["ok"], true, "{snap}\n{}", vm0.describe());
     eprintln!("snapshot: {snap}");
+    assert!(snap["msrs"].as_u64().unwrap() > 10, "{snap}");
     assert_eq!(std::fs::metadata(&mem).unwrap().len(), 128 << 20);
     // The snapshotted VM itself carries on when resumed.
     assert_eq!(api(&api0, r#"{"action":"resume"}"#)["ok"], true);

@@ -23,7 +23,11 @@ use crate::snapshot::vcpu::{Caps, VcpuState, VcpuStateError};
 /// What the VM's controller asks of a paused vCPU thread.
 pub enum VcpuCommand {
     Resume,
-    SaveState,
+    /// Save the state, with these MSRs (what KVM lists, and PVM's own on PVM hosts).
+    SaveState {
+        msrs: Arc<Vec<u32>>,
+        caps: Caps,
+    },
 }
 
 /// What a vCPU thread tells the controller.
@@ -39,9 +43,6 @@ pub struct VcpuControl {
     pub pause: Arc<AtomicBool>,
     pub commands: Receiver<VcpuCommand>,
     pub replies: Sender<VcpuReply>,
-    /// KVM's MSR index list, for saving state.
-    pub msr_indices: Arc<Vec<u32>>,
-    pub caps: Option<Caps>,
 }
 
 #[derive(Debug, Error)]
@@ -143,11 +144,8 @@ impl Vcpu {
         }
         loop {
             match ctl.commands.recv() {
-                Ok(VcpuCommand::SaveState) => {
-                    let r = match ctl.caps {
-                        Some(caps) => VcpuState::save(&self.fd, self.id, &ctl.msr_indices, caps),
-                        None => Err(VcpuStateError::NoCaps(self.id)),
-                    };
+                Ok(VcpuCommand::SaveState { msrs, caps }) => {
+                    let r = VcpuState::save(&self.fd, self.id, &msrs, caps);
                     if ctl.replies.send(VcpuReply::State(Box::new(r))).is_err() {
                         return false;
                     }

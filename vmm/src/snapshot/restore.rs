@@ -194,25 +194,14 @@ impl Vm {
                     Box::new(Vsock::restore(v, s)?)
                 }
             };
-            let mut persist_err = None;
             let attached = vm::attach_virtio(&vm, &mut mmio, d.slot, |irq| {
-                MmioTransport::restore(dev, mem.clone(), irq, &d.transport).map_err(|e| {
-                    persist_err = Some(e);
-                    VmError::Io {
-                        what: "virtio transport",
-                        source: std::io::Error::other("restore refused"),
-                    }
-                })
-            });
-            let attached = match (attached, persist_err) {
-                (_, Some(source)) => {
-                    return Err(RestoreError::Persist {
+                MmioTransport::restore(dev, mem.clone(), irq, &d.transport).map_err(|source| {
+                    RestoreError::Persist {
                         slot: d.slot,
                         source,
-                    })
-                }
-                (r, None) => r?,
-            };
+                    }
+                })
+            })?;
             devices.push(attached);
         }
         let out = vm::console_out(cfg.serial_out.as_deref(), &exit)?;

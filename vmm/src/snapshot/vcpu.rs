@@ -53,8 +53,6 @@ pub enum VcpuStateError {
     },
     #[error("this host's XSAVE state is {0} bytes; snapshots support at most 4096 (no AMX)")]
     XsaveTooLarge(i32),
-    #[error("vCPU {0}: this host cannot save vCPU state")]
-    NoCaps(u8),
     #[error("vCPU {0}: the saved state has {1} CPUID entries, more than KVM takes")]
     Cpuid(u8, usize),
 }
@@ -75,6 +73,29 @@ impl Caps {
             xcrs: kvm.check_extension(Cap::Xcrs),
         })
     }
+}
+
+/// The MSRs to save: KVM's MSR index list, and on PVM hosts PVM's own MSRs
+/// (0x4b564df0–0x4b564df7) where the list lacks them (measured: this host's list has KVM's
+/// paravirt MSRs 0x4b564d00–07 but not PVM's). Those that do not read are dropped later.
+pub fn msrs_to_save(kvm: &Kvm) -> Result<Vec<u32>, VcpuStateError> {
+    let mut list = kvm
+        .get_msr_index_list()
+        .map_err(|source| VcpuStateError::Kvm {
+            id: 0,
+            what: "read KVM's MSR index list",
+            source,
+        })?
+        .as_slice()
+        .to_vec();
+    if crate::host::HostQuirks::detect(kvm).pvm {
+        for m in crate::host::PVM_MSR_FIRST..=crate::host::PVM_MSR_LAST {
+            if !list.contains(&m) {
+                list.push(m);
+            }
+        }
+    }
+    Ok(list)
 }
 
 /// The MSRs of KVM's index list that this vCPU can read, with their values. KVM reads a
