@@ -6,8 +6,9 @@
 //!   - spawn → the guest dialled the host again over vsock (after the transport reset);
 //!   - the restored VMM's memory once the guest idles: peak RSS (VmHWM) and the
 //!     private / shared split from /proc/PID/smaps_rollup (shared = snapshot pages in the
-//!     page cache, which every VM restored from the file shares);
-//! then restores K VMs at once (default 4) and reports each one's PSS, which divides the
+//!     page cache, which every VM restored from the file shares).
+//!
+//! Then it restores K VMs at once (default 4) and reports each one's PSS, which divides the
 //! shared snapshot pages among them.
 //!
 //!   cargo bench --bench snapshot -- [-n N] [--concurrent K] [--json FILE] [--reuse]
