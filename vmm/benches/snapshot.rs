@@ -249,10 +249,10 @@ fn restore_once(
 /// Boots the guest, waits until it dials the host, snapshots it and ends it.
 fn boot_and_snapshot(dir: &Path, state: &Path, mem: &Path, disk: &Path) {
     let kernel = kernel();
-    let initrd = guest_initramfs(&dir);
+    let initrd = guest_initramfs(dir);
     let mut data = b"SKIFF-BENCH-DISK\n".to_vec();
     data.resize(1 << 20, 0);
-    std::fs::write(&disk, data).unwrap();
+    std::fs::write(disk, data).unwrap();
 
     let uds = dir.join("boot.sock");
     let api_sock = dir.join("boot.api");
