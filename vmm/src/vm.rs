@@ -175,9 +175,21 @@ pub(crate) fn attach_virtio<E: From<VmError>>(
 /// A KVM VM with the TSS region, the in-kernel irqchip and the PIT: what boot and restore
 /// both start from.
 pub(crate) fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let vm = create_bare_vm(kvm)?;
+    create_irqchip_and_pit(&vm)?;
+    Ok(vm)
+}
+
+/// A KVM VM with only its TSS region.
+pub(crate) fn create_bare_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("set the TSS address"))?;
+    Ok(vm)
+}
+
+/// The in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT; before any vCPU exists.
+pub(crate) fn create_irqchip_and_pit(vm: &VmFd) -> Result<(), VmError> {
     vm.create_irq_chip()
         .map_err(kvm_err("create the irqchip"))?;
     let pit = kvm_pit_config {
@@ -185,7 +197,7 @@ pub(crate) fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
-    Ok(vm)
+    Ok(())
 }
 
 /// The console output: a file, or stdout.

@@ -126,14 +126,19 @@ impl Vcpu {
         Ok(Self { id, fd })
     }
 
-    /// Creates vCPU `id` and writes a saved state into it.
-    pub fn restore(vm: &VmFd, state: &VcpuState) -> Result<Self, VcpuError> {
+    /// Creates vCPU `id` and writes the saved registers into it (not yet its MSRs and
+    /// events: [`Vcpu::restore_msrs_and_events`], once guest memory is registered).
+    pub fn restore_registers(vm: &VmFd, state: &VcpuState) -> Result<Self, VcpuError> {
         let id = state.id;
         let fd = vm
             .create_vcpu(id as u64)
             .map_err(|source| VcpuError::Create { id, source })?;
-        state.restore(&fd)?;
+        state.restore_registers(&fd)?;
         Ok(Self { id, fd })
+    }
+
+    pub fn restore_msrs_and_events(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        Ok(state.restore_msrs_and_events(&self.fd)?)
     }
 
     /// Parks the thread until the controller resumes it; serves state requests meanwhile.

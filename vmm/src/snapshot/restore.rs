@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::Kvm;
-use vm_memory::GuestAddress;
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::file::{self, FileError};
 use super::vmstate::VmStateError;
 use super::Snapshot;
 use crate::cpu::vcpu::{Vcpu, VcpuError};
 use crate::devices::mmio_bus::MmioBus;
+use crate::devices::pio::PioBus;
 use crate::devices::serial::{SerialPort, SerialRestoreError};
 use crate::devices::virtio::block::persist::BlockRestoreError;
 use crate::devices::virtio::block::{Block, BlockConfig};
@@ -23,7 +24,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
 use crate::layout;
-use crate::vm::{self, RunOptions, Vm, VmError};
+use crate::vm::{self, AttachedVirtio, RunOptions, Vm, VmError};
 
 /// What the caller gives at restore.
 #[derive(Debug, Clone)]
@@ -130,6 +131,75 @@ fn validate(snap: &Snapshot, path: &std::path::Path) -> Result<(), RestoreError>
     Ok(())
 }
 
+/// What [`rebuild`] makes: the virtio devices, the MMIO bus, COM1, the PIO bus, the vCPUs
+/// (registers written, MSRs and events not yet).
+type Rebuilt = (
+    Vec<AttachedVirtio>,
+    MmioBus,
+    Arc<Mutex<SerialPort>>,
+    PioBus,
+    Vec<Vcpu>,
+);
+
+/// Rebuilds the VM-wide state, the vCPUs' registers and the devices from a snapshot.
+fn rebuild(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    snap: &Snapshot,
+    cfg: &RestoreConfig,
+    exit: &Arc<ExitSignal>,
+    timings: &mut Vec<(&'static str, Duration)>,
+    t0: Instant,
+) -> Result<Rebuilt, RestoreError> {
+    // vCPUs first: registering irqfds and ioeventfds waits for the memory slots (KVM's
+    // slots lock), creating the irqchip and vCPUs does not.
+    vm::create_irqchip_and_pit(vm)?;
+    snap.vm.restore(vm)?;
+    let mut vcpus = Vec::with_capacity(snap.vcpus.len());
+    for s in &snap.vcpus {
+        vcpus.push(Vcpu::restore_registers(vm, s)?);
+    }
+    timings.push(("irqchip + vCPU registers", t0.elapsed()));
+    let mut mmio = MmioBus::default();
+    let mut devices = Vec::with_capacity(snap.devices.len());
+    let mut disks = cfg.disks.iter().enumerate();
+    for d in &snap.devices {
+        let dev: Box<dyn VirtioDevice> = match &d.device {
+            DeviceState::Block(s) => {
+                let (i, disk) = disks
+                    .next()
+                    .ok_or_else(|| RestoreError::Mismatch("fewer disks than saved".into()))?;
+                Box::new(Block::restore(i, disk, s)?)
+            }
+            DeviceState::Vsock(s) => {
+                let v = cfg.vsock.as_ref().ok_or_else(|| {
+                    RestoreError::Mismatch("the snapshot has a vsock device".into())
+                })?;
+                Box::new(Vsock::restore(v, s)?)
+            }
+        };
+        let attached = vm::attach_virtio(vm, &mut mmio, d.slot, |irq| {
+            MmioTransport::restore(dev, mem.clone(), irq, &d.transport).map_err(|source| {
+                RestoreError::Persist {
+                    slot: d.slot,
+                    source,
+                }
+            })
+        })?;
+        devices.push(attached);
+    }
+    let out = vm::console_out(cfg.serial_out.as_deref(), exit)?;
+    let serial = Arc::new(Mutex::new(SerialPort::restore(
+        &snap.serial,
+        vm::serial_irq(vm)?,
+        out,
+    )?));
+    let bus = vm::legacy_bus(serial.clone(), exit)?;
+    timings.push(("devices", t0.elapsed()));
+
+    Ok((devices, mmio, serial, bus, vcpus))
+}
+
 impl Vm {
     /// Rebuilds a VM from a snapshot. The guest does not run until [`Vm::run`].
     pub fn restore(cfg: RestoreConfig) -> Result<Self, RestoreError> {
@@ -169,54 +239,26 @@ impl Vm {
         timings.push(("read state + map memory", t0.elapsed()));
 
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let vm = vm::create_vm(&kvm)?;
+        let vm = vm::create_bare_vm(&kvm)?;
         timings.push(("KVM VM", t0.elapsed()));
-        vm::register_memory(&vm, &mem)?;
-        // KVM_SET_USER_MEMORY_REGION: ~4 ms for 128 MiB on PVM hosts, the largest part.
-        timings.push(("register memory", t0.elapsed()));
-
+        // KVM_SET_USER_MEMORY_REGION for 128 MiB takes ~4 ms on PVM hosts, mostly waiting
+        // (perf sees almost no CPU time in it): it runs on its own thread while the
+        // irqchip, VM state, vCPU registers and devices are rebuilt, none of which needs
+        // the memory slots.
         let exit = Arc::new(ExitSignal::new().map_err(vm::io_err("exit event"))?);
-        let mut mmio = MmioBus::default();
-        let mut devices = Vec::with_capacity(snap.devices.len());
-        let mut disks = cfg.disks.iter().enumerate();
-        for d in &snap.devices {
-            let dev: Box<dyn VirtioDevice> = match &d.device {
-                DeviceState::Block(s) => {
-                    let (i, disk) = disks
-                        .next()
-                        .ok_or_else(|| RestoreError::Mismatch("fewer disks than saved".into()))?;
-                    Box::new(Block::restore(i, disk, s)?)
-                }
-                DeviceState::Vsock(s) => {
-                    let v = cfg.vsock.as_ref().ok_or_else(|| {
-                        RestoreError::Mismatch("the snapshot has a vsock device".into())
-                    })?;
-                    Box::new(Vsock::restore(v, s)?)
-                }
-            };
-            let attached = vm::attach_virtio(&vm, &mut mmio, d.slot, |irq| {
-                MmioTransport::restore(dev, mem.clone(), irq, &d.transport).map_err(|source| {
-                    RestoreError::Persist {
-                        slot: d.slot,
-                        source,
-                    }
-                })
-            })?;
-            devices.push(attached);
-        }
-        let out = vm::console_out(cfg.serial_out.as_deref(), &exit)?;
-        let serial = Arc::new(Mutex::new(SerialPort::restore(
-            &snap.serial,
-            vm::serial_irq(&vm)?,
-            out,
-        )?));
-        let bus = vm::legacy_bus(serial.clone(), &exit)?;
-        timings.push(("devices", t0.elapsed()));
-
-        snap.vm.restore(&vm)?;
-        let mut vcpus = Vec::with_capacity(snap.vcpus.len());
-        for s in &snap.vcpus {
-            vcpus.push(Vcpu::restore(&vm, s)?);
+        let (rest, registered) = std::thread::scope(|s| {
+            let reg = s.spawn(|| vm::register_memory(&vm, &mem));
+            let rest = rebuild(&vm, &mem, &snap, &cfg, &exit, &mut timings, t0);
+            (rest, reg.join())
+        });
+        let (devices, mmio, serial, bus, vcpus) = rest?;
+        registered.map_err(|_| VmError::Io {
+            what: "guest memory",
+            source: std::io::Error::other("memory registration thread panicked"),
+        })??;
+        timings.push(("memory registered", t0.elapsed()));
+        for (v, s) in vcpus.iter().zip(&snap.vcpus) {
+            v.restore_msrs_and_events(s)?;
         }
         // Devices act once (vsock's transport reset) now that interrupts can be delivered.
         for d in &devices {
@@ -225,7 +267,7 @@ impl Vm {
                 .unwrap_or_else(|p| p.into_inner())
                 .after_restore();
         }
-        timings.push(("vCPU + irqchip state", t0.elapsed()));
+        timings.push(("MSRs + events", t0.elapsed()));
 
         Ok(Self {
             kvm,

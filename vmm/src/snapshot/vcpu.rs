@@ -197,8 +197,16 @@ impl VcpuState {
         })
     }
 
-    /// Writes this state into a fresh vCPU.
+    /// Writes this state into a fresh vCPU: [`Self::restore_registers`], then
+    /// [`Self::restore_msrs_and_events`].
     pub fn restore(&self, fd: &VcpuFd) -> Result<(), VcpuStateError> {
+        self.restore_registers(fd)?;
+        self.restore_msrs_and_events(fd)
+    }
+
+    /// CPUID, MP state, registers, FPU/XSAVE, XCRs, debug registers, LAPIC: none of these
+    /// touch guest memory, so they may be written while the memory slots are registered.
+    pub fn restore_registers(&self, fd: &VcpuFd) -> Result<(), VcpuStateError> {
         let id = self.id;
         let e = |what| move |source| VcpuStateError::Kvm { id, what, source };
         let cpuid = CpuId::from_entries(&self.cpuid)
@@ -217,6 +225,14 @@ impl VcpuState {
         fd.set_debug_regs(&self.debugregs)
             .map_err(e("set debug registers"))?;
         fd.set_lapic(&self.lapic).map_err(e("set the LAPIC"))?;
+        Ok(())
+    }
+
+    /// MSRs, then vCPU events. Needs guest memory registered: paravirt MSRs (kvmclock,
+    /// async page faults, steal time) name guest pages that KVM looks up when they are set.
+    pub fn restore_msrs_and_events(&self, fd: &VcpuFd) -> Result<(), VcpuStateError> {
+        let id = self.id;
+        let e = |what| move |source| VcpuStateError::Kvm { id, what, source };
         let mut entries = self.msrs.clone();
         fix_zero_tsc_deadline(&mut entries);
         for chunk in entries.chunks(kvm_bindings::KVM_MAX_MSR_ENTRIES) {
