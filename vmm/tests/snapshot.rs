@@ -3,7 +3,8 @@
 //! over vsock and answers pings; after a restore, vsock's transport reset drops its old
 //! connection and it dials again — to the socket path given at restore — with its
 //! connection count (state carried over), random bytes, its clock and the first line of
-//! /dev/vda (the disk given at restore). Bad snapshot files are refused with exit code 2.
+//! /dev/vda (the disk given at restore). A restored VM's own snapshot restores too. Bad
+//! snapshot files are refused with exit code 2.
 //! One boot only: each costs 20-60 s on PVM hosts.
 
 mod common;
@@ -256,6 +257,9 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     drop(c0);
 
     // 3. Two restores in new processes, each with its own vsock socket; disk B, then A.
+    // The first one is snapshotted again.
+    let state2 = dir.join("vm2.state");
+    let mem2 = dir.join("vm2.mem");
     let mut hellos = Vec::new();
     for (i, (d, want)) in [(&disk_b, "SKIFF-DISK-B"), (&disk_a, "SKIFF-DISK-A")]
         .iter()
@@ -307,6 +311,12 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
             "{}",
             vm.describe()
         );
+        if i == 0 {
+            // A restored VM can be snapshotted in turn.
+            let req = serde_json::json!({"action": "snapshot", "state_path": state2, "memory_path": mem2});
+            let r = api(&api_sock, &req.to_string());
+            assert_eq!(r["ok"], true, "{r}\n{}", vm.describe());
+        }
         assert_eq!(api(&api_sock, r#"{"action":"shutdown"}"#)["ok"], true);
         assert_eq!(
             vm.wait(Duration::from_secs(30)),
@@ -318,7 +328,38 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     }
     eprintln!("hellos after restore: {hellos:?}");
 
-    // 4. Bad files and flags: exit 2, one line, before any VM runs.
+    // 4. The snapshot of a restored VM restores too: its guest counts a third connection.
+    let uds3 = dir.join("v3.sock");
+    let api3 = dir.join("api3.sock");
+    let l3 = listen(&uds3);
+    let mut vm3 = Vmm::start(
+        &dir,
+        "restore3",
+        &[
+            "--restore",
+            &s(&state2),
+            "--memory-file",
+            &s(&mem2),
+            "--disk",
+            &format!("{},ro", disk_b.display()),
+            "--vsock",
+            &format!("cid=3,uds={}", uds3.display()),
+            "--api-sock",
+            &s(&api3),
+        ],
+    );
+    let (mut c3, hello3) = accept_hello(&l3, &mut vm3, Duration::from_secs(120));
+    assert_eq!(field(&hello3, "conn"), "3", "{hello3}\n{}", vm3.describe());
+    ping(&mut c3, "restore3");
+    assert_eq!(api(&api3, r#"{"action":"shutdown"}"#)["ok"], true);
+    assert_eq!(
+        vm3.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        vm3.describe()
+    );
+
+    // 5. Bad files and flags: exit 2, one line, before any VM runs.
     let restore_args = |st: &Path, m: &Path| -> Vec<String> {
         vec![
             "--restore".into(),
