@@ -67,3 +67,59 @@ pub fn send_transport_reset(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    const F_WRITE: u16 = 2;
+    const BUF: u64 = 0x10_0000;
+
+    fn setup() -> (GuestMemoryMmap, Interrupt) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        (mem, irq)
+    }
+
+    #[test]
+    fn transport_reset_fills_one_event_buffer_and_interrupts() {
+        let (mem, irq) = setup();
+        mem.write_obj(0xffff_ffff_u32, GuestAddress(BUF)).unwrap();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let descs = [
+            RawDescriptor::from(Descriptor::new(BUF, 4, F_WRITE, 0)),
+            RawDescriptor::from(Descriptor::new(BUF + 0x100, 4, F_WRITE, 0)),
+        ];
+        mq.add_desc_chains(&descs, 0).unwrap();
+        let mut q: Queue = mq.create_queue().unwrap();
+        send_transport_reset(&mut q, &mem, &irq).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(BUF)).unwrap(), 0);
+        assert_eq!(
+            q.next_used(),
+            1,
+            "one buffer used, the other left for later"
+        );
+        let used_len: u32 = mem.read_obj(mq.used_addr().unchecked_add(4 + 4)).unwrap();
+        assert_eq!(used_len, EVENT_LEN);
+        assert_ne!(irq.status() & INTERRUPT_USED_RING, 0);
+    }
+
+    #[test]
+    fn no_buffer_or_a_read_only_one_is_not_an_error() {
+        let (mem, irq) = setup();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let mut q: Queue = mq.create_queue().unwrap();
+        send_transport_reset(&mut q, &mem, &irq).unwrap();
+        assert_eq!(q.next_used(), 0);
+        let ro = [RawDescriptor::from(Descriptor::new(BUF, 4, 0, 0))];
+        mq.add_desc_chains(&ro, 0).unwrap();
+        send_transport_reset(&mut q, &mem, &irq).unwrap();
+        // Returned unused (length 0), never written.
+        assert_eq!(q.next_used(), 1);
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(BUF)).unwrap(), 0);
+    }
+}
