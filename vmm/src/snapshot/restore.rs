@@ -291,3 +291,107 @@ impl Vm {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::serial::SerialSnapshot;
+    use crate::devices::virtio::persist::{TransportState, VirtioSnapshot};
+    use crate::devices::virtio::vsock::persist::VsockState;
+    use crate::snapshot::vcpu::VcpuState;
+    use crate::snapshot::vmstate::VmState;
+    use crate::snapshot::MachineInfo;
+
+    fn snapshot() -> Snapshot {
+        let vcpu = VcpuState {
+            id: 0,
+            cpuid: Vec::new(),
+            mp_state: Default::default(),
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: Default::default(),
+            xcrs: None,
+            debugregs: Default::default(),
+            lapic: Default::default(),
+            msrs: Vec::new(),
+            events: Default::default(),
+        };
+        Snapshot {
+            machine: MachineInfo {
+                vcpus: 1,
+                memory_bytes: 128 << 20,
+                regions: vec![(0, 128 << 20)],
+                pvm: false,
+                written_by: "test".into(),
+            },
+            vm: VmState {
+                pic_master: Default::default(),
+                pic_slave: Default::default(),
+                ioapic: Default::default(),
+                pit: Default::default(),
+                clock: Default::default(),
+            },
+            vcpus: vec![vcpu],
+            serial: SerialSnapshot {
+                baud_divisor_low: 0,
+                baud_divisor_high: 0,
+                interrupt_enable: 0,
+                interrupt_identification: 0,
+                line_control: 0,
+                line_status: 0,
+                modem_control: 0,
+                modem_status: 0,
+                scratch: 0,
+                in_buffer: Vec::new(),
+            },
+            devices: vec![VirtioSnapshot {
+                slot: 0,
+                mmio_base: layout::VIRTIO_MMIO_START,
+                irq: layout::VIRTIO_IRQ_START,
+                transport: TransportState {
+                    device_type: 19,
+                    status: 0,
+                    acked_features: 0,
+                    device_features_sel: 0,
+                    driver_features_sel: 0,
+                    queue_sel: 0,
+                    config_generation: 0,
+                    interrupt_status: 0,
+                    queues: Vec::new(),
+                },
+                device: DeviceState::Vsock(VsockState { guest_cid: 3 }),
+            }],
+        }
+    }
+
+    fn check(s: &Snapshot) -> Result<(), RestoreError> {
+        validate(s, std::path::Path::new("s"))
+    }
+
+    #[test]
+    fn a_consistent_snapshot_passes_and_each_lie_is_named() {
+        assert!(check(&snapshot()).is_ok());
+        let mut s = snapshot();
+        s.machine.vcpus = 2;
+        assert!(check(&s).unwrap_err().to_string().contains("vCPU states"));
+        let mut s = snapshot();
+        s.machine.vcpus = 200;
+        assert!(check(&s).unwrap_err().to_string().contains("200 vCPUs"));
+        let mut s = snapshot();
+        s.vcpus[0].id = 5;
+        assert!(check(&s).is_err());
+        let mut s = snapshot();
+        s.machine.memory_bytes = (128 << 20) + 4096;
+        assert!(check(&s).unwrap_err().to_string().contains("memory size"));
+        let mut s = snapshot();
+        s.machine.regions = vec![(0, 64 << 20)];
+        assert!(check(&s).unwrap_err().to_string().contains("regions"));
+        let mut s = snapshot();
+        s.devices[0].irq = 9;
+        assert!(check(&s).unwrap_err().to_string().contains("IRQ 9"));
+        let mut s = snapshot();
+        s.devices[0].slot = 40;
+        assert!(check(&s).is_err());
+        assert!(check(&s).unwrap_err().is_bad_input());
+    }
+}
