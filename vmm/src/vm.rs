@@ -460,6 +460,9 @@ impl Vm {
         if let (Some(s), Some(out)) = (&sampler, &self.options.profile_out) {
             write_profile(s, out, self.options.profile_symbols.as_deref());
         }
+        if let Some(path) = &self.options.api_sock {
+            let _ = std::fs::remove_file(path);
+        }
         let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let _ = serial.0.writer_mut().flush();
         Ok(reason)
