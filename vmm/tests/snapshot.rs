@@ -236,6 +236,14 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     ping(&mut c0, "after-resume");
     let bad = api(&api0, r#"{"action":"fly"}"#);
     assert_eq!(bad["ok"], false, "{bad}");
+    // A snapshot that cannot be written says why; the VM stays paused and usable.
+    let req = serde_json::json!({"action": "snapshot", "state_path": "/nonexistent/s", "memory_path": "/nonexistent/m"});
+    let failed = api(&api0, &req.to_string());
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("/nonexistent/"),
+        "{failed}"
+    );
     let state = dir.join("vm.state");
     let mem = dir.join("vm.mem");
     let req = serde_json::json!({"action": "snapshot", "state_path": state, "memory_path": mem});
