@@ -21,6 +21,8 @@ pub enum ExitReason {
     VmmError(String),
     /// The VMM was asked to stop (SIGTERM or SIGINT).
     Stopped(i32),
+    /// The control API asked for a shutdown.
+    Shutdown,
 }
 
 static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -48,7 +50,7 @@ pub mod code {
 impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Reset | Self::PowerOff => code::OK,
+            Self::Reset | Self::PowerOff | Self::Shutdown => code::OK,
             Self::GuestPanic => code::GUEST_PANIC,
             Self::TripleFault | Self::VcpuFailed(_) => code::VCPU_FAILED,
             Self::VmmError(_) => code::VMM_ERROR,
@@ -59,7 +61,7 @@ impl ExitReason {
     /// One line for stderr, or None for a clean exit.
     pub fn message(&self) -> Option<String> {
         match self {
-            Self::Reset | Self::PowerOff => None,
+            Self::Reset | Self::PowerOff | Self::Shutdown => None,
             Self::GuestPanic => Some("guest kernel panicked".to_owned()),
             Self::TripleFault => Some("guest triple-faulted (KVM shutdown exit)".to_owned()),
             Self::VcpuFailed(m) => Some(format!("vCPU failed: {m}")),

@@ -4,10 +4,14 @@
 //! [`config`] (what to run), [`layout`] (guest physical memory), [`boot`] (kernel,
 //! initramfs, boot_params, MP table, long-mode registers), [`cpu`] (CPUID, MSRs, LAPIC,
 //! the vCPU loop), [`devices`] (serial, i8042), [`event_loop`], [`exit`] (why a VM
-//! ended), [`host`] (PVM detection), [`profile`] (guest RIP sampling), [`initramfs`].
+//! ended), [`host`] (PVM detection), [`profile`] (guest RIP sampling), [`initramfs`],
+//! [`snapshot`] (state and memory files, restore), [`controller`] and [`api`] (pause,
+//! resume, snapshot, shutdown over a control socket).
 
+pub mod api;
 pub mod boot;
 pub mod config;
+pub mod controller;
 pub mod cpu;
 pub mod devices;
 pub mod event_loop;
@@ -16,6 +20,7 @@ pub mod host;
 pub mod initramfs;
 pub mod layout;
 pub mod profile;
+pub mod snapshot;
 pub mod vm;
 
 pub use config::VmConfig;

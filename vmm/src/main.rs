@@ -54,6 +54,22 @@ struct Args {
     /// Samples per second per vCPU for --profile-out.
     #[arg(long)]
     profile_hz: Option<u32>,
+    /// Serve the control API (pause, resume, snapshot, shutdown) on this Unix socket.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Restore a snapshot from this state file instead of booting (with --memory-file;
+    /// --disk and --vsock name this VM's disks and socket).
+    #[arg(long, requires = "memory_file", conflicts_with_all = [
+        "config", "kernel", "initrd", "cmdline", "vcpus", "memory_mib", "quirks",
+        "profile_out", "profile_symbols", "profile_hz",
+    ])]
+    restore: Option<PathBuf>,
+    /// The snapshot's guest-memory file (mapped copy-on-write, paged in lazily).
+    #[arg(long, requires = "restore")]
+    memory_file: Option<PathBuf>,
+    /// Print on stderr how long a restore took, by phase.
+    #[arg(long)]
+    timings: bool,
 }
 
 fn config_from(args: Args) -> Result<VmConfig, String> {
@@ -101,50 +117,39 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     Ok(c)
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if e.use_stderr() => {
-            let first = e.to_string();
-            let line = first.lines().next().unwrap_or("bad arguments");
-            eprintln!("skiff-vmm: {}", line.trim_start_matches("error: "));
-            return ExitCode::from(code::BAD_INPUT as u8);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
+/// Restores a snapshot and runs it to the end.
+fn restore(args: Args, started: std::time::Instant) -> ExitCode {
+    let (Some(state), Some(memory)) = (args.restore, args.memory_file) else {
+        eprintln!("skiff-vmm: --restore needs --memory-file");
+        return ExitCode::from(code::BAD_INPUT as u8);
     };
-    let config = match config_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skiff-vmm: {e}");
-            return ExitCode::from(code::BAD_INPUT as u8);
-        }
+    let cfg = vmm::snapshot::restore::RestoreConfig {
+        state,
+        memory,
+        disks: args.disks,
+        vsock: args.vsock,
+        serial_out: args.serial_out,
+        api_sock: args.api_sock,
+        print_timings: args.timings,
+        started,
     };
-    if let Err(e) = vmm::exit::install_stop_handlers() {
-        eprintln!("skiff-vmm: cannot install signal handlers: {e}");
-        return ExitCode::from(code::VMM_ERROR as u8);
-    }
-    let vm = match Vm::build(config) {
+    let vm = match Vm::restore(cfg) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("skiff-vmm: {e}");
-            let c = match e {
-                vmm::VmError::Config(_) => code::BAD_INPUT,
-                _ => code::VMM_ERROR,
+            let c = if e.is_bad_input() {
+                code::BAD_INPUT
+            } else {
+                code::VMM_ERROR
             };
             return ExitCode::from(c as u8);
         }
     };
-    match vm.run() {
+    finish(vm.run())
+}
+
+fn finish(result: Result<vmm::ExitReason, vmm::VmError>) -> ExitCode {
+    match result {
         Ok(reason) => {
             if let Some(m) = reason.message() {
                 eprintln!("skiff-vmm: {m}");
@@ -156,4 +161,66 @@ fn main() -> ExitCode {
             ExitCode::from(code::VMM_ERROR as u8)
         }
     }
+}
+
+fn main() -> ExitCode {
+    let started = std::time::Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            // clap's message on one line, without its usage hints.
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("Usage:")
+                        && !l.starts_with("For more information")
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("skiff-vmm: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(code::BAD_INPUT as u8);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    if let Err(e) = vmm::exit::install_stop_handlers() {
+        eprintln!("skiff-vmm: cannot install signal handlers: {e}");
+        return ExitCode::from(code::VMM_ERROR as u8);
+    }
+    if args.restore.is_some() {
+        return restore(args, started);
+    }
+    let api_sock = args.api_sock.clone();
+    let config = match config_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skiff-vmm: {e}");
+            return ExitCode::from(code::BAD_INPUT as u8);
+        }
+    };
+    let mut vm = match Vm::build(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("skiff-vmm: {e}");
+            let c = match e {
+                vmm::VmError::Config(_) => code::BAD_INPUT,
+                _ => code::VMM_ERROR,
+            };
+            return ExitCode::from(c as u8);
+        }
+    };
+    vm.set_api_sock(api_sock);
+    finish(vm.run())
 }

@@ -8,20 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
-
-/// The signal that kicks a vCPU thread out of KVM_RUN.
-pub fn kick_signal() -> i32 {
-    SIGRTMIN()
-}
-
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Installs the (empty) handler for the kick signal, so that it interrupts KVM_RUN with
-/// EINTR instead of killing the process.
-pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
-    register_signal_handler(kick_signal(), on_kick)
-}
+pub use crate::cpu::kick::kick_signal;
 
 #[derive(Default)]
 pub struct Sampler {

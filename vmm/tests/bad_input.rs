@@ -125,3 +125,52 @@ fn bad_config_files_and_flags() {
     expect_bad_input(&["--kernel", "/k", "--frobnicate"], "--frobnicate");
     expect_bad_input(&["--kernel", "/k", "--quirks", "maybe"], "maybe");
 }
+
+#[test]
+fn restore_flags_and_files_are_checked_before_any_vm() {
+    let junk = scratch("junk-state", b"this is not a snapshot\n");
+    let mem = scratch("junk-mem", &[0u8; 4096]);
+    expect_bad_input(
+        &[
+            "--restore",
+            junk.to_str().unwrap(),
+            "--memory-file",
+            mem.to_str().unwrap(),
+        ],
+        "not a skiff-vmm snapshot state file",
+    );
+    expect_bad_input(
+        &[
+            "--restore",
+            "/nonexistent/state",
+            "--memory-file",
+            mem.to_str().unwrap(),
+        ],
+        "/nonexistent/state",
+    );
+    expect_bad_input(&["--restore", junk.to_str().unwrap()], "--memory-file");
+    expect_bad_input(
+        &[
+            "--restore",
+            junk.to_str().unwrap(),
+            "--memory-file",
+            mem.to_str().unwrap(),
+            "--kernel",
+            "/vmlinux",
+        ],
+        "cannot be used with",
+    );
+    let mut v = b"SKIFFSNP".to_vec();
+    v.extend_from_slice(&7u32.to_le_bytes());
+    v.resize(64, 0);
+    let future = scratch("future-state", &v);
+    expect_bad_input(
+        &[
+            "--restore",
+            future.to_str().unwrap(),
+            "--memory-file",
+            mem.to_str().unwrap(),
+        ],
+        "snapshot format version 7",
+    );
+}

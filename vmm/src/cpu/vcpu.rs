@@ -1,6 +1,8 @@
 //! One vCPU: its KVM set-up and the thread that runs it, dispatching port I/O to the bus
 //! and turning fatal exits into an [`ExitReason`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use kvm_bindings::KVM_SYSTEM_EVENT_CRASH;
@@ -9,13 +11,39 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
-use super::{cpuid, lapic, msrs};
+use super::{cpuid, kick, lapic, msrs};
 use crate::boot;
 use crate::devices::mmio_bus::MmioBus;
 use crate::devices::pio::PioBus;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostQuirks;
 use crate::profile::Sampler;
+use crate::snapshot::vcpu::{Caps, VcpuState, VcpuStateError};
+
+/// What the VM's controller asks of a paused vCPU thread.
+pub enum VcpuCommand {
+    Resume,
+    /// Save the state, with these MSRs (what KVM lists, and PVM's own on PVM hosts).
+    SaveState {
+        msrs: Arc<Vec<u32>>,
+        caps: Caps,
+    },
+}
+
+/// What a vCPU thread tells the controller.
+pub enum VcpuReply {
+    Paused(u8),
+    Resumed(u8),
+    State(Box<Result<VcpuState, VcpuStateError>>),
+}
+
+/// The controller's side of a vCPU thread: how to pause it and talk to it while paused.
+pub struct VcpuControl {
+    /// Set by the controller before kicking the thread; the thread parks at its next exit.
+    pub pause: Arc<AtomicBool>,
+    pub commands: Receiver<VcpuCommand>,
+    pub replies: Sender<VcpuReply>,
+}
 
 #[derive(Debug, Error)]
 pub enum VcpuError {
@@ -39,6 +67,8 @@ pub enum VcpuError {
         total: usize,
         first: u32,
     },
+    #[error(transparent)]
+    State(#[from] VcpuStateError),
     #[error("vCPU {id}: {source}")]
     Regs {
         id: u8,
@@ -96,6 +126,43 @@ impl Vcpu {
         Ok(Self { id, fd })
     }
 
+    /// Creates vCPU `id` and writes the saved registers into it (not yet its MSRs and
+    /// events: [`Vcpu::restore_msrs_and_events`], once guest memory is registered).
+    pub fn restore_registers(vm: &VmFd, state: &VcpuState) -> Result<Self, VcpuError> {
+        let id = state.id;
+        let fd = vm
+            .create_vcpu(id as u64)
+            .map_err(|source| VcpuError::Create { id, source })?;
+        state.restore_registers(&fd)?;
+        Ok(Self { id, fd })
+    }
+
+    pub fn restore_msrs_and_events(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        Ok(state.restore_msrs_and_events(&self.fd)?)
+    }
+
+    /// Parks the thread until the controller resumes it; serves state requests meanwhile.
+    /// Returns false when the controller is gone (the VM is ending).
+    fn park(&mut self, ctl: &VcpuControl) -> bool {
+        if ctl.replies.send(VcpuReply::Paused(self.id)).is_err() {
+            return false;
+        }
+        loop {
+            match ctl.commands.recv() {
+                Ok(VcpuCommand::SaveState { msrs, caps }) => {
+                    let r = VcpuState::save(&self.fd, self.id, &msrs, caps);
+                    if ctl.replies.send(VcpuReply::State(Box::new(r))).is_err() {
+                        return false;
+                    }
+                }
+                Ok(VcpuCommand::Resume) => {
+                    return ctl.replies.send(VcpuReply::Resumed(self.id)).is_ok();
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Runs the guest on this thread until the VM ends. Never returns an error: a fatal
     /// exit is reported through `exit`.
     pub fn run(
@@ -104,10 +171,29 @@ impl Vcpu {
         mmio: Arc<MmioBus>,
         exit: Arc<ExitSignal>,
         sampler: Option<Arc<Sampler>>,
+        ctl: VcpuControl,
+    ) {
+        let published = kick::publish(self.fd.get_kvm_run());
+        self.run_loop(&bus, &mmio, &exit, sampler.as_deref(), &ctl);
+        drop(published);
+    }
+
+    fn run_loop(
+        &mut self,
+        bus: &PioBus,
+        mmio: &MmioBus,
+        exit: &ExitSignal,
+        sampler: Option<&Sampler>,
+        ctl: &VcpuControl,
     ) {
         loop {
             if exit.reason().is_some() {
                 return;
+            }
+            if ctl.pause.load(Ordering::SeqCst) {
+                // KVM finishes a pending port/MMIO access, then returns EINTR at once: the
+                // state we park with is complete.
+                self.fd.set_kvm_immediate_exit(1);
             }
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -150,12 +236,16 @@ impl Vcpu {
                     None
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    if let Some(s) = &sampler {
+                    self.fd.set_kvm_immediate_exit(0);
+                    if ctl.pause.load(Ordering::SeqCst) {
+                        if !self.park(ctl) {
+                            return;
+                        }
+                    } else if let Some(s) = sampler {
                         if let Ok(regs) = self.fd.get_regs() {
                             s.record(regs.rip);
                         }
                     }
-                    self.fd.set_kvm_immediate_exit(0);
                     None
                 }
                 Err(e) => Some(ExitReason::VcpuFailed(format!("KVM_RUN failed: {e}"))),

@@ -94,6 +94,66 @@ impl PioDevice for SerialPort {
     }
 }
 
+/// The UART's registers and receive FIFO in a snapshot (vm-superio's `SerialState`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("saved serial state is not valid: {0}")]
+pub struct SerialRestoreError(String);
+
+impl SerialPort {
+    pub fn save_state(&self) -> SerialSnapshot {
+        let s = self.0.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// COM1 as saved, with its interrupt and output in the new process.
+    pub fn restore(
+        s: &SerialSnapshot,
+        irq: IrqTrigger,
+        out: ConsoleOut,
+    ) -> Result<Self, SerialRestoreError> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        Serial::from_state(&state, irq, vm_superio::serial::NoEvents, out)
+            .map(SerialPort)
+            .map_err(|e| SerialRestoreError(format!("{e:?}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

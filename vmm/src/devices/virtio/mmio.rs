@@ -58,6 +58,106 @@ impl MmioTransport {
         }
     }
 
+    /// The transport's registers and queues for a snapshot.
+    pub fn save_state(&self) -> persist::TransportState {
+        persist::TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            acked_features: self.acked_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.irq.status(),
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+        }
+    }
+
+    /// The device's own part of a snapshot.
+    pub fn save_device_state(&self) -> persist::DeviceState {
+        self.device.save_state()
+    }
+
+    /// Rebuilds a transport from a snapshot around a device made for the new process; an
+    /// active device is activated again with the features the driver acked.
+    pub fn restore(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: Interrupt,
+        state: &persist::TransportState,
+    ) -> Result<Self, persist::PersistError> {
+        if state.device_type != device.device_type() {
+            return Err(persist::PersistError::DeviceType {
+                saved: state.device_type,
+                device: device.device_type(),
+            });
+        }
+        let max_sizes = device.queue_max_sizes();
+        if state.queues.len() != max_sizes.len() {
+            return Err(persist::PersistError::QueueCount {
+                saved: state.queues.len(),
+                device: max_sizes.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (q, &max) in state.queues.iter().zip(max_sizes) {
+            if q.max_size != max {
+                return Err(persist::PersistError::Queue(format!(
+                    "max size {} where the device has {max}",
+                    q.max_size
+                )));
+            }
+            queues.push(q.to_queue()?);
+        }
+        irq.set_status(state.interrupt_status);
+        let mut t = Self {
+            device,
+            queues,
+            mem,
+            irq,
+            status: state.status,
+            device_features_sel: state.device_features_sel,
+            driver_features_sel: state.driver_features_sel,
+            acked_features: state.acked_features,
+            queue_sel: state.queue_sel,
+            config_generation: state.config_generation,
+        };
+        if t.active() {
+            let bad = t
+                .queues
+                .iter()
+                .position(|q| q.ready() && !q.is_valid(&t.mem));
+            if let Some(i) = bad {
+                t.mark_broken(&format!("restored queue {i} is not valid"));
+            } else if let Err(e) = t.device.activate(t.acked_features) {
+                t.mark_broken(&e.0);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Lets the device act once after a restore (see [`VirtioDevice::after_restore`]).
+    pub fn after_restore(&mut self) {
+        if !self.active() {
+            return;
+        }
+        match self
+            .device
+            .after_restore(&mut self.queues, &self.mem, &self.irq)
+        {
+            Ok(true) => {
+                self.config_generation = self.config_generation.wrapping_add(1);
+                self.irq.trigger(INTERRUPT_CONFIG);
+            }
+            Ok(false) => {}
+            Err(e) => self.mark_broken(&e.0),
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_DEVICE_NEEDS_RESET == 0
+    }
+
     pub fn num_queues(&self) -> usize {
         self.queues.len()
     }
@@ -166,8 +266,7 @@ impl MmioTransport {
 
     /// The device's backend fd is ready.
     pub fn process_backend(&mut self) {
-        let active =
-            self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_DEVICE_NEEDS_RESET == 0;
+        let active = self.active();
         if let Err(e) = self
             .device
             .process_backend(&mut self.queues, &self.mem, &self.irq, active)

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod persist;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -58,6 +59,11 @@ impl Interrupt {
 
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// Sets the status word as restored from a snapshot (no interrupt is raised).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 
     /// Raises the interrupt for `reason` (used ring or config change).
@@ -142,4 +148,17 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device: forget everything negotiated.
     fn reset(&mut self);
+    /// The device's own part of a snapshot.
+    fn save_state(&self) -> persist::DeviceState;
+    /// Called once after a restore, before the vCPUs run: the device may use its queues
+    /// (vsock sends its transport reset). Returns true when the config space changed (the
+    /// transport then raises a config interrupt).
+    fn after_restore(
+        &mut self,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+        _irq: &Interrupt,
+    ) -> Result<bool, DeviceBroken> {
+        Ok(false)
+    }
 }

@@ -60,9 +60,11 @@ impl std::str::FromStr for BlockConfig {
 
 pub struct Block {
     file: File,
-    read_only: bool,
-    capacity_sectors: u64,
-    id: [u8; VIRTIO_BLK_ID_BYTES],
+    pub(super) read_only: bool,
+    pub(super) capacity_sectors: u64,
+    pub(super) id: [u8; VIRTIO_BLK_ID_BYTES],
+    /// Capacity the guest saw before a restore, until `after_restore` compares it.
+    pub(super) saved_capacity: Option<u64>,
     acked: u64,
     queue_sizes: [u16; 1],
     /// Requests the guest sent that could not even be answered.
@@ -97,6 +99,7 @@ impl Block {
             read_only: config.read_only,
             capacity_sectors: len >> SECTOR_SHIFT,
             id: idb,
+            saved_capacity: None,
             acked: 0,
             queue_sizes: [QUEUE_SIZE],
             dropped: Default::default(),
@@ -193,6 +196,23 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.acked = 0;
+    }
+
+    fn save_state(&self) -> crate::devices::virtio::persist::DeviceState {
+        crate::devices::virtio::persist::DeviceState::Block(self.state())
+    }
+
+    fn after_restore(
+        &mut self,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+        _irq: &Interrupt,
+    ) -> Result<bool, DeviceBroken> {
+        // Another disk size: tell the driver, which re-reads the capacity.
+        Ok(self
+            .saved_capacity
+            .take()
+            .is_some_and(|c| c != self.capacity_sectors))
     }
 }
 

@@ -1,6 +1,7 @@
 //! virtio-blk: a disk backed by a host file, read-only or read-write.
 
 mod device;
+pub mod persist;
 mod request;
 
 pub use device::{Block, BlockConfig, BlockError};

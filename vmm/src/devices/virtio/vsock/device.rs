@@ -257,6 +257,25 @@ impl VirtioDevice for Vsock {
         self.active = false;
         self.muxer.reset();
     }
+
+    fn save_state(&self) -> crate::devices::virtio::persist::DeviceState {
+        crate::devices::virtio::persist::DeviceState::Vsock(super::persist::VsockState {
+            guest_cid: self.muxer.guest_cid,
+        })
+    }
+
+    fn after_restore(
+        &mut self,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        irq: &Interrupt,
+    ) -> Result<bool, DeviceBroken> {
+        let q = queues
+            .get_mut(EVENT_QUEUE)
+            .ok_or_else(|| DeviceBroken("vsock needs three queues".into()))?;
+        super::persist::send_transport_reset(q, mem, irq)?;
+        Ok(false)
+    }
 }
 
 #[cfg(test)]

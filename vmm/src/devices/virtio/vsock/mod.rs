@@ -7,6 +7,7 @@ mod connection;
 mod device;
 mod muxer;
 pub mod packet;
+pub mod persist;
 
 pub use device::{Vsock, VsockConfig, VsockError};
 
