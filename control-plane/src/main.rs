@@ -38,6 +38,8 @@ struct Cli {
 enum BenchCmd {
     /// Cold starts through the HTTP API: full boot vs snapshot restore.
     ColdStart(cli::bench::ColdStartArgs),
+    /// Idle tasks restored from one snapshot: host memory per task.
+    Density(cli::bench_density::DensityArgs),
 }
 
 #[derive(Subcommand)]
@@ -113,6 +115,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) if a.local => cli::run_local::run(&state_dir, a),
         Cmd::Image(c) => cli::image::image(&state_dir, c),
         Cmd::Bench(BenchCmd::ColdStart(a)) => cli::bench::cold_start(a),
+        Cmd::Bench(BenchCmd::Density(a)) => cli::bench_density::density(a),
         remote_cmd => Api::new(cli.api, cli.token_file.as_deref()).and_then(|api| match remote_cmd {
             Cmd::Run(a) => remote::run(&api, a),
             Cmd::Ps { all, state, label } => remote::ps(&api, all, state, label),

@@ -56,9 +56,9 @@ const PHASES: [(&str, &str); 4] = [
 ];
 
 /// A `skiff serve` this benchmark started; stopped when dropped.
-struct OwnServer {
+pub(super) struct OwnServer {
     child: Child,
-    url: String,
+    pub url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -69,7 +69,7 @@ impl Drop for OwnServer {
     }
 }
 
-fn start_server(snapshots: bool, cpu: u32, memory: u64, concurrency: usize) -> anyhow::Result<OwnServer> {
+pub(super) fn start_server(snapshots: bool, cpu: u32, memory: u64, concurrency: usize) -> anyhow::Result<OwnServer> {
     let dir = tempfile::tempdir().context("cannot make a state dir")?;
     let log = dir.path().join("serve.log");
     let exe = std::env::current_exe()?;
@@ -130,7 +130,7 @@ fn one_task(api: &Api, body: &Value) -> anyhow::Result<Value> {
 }
 
 /// Waits until the server reports a snapshot ready (after a first task triggered it).
-fn wait_for_snapshot(api: &Api, body: &Value) -> anyhow::Result<()> {
+pub(super) fn wait_for_snapshot(api: &Api, body: &Value) -> anyhow::Result<()> {
     eprintln!("snapshot mode: a first task boots and the server snapshots a VM of this shape…");
     one_task(api, body)?;
     let deadline = Instant::now() + Duration::from_secs(1800);
@@ -223,7 +223,7 @@ fn run_mode(api: &Api, a: &ColdStartArgs, snapshot: bool) -> anyhow::Result<Valu
     Ok(out)
 }
 
-fn host_facts() -> Value {
+pub(super) fn host_facts() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

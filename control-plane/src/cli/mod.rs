@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_chart;
+pub mod bench_density;
 pub mod image;
 pub mod remote;
 pub mod run;

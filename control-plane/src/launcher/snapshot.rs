@@ -52,7 +52,12 @@ pub enum SnapshotError {
 
 /// Boots a VM shaped like `cfg` (its `rootfs`, `snapshot` and `timeout` are ignored),
 /// waits for the agent, snapshots it into `dir` (replaced atomically) and ends the VM.
-pub fn build_snapshot(cfg: &LaunchConfig, dir: &Path) -> Result<Snapshot, SnapshotError> {
+/// `control` can end the VM from another thread (e.g. at shutdown).
+pub fn build_snapshot(
+    cfg: &LaunchConfig,
+    dir: &Path,
+    control: &TaskControl,
+) -> Result<Snapshot, SnapshotError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| SnapshotError::Io { path, source }
@@ -74,12 +79,11 @@ pub fn build_snapshot(cfg: &LaunchConfig, dir: &Path) -> Result<Snapshot, Snapsh
     let listener =
         UnixListener::bind(format!("{}_{HOST_PORT}", uds.display())).map_err(io(&work))?;
     let api = work.join("api.sock");
-    let control = TaskControl::new();
-    let _finish = FinishOnDrop(&control);
+    let _finish = FinishOnDrop(control);
     let t0 = Instant::now();
     // The agent's connection stays open while the snapshot is taken: the agent is then
     // waiting for its run spec, which is where every restored VM picks up.
-    let _agent = start_vm_for_snapshot(&cfg, &listener, &uds, &api, &control)?;
+    let _agent = start_vm_for_snapshot(&cfg, &listener, &uds, &api, control)?;
     let booted = t0.elapsed();
     let (state, memory) = (work.join("vm.state"), work.join("vm.mem"));
     let reply = control_request(

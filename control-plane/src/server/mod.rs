@@ -188,8 +188,10 @@ impl Server {
         supervisor::request_stop(self, id)
     }
 
-    /// Stops every running task (for shutdown) and waits until they have ended.
+    /// Stops every running task (for shutdown) and waits until they have ended; VMs
+    /// booting for a snapshot are ended.
     pub async fn stop_all(self: &Arc<Self>) {
+        self.snapshots.stop_builders();
         let lives: Vec<(String, Arc<Live>)> = self
             .live_map()
             .iter()

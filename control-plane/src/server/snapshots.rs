@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::launcher::{build_snapshot, LaunchConfig, Snapshot};
+use crate::launcher::{build_snapshot, LaunchConfig, Snapshot, TaskControl};
 
 #[derive(Debug, Clone)]
 enum Shape {
@@ -25,6 +25,8 @@ pub struct Snapshots {
     fingerprint: String,
     enabled: bool,
     shapes: Mutex<HashMap<(u32, u64), Shape>>,
+    /// The VMs being booted to be snapshotted, so shutdown can end them.
+    builders: Mutex<Vec<TaskControl>>,
 }
 
 /// sha256 over the files' bytes, in order.
@@ -45,6 +47,7 @@ impl Snapshots {
             String::new()
         };
         std::fs::create_dir_all(root)?;
+        end_leftover_builders(root);
         // Snapshots of another VMM, kernel or agent are of no use any more.
         for e in std::fs::read_dir(root)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -57,6 +60,7 @@ impl Snapshots {
             fingerprint,
             enabled,
             shapes: Mutex::new(HashMap::new()),
+            builders: Mutex::new(Vec::new()),
         })
     }
 
@@ -96,9 +100,14 @@ impl Snapshots {
         shapes.insert(key, Shape::Building);
         drop(shapes);
         let (me, cfg) = (self.clone(), base.clone());
+        let control = TaskControl::new();
+        self.builders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(control.clone());
         std::thread::spawn(move || {
             let dir = me.dir(key.0, key.1);
-            let shape = match build_snapshot(&cfg, &dir) {
+            let shape = match build_snapshot(&cfg, &dir, &control) {
                 Ok(s) => {
                     tracing::info!("snapshot for {}x{} MiB ready in {}", key.0, key.1, dir.display());
                     Shape::Ready(s)
@@ -113,12 +122,43 @@ impl Snapshots {
         None
     }
 
+    /// Ends the VMs still booting to be snapshotted (at shutdown).
+    pub fn stop_builders(&self) {
+        for c in self.builders.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            c.kill_vm();
+        }
+    }
+
     /// Drops a snapshot the VMM refused; the next task of that shape builds a new one.
     pub fn discard(&self, snap: &Snapshot) {
         let mut shapes = self.shapes();
         shapes.retain(|_, s| !matches!(s, Shape::Ready(r) if r == snap));
         if let Some(dir) = snap.state.parent() {
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Kills `skiff-vmm` processes a previous server left booting for a snapshot under `root`
+/// (their command line names a path under it).
+fn end_leftover_builders(root: &Path) {
+    let needle = root.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline);
+        if text.contains("skiff-vmm") && text.contains(&needle) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                tracing::warn!("ended a snapshot VM left from the previous run (pid {pid:?})");
+            }
         }
     }
 }
