@@ -116,19 +116,24 @@ fn main() -> ExitCode {
         Cmd::Image(c) => cli::image::image(&state_dir, c),
         Cmd::Bench(BenchCmd::ColdStart(a)) => cli::bench::cold_start(a),
         Cmd::Bench(BenchCmd::Density(a)) => cli::bench_density::density(a),
-        remote_cmd => Api::new(cli.api, cli.token_file.as_deref()).and_then(|api| match remote_cmd {
-            Cmd::Run(a) => remote::run(&api, a),
-            Cmd::Ps { all, state, label } => remote::ps(&api, all, state, label),
-            Cmd::Inspect { ids } => remote::inspect(&api, &ids),
-            Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
-            Cmd::Stop { ids } => remote::stop(&api, &ids),
-            Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) => unreachable!("handled above"),
-        }),
+        remote_cmd => {
+            Api::new(cli.api, cli.token_file.as_deref()).and_then(|api| match remote_cmd {
+                Cmd::Run(a) => remote::run(&api, a),
+                Cmd::Ps { all, state, label } => remote::ps(&api, all, state, label),
+                Cmd::Inspect { ids } => remote::inspect(&api, &ids),
+                Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
+                Cmd::Stop { ids } => remote::stop(&api, &ids),
+                Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) => unreachable!("handled above"),
+            })
+        }
     };
     match r {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("skiff: {}", control_plane::images::error_text::one_line(&*e));
+            eprintln!(
+                "skiff: {}",
+                control_plane::images::error_text::one_line(&*e)
+            );
             ExitCode::from(125)
         }
     }

@@ -187,7 +187,14 @@ mod tests {
         assert_eq!(s.in_use().cpus, 2);
         drop(big);
         let small = small.await.unwrap();
-        assert_eq!(s.in_use(), InUse { cpus: 1, memory_mib: 64, tasks: 1 });
+        assert_eq!(
+            s.in_use(),
+            InUse {
+                cpus: 1,
+                memory_mib: 64,
+                tasks: 1
+            }
+        );
         drop(small);
         assert_eq!(s.in_use(), InUse::default());
     }

@@ -265,7 +265,16 @@ fn stdin_and_signals_reach_the_task() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .arg("--state-dir")
         .arg(&dir)
-        .args(["run", "--local", "-i", "local/busybox", "--", "sh", "-c", script])
+        .args([
+            "run",
+            "--local",
+            "-i",
+            "local/busybox",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -320,7 +329,11 @@ fn host_md5(data: &[u8]) -> String {
         .unwrap();
     c.stdin.take().unwrap().write_all(data).unwrap();
     let out = c.wait_with_output().unwrap();
-    text(&out.stdout).split_whitespace().next().unwrap().to_owned()
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 fn send_signal(pid: u32, sig: &str) {

@@ -63,7 +63,10 @@ fn twenty_tasks_with_capacity_for_three() {
         assert_eq!(String::from_utf8_lossy(&out), format!("out-{i}\n"));
         assert_eq!(String::from_utf8_lossy(&err), format!("err-{i}\n"));
         let p = &t["phases"];
-        let at = |k: &str| p[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {t:#}"));
+        let at = |k: &str| {
+            p[k].as_u64()
+                .unwrap_or_else(|| panic!("{k} missing: {t:#}"))
+        };
         vm_spans.push((at("vmStartedMs"), at("stoppedMs")));
         run_spans.push((at("processStartedMs"), at("processExitedMs")));
     }
@@ -80,7 +83,10 @@ fn twenty_tasks_with_capacity_for_three() {
         .text()
         .unwrap();
     assert!(metrics.contains("skiff_used_vcpus 0"), "{metrics}");
-    assert!(metrics.contains("skiff_tasks{state=\"STOPPED\"} 20"), "{metrics}");
+    assert!(
+        metrics.contains("skiff_tasks{state=\"STOPPED\"} 20"),
+        "{metrics}"
+    );
     // Filters and pages see them all.
     let page = srv.get("/v1/tasks?label=batch=capacity&limit=7");
     assert_eq!(page["tasks"].as_array().unwrap().len(), 7);

@@ -54,7 +54,10 @@ fn stop_timeout_oom_and_unknown_image() {
     let t = srv.wait_stopped(&stop_me, LONG);
     assert_eq!(t["stopCode"], "UserInitiated", "{t:#}");
     assert_eq!(t["exitCode"], 42, "{t:#}");
-    assert_eq!(String::from_utf8_lossy(&srv.logs(&stop_me).0), "up\ngot TERM\n");
+    assert_eq!(
+        String::from_utf8_lossy(&srv.logs(&stop_me).0),
+        "up\ngot TERM\n"
+    );
     // Stopping a stopped task: 409.
     let (s, v) = srv.request("POST", &format!("/v1/tasks/{stop_me}/stop"), None);
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
@@ -66,13 +69,25 @@ fn stop_timeout_oom_and_unknown_image() {
     let t = srv.wait_stopped(&oom, LONG);
     assert_eq!(t["stopCode"], "OutOfMemory", "{t:#}");
     assert_eq!(t["exitCode"], 137, "{t:#}");
-    assert!(t["stoppedReason"].as_str().unwrap().contains("out of memory"), "{t:#}");
+    assert!(
+        t["stoppedReason"]
+            .as_str()
+            .unwrap()
+            .contains("out of memory"),
+        "{t:#}"
+    );
 
     // Every VM is gone and all capacity is back.
     assert!(vmms_under(&dir).is_empty(), "{:?}", vmms_under(&dir));
-    let m = reqwest::blocking::get(format!("{}/metrics", srv.url)).unwrap().text().unwrap();
+    let m = reqwest::blocking::get(format!("{}/metrics", srv.url))
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(m.contains("skiff_used_vcpus 0"), "{m}");
-    assert!(m.contains("skiff_tasks_stopped_total{stop_code=\"OutOfMemory\"} 1"), "{m}");
+    assert!(
+        m.contains("skiff_tasks_stopped_total{stop_code=\"OutOfMemory\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -84,16 +99,44 @@ fn bad_requests_get_the_right_4xx() {
     let dir = state_dir("badreq");
     let srv = Serve::start(&dir, &["--cpus", "2", "--memory-mib", "1024"]);
     for (body, status, needle) in [
-        (r#"{"image":"local/busybox","cpus":2}"#, 400, "unknown field `cpus`"),
-        (r#"{"image":"local/busybox","cpu":-1}"#, 400, "cpu: invalid value"),
+        (
+            r#"{"image":"local/busybox","cpus":2}"#,
+            400,
+            "unknown field `cpus`",
+        ),
+        (
+            r#"{"image":"local/busybox","cpu":-1}"#,
+            400,
+            "cpu: invalid value",
+        ),
         (r#"{"image":"local/busybox","cpu":0}"#, 400, "cpu: 0 vCPUs"),
-        (r#"{"image":"local/busybox","cpu":3}"#, 400, "cpu: 3 vCPUs exceed"),
-        (r#"{"image":"local/busybox","memoryMiB":-5}"#, 400, "memoryMiB: invalid value"),
-        (r#"{"image":"local/busybox","memoryMiB":99999999}"#, 400, "memoryMiB:"),
+        (
+            r#"{"image":"local/busybox","cpu":3}"#,
+            400,
+            "cpu: 3 vCPUs exceed",
+        ),
+        (
+            r#"{"image":"local/busybox","memoryMiB":-5}"#,
+            400,
+            "memoryMiB: invalid value",
+        ),
+        (
+            r#"{"image":"local/busybox","memoryMiB":99999999}"#,
+            400,
+            "memoryMiB:",
+        ),
         (r#"{"image":""}"#, 400, "image: must not be empty"),
         (r#"{"command":["true"]}"#, 400, "missing field `image`"),
-        (r#"{"image":"local/busybox","env":{"A=B":"x"}}"#, 400, "env:"),
-        (r#"{"image":"local/busybox","timeoutSeconds":0}"#, 400, "timeoutSeconds:"),
+        (
+            r#"{"image":"local/busybox","env":{"A=B":"x"}}"#,
+            400,
+            "env:",
+        ),
+        (
+            r#"{"image":"local/busybox","timeoutSeconds":0}"#,
+            400,
+            "timeoutSeconds:",
+        ),
         (r#"{"image": "#, 400, "malformed JSON"),
         ("[1,2]", 400, "invalid type"),
     ] {
@@ -103,7 +146,10 @@ fn bad_requests_get_the_right_4xx() {
         assert!(msg.contains(needle), "{body}: {msg}");
         assert_eq!(v["error"]["code"], "invalid_request");
     }
-    let huge = format!(r#"{{"image":"local/busybox","command":["{}"]}}"#, "x".repeat(300_000));
+    let huge = format!(
+        r#"{{"image":"local/busybox","command":["{}"]}}"#,
+        "x".repeat(300_000)
+    );
     let (s, v) = srv.request("POST", "/v1/tasks", Some(&huge));
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert_eq!(v["error"]["code"], "payload_too_large");
@@ -115,7 +161,13 @@ fn bad_requests_get_the_right_4xx() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, v) = srv.request("GET", "/v1/tasks?state=SLEEPING", None);
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("state:"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("state:"),
+        "{v}"
+    );
     let (s, _) = srv.request("GET", "/v1/tasks?limit=0", None);
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = srv.request("DELETE", "/v1/tasks", None);
@@ -155,9 +207,17 @@ fn off_loopback_needs_a_token_and_checks_it() {
     let c = reqwest::blocking::Client::new();
     let r = c.get(format!("{}/v1/tasks", srv.url)).send().unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = c.get(format!("{}/v1/tasks", srv.url)).bearer_auth("s3cret-tokeX").send().unwrap();
+    let r = c
+        .get(format!("{}/v1/tasks", srv.url))
+        .bearer_auth("s3cret-tokeX")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = c.get(format!("{}/v1/tasks", srv.url)).bearer_auth("s3cret-token").send().unwrap();
+    let r = c
+        .get(format!("{}/v1/tasks", srv.url))
+        .bearer_auth("s3cret-token")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = c.get(format!("{}/healthz", srv.url)).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -49,20 +49,32 @@ fn a_restart_mid_flight_loses_nothing() {
         let t = srv.wait_stopped(id, LONG);
         assert_eq!(t["stopCode"], "EssentialContainerExited", "{t:#}");
         assert_eq!(t["exitCode"], 0);
-        assert_eq!(String::from_utf8_lossy(&srv.logs(id).0), format!("task {n}\n"));
+        assert_eq!(
+            String::from_utf8_lossy(&srv.logs(id).0),
+            format!("task {n}\n")
+        );
         let events: Vec<String> = t["events"]
             .as_array()
             .unwrap()
             .iter()
             .map(|e| e["message"].as_str().unwrap().to_owned())
             .collect();
-        assert!(events.iter().any(|e| e.contains("resumed after a control-plane restart")), "{events:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.contains("resumed after a control-plane restart")),
+            "{events:?}"
+        );
     }
     assert_eq!(srv.get("/v1/tasks")["tasks"].as_array().unwrap().len(), 3);
     // The first task's VM did not outlive the restart.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !vmms_under(&dir).is_empty() {
-        assert!(Instant::now() < deadline, "VMs left: {:?}", vmms_under(&dir));
+        assert!(
+            Instant::now() < deadline,
+            "VMs left: {:?}",
+            vmms_under(&dir)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -31,7 +31,10 @@ fn run(srv: &Serve) -> (Value, Vec<String>) {
 }
 
 fn now_s() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 #[test]
@@ -46,7 +49,10 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
     // The server builds the snapshot of this shape in the background.
     let deadline = Instant::now() + LONG;
     loop {
-        let m = reqwest::blocking::get(format!("{}/metrics", srv.url)).unwrap().text().unwrap();
+        let m = reqwest::blocking::get(format!("{}/metrics", srv.url))
+            .unwrap()
+            .text()
+            .unwrap();
         if m.contains("skiff_snapshots_ready 1") {
             break;
         }
@@ -72,7 +78,10 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
     // The wall clock is the host's, not the snapshot's.
     for (out, host) in [(&a_out, host_after_a), (&b_out, host_after_b)] {
         let guest: i64 = out[2].parse().unwrap();
-        assert!((host - guest).abs() <= 5, "guest clock {guest}, host {host}");
+        assert!(
+            (host - guest).abs() <= 5,
+            "guest clock {guest}, host {host}"
+        );
     }
 
     // Damage the snapshot: the restore is refused, the task boots instead and succeeds,
@@ -101,6 +110,9 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
         .iter()
         .find(|e| e.contains("snapshot restore failed"))
         .unwrap_or_else(|| panic!("no restore failure event: {events:?}"));
-    assert!(refused.contains("checksum") || refused.contains("exit status: 2"), "{refused}");
+    assert!(
+        refused.contains("checksum") || refused.contains("exit status: 2"),
+        "{refused}"
+    );
     assert!(!state.exists(), "the damaged snapshot was kept");
 }

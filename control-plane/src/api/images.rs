@@ -35,7 +35,7 @@ pub async fn pull(
     let r2 = r.clone();
     let image = tokio::task::spawn_blocking(move || {
         let image = image_source::pull(&srv2.images, &r2, &srv2.cfg.registry, &|_| {})?;
-        srv2.images.rootfs(&image).map_err(crate::images::PullError::from)?;
+        srv2.images.rootfs(&image)?;
         Ok::<_, image_source::ImageSourceError>(image)
     })
     .await

@@ -100,9 +100,7 @@ impl Follower {
             if !text.is_empty() {
                 return Some(Bytes::from(text));
             }
-            let Some(rx) = self.rx.as_mut() else {
-                return None;
-            };
+            let rx = self.rx.as_mut()?;
             // Sender gone = the task's live state was dropped: read what is left, then end.
             if rx.changed().await.is_err() {
                 self.rx = None;
@@ -128,7 +126,9 @@ impl Follower {
                 Output::Stderr => "stderr",
             };
             let line = match std::str::from_utf8(&r.data) {
-                Ok(text) => serde_json::json!({"stream": stream, "timeMs": r.time_ms, "data": text}),
+                Ok(text) => {
+                    serde_json::json!({"stream": stream, "timeMs": r.time_ms, "data": text})
+                }
                 Err(_) => serde_json::json!({
                     "stream": stream,
                     "timeMs": r.time_ms,

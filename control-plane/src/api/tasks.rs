@@ -59,7 +59,9 @@ pub async fn list(
         .label
         .map(|l| match l.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => Err(ApiError::bad_request(format!("label: {l:?} is not KEY=VALUE"))),
+            _ => Err(ApiError::bad_request(format!(
+                "label: {l:?} is not KEY=VALUE"
+            ))),
         })
         .transpose()?;
     let limit = p.limit.unwrap_or(DEFAULT_PAGE);
@@ -71,8 +73,9 @@ pub async fn list(
     let before_seq = p
         .next_token
         .map(|t| {
-            t.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("nextToken: {t:?} is not a token we gave")))
+            t.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("nextToken: {t:?} is not a token we gave"))
+            })
         })
         .transpose()?;
     let q = ListQuery {

@@ -64,12 +64,19 @@ pub(super) struct OwnServer {
 
 impl Drop for OwnServer {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
 
-pub(super) fn start_server(snapshots: bool, cpu: u32, memory: u64, concurrency: usize) -> anyhow::Result<OwnServer> {
+pub(super) fn start_server(
+    snapshots: bool,
+    cpu: u32,
+    memory: u64,
+    concurrency: usize,
+) -> anyhow::Result<OwnServer> {
     let dir = tempfile::tempdir().context("cannot make a state dir")?;
     let log = dir.path().join("serve.log");
     let exe = std::env::current_exe()?;
@@ -117,14 +124,21 @@ fn task_body(a: &ColdStartArgs) -> Value {
 /// Submits one task, follows it to the end, returns its record.
 fn one_task(api: &Api, body: &Value) -> anyhow::Result<Value> {
     let t = api.post("/v1/tasks", body)?;
-    let id = t["id"].as_str().ok_or_else(|| anyhow!("no task id in {t}"))?.to_owned();
+    let id = t["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no task id in {t}"))?
+        .to_owned();
     api.wait_logs_end(&id)?;
     let t = api.get(&format!("/v1/tasks/{id}"))?;
     if t["state"] != "STOPPED" {
         bail!("task {id} is {} after its logs ended", t["state"]);
     }
     if t["exitCode"] != 0 {
-        bail!("task {id} failed: {}: {}", t["stopCode"], t["stoppedReason"]);
+        bail!(
+            "task {id} failed: {}: {}",
+            t["stopCode"],
+            t["stoppedReason"]
+        );
     }
     Ok(t)
 }
@@ -136,7 +150,9 @@ pub(super) fn wait_for_snapshot(api: &Api, body: &Value) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let m = api.text("/metrics")?;
-        if m.lines().any(|l| l.starts_with("skiff_snapshots_ready ") && !l.ends_with(" 0")) {
+        if m.lines()
+            .any(|l| l.starts_with("skiff_snapshots_ready ") && !l.ends_with(" 0"))
+        {
             // A task that restores is the proof.
             let t = one_task(api, body)?;
             if t["startMode"] == "snapshot" {
@@ -249,7 +265,8 @@ pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
         Mode::Snapshot => vec![true],
         Mode::Both => vec![false, true],
     };
-    let mut report = json!({"host": host, "image": a.image, "cpu": a.cpu, "memoryMiB": a.memory, "modes": {}});
+    let mut report =
+        json!({"host": host, "image": a.image, "cpu": a.cpu, "memoryMiB": a.memory, "modes": {}});
     for snapshot in modes {
         let name = if snapshot { "snapshot" } else { "boot" };
         let (own, api) = match &a.server {
@@ -283,7 +300,12 @@ fn print_report(r: &Value) {
     );
     crate::outln!(
         "{:<9} {:<26} {:>10} {:>10} {:>10} {:>10}",
-        "mode", "phase (ms from submit)", "p50", "p90", "p99", "max"
+        "mode",
+        "phase (ms from submit)",
+        "p50",
+        "p90",
+        "p99",
+        "max"
     );
     let modes = r["modes"].as_object().cloned().unwrap_or_default();
     for (mode, m) in &modes {
@@ -309,9 +331,16 @@ fn print_report(r: &Value) {
         );
     }
     if let (Some(b), Some(s)) = (
-        modes.get("boot").and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64()),
-        modes.get("snapshot").and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64()),
+        modes
+            .get("boot")
+            .and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64()),
+        modes
+            .get("snapshot")
+            .and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64()),
     ) {
-        crate::outln!("submit → exec p50: snapshot is {:.0}× faster than a full boot", b / s.max(1.0));
+        crate::outln!(
+            "submit → exec p50: snapshot is {:.0}× faster than a full boot",
+            b / s.max(1.0)
+        );
     }
 }

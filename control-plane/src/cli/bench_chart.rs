@@ -30,7 +30,10 @@ pub fn cdf_svg(report: &Value) -> String {
     let all = series.iter().flat_map(|(_, v)| v.iter().copied());
     let lo = all.clone().fold(f64::INFINITY, f64::min).max(1.0);
     let hi = all.fold(1.0, f64::max);
-    let (lo_e, hi_e) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
+    let (lo_e, hi_e) = (
+        lo.log10().floor(),
+        hi.log10().ceil().max(lo.log10().floor() + 1.0),
+    );
     let x = |ms: f64| LEFT + (ms.log10() - lo_e) / (hi_e - lo_e) * (W - LEFT - RIGHT);
     let y = |frac: f64| H - BOTTOM - frac * (H - TOP - BOTTOM);
     let mut svg = format!(

@@ -44,7 +44,11 @@ fn smaps(pid: u64) -> (u64, u64, u64) {
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum()
     };
-    (get("Rss:"), get("Pss:"), get("Private_Clean:") + get("Private_Dirty:"))
+    (
+        get("Rss:"),
+        get("Pss:"),
+        get("Private_Clean:") + get("Private_Dirty:"),
+    )
 }
 
 pub fn density(a: DensityArgs) -> anyhow::Result<i32> {
@@ -56,7 +60,8 @@ pub fn density(a: DensityArgs) -> anyhow::Result<i32> {
     let probe = json!({"image": a.image, "command": ["true"], "cpu": 1, "memoryMiB": a.memory});
     wait_for_snapshot(&api, &probe)?;
     let before = meminfo_kib("MemAvailable:");
-    let idle = json!({"image": a.image, "command": ["sleep", "100000"], "cpu": 1, "memoryMiB": a.memory});
+    let idle =
+        json!({"image": a.image, "command": ["sleep", "100000"], "cpu": 1, "memoryMiB": a.memory});
     let ids: Vec<String> = (0..a.n)
         .map(|_| {
             api.post("/v1/tasks", &idle)
@@ -89,7 +94,9 @@ pub fn density(a: DensityArgs) -> anyhow::Result<i32> {
         if t["startMode"] == "snapshot" {
             restored += 1;
         }
-        let pid = t["vmmPid"].as_u64().context("a running task without vmmPid")?;
+        let pid = t["vmmPid"]
+            .as_u64()
+            .context("a running task without vmmPid")?;
         let (r, p, v) = smaps(pid);
         rss += r;
         pss += p;

@@ -117,4 +117,3 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
-

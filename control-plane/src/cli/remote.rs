@@ -187,7 +187,9 @@ pub fn run(api: &Api, a: RunArgs) -> anyhow::Result<i32> {
     }
     Ok(task["exitCode"]
         .as_i64()
-        .map_or(if code == "UserInitiated" { 137 } else { 125 }, |c| c as i32))
+        .map_or(if code == "UserInitiated" { 137 } else { 125 }, |c| {
+            c as i32
+        }))
 }
 
 /// Ctrl-C (or SIGTERM) asks the server to stop the task; its output keeps streaming.
@@ -239,7 +241,12 @@ pub fn ps(api: &Api, all: bool, state: Option<String>, labels: Vec<String>) -> a
     }
     crate::outln!(
         "{:<18} {:<24} {:<28} {:<13} {:>5}  {}",
-        "TASK ID", "IMAGE", "COMMAND", "STATE", "EXIT", "CREATED"
+        "TASK ID",
+        "IMAGE",
+        "COMMAND",
+        "STATE",
+        "EXIT",
+        "CREATED"
     );
     let mut token: Option<String> = None;
     loop {
@@ -262,17 +269,23 @@ pub fn ps(api: &Api, all: bool, state: Option<String>, labels: Vec<String>) -> a
                         .join(" ")
                 })
                 .unwrap_or_default();
-            let created = t["phases"]["acceptedMs"].as_u64().map_or(String::new(), |ms| {
-                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            let created = t["phases"]["acceptedMs"]
+                .as_u64()
+                .map_or(String::new(), |ms| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_millis(ms),
+                    )
                     .to_string()
-            });
+                });
             crate::outln!(
                 "{:<18} {:<24} {:<28} {:<13} {:>5}  {}",
                 t["id"].as_str().unwrap_or(""),
                 clip(t["image"].as_str().unwrap_or(""), 24),
                 clip(&cmd, 28),
                 state,
-                t["exitCode"].as_i64().map_or(String::new(), |c| c.to_string()),
+                t["exitCode"]
+                    .as_i64()
+                    .map_or(String::new(), |c| c.to_string()),
                 created
             );
         }

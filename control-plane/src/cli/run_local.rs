@@ -113,8 +113,8 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
 /// Signals sent to `skiff` go to the task's process; one that comes while the VM is
 /// still booting ends the VM (nothing there could receive it yet).
 fn forward_signals(control: &TaskControl) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
-        .context("cannot install signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new(FORWARDED).context("cannot install signal handlers")?;
     let control = control.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {

@@ -140,7 +140,10 @@ impl TaskControl {
     /// The VMM's process id while it runs.
     pub fn vmm_pid(&self) -> Option<u32> {
         let st = self.state();
-        st.child.as_ref().filter(|_| st.status.is_none()).map(Child::id)
+        st.child
+            .as_ref()
+            .filter(|_| st.status.is_none())
+            .map(Child::id)
     }
 
     /// The VMM to act on (a second one replaces the first after a failed restore, which

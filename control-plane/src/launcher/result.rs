@@ -25,10 +25,16 @@ pub struct Timings {
 #[derive(Debug, PartialEq)]
 pub enum TaskEvent<'a> {
     /// `skiff-vmm` is running (its process id), booting or restoring a snapshot.
-    VmStarted { pid: u32, from_snapshot: bool },
+    VmStarted {
+        pid: u32,
+        from_snapshot: bool,
+    },
     /// The snapshot could not be restored; a full boot follows. `bad_snapshot`: the VMM
     /// refused the snapshot files themselves (damaged, foreign), so they should go.
-    RestoreFailed { reason: &'a str, bad_snapshot: bool },
+    RestoreFailed {
+        reason: &'a str,
+        bad_snapshot: bool,
+    },
     /// The agent said hello; the run spec goes out next.
     AgentReady,
     /// The agent exec'd the process.

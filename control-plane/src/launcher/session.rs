@@ -93,25 +93,44 @@ pub fn run_task(
         timings.vm_stopped_ms = ms(Instant::now());
         Ok(TaskResult { end, timings })
     };
-    let attempt = |from: StartFrom<'_>, patience: Duration, on_event: &mut dyn FnMut(TaskEvent<'_>)| {
-        start_vm(cfg, from, &listener, &uds, control, on_event, Instant::now() + patience)
-    };
+    let attempt =
+        |from: StartFrom<'_>, patience: Duration, on_event: &mut dyn FnMut(TaskEvent<'_>)| {
+            start_vm(
+                cfg,
+                from,
+                &listener,
+                &uds,
+                control,
+                on_event,
+                Instant::now() + patience,
+            )
+        };
     let connected = match &cfg.snapshot {
         Some(snap) => match attempt(StartFrom::Snapshot(snap), RESTORE_PATIENCE, on_event) {
             Ok(c) => c,
             Err(e) if !control.was_killed() => {
                 let bad_snapshot = matches!(&e, LaunchError::NoHello { status, .. } if status.contains("exit status: 2"));
                 let reason = e.to_string();
-                tracing::warn!("restoring the snapshot failed ({reason}); falling back to a full boot");
+                tracing::warn!(
+                    "restoring the snapshot failed ({reason}); falling back to a full boot"
+                );
                 on_event(TaskEvent::RestoreFailed {
                     reason: &reason,
                     bad_snapshot,
                 });
-                attempt(StartFrom::Boot { api_sock: None }, cfg.boot_timeout, on_event)?
+                attempt(
+                    StartFrom::Boot { api_sock: None },
+                    cfg.boot_timeout,
+                    on_event,
+                )?
             }
             Err(_) => None,
         },
-        None => attempt(StartFrom::Boot { api_sock: None }, cfg.boot_timeout, on_event)?,
+        None => attempt(
+            StartFrom::Boot { api_sock: None },
+            cfg.boot_timeout,
+            on_event,
+        )?,
     };
     let Some(Connected {
         mut stream,
@@ -258,9 +277,8 @@ fn start_vm(
     // The agent dials us when it is ready: wait for that connection, the VM's end, or
     // the deadline, whichever comes first.
     let mut stream = loop {
-        let ready = wait_readable(listener, Duration::from_millis(50)).map_err(|e| {
-            LaunchError::Connection(format!("waiting for the agent: {e}"))
-        })?;
+        let ready = wait_readable(listener, Duration::from_millis(50))
+            .map_err(|e| LaunchError::Connection(format!("waiting for the agent: {e}")))?;
         if ready {
             match listener.accept() {
                 Ok((s, _)) => break s,

@@ -108,7 +108,12 @@ pub fn build_snapshot(
         cfg.memory_mib,
         booted.as_secs_f64()
     );
-    for leftover in [placeholder, api, uds, work.join(format!("v.sock_{HOST_PORT}"))] {
+    for leftover in [
+        placeholder,
+        api,
+        uds,
+        work.join(format!("v.sock_{HOST_PORT}")),
+    ] {
         let _ = std::fs::remove_file(leftover);
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -117,10 +122,14 @@ pub fn build_snapshot(
 }
 
 /// One request on the VMM's control socket, one JSON line back.
-fn control_request(api: &Path, req: &serde_json::Value) -> Result<serde_json::Value, SnapshotError> {
+fn control_request(
+    api: &Path,
+    req: &serde_json::Value,
+) -> Result<serde_json::Value, SnapshotError> {
     let err = |e: std::io::Error| SnapshotError::Control(format!("{}: {e}", api.display()));
     let mut s = UnixStream::connect(api).map_err(err)?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(err)?;
     s.write_all(format!("{req}\n").as_bytes()).map_err(err)?;
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).map_err(err)?;

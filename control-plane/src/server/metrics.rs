@@ -69,21 +69,33 @@ impl Metrics {
             Gauge::default(),
         );
         registry.register("tasks_submitted", "Tasks accepted", submitted.clone());
-        registry.register("tasks_stopped", "Tasks stopped, by stop code", stopped.clone());
+        registry.register(
+            "tasks_stopped",
+            "Tasks stopped, by stop code",
+            stopped.clone(),
+        );
         registry.register("tasks", "Tasks by state", tasks.clone());
         registry.register(
             "task_phase_seconds",
             "Time each task spent in each phase",
             phases.clone(),
         );
-        registry.register("capacity_vcpus", "vCPUs tasks may use", capacity_vcpus.clone());
+        registry.register(
+            "capacity_vcpus",
+            "vCPUs tasks may use",
+            capacity_vcpus.clone(),
+        );
         registry.register(
             "capacity_memory_mib",
             "Memory (MiB) tasks may use",
             capacity_memory.clone(),
         );
         registry.register("used_vcpus", "vCPUs held by tasks", used_vcpus.clone());
-        registry.register("used_memory_mib", "Memory (MiB) held by tasks", used_memory.clone());
+        registry.register(
+            "used_memory_mib",
+            "Memory (MiB) held by tasks",
+            used_memory.clone(),
+        );
         registry.register("tasks_queued", "Tasks waiting for capacity", queued.clone());
         let snapshots = Gauge::default();
         registry.register(

@@ -50,7 +50,9 @@ pub enum ServerError {
     StateDirBusy(PathBuf),
     #[error(transparent)]
     Images(#[from] crate::images::PullError),
-    #[error("listening on {0} (not loopback) needs a bearer token: give --token-file or SKIFF_TOKEN")]
+    #[error(
+        "listening on {0} (not loopback) needs a bearer token: give --token-file or SKIFF_TOKEN"
+    )]
     TokenRequired(SocketAddr),
 }
 

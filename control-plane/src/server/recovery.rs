@@ -17,7 +17,10 @@ pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
                 end_leftover_vmm(pid, &srv.task_dir(&id));
             }
             let (code, reason) = if task.stop_requested {
-                (StopCode::UserInitiated, "stopped by request; the control plane restarted before the VM ended")
+                (
+                    StopCode::UserInitiated,
+                    "stopped by request; the control plane restarted before the VM ended",
+                )
             } else {
                 (
                     StopCode::ControlPlaneRestarted,

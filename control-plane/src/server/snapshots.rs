@@ -40,7 +40,13 @@ fn fingerprint(files: &[&Path]) -> std::io::Result<String> {
 }
 
 impl Snapshots {
-    pub fn open(root: &Path, enabled: bool, vmm: &Path, kernel: &Path, initrd: &Path) -> std::io::Result<Self> {
+    pub fn open(
+        root: &Path,
+        enabled: bool,
+        vmm: &Path,
+        kernel: &Path,
+        initrd: &Path,
+    ) -> std::io::Result<Self> {
         let fingerprint = if enabled {
             fingerprint(&[vmm, kernel, initrd])?
         } else {
@@ -51,7 +57,10 @@ impl Snapshots {
         // Snapshots of another VMM, kernel or agent are of no use any more.
         for e in std::fs::read_dir(root)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !enabled || !name.starts_with(&format!("{fingerprint}-")) || name.ends_with(".building") {
+            if !enabled
+                || !name.starts_with(&format!("{fingerprint}-"))
+                || name.ends_with(".building")
+            {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -65,7 +74,8 @@ impl Snapshots {
     }
 
     fn dir(&self, vcpus: u32, mib: u64) -> PathBuf {
-        self.root.join(format!("{}-{vcpus}x{mib}", self.fingerprint))
+        self.root
+            .join(format!("{}-{vcpus}x{mib}", self.fingerprint))
     }
 
     fn shapes(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), Shape>> {
@@ -109,11 +119,20 @@ impl Snapshots {
             let dir = me.dir(key.0, key.1);
             let shape = match build_snapshot(&cfg, &dir, &control) {
                 Ok(s) => {
-                    tracing::info!("snapshot for {}x{} MiB ready in {}", key.0, key.1, dir.display());
+                    tracing::info!(
+                        "snapshot for {}x{} MiB ready in {}",
+                        key.0,
+                        key.1,
+                        dir.display()
+                    );
                     Shape::Ready(s)
                 }
                 Err(e) => {
-                    tracing::warn!("cannot build a snapshot for {}x{} MiB: {e}; tasks of that shape boot", key.0, key.1);
+                    tracing::warn!(
+                        "cannot build a snapshot for {}x{} MiB: {e}; tasks of that shape boot",
+                        key.0,
+                        key.1
+                    );
                     Shape::Failed
                 }
             };
@@ -124,7 +143,12 @@ impl Snapshots {
 
     /// Ends the VMs still booting to be snapshotted (at shutdown).
     pub fn stop_builders(&self) {
-        for c in self.builders.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for c in self
+            .builders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             c.kill_vm();
         }
     }

@@ -122,7 +122,10 @@ async fn run(srv: &Arc<Server>, id: &str, live: &Arc<Live>) -> Result<Ending, Se
     let task = srv.update(id, |_| {})?;
     Ok(match result {
         Ok(end) => map_end(&task, end),
-        Err(e) => ending(StopCode::TaskFailedToStart, format!("the VM did not start: {e}")),
+        Err(e) => ending(
+            StopCode::TaskFailedToStart,
+            format!("the VM did not start: {e}"),
+        ),
     })
 }
 
@@ -188,12 +191,11 @@ fn launch(
         path: cfg.work_dir.clone(),
         source,
     })?;
-    let mut log = LogWriter::create(&srv.log_path(id)).map_err(|source| {
-        launcher::LaunchError::WorkDir {
+    let mut log =
+        LogWriter::create(&srv.log_path(id)).map_err(|source| launcher::LaunchError::WorkDir {
             path: srv.log_path(id),
             source,
-        }
-    })?;
+        })?;
     let record = |r: Result<Task, ServerError>| {
         if let Err(e) = r {
             tracing::warn!(task = id, "cannot record a phase: {e}");
@@ -202,7 +204,11 @@ fn launch(
     let result = launcher::run_task(cfg, spec, &live.control, &mut |ev| match ev {
         TaskEvent::VmStarted { pid, from_snapshot } => {
             live.set_vm_started();
-            let mode = if from_snapshot { StartMode::Snapshot } else { StartMode::Boot };
+            let mode = if from_snapshot {
+                StartMode::Snapshot
+            } else {
+                StartMode::Boot
+            };
             record(srv.update(id, |t| {
                 t.phases.vm_started_ms = Some(now_ms());
                 t.vmm_pid = Some(pid);
@@ -212,7 +218,11 @@ fn launch(
                 id,
                 &format!(
                     "VM started (skiff-vmm pid {pid}, {})",
-                    if from_snapshot { "restoring a snapshot" } else { "booting" }
+                    if from_snapshot {
+                        "restoring a snapshot"
+                    } else {
+                        "booting"
+                    }
                 ),
             );
         }
@@ -220,7 +230,10 @@ fn launch(
             reason,
             bad_snapshot,
         } => {
-            srv.event(id, &format!("snapshot restore failed, booting instead: {reason}"));
+            srv.event(
+                id,
+                &format!("snapshot restore failed, booting instead: {reason}"),
+            );
             if bad_snapshot {
                 if let Some(s) = &cfg.snapshot {
                     srv.snapshots.discard(s);
@@ -270,11 +283,20 @@ fn map_end(task: &Task, end: TaskEnd) -> Ending {
                     ),
                 )
             } else if stop_asked {
-                (StopCode::UserInitiated, format!("stopped by request (exit code {exit_code})"))
+                (
+                    StopCode::UserInitiated,
+                    format!("stopped by request (exit code {exit_code})"),
+                )
             } else if let Some(sig) = signal {
-                (StopCode::EssentialContainerExited, format!("killed by signal {sig}"))
+                (
+                    StopCode::EssentialContainerExited,
+                    format!("killed by signal {sig}"),
+                )
             } else {
-                (StopCode::EssentialContainerExited, format!("exited with code {exit_code}"))
+                (
+                    StopCode::EssentialContainerExited,
+                    format!("exited with code {exit_code}"),
+                )
             };
             Ending {
                 code,
@@ -295,7 +317,10 @@ fn map_end(task: &Task, end: TaskEnd) -> Ending {
         },
         TaskEnd::TimedOut(d) => Ending {
             exit_code: Some(124),
-            ..ending(StopCode::Timeout, format!("timed out after {} s", d.as_secs()))
+            ..ending(
+                StopCode::Timeout,
+                format!("timed out after {} s", d.as_secs()),
+            )
         },
         TaskEnd::Killed if stop_asked => ending(
             StopCode::UserInitiated,
@@ -324,7 +349,11 @@ pub fn request_stop(srv: &Arc<Server>, id: &str) -> Result<StopOutcome, ServerEr
     }
     let Some(live) = srv.live(id) else {
         // Not supervised (it is just ending): record it as stopped.
-        finish(srv, id, ending(StopCode::UserInitiated, "stopped by request"));
+        finish(
+            srv,
+            id,
+            ending(StopCode::UserInitiated, "stopped by request"),
+        );
         return Ok(srv
             .store
             .get(id)?
@@ -346,12 +375,21 @@ pub fn request_stop(srv: &Arc<Server>, id: &str) -> Result<StopOutcome, ServerEr
             let mut done = live.subscribe_done();
             // A signal before the process exists ends the VM (the launcher's rule).
             let _ = live.control.signal(15);
-            if tokio::time::timeout(grace, done.wait_for(|d| *d)).await.is_ok() {
+            if tokio::time::timeout(grace, done.wait_for(|d| *d))
+                .await
+                .is_ok()
+            {
                 return;
             }
-            srv.event(&id, &format!("still running {} s after SIGTERM: SIGKILL", grace.as_secs()));
+            srv.event(
+                &id,
+                &format!("still running {} s after SIGTERM: SIGKILL", grace.as_secs()),
+            );
             let _ = live.control.signal(9);
-            if tokio::time::timeout(KILL_GRACE, done.wait_for(|d| *d)).await.is_ok() {
+            if tokio::time::timeout(KILL_GRACE, done.wait_for(|d| *d))
+                .await
+                .is_ok()
+            {
                 return;
             }
             srv.event(&id, "no report after SIGKILL: ending the VM");

@@ -76,7 +76,12 @@ fn argv(field: &str, v: Option<Vec<String>>) -> Result<Option<Vec<String>>, Vali
 
 impl TaskRequest {
     /// Checks every field against `limits` and makes the task record.
-    pub fn validate(self, limits: &Limits, id: String, now_ms: u64) -> Result<Task, ValidationError> {
+    pub fn validate(
+        self,
+        limits: &Limits,
+        id: String,
+        now_ms: u64,
+    ) -> Result<Task, ValidationError> {
         let image = self.image.trim().to_owned();
         if image.is_empty() {
             return Err(bad("image", "must not be empty"));
@@ -91,7 +96,10 @@ impl TaskRequest {
         if cpu > limits.max_cpu {
             return Err(bad(
                 "cpu",
-                format!("{cpu} vCPUs exceed this host's capacity of {}", limits.max_cpu),
+                format!(
+                    "{cpu} vCPUs exceed this host's capacity of {}",
+                    limits.max_cpu
+                ),
             ));
         }
         let memory_mib = self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
@@ -196,7 +204,8 @@ mod tests {
 
     fn check(json: &str) -> Result<Task, String> {
         let r: TaskRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        r.validate(&LIMITS, "t1".into(), 5).map_err(|e| e.to_string())
+        r.validate(&LIMITS, "t1".into(), 5)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -219,7 +228,10 @@ mod tests {
             (r#"{"image":"b","memoryMiB":1}"#, "memoryMiB:"),
             (r#"{"image":"b","memoryMiB":999999999}"#, "memoryMiB:"),
             (r#"{"image":"b","timeoutSeconds":0}"#, "timeoutSeconds:"),
-            (r#"{"image":"b","stopTimeoutSeconds":99999}"#, "stopTimeoutSeconds:"),
+            (
+                r#"{"image":"b","stopTimeoutSeconds":99999}"#,
+                "stopTimeoutSeconds:",
+            ),
             (r#"{"image":"b","env":{"A=B":"c"}}"#, "env:"),
             (r#"{"image":"b","workingDir":"rel"}"#, "workingDir:"),
             (r#"{"image":"b","command":["a\u0000b"]}"#, "command[0]:"),

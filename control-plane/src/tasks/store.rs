@@ -72,8 +72,10 @@ impl TaskStore {
             source,
         };
         let conn = Connection::open(path).map_err(open)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
@@ -180,9 +182,8 @@ impl TaskStore {
 
     pub fn events(&self, task_id: &str) -> Result<Vec<Event>, StoreError> {
         let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT time_ms, message FROM events WHERE task_id = ?1 ORDER BY rowid ASC",
-        )?;
+        let mut stmt = db
+            .prepare("SELECT time_ms, message FROM events WHERE task_id = ?1 ORDER BY rowid ASC")?;
         let rows = stmt
             .query_map([task_id], |r| {
                 Ok(Event {
@@ -195,7 +196,12 @@ impl TaskStore {
     }
 
     /// Notes that `reference` was pulled (or resolved) as `digest`.
-    pub fn record_image(&self, reference: &str, digest: &str, time_ms: u64) -> Result<(), StoreError> {
+    pub fn record_image(
+        &self,
+        reference: &str,
+        digest: &str,
+        time_ms: u64,
+    ) -> Result<(), StoreError> {
         self.db().execute(
             "INSERT INTO images (reference, digest, pulled_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT(reference) DO UPDATE SET digest = ?2, pulled_ms = ?3",
@@ -255,8 +261,16 @@ mod tests {
                 ..q.clone()
             })
             .unwrap();
-        assert_eq!(page.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t2", "t1"]);
-        let (page, next) = s.list(&ListQuery { before_seq: next, ..q }).unwrap();
+        assert_eq!(
+            page.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["t2", "t1"]
+        );
+        let (page, next) = s
+            .list(&ListQuery {
+                before_seq: next,
+                ..q
+            })
+            .unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(next, None);
         let (stopped, _) = s

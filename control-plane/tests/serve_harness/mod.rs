@@ -95,7 +95,10 @@ impl Serve {
         let resp = r.send().expect("HTTP request");
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub fn get(&self, path: &str) -> Value {
@@ -116,14 +119,23 @@ impl Serve {
     }
 
     /// Waits until `cond` holds for the task (checked twice a second).
-    pub fn wait_task(&self, id: &str, what: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_task(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let t = self.task(id);
             if cond(&t) {
                 return t;
             }
-            assert!(Instant::now() < deadline, "task {id} not {what} after {timeout:?}: {t:#}");
+            assert!(
+                Instant::now() < deadline,
+                "task {id} not {what} after {timeout:?}: {t:#}"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }

@@ -82,9 +82,7 @@ fn wait_for_work(
         }));
         match said_hello.and_then(|()| conn.recv()) {
             Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, spec)),
-            Ok(other) => {
-                return Err(format!("expected a run spec from the host, got {other:?}"))
-            }
+            Ok(other) => return Err(format!("expected a run spec from the host, got {other:?}")),
             Err(e) if redials < MAX_REDIALS => {
                 redials += 1;
                 eprintln!("skiff-agent: {}; dialling the host again", io(e));

@@ -193,8 +193,8 @@ impl StdinPipe {
 
     /// Consumed bytes worth telling the host about (a step's worth, or all once drained).
     fn take_consumed(&mut self) -> Option<u64> {
-        let due = self.consumed >= CONSUMED_REPORT_STEP
-            || (self.consumed > 0 && self.pending.is_empty());
+        let due =
+            self.consumed >= CONSUMED_REPORT_STEP || (self.consumed > 0 && self.pending.is_empty());
         due.then(|| std::mem::take(&mut self.consumed))
     }
 
@@ -292,10 +292,17 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
             at.and_then(|i| fds[i].revents())
                 .is_some_and(|r| !r.is_empty())
         };
-        let (out_ready, err_ready, stdin_ready, conn_ready) =
-            (ready(out_at), ready(err_at), ready(stdin_at), ready(conn_at));
+        let (out_ready, err_ready, stdin_ready, conn_ready) = (
+            ready(out_at),
+            ready(err_at),
+            ready(stdin_at),
+            ready(conn_at),
+        );
         drop(fds);
-        for (stream, is_out, r) in [(&mut stdout, true, out_ready), (&mut stderr, false, err_ready)] {
+        for (stream, is_out, r) in [
+            (&mut stdout, true, out_ready),
+            (&mut stderr, false, err_ready),
+        ] {
             let Some(s) = stream.as_mut().filter(|_| r) else {
                 continue;
             };

@@ -146,8 +146,7 @@ pub fn add_entropy(bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("write /dev/urandom: {e}"))?;
     // SAFETY: RNDRESEEDCRNG takes no argument; the fd is an open /dev/urandom that lives
     // across the call.
-    unsafe { rnd_reseed_crng(f.as_raw_fd()) }
-        .map_err(|e| format!("reseed the CRNG: {e}"))?;
+    unsafe { rnd_reseed_crng(f.as_raw_fd()) }.map_err(|e| format!("reseed the CRNG: {e}"))?;
     Ok(())
 }
 
