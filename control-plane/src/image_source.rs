@@ -40,12 +40,37 @@ pub fn get_image(
         return Ok(i);
     }
     if r.to_string() == busybox::BUSYBOX_REF {
+        // One builder at a time, across processes too: concurrent first runs would
+        // otherwise build it side by side and trip over each other's files.
+        let _lock = lock_file(&store.state_dir().join("busybox.lock"))?;
+        if let Some(i) = store.lookup(r)? {
+            return Ok(i);
+        }
         return Ok(busybox::build_busybox_image(
             store,
             Path::new(busybox::DEFAULT_BUSYBOX),
         )?);
     }
     pull(store, r, opts, progress)
+}
+
+/// An exclusive `flock` held until the file is dropped.
+fn lock_file(path: &Path) -> Result<std::fs::File, ImageSourceError> {
+    let io = |source| {
+        ImageSourceError::Pull(PullError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io(e.into()))?;
+    Ok(f)
 }
 
 /// Pulls `r` from its registry (the bundled busybox is made locally instead).

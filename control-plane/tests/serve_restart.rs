@@ -23,6 +23,10 @@ fn a_restart_mid_flight_loses_nothing() {
         "image": "local/busybox",
         "command": ["sh", "-c", "echo started; sleep 1000"],
     }));
+    srv.wait_task(&running, "printing", LONG, |_| {
+        String::from_utf8_lossy(&srv.logs(&running).0).contains("started")
+    });
+    // Submitted while the only vCPU is taken: they wait in PENDING.
     let waiting: Vec<String> = ["b", "c"]
         .iter()
         .map(|n| {
@@ -32,11 +36,8 @@ fn a_restart_mid_flight_loses_nothing() {
             }))
         })
         .collect();
-    srv.wait_task(&running, "printing", LONG, |_| {
-        String::from_utf8_lossy(&srv.logs(&running).0).contains("started")
-    });
     for id in &waiting {
-        assert_eq!(srv.task(id)["state"], "PENDING");
+        srv.wait_task(id, "PENDING", Duration::from_secs(60), |t| t["state"] == "PENDING");
     }
     srv.kill();
 

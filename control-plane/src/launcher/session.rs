@@ -186,7 +186,12 @@ pub fn run_task(
             Frame::Stdout(b) => on_event(TaskEvent::Output(Output::Stdout, &b)),
             Frame::Stderr(b) => on_event(TaskEvent::Output(Output::Stderr, &b)),
             Frame::Control(Message::StdinConsumed { bytes }) => control.stdin_consumed(bytes),
-            Frame::Control(Message::Started { .. }) => {
+            Frame::Control(Message::Started { exec_ms, .. }) => {
+                tracing::debug!(
+                    "agent: hello at guest {} ms, exec at guest {exec_ms} ms ({} ms in the guest)",
+                    timings.guest.connected_ms,
+                    exec_ms.saturating_sub(timings.guest.connected_ms)
+                );
                 timings.process_started_ms = Some(ms(Instant::now()));
                 on_event(TaskEvent::ProcessStarted);
             }
