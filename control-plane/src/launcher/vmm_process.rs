@@ -36,6 +36,9 @@ pub(super) fn spawn(
             if let Some(api) = api_sock {
                 cmd.arg("--api-sock").arg(api);
             }
+            if let Ok(extra) = std::env::var("SKIFF_VMM_BOOT_ARGS") {
+                cmd.args(extra.split_whitespace());
+            }
         }
         StartFrom::Snapshot(snap) => {
             cmd.arg("--restore")
