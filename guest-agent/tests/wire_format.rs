@@ -80,7 +80,7 @@ fn control_messages_encode_as_frozen() {
                 exited_ms: 4,
                 oom_killed: true,
             },
-            r#"8000000000 {"type":"exited","exit_code":137,"signal":9,"cpu_user_ms":1,"cpu_system_ms":2,"max_rss_kib":3,"exited_ms":4,"oom_killed":true}"#,
+            r#"7f00000000 {"type":"exited","exit_code":137,"signal":9,"cpu_user_ms":1,"cpu_system_ms":2,"max_rss_kib":3,"exited_ms":4,"oom_killed":true}"#,
         ),
     ];
     for (m, want) in cases {
