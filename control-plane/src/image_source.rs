@@ -68,8 +68,7 @@ fn lock_file(path: &Path) -> Result<std::fs::File, ImageSourceError> {
         .write(true)
         .open(path)
         .map_err(io)?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io(e.into()))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(e.into()))?;
     Ok(f)
 }
 

@@ -37,7 +37,9 @@ fn a_restart_mid_flight_loses_nothing() {
         })
         .collect();
     for id in &waiting {
-        srv.wait_task(id, "PENDING", Duration::from_secs(60), |t| t["state"] == "PENDING");
+        srv.wait_task(id, "PENDING", Duration::from_secs(60), |t| {
+            t["state"] == "PENDING"
+        });
     }
     srv.kill();
 

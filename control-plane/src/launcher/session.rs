@@ -95,15 +95,7 @@ pub fn run_task(
     };
     let attempt =
         |from: StartFrom<'_>, patience: Duration, on_event: &mut dyn FnMut(TaskEvent<'_>)| {
-            start_vm(
-                cfg,
-                from,
-                &listener,
-                &uds,
-                control,
-                on_event,
-                Instant::now() + patience,
-            )
+            start_vm(cfg, from, &listener, &uds, control, on_event, patience)
         };
     let connected = match &cfg.snapshot {
         Some(snap) => match attempt(StartFrom::Snapshot(snap), RESTORE_PATIENCE, on_event) {
@@ -258,8 +250,9 @@ fn start_vm(
     uds: &std::path::Path,
     control: &TaskControl,
     on_event: &mut dyn FnMut(TaskEvent<'_>),
-    deadline: Instant,
+    patience: Duration,
 ) -> Result<Option<Connected>, LaunchError> {
+    let deadline = Instant::now() + patience;
     let wd = |source| LaunchError::WorkDir {
         path: cfg.work_dir.clone(),
         source,
@@ -308,16 +301,16 @@ fn start_vm(
         }
         if Instant::now() > deadline {
             // Ends this VM; a fallback attaches its own.
-            if let Some(c) = control.vmm_pid() {
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_raw(c as i32).expect("a child's pid is positive"),
-                    rustix::process::Signal::KILL,
-                );
+            if let Some(pid) = control
+                .vmm_pid()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
             while control.try_wait().is_none() {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            return Err(LaunchError::HelloTimeout(cfg.boot_timeout));
+            return Err(LaunchError::HelloTimeout(patience));
         }
     };
     let conn_err = |e: &dyn std::fmt::Display| LaunchError::Connection(e.to_string());
@@ -361,8 +354,15 @@ pub(super) fn start_vm_for_snapshot(
     let from = StartFrom::Boot {
         api_sock: Some(api_sock),
     };
-    let deadline = Instant::now() + cfg.boot_timeout;
-    match start_vm(cfg, from, listener, uds, control, &mut |_| {}, deadline)? {
+    match start_vm(
+        cfg,
+        from,
+        listener,
+        uds,
+        control,
+        &mut |_| {},
+        cfg.boot_timeout,
+    )? {
         Some(c) => Ok(c.stream),
         None => Err(LaunchError::Connection("the VM was ended".into())),
     }

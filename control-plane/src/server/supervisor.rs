@@ -367,6 +367,11 @@ pub fn request_stop(srv: &Arc<Server>, id: &str) -> Result<StopOutcome, ServerEr
         }
     })?;
     live.request_stop();
+    if !live.has_vm() {
+        // Between admission and the VM's start no select sees the request: marking the
+        // control killed makes the launcher end the VM the moment it exists.
+        live.control.kill_vm();
+    }
     if first && live.has_vm() {
         srv.event(id, "stop requested: SIGTERM");
         let grace = Duration::from_secs(task.stop_timeout_seconds);
