@@ -49,18 +49,7 @@ pub enum ControlError {
     File(#[from] FileError),
 }
 
-/// What a snapshot wrote and how long it took.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SnapshotReport {
-    pub state_bytes: u64,
-    /// Guest RAM bytes written (zero pages are holes in the memory file).
-    pub memory_data_bytes: u64,
-    pub memory_file_bytes: u64,
-    pub millis: f64,
-    /// MSRs saved per vCPU, and how many of them are PVM's own.
-    pub msrs: usize,
-    pub pvm_msrs: usize,
-}
+pub use vmm_api::SnapshotReport;
 
 type TransportSlot = (u32, u64, u32, Arc<Mutex<MmioTransport>>);
 

@@ -39,13 +39,7 @@ pub fn install_stop_handlers() -> Result<(), vmm_sys_util::errno::Error> {
 }
 
 /// Process exit codes of `skiff-vmm`.
-pub mod code {
-    pub const OK: i32 = 0;
-    pub const VMM_ERROR: i32 = 1;
-    pub const BAD_INPUT: i32 = 2;
-    pub const GUEST_PANIC: i32 = 3;
-    pub const VCPU_FAILED: i32 = 4;
-}
+pub use vmm_api::exit_code as code;
 
 impl ExitReason {
     pub fn exit_code(&self) -> i32 {

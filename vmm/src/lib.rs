@@ -17,12 +17,13 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod host;
-pub mod initramfs;
 pub mod layout;
 pub mod profile;
 pub mod snapshot;
 pub mod vm;
 
+/// The cpio writer, a crate of its own so that the control plane need not link the VMM.
+pub use initramfs;
 pub use config::VmConfig;
 pub use exit::ExitReason;
 pub use vm::{Vm, VmError};

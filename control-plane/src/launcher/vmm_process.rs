@@ -71,9 +71,9 @@ pub(super) fn console_tail(path: &Path) -> String {
 pub fn build_agent_initramfs(agent: &Path, out: &Path) -> std::io::Result<()> {
     let tmp = out.with_extension("tmp");
     let f = std::fs::File::create(&tmp)?;
-    let mut w = vmm::initramfs::CpioWriter::new(std::io::BufWriter::new(f));
-    let io = |e: vmm::initramfs::InitramfsError| std::io::Error::other(e.to_string());
-    vmm::initramfs::write_skeleton(&mut w).map_err(io)?;
+    let mut w = initramfs::CpioWriter::new(std::io::BufWriter::new(f));
+    let io = |e: initramfs::InitramfsError| std::io::Error::other(e.to_string());
+    initramfs::write_skeleton(&mut w).map_err(io)?;
     w.host_file("init", agent).map_err(io)?;
     w.finish().map_err(io)?;
     std::fs::rename(tmp, out)

@@ -11,18 +11,7 @@ use vmm::initramfs::{write_skeleton, CpioWriter};
 /// A guest that has not ended by then is a failure, never a hang.
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Whether VM tests can run here. Without /dev/kvm they fail in CI (CI=true) and are
-/// skipped, with a message, elsewhere.
-pub fn kvm_available(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: /dev/kvm is missing; VM tests cannot run (CI=true: not skipping)");
-    }
-    eprintln!("SKIPPED {test}: /dev/kvm is missing (set up KVM to run VM tests)");
-    false
-}
+pub use skiff_tests::kvm_available;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

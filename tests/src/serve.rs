@@ -1,6 +1,5 @@
 //! A real `skiff serve` for tests: started as its own process on 127.0.0.1 (a free port),
 //! with its own state dir, driven over real HTTP.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,27 +10,9 @@ use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-/// True when VM tests can run; panics in CI without /dev/kvm.
-pub fn kvm_available(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        for var in ["SKIFF_KERNEL", "SKIFF_AGENT"] {
-            assert!(
-                std::env::var_os(var).is_some(),
-                "{var} is not set: run the tests through scripts/test.sh (it sources target/skiff.env)"
-            );
-        }
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: /dev/kvm is missing; VM tests cannot run (CI=true: not skipping)");
-    }
-    eprintln!("SKIPPED {test}: /dev/kvm is missing");
-    false
-}
-
 /// A fresh state dir for one test.
 pub fn state_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    let d = crate::paths::tmp_dir()
         .join(format!("serve-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -52,7 +33,7 @@ impl Serve {
     }
 
     pub fn start_with(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let mut child = Command::new(crate::paths::skiff())
             .arg("--state-dir")
             .arg(state_dir)
             .args(["serve", "--listen", "127.0.0.1:0"])

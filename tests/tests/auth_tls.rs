@@ -1,6 +1,6 @@
 //! Basic auth over TLS against a real registry with a CA made by `openssl` in the test.
 
-mod common;
+use skiff_tests as common;
 
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! Hostile or broken registry content: corrupted and truncated blobs, escaping layers.
 
-mod common;
+use skiff_tests as common;
 
 use std::fs;
 

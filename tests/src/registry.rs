@@ -1,9 +1,6 @@
 //! Test harness: a real `docker-registry` (Debian's distribution 2.8) on 127.0.0.1 with its
 //! own config and storage, a small push client, layer tar builders and a throwaway CA.
-#![allow(dead_code)]
 
-pub mod proxy;
-pub mod token;
 
 use std::fs;
 use std::io::Write;
@@ -14,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use control_plane::images::Digest;
+
+use crate::token;
 use serde_json::{json, Value};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -6,16 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn kvm_available(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: /dev/kvm is missing; VM tests cannot run (CI=true: not skipping)");
-    }
-    eprintln!("SKIPPED {test}: /dev/kvm is missing");
-    false
-}
+use skiff_tests::kvm_available;
 
 /// One state dir for the whole test binary, so the bundled image is made once.
 fn state_dir() -> &'static PathBuf {
@@ -27,7 +18,7 @@ fn state_dir() -> &'static PathBuf {
                 "{var} is not set: run the tests through scripts/test.sh (it sources target/skiff.env)"
             );
         }
-        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("run-local-{}", std::process::id()));
+        let d = skiff_tests::paths::tmp_dir().join(format!("run-local-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         // Make the bundled image and its root filesystem once, before tests run in parallel.
         let out = skiff(&["image", "pull", "local/busybox:latest"]);
@@ -37,13 +28,13 @@ fn state_dir() -> &'static PathBuf {
 }
 
 fn skiff(args: &[&str]) -> Output {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    let dir = skiff_tests::paths::tmp_dir()
         .join(format!("run-local-{}", std::process::id()));
     skiff_in(&dir, args)
 }
 
 fn skiff_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_skiff"))
+    Command::new(skiff_tests::paths::skiff())
         .arg("--state-dir")
         .arg(dir)
         .args(args)
@@ -167,7 +158,7 @@ fn signals_and_start_failures_map_to_shell_exit_codes() {
     );
     // A "root filesystem" that is no file system: the agent reports it, the VM ends.
     let junk =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("junk-{}.img", std::process::id()));
+        skiff_tests::paths::tmp_dir().join(format!("junk-{}.img", std::process::id()));
     std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
     let o = run(&["--rootfs", junk.to_str().unwrap(), "--", "true"]);
     assert_eq!(o.status.code(), Some(125), "{}", show(&o));
@@ -215,7 +206,7 @@ fn a_timeout_ends_the_task_and_the_vm() {
     }
     // Its own state dir, so that no other test's VM matches the check below.
     state_dir();
-    let own = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    let own = skiff_tests::paths::tmp_dir()
         .join(format!("run-timeout-{}", std::process::id()));
     let o = skiff_in(
         &own,
@@ -256,13 +247,13 @@ fn stdin_and_signals_reach_the_task() {
     }
     use std::io::{BufRead, BufReader, Write};
     state_dir();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    let dir = skiff_tests::paths::tmp_dir()
         .join(format!("run-local-{}", std::process::id()));
     // Reads one line and 1 MiB, then stops reading stdin and waits for SIGINT.
     let script = "trap 'echo got INT; exit 3' INT; read line; echo \"line:$line\"; \
                   echo \"md5:$(head -c 1048576 | md5sum)\"; echo ready; \
                   while :; do sleep 1; done";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+    let mut child = Command::new(skiff_tests::paths::skiff())
         .arg("--state-dir")
         .arg(&dir)
         .args([

@@ -2,12 +2,12 @@
 //! every task is still listed with its output; the task whose VM was running is STOPPED
 //! with a reason (its VM gone); the tasks still waiting for capacity run after the restart.
 
-#[path = "serve_harness/mod.rs"]
-mod harness;
+use skiff_tests::serve as harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{kvm_available, state_dir, vmms_under, Serve};
+use skiff_tests::kvm_available;
+use harness::{state_dir, vmms_under, Serve};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(1200);

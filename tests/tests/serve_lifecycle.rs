@@ -1,12 +1,12 @@
 //! Through a real `skiff serve` with real VMs: a stop, a timeout, an out-of-memory task,
 //! an unknown image, and bad requests answered with the right 4xx.
 
-#[path = "serve_harness/mod.rs"]
-mod harness;
+use skiff_tests::serve as harness;
 
 use std::time::Duration;
 
-use harness::{kvm_available, state_dir, vmms_under, Serve};
+use skiff_tests::kvm_available;
+use harness::{state_dir, vmms_under, Serve};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -191,7 +191,7 @@ fn off_loopback_needs_a_token_and_checks_it() {
     }
     let dir = state_dir("token");
     // Without a token, a non-loopback address is refused at start.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+    let out = std::process::Command::new(skiff_tests::paths::skiff())
         .arg("--state-dir")
         .arg(&dir)
         .args(["serve", "--listen", "0.0.0.0:0"])

@@ -2,7 +2,7 @@
 //! failing gives a clear error and leaves nothing in the store (only a partial file apart
 //! from it, for the next pull to resume; see `resume.rs`).
 
-mod common;
+use skiff_tests as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;

@@ -3,7 +3,7 @@
 //! after the pulling process was killed — and a registry that ignores `Range` restarts it
 //! cleanly. A loopback proxy between us and the real registry cuts, stalls and counts.
 
-mod common;
+use skiff_tests as common;
 
 use std::fs;
 use std::path::Path;
@@ -132,7 +132,7 @@ fn the_next_pull_after_a_killed_one_resumes_from_its_partial_file() -> Result<()
             strip_range: false,
         },
     )?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+    let mut child = Command::new(skiff_tests::paths::skiff())
         .arg("--state-dir")
         .arg(state.path())
         .args(["image", "pull", &format!("{}/resume/b:v1", stall.addr)])
@@ -161,7 +161,7 @@ fn the_next_pull_after_a_killed_one_resumes_from_its_partial_file() -> Result<()
 
     // A new process pulls through a clean proxy: it asks for the rest only.
     let clean = CutProxy::start(&reg.addr, 0, 0)?;
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+    let out = Command::new(skiff_tests::paths::skiff())
         .arg("--state-dir")
         .arg(state.path())
         .args(["image", "pull", &format!("{}/resume/b:v1", clean.addr)])

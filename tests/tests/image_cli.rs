@@ -2,7 +2,7 @@
 //! `docker-registry` on loopback, each test with its own state dir (`--state-dir`). Bad input
 //! must end with a non-zero exit and one readable line on stderr, never a panic.
 
-mod common;
+use skiff_tests as common;
 
 use std::fs;
 use std::net::TcpListener;
@@ -34,7 +34,7 @@ impl std::fmt::Display for Run {
 /// Runs `skiff --state-dir STATE ARGS…` with `env` added; backtraces on, so a panic would
 /// show. No auth file unless the test gives one.
 fn skiff_env(state: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    let mut cmd = Command::new(skiff_tests::paths::skiff());
     cmd.arg("--state-dir")
         .arg(state)
         .args(args)

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! A writer for initramfs images: the `newc` cpio format the kernel unpacks into its root.
 //! Written here rather than taken from a crate: the format is a 110-byte ASCII header per
 //! entry, and we want exact control over device nodes, modes and streaming from files.

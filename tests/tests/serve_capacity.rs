@@ -2,12 +2,12 @@
 //! for 3 all finish with their own output and exit code, and no more than 3 ever ran at
 //! once (checked from the tasks' phase timestamps).
 
-#[path = "serve_harness/mod.rs"]
-mod harness;
+use skiff_tests::serve as harness;
 
 use std::time::Duration;
 
-use harness::{kvm_available, state_dir, Serve};
+use skiff_tests::kvm_available;
+use harness::{state_dir, Serve};
 use serde_json::json;
 
 const TASKS: usize = 20;

@@ -2,15 +2,14 @@
 //! in three gzip layers, as Docker Hub images are) pushed to a local docker-registry, then
 //! pulled and turned into an EROFS image, cold (empty state dir) and warm (all cached).
 //!
-//! Run: `cargo bench -p control-plane --bench pull` (SKIFF_BENCH_MB sets the size,
+//! Run: `cargo bench -p skiff-tests --bench pull` (SKIFF_BENCH_MB sets the size,
 //! SKIFF_BENCH_COLD_RUNS the number of cold runs, SKIFF_BENCH_UNPACK_DIR forces the unpack
 //! folder, e.g. a folder on disk; by default the store picks a tmpfs when the tree fits).
 //! Each cold run starts from an empty state dir. `RUST_LOG=control_plane::images::rootfs=info`
 //! shows where a build's time goes (unpacked / made / total).
 //! Targets (issue 5): cold ≤ 2 s over loopback, warm ≤ 20 ms.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use skiff_tests as common;
 
 use std::fs;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The bearer-token flow (`WWW-Authenticate: Bearer realm=…`) against a real registry in
 //! token mode, with a token service on loopback that signs JWTs with `openssl`.
 
-mod common;
+use skiff_tests as common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

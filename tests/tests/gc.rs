@@ -1,6 +1,6 @@
 //! `image ls / rm / prune` on a store filled from a real registry.
 
-mod common;
+use skiff_tests as common;
 
 use anyhow::Result;
 use common::*;

@@ -1,7 +1,7 @@
 //! `skiff image import` and the bundled base image: OCI layouts, `docker save` archives
 //! (made by Debian's skopeo), and `local/busybox:latest` from busybox-static.
 
-mod common;
+use skiff_tests as common;
 
 use std::fs;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! pull and convert one image at once: each blob is fetched once, one rootfs is built.
 //! The child processes are this test binary, re-run with `SKIFF_TEST_CHILD` set.
 
-mod common;
+use skiff_tests as common;
 
 use std::process::{Command, Stdio};
 

@@ -1,7 +1,7 @@
 //! Pulls from a real registry (Debian's docker-registry on 127.0.0.1): layer formats,
 //! whiteouts, indexes, Docker schema2, missing tags, shared layers, concurrent pulls.
 
-mod common;
+use skiff_tests as common;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};

@@ -3,12 +3,12 @@
 //! it, give the same output as a boot, get their own random state and the right wall
 //! clock; a damaged snapshot is refused and the task still runs (by a full boot).
 
-#[path = "serve_harness/mod.rs"]
-mod harness;
+use skiff_tests::serve as harness;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harness::{kvm_available, state_dir, Serve};
+use skiff_tests::kvm_available;
+use harness::{state_dir, Serve};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(1200);

@@ -1,0 +1,15 @@
+//! The one harness of Skiff's end-to-end tests (`tests/tests/*.rs`, a file per feature):
+//! the KVM check, where the binaries are, deadline-based waiting, a real `skiff serve` on
+//! its own state dir, a real `docker-registry` with a small push client and layer
+//! builders, an authenticating token server and a connection-cutting proxy.
+#![allow(dead_code)]
+
+pub mod kvm;
+pub mod paths;
+pub mod proxy;
+pub mod registry;
+pub mod serve;
+pub mod token;
+
+pub use kvm::kvm_available;
+pub use registry::*;
