@@ -6,10 +6,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
-# shellcheck disable=SC1091
-. "$root/target/skiff.env"
-export SKIFF_KERNEL SKIFF_AGENT
-skiff="$root/target/release/skiff"
+# The installed skiff: it finds skiff-vmm, the kernel and the agent by itself.
+skiff="$(command -v skiff)"
+"$skiff" info >&2
 state="${SKIFF_STATE_DIR:-$root/target/hello-state}"
 log="$state/serve.log"
 mkdir -p "$state"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a Debian machine for Skiff: installs the packages it needs, builds (or finds in
-# the cache) the guest kernel, and builds the workspace in release mode.
-# Writes target/skiff.env (SKIFF_KERNEL=...) for the other scripts.
+# the cache) the guest kernel, builds the workspace in release mode, and installs skiff
+# (scripts/install.sh: binaries in /usr/local/bin, kernel and agent in /usr/local/lib/skiff,
+# where skiff finds them without any environment variable). Also writes target/skiff.env
+# (SKIFF_KERNEL, SKIFF_AGENT) for tests that use the build tree's files directly.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -38,4 +40,5 @@ mkdir -p target
     echo "SKIFF_KERNEL=$kernel"
     echo "SKIFF_AGENT=$root/target/skiff-agent"
 } > target/skiff.env
-log "ready: target/release/skiff, target/release/skiff-vmm, target/skiff-agent"
+bash scripts/install.sh "$kernel"
+log "ready: skiff, skiff-vmm on PATH; run 'skiff info' to see what is installed"

@@ -7,7 +7,9 @@
 pub mod api;
 pub mod image_source;
 pub mod images;
+pub mod install;
 pub mod launcher;
+pub mod prepare;
 pub mod scheduler;
 pub mod server;
 pub mod state_dir;

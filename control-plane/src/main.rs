@@ -81,6 +81,8 @@ enum Cmd {
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Show the installation, the host's KVM and capacity, and the state directory.
+    Info,
 }
 
 fn main() -> ExitCode {
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => cli::serve::serve(&state_dir, a),
         Cmd::Run(a) if a.local => cli::run_local::run(&state_dir, a),
         Cmd::Image(c) => cli::image::image(&state_dir, c),
+        Cmd::Info => cli::info::info(&state_dir),
         Cmd::Bench(BenchCmd::ColdStart(a)) => cli::bench::cold_start(a),
         Cmd::Bench(BenchCmd::Density(a)) => cli::bench_density::density(a),
         remote_cmd => {
@@ -123,7 +126,9 @@ fn main() -> ExitCode {
                 Cmd::Inspect { ids } => remote::inspect(&api, &ids),
                 Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
                 Cmd::Stop { ids } => remote::stop(&api, &ids),
-                Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) => unreachable!("handled above"),
+                Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) | Cmd::Info => {
+                    unreachable!("handled above")
+                }
             })
         }
     };

@@ -2,7 +2,7 @@
 //! longer than [`MAX_FRAME_LEN`] is an error, so a broken or hostile peer cannot make the
 //! reader allocate without limit.
 
-use std::io::{self, Read, Write};
+use std::io;
 
 use crate::message::Message;
 
@@ -38,9 +38,25 @@ pub enum FrameError {
     UnknownKind(u8),
     #[error("bad control message: {0}")]
     BadMessage(#[from] serde_json::Error),
+    #[error("the peer closed the connection{}", if *.mid_frame { " in the middle of a frame" } else { "" })]
+    Closed { mid_frame: bool },
+    #[error("no frame before the deadline")]
+    TimedOut,
 }
 
 impl Frame {
+    /// A short name of the frame's kind (and control message type), for logs and errors
+    /// that must not quote a peer's payload.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Control(m) => m.type_name(),
+            Frame::Stdout(_) => "stdout",
+            Frame::Stderr(_) => "stderr",
+            Frame::Stdin(_) => "stdin",
+            Frame::StdinEof => "stdin_eof",
+        }
+    }
+
     /// The frame as bytes on the wire.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let (kind, payload): (u8, std::borrow::Cow<[u8]>) = match self {
@@ -93,63 +109,6 @@ impl Frame {
     }
 }
 
-pub struct FrameWriter<W: Write> {
-    inner: W,
-}
-
-impl<W: Write> FrameWriter<W> {
-    pub fn new(inner: W) -> Self {
-        Self { inner }
-    }
-
-    pub fn send(&mut self, frame: &Frame) -> Result<(), FrameError> {
-        self.inner.write_all(&frame.encode()?)?;
-        self.inner.flush()?;
-        Ok(())
-    }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-}
-
-pub struct FrameReader<R: Read> {
-    inner: R,
-}
-
-impl<R: Read> FrameReader<R> {
-    pub fn new(inner: R) -> Self {
-        Self { inner }
-    }
-
-    /// The next frame, or None on a clean end of stream between frames.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        let mut len = [0u8; 4];
-        let mut got = 0;
-        while got < 4 {
-            match self.inner.read(&mut len[got..]) {
-                Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let len = u32::from_le_bytes(len) as usize;
-        if len == 0 {
-            return Err(FrameError::Empty);
-        }
-        if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLong(len));
-        }
-        let mut buf = vec![0u8; len];
-        self.inner.read_exact(&mut buf)?;
-        let kind = buf[0];
-        buf.remove(0);
-        Frame::decode(kind, buf).map(Some)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,18 +124,19 @@ mod tests {
             Frame::Control(Message::Signal { signal: 15 }),
         ];
         let mut wire = Vec::new();
-        let mut w = FrameWriter::new(&mut wire);
         for f in &frames {
-            w.send(f).unwrap();
+            wire.extend(f.encode().unwrap());
         }
         // Raw output costs 5 bytes of framing, no escaping.
         assert_eq!(&wire[..5], &[1, 1, 0, 0, KIND_STDOUT]);
         assert_eq!(&wire[5..5 + 256], bin.as_slice());
-        let mut r = FrameReader::new(&wire[..]);
+        let mut r = crate::FrameDecoder::default();
+        r.push(&wire);
         for f in &frames {
-            assert_eq!(r.next_frame().unwrap().as_ref(), Some(f));
+            assert_eq!(r.next().unwrap().as_ref(), Some(f));
         }
-        assert!(r.next_frame().unwrap().is_none());
+        assert!(r.next().unwrap().is_none());
+        assert_eq!(r.buffered(), 0);
     }
 
     #[test]
@@ -196,18 +156,18 @@ mod tests {
     fn oversized_truncated_and_unknown_frames_are_errors() {
         let huge = ((MAX_FRAME_LEN + 1) as u32).to_le_bytes();
         assert!(matches!(
-            FrameReader::new(&huge[..]).next_frame(),
+            Frame::decode_from(&huge[..]),
             Err(FrameError::TooLong(_))
         ));
-        assert!(FrameReader::new(&[5u8, 0, 0, 0, 1, 2][..])
-            .next_frame()
-            .is_err());
+        assert!(Frame::decode_from(&[5u8, 0, 0, 0, 1, 2][..])
+            .unwrap()
+            .is_none());
         assert!(matches!(
-            FrameReader::new(&[1u8, 0, 0, 0, 9][..]).next_frame(),
+            Frame::decode_from(&[1u8, 0, 0, 0, 9][..]),
             Err(FrameError::UnknownKind(9))
         ));
         assert!(matches!(
-            FrameReader::new(&[3u8, 0, 0, 0, 0, b'{', b'x'][..]).next_frame(),
+            Frame::decode_from(&[3u8, 0, 0, 0, 0, b'{', b'x'][..]),
             Err(FrameError::BadMessage(_))
         ));
         assert!(matches!(

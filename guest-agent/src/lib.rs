@@ -6,10 +6,12 @@
 //! kinds, never JSON-escaped, so binary output costs nothing extra and nothing is lost.
 #![forbid(unsafe_code)]
 
+pub mod conn;
 pub mod frame;
 pub mod message;
 
-pub use frame::{Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN, MAX_OUTPUT_CHUNK};
+pub use conn::{FrameDecoder, FramedConn};
+pub use frame::{Frame, FrameError, MAX_FRAME_LEN, MAX_OUTPUT_CHUNK};
 pub use message::*;
 
 /// Bumped on every incompatible change of [`Message`] or the frame format.

@@ -94,17 +94,39 @@ pub enum Message {
         exit_code: i32,
     },
     /// Agent → host: the process ended; all its output frames came before this.
-    Exited {
-        /// Exit status as a shell reports it: the code, or 128 + signal.
-        exit_code: i32,
-        /// The signal that killed it, if any.
-        signal: Option<i32>,
-        cpu_user_ms: u64,
-        cpu_system_ms: u64,
-        max_rss_kib: u64,
-        exited_ms: u64,
-        /// The guest's OOM killer killed a process of the task.
-        #[serde(default)]
-        oom_killed: bool,
-    },
+    Exited(ExitReport),
+}
+
+impl Message {
+    /// The message's `type` on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Run(_) => "run",
+            Message::Started { .. } => "started",
+            Message::Signal { .. } => "signal",
+            Message::StdinConsumed { .. } => "stdin_consumed",
+            Message::Failed { .. } => "failed",
+            Message::Exited(_) => "exited",
+        }
+    }
+}
+
+/// How the task's process ended and what it used: the agent's report, kept as it is by the
+/// host (launcher result, task record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitReport {
+    /// Exit status as a shell reports it: the code, or 128 + signal.
+    pub exit_code: i32,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    pub cpu_user_ms: u64,
+    pub cpu_system_ms: u64,
+    pub max_rss_kib: u64,
+    /// Guest clock (ms since boot) when it exited.
+    pub exited_ms: u64,
+    /// The guest's OOM killer killed a process of the task.
+    #[serde(default)]
+    pub oom_killed: bool,
 }

@@ -71,7 +71,7 @@ fn control_messages_encode_as_frozen() {
             r#"5900000000 {"type":"failed","kind":"command_not_found","message":"nope: not found","exit_code":127}"#,
         ),
         (
-            Message::Exited {
+            Message::Exited(ExitReport {
                 exit_code: 137,
                 signal: Some(9),
                 cpu_user_ms: 1,
@@ -79,7 +79,7 @@ fn control_messages_encode_as_frozen() {
                 max_rss_kib: 3,
                 exited_ms: 4,
                 oom_killed: true,
-            },
+            }),
             r#"7f00000000 {"type":"exited","exit_code":137,"signal":9,"cpu_user_ms":1,"cpu_system_ms":2,"max_rss_kib":3,"exited_ms":4,"oom_killed":true}"#,
         ),
     ];
@@ -87,7 +87,7 @@ fn control_messages_encode_as_frozen() {
         assert_eq!(wire(&Frame::Control(m.clone())), want, "{m:?}");
         // And back.
         let bytes = Frame::Control(m.clone()).encode().unwrap();
-        let got = FrameReader::new(&bytes[..]).next_frame().unwrap().unwrap();
+        let got = Frame::decode_from(&bytes).unwrap().unwrap().0;
         assert_eq!(got, Frame::Control(m));
     }
 }
@@ -112,10 +112,11 @@ fn unknown_fields_and_types_are_refused() {
         r#"{"type":"signal","signal":15,"extra":1}"#,
         r#"{"type":"reboot"}"#,
         r#"{"signal":15}"#,
+        r#"{"type":"exited","exit_code":0,"signal":null,"cpu_user_ms":0,"cpu_system_ms":0,"max_rss_kib":0,"exited_ms":0,"extra":1}"#,
     ] {
         let mut b = ((bad.len() + 1) as u32).to_le_bytes().to_vec();
         b.push(0);
         b.extend_from_slice(bad.as_bytes());
-        assert!(FrameReader::new(&b[..]).next_frame().is_err(), "{bad}");
+        assert!(Frame::decode_from(&b).is_err(), "{bad}");
     }
 }

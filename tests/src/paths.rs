@@ -13,7 +13,10 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("the test executable's path");
-    let mut dir = exe.parent().expect("the test executable's directory").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("the test executable's directory")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }

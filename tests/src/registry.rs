@@ -1,7 +1,6 @@
 //! Test harness: a real `docker-registry` (Debian's distribution 2.8) on 127.0.0.1 with its
 //! own config and storage, a small push client, layer tar builders and a throwaway CA.
 
-
 use std::fs;
 use std::io::Write;
 use std::net::TcpListener;

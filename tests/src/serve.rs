@@ -12,8 +12,7 @@ use serde_json::Value;
 
 /// A fresh state dir for one test.
 pub fn state_dir(name: &str) -> PathBuf {
-    let d = crate::paths::tmp_dir()
-        .join(format!("serve-{name}-{}", std::process::id()));
+    let d = crate::paths::tmp_dir().join(format!("serve-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -1,6 +1,8 @@
 //! `skiff run --local` end to end: real microVMs from the bundled busybox image, each test
 //! one task. Output streams, exit codes, signals, failures, user/env/cwd, binary output,
-//! writes staying in the upper layer, orphans reaped, timeouts ending the VM.
+//! writes staying in the upper layer, orphans reaped, timeouts ending the VM. Every run
+//! uses Skiff as `scripts/install.sh` installs it, with no Skiff variable set: `skiff`
+//! finds its VMM, kernel and agent by itself.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,12 +14,6 @@ use skiff_tests::kvm_available;
 fn state_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        for var in ["SKIFF_KERNEL", "SKIFF_AGENT"] {
-            assert!(
-                std::env::var_os(var).is_some(),
-                "{var} is not set: run the tests through scripts/test.sh (it sources target/skiff.env)"
-            );
-        }
         let d = skiff_tests::paths::tmp_dir().join(format!("run-local-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         // Make the bundled image and its root filesystem once, before tests run in parallel.
@@ -28,13 +24,12 @@ fn state_dir() -> &'static PathBuf {
 }
 
 fn skiff(args: &[&str]) -> Output {
-    let dir = skiff_tests::paths::tmp_dir()
-        .join(format!("run-local-{}", std::process::id()));
+    let dir = skiff_tests::paths::tmp_dir().join(format!("run-local-{}", std::process::id()));
     skiff_in(&dir, args)
 }
 
 fn skiff_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(skiff_tests::paths::skiff())
+    skiff_tests::install::skiff()
         .arg("--state-dir")
         .arg(dir)
         .args(args)
@@ -157,8 +152,7 @@ fn signals_and_start_failures_map_to_shell_exit_codes() {
         show(&o)
     );
     // A "root filesystem" that is no file system: the agent reports it, the VM ends.
-    let junk =
-        skiff_tests::paths::tmp_dir().join(format!("junk-{}.img", std::process::id()));
+    let junk = skiff_tests::paths::tmp_dir().join(format!("junk-{}.img", std::process::id()));
     std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
     let o = run(&["--rootfs", junk.to_str().unwrap(), "--", "true"]);
     assert_eq!(o.status.code(), Some(125), "{}", show(&o));
@@ -206,8 +200,7 @@ fn a_timeout_ends_the_task_and_the_vm() {
     }
     // Its own state dir, so that no other test's VM matches the check below.
     state_dir();
-    let own = skiff_tests::paths::tmp_dir()
-        .join(format!("run-timeout-{}", std::process::id()));
+    let own = skiff_tests::paths::tmp_dir().join(format!("run-timeout-{}", std::process::id()));
     let o = skiff_in(
         &own,
         &[
@@ -247,8 +240,7 @@ fn stdin_and_signals_reach_the_task() {
     }
     use std::io::{BufRead, BufReader, Write};
     state_dir();
-    let dir = skiff_tests::paths::tmp_dir()
-        .join(format!("run-local-{}", std::process::id()));
+    let dir = skiff_tests::paths::tmp_dir().join(format!("run-local-{}", std::process::id()));
     // Reads one line and 1 MiB, then stops reading stdin and waits for SIGINT.
     let script = "trap 'echo got INT; exit 3' INT; read line; echo \"line:$line\"; \
                   echo \"md5:$(head -c 1048576 | md5sum)\"; echo ready; \

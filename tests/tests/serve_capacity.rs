@@ -6,9 +6,9 @@ use skiff_tests::serve as harness;
 
 use std::time::Duration;
 
-use skiff_tests::kvm_available;
 use harness::{state_dir, Serve};
 use serde_json::json;
+use skiff_tests::kvm_available;
 
 const TASKS: usize = 20;
 

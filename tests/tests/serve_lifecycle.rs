@@ -5,10 +5,10 @@ use skiff_tests::serve as harness;
 
 use std::time::Duration;
 
-use skiff_tests::kvm_available;
 use harness::{state_dir, vmms_under, Serve};
 use reqwest::StatusCode;
 use serde_json::json;
+use skiff_tests::kvm_available;
 
 const LONG: Duration = Duration::from_secs(1200);
 

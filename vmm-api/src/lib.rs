@@ -144,10 +144,7 @@ mod tests {
         }
         assert_eq!(Request::Pause {}.to_line(), r#"{"action":"pause"}"#);
         assert_eq!(Reply::ok().to_line(), r#"{"ok":true}"#);
-        assert_eq!(
-            Reply::error("no").to_line(),
-            r#"{"ok":false,"error":"no"}"#
-        );
+        assert_eq!(Reply::error("no").to_line(), r#"{"ok":false,"error":"no"}"#);
         let rep = Reply::snapshot(SnapshotReport {
             state_bytes: 1,
             memory_data_bytes: 2,

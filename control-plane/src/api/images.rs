@@ -48,7 +48,10 @@ pub async fn pull(
         }
     })?;
     let digest = image.manifest_digest.to_string();
-    let _ = srv.store.record_image(&r.to_string(), &digest, now_ms());
+    let _ = srv
+        .records
+        .store
+        .record_image(&r.to_string(), &digest, now_ms());
     Ok((
         StatusCode::OK,
         Json(serde_json::json!({

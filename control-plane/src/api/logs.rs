@@ -42,7 +42,13 @@ pub async fn logs(
             )))
         }
     };
-    if srv.store.get(&id).map_err(ApiError::internal)?.is_none() {
+    if srv
+        .records
+        .store
+        .get(&id)
+        .map_err(ApiError::internal)?
+        .is_none()
+    {
         return Err(ApiError::not_found(format!("task {id}")));
     }
     // Subscribe before the first read, so no write between the two goes unnoticed.

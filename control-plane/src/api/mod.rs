@@ -54,8 +54,12 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn metrics(State(srv): State<Arc<Server>>) -> Result<Response, ApiError> {
-    let counts = srv.store.count_by_state().map_err(ApiError::internal)?;
-    let text = srv.metrics.render(
+    let counts = srv
+        .records
+        .store
+        .count_by_state()
+        .map_err(ApiError::internal)?;
+    let text = srv.records.metrics.render(
         &counts,
         srv.sched.capacity(),
         srv.sched.in_use(),

@@ -84,7 +84,7 @@ pub async fn list(
         limit,
         before_seq,
     };
-    let (tasks, next) = srv.store.list(&q).map_err(ApiError::internal)?;
+    let (tasks, next) = srv.records.store.list(&q).map_err(ApiError::internal)?;
     let mut body = serde_json::json!({ "tasks": tasks });
     if let Some(n) = next {
         body["nextToken"] = n.to_string().into();
@@ -97,11 +97,12 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let task = srv
+        .records
         .store
         .get(&id)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("task {id}")))?;
-    let events = srv.store.events(&id).map_err(ApiError::internal)?;
+    let events = srv.records.store.events(&id).map_err(ApiError::internal)?;
     let mut body = serde_json::to_value(&task).map_err(ApiError::internal)?;
     body["events"] = serde_json::to_value(events).map_err(ApiError::internal)?;
     Ok(Json(body))

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context};
 use clap::Subcommand;
 use control_plane::image_source;
 use control_plane::images::registry::RegistryOptions;
-use control_plane::images::{Image, ImageStore, PullEvent, Reference};
+use control_plane::images::{ImageStore, PullEvent, Reference};
 
 use super::short;
 
@@ -36,7 +36,8 @@ pub fn store(state_dir: &Path) -> anyhow::Result<ImageStore> {
     ImageStore::open(state_dir, None).context("cannot open the image store")
 }
 
-fn progress(r: &Reference) -> impl Fn(PullEvent) + Sync + '_ {
+/// Pull progress on stderr, as `docker pull` prints it.
+pub fn progress(r: String) -> impl Fn(PullEvent) + Sync {
     move |e: PullEvent| match e {
         PullEvent::Resolved { manifest, layers } => {
             eprintln!("{r}: resolved {manifest} ({layers} layers)")
@@ -59,12 +60,6 @@ fn progress(r: &Reference) -> impl Fn(PullEvent) + Sync + '_ {
     }
 }
 
-/// The stored image, else the bundled busybox made on first use, else a pull (with
-/// progress on stderr).
-pub fn get_image(st: &ImageStore, r: &Reference, opts: &RegistryOptions) -> anyhow::Result<Image> {
-    Ok(image_source::get_image(st, r, opts, &progress(r))?)
-}
-
 pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
     let st = store(state_dir)?;
     match c {
@@ -79,7 +74,7 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
                 ca_file,
                 ..Default::default()
             };
-            let image = image_source::pull(&st, &r, &opts, &progress(&r))?;
+            let image = image_source::pull(&st, &r, &opts, &progress(r.to_string()))?;
             let fs = st.rootfs(&image)?;
             crate::outln!(
                 "{r}: {} (rootfs {})",

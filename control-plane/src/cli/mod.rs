@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_chart;
 pub mod bench_density;
 pub mod image;
+pub mod info;
 pub mod remote;
 pub mod run;
 pub mod run_local;
@@ -11,27 +12,7 @@ pub mod serve;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context};
-
-/// A path from the environment, with a hint when it is missing.
-pub fn env_path(var: &str, what: &str) -> anyhow::Result<PathBuf> {
-    std::env::var_os(var).map(PathBuf::from).ok_or_else(|| {
-        anyhow!(
-            "{var} is not set: point it at the {what} (scripts/setup.sh writes target/skiff.env)"
-        )
-    })
-}
-
-/// `skiff-vmm`: `SKIFF_VMM`, else next to this binary, else on PATH.
-pub fn vmm_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SKIFF_VMM") {
-        return p.into();
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("skiff-vmm")))
-        .unwrap_or_else(|| "skiff-vmm".into())
-}
+use anyhow::{bail, Context};
 
 /// The first 12 hex digits of a digest, as Docker shows image ids.
 pub fn short(d: &str) -> &str {

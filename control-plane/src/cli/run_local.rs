@@ -7,71 +7,63 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use control_plane::images::config::RunDefaults;
 use control_plane::images::registry::RegistryOptions;
-use control_plane::images::run::{resolve, RunOverrides};
-use control_plane::images::Reference;
+use control_plane::images::run::RunOverrides;
+use control_plane::install;
 use control_plane::launcher::{self, LaunchConfig, Output, TaskControl, TaskEnd, TaskEvent};
+use control_plane::prepare::{prepare, RootSource, TaskInput};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 
-use super::image::{get_image, store};
+use super::image::{progress, store};
 use super::run::RunArgs;
-use super::{env_path, tempdir_in, vmm_path};
+use super::tempdir_in;
 
 /// Signals passed on to the task.
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
 pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
     let (image_arg, cmd) = a.image_and_command()?;
-    let (rootfs, defaults) = match (a.rootfs.clone(), image_arg) {
-        (Some(r), _) => (r, RunDefaults::default()),
-        (None, Some(name)) => {
-            let r: Reference = name.parse().map_err(|e| anyhow!("{name}: {e}"))?;
-            let st = store(state_dir)?;
-            let image = get_image(&st, &r, &RegistryOptions::default())?;
-            (st.rootfs(&image)?.path, image.config.run_defaults())
-        }
+    let root = match (a.rootfs.clone(), image_arg) {
+        (Some(r), _) => RootSource::Disk(r),
+        (None, Some(name)) => RootSource::Image(name.parse().map_err(|e| anyhow!("{name}: {e}"))?),
         (None, None) => return Err(anyhow!("give an image (or --rootfs FILE)")),
     };
-    let overrides = RunOverrides {
-        entrypoint: a.entrypoint.map(|e| vec![e]),
-        cmd: (!cmd.is_empty()).then_some(cmd),
-        env: a.env,
-        working_dir: a.workdir,
-        user: a.user,
-    };
-    let resolved = resolve(&defaults, &overrides)?;
-    let spec = guest_agent::RunSpec {
-        argv: resolved.argv,
-        env: resolved.env,
-        working_dir: resolved.working_dir,
-        user: resolved.user,
-        image_disk: "/dev/vda".into(),
-        upper_size_mib: (a.memory / 4).max(16),
+    let input = TaskInput {
+        root,
+        overrides: RunOverrides {
+            entrypoint: a.entrypoint.map(|e| vec![e]),
+            cmd: (!cmd.is_empty()).then_some(cmd),
+            env: a.env,
+            working_dir: a.workdir,
+            user: a.user,
+        },
+        memory_mib: a.memory,
         hostname: "skiff".into(),
         stdin: a.interactive,
-        ..Default::default()
     };
+    // Found before anything is pulled, so a missing installation fails fast.
+    let kernel = install::kernel(None)?.path;
+    let agent = install::agent(None)?.path;
+    let st = store(state_dir)?;
+    let registry = RegistryOptions::default();
+    let prepared = prepare(&st, &registry, &input, &progress(image_name(&input.root)))?;
     let work = tempdir_in(&state_dir.join("run"))?;
     let initrd = work.join("agent.cpio");
-    launcher::build_agent_initramfs(
-        &env_path("SKIFF_AGENT", "static skiff-agent binary")?,
-        &initrd,
-    )
-    .context("cannot build the agent initramfs")?;
+    launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
     let cfg = LaunchConfig {
-        vmm: vmm_path(),
-        kernel: env_path("SKIFF_KERNEL", "guest kernel (vmlinux)")?,
+        vmm: install::vmm().path,
+        kernel,
         initrd,
         vcpus: a.cpu,
         memory_mib: a.memory,
-        rootfs,
+        rootfs: prepared.rootfs,
         work_dir: work.clone(),
         timeout: a.timeout.map(Duration::from_secs),
         stop_timeout: Duration::from_secs(a.stop_timeout),
         boot_timeout: Duration::from_secs(600),
         snapshot: None,
     };
+    let spec = prepared.spec;
     let control = TaskControl::new();
     forward_signals(&control)?;
     if a.interactive {
@@ -108,6 +100,13 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(result.end.exit_code())
+}
+
+fn image_name(root: &RootSource) -> String {
+    match root {
+        RootSource::Image(r) => r.to_string(),
+        RootSource::Disk(p) => p.display().to_string(),
+    }
 }
 
 /// Signals sent to `skiff` go to the task's process; one that comes while the VM is

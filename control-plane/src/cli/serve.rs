@@ -9,7 +9,7 @@ use control_plane::images::registry::RegistryOptions;
 use control_plane::scheduler::Capacity;
 use control_plane::server::{ServeConfig, Server};
 
-use super::{env_path, vmm_path};
+use control_plane::install;
 
 /// Where `skiff serve` listens unless told otherwise, and where the CLI looks for it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8642";
@@ -37,10 +37,10 @@ pub struct ServeArgs {
     /// Always boot task VMs; never start them from snapshots.
     #[arg(long)]
     no_snapshots: bool,
-    /// Guest kernel (default: SKIFF_KERNEL).
+    /// Guest kernel (default: SKIFF_KERNEL, else the installed one).
     #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Static skiff-agent binary (default: SKIFF_AGENT).
+    /// Static skiff-agent binary (default: SKIFF_AGENT, else the installed one).
     #[arg(long)]
     agent: Option<PathBuf>,
 }
@@ -62,7 +62,7 @@ pub fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn host_memory_mib() -> u64 {
+pub fn host_memory_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -92,15 +92,9 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         state_dir: state_dir.to_owned(),
         capacity,
         token: read_token(a.token_file.as_deref())?,
-        vmm: vmm_path(),
-        kernel: match a.kernel {
-            Some(k) => k,
-            None => env_path("SKIFF_KERNEL", "guest kernel (vmlinux)")?,
-        },
-        agent: match a.agent {
-            Some(k) => k,
-            None => env_path("SKIFF_AGENT", "static skiff-agent binary")?,
-        },
+        vmm: install::vmm().path,
+        kernel: install::kernel(a.kernel.as_deref())?.path,
+        agent: install::agent(a.agent.as_deref())?.path,
         registry: RegistryOptions {
             insecure: a.insecure_registries,
             ..Default::default()

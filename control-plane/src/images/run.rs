@@ -1,6 +1,7 @@
 //! What a run of an image executes: the image config's defaults with the user's flags on
 //! top, by `docker run`'s rules.
 
+use guest_agent::RunSpec;
 use serde::{Deserialize, Serialize};
 
 use super::config::RunDefaults;
@@ -29,16 +30,6 @@ pub struct RunOverrides {
     pub user: Option<String>,
 }
 
-/// The resolved process: what the guest agent runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunSpec {
-    pub argv: Vec<String>,
-    pub env: Vec<String>,
-    pub working_dir: String,
-    /// `user`, `uid`, `user:group` or `uid:gid`, resolved in the guest; `0` when unset.
-    pub user: String,
-}
-
 fn env_name(kv: &str) -> Option<&str> {
     kv.split_once('=').map(|(k, _)| k).filter(|k| !k.is_empty())
 }
@@ -46,7 +37,8 @@ fn env_name(kv: &str) -> Option<&str> {
 /// Merges `o` onto the image's defaults: `--entrypoint` replaces the Entrypoint and drops
 /// the image's Cmd; a command replaces Cmd; `-e NAME=…` replaces the image's NAME or adds
 /// it (a bare `-e NAME` is refused: there is no host environment to copy from here);
-/// PATH is added when neither sets it.
+/// PATH is added when neither sets it. The result is the process part of the agent's run
+/// spec (argv, env, working dir, user); the caller fills in the rest.
 pub fn resolve(d: &RunDefaults, o: &RunOverrides) -> Result<RunSpec, RunError> {
     let (entrypoint, image_cmd) = match &o.entrypoint {
         Some(e) => (e.clone(), Vec::new()),
@@ -88,6 +80,7 @@ pub fn resolve(d: &RunDefaults, o: &RunOverrides) -> Result<RunSpec, RunError> {
         env,
         working_dir,
         user: user.unwrap_or_else(|| "0".to_string()),
+        ..Default::default()
     })
 }
 

@@ -158,6 +158,17 @@ impl TaskControl {
         }
     }
 
+    /// Ends the current VMM and reaps it without marking the task killed: a failed start
+    /// that a fallback follows.
+    pub(super) fn kill_child_and_wait(&self) {
+        let mut st = self.state();
+        let st = &mut *st;
+        if let (Some(c), None) = (st.child.as_mut(), st.status) {
+            let _ = c.kill();
+            st.status = c.wait().ok();
+        }
+    }
+
     pub(super) fn attach_writer(&self, stream: UnixStream) {
         *self.0.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
         self.state().connected = true;

@@ -3,17 +3,26 @@
 //! signal: no polling), sends the run spec, streams output, and returns how the task ended.
 //! The VM is always torn down: on exit, on error, on timeout, and when the caller drops it.
 //!
-//! A [`TaskControl`] lets other threads act on a running task: deliver signals, feed its
-//! stdin, or end its VM.
+//! Modules, each depending only on those listed before it: [`config`] (what a launch
+//! needs), [`result`] (what it reports), `error`, [`control`] (a handle other threads hold: signals,
+//! stdin, kill), `vmm_process` (the VMM's command line and exit status), `start` (a VM up
+//! to the agent's hello), `session` (the task's state machine), `snapshot` (building the
+//! fast path's snapshots), `agent_initramfs`.
 
+mod agent_initramfs;
+mod config;
 mod control;
+mod error;
 mod result;
 mod session;
 mod snapshot;
+mod start;
 mod vmm_process;
 
+pub use agent_initramfs::build_agent_initramfs;
+pub use config::{LaunchConfig, Snapshot};
 pub use control::{ControlError, TaskControl};
+pub use error::LaunchError;
 pub use result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};
-pub use session::{run_task, LaunchConfig, LaunchError};
-pub use snapshot::{build_snapshot, Snapshot, SnapshotError};
-pub use vmm_process::build_agent_initramfs;
+pub use session::run_task;
+pub use snapshot::{build_snapshot, SnapshotError};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use guest_agent::{BootTimings, FailureKind};
+use guest_agent::{BootTimings, ExitReport, FailureKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -46,17 +46,8 @@ pub enum TaskEvent<'a> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskEnd {
-    /// The process ran and ended.
-    Exited {
-        exit_code: i32,
-        signal: Option<i32>,
-        cpu_user_ms: u64,
-        cpu_system_ms: u64,
-        max_rss_kib: u64,
-        /// The guest's OOM killer killed a process of the task (the VM's memory is the
-        /// task's memory limit).
-        oom_killed: bool,
-    },
+    /// The process ran and ended: the agent's report.
+    Exited(ExitReport),
     /// The process never started.
     Failed {
         kind: FailureKind,
@@ -77,7 +68,9 @@ impl TaskEnd {
     /// The exit code `skiff run` exits with.
     pub fn exit_code(&self) -> i32 {
         match self {
-            TaskEnd::Exited { exit_code, .. } | TaskEnd::Failed { exit_code, .. } => *exit_code,
+            TaskEnd::Exited(ExitReport { exit_code, .. }) | TaskEnd::Failed { exit_code, .. } => {
+                *exit_code
+            }
             TaskEnd::TimedOut(_) => 124,
             TaskEnd::Killed => 137,
             TaskEnd::Lost(_) => 125,

@@ -4,37 +4,25 @@
 //! with their own image disk and vsock socket; the agent redials after the restore's
 //! vsock reset and gets the clock and fresh entropy with its run spec.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use guest_agent::HOST_PORT;
+use vmm_api::{Reply, Request};
 
+use super::config::{LaunchConfig, Snapshot};
 use super::control::{FinishOnDrop, TaskControl};
-use super::session::{start_vm_for_snapshot, LaunchConfig, LaunchError};
+use super::error::LaunchError;
+use super::start::{start_vm, AgentListener, NoAgent};
+use super::vmm_process::StartFrom;
 
 /// The disk attached while the snapshot VM boots: sparse, and larger than any image, so
 /// the capacity the guest saw at boot never falls short of a task's disk.
 const PLACEHOLDER_DISK_BYTES: u64 = 64 << 30;
 
-/// A snapshot's two files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    pub state: PathBuf,
-    pub memory: PathBuf,
-}
-
-impl Snapshot {
-    /// The files in `dir`, if both are there.
-    pub fn in_dir(dir: &Path) -> Option<Snapshot> {
-        let s = Snapshot {
-            state: dir.join("vm.state"),
-            memory: dir.join("vm.mem"),
-        };
-        (s.state.is_file() && s.memory.is_file()).then_some(s)
-    }
-}
+/// Longest answer line read from the VMM's control socket.
+const MAX_REPLY_LINE: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -46,6 +34,8 @@ pub enum SnapshotError {
     },
     #[error("booting the VM to snapshot: {0}")]
     Launch(#[from] LaunchError),
+    #[error("the VM to snapshot was ended")]
+    Ended,
     #[error("the VMM's control socket: {0}")]
     Control(String),
 }
@@ -75,32 +65,36 @@ pub fn build_snapshot(
         snapshot: None,
         ..cfg.clone()
     };
-    let uds = work.join("v.sock");
-    let listener =
-        UnixListener::bind(format!("{}_{HOST_PORT}", uds.display())).map_err(io(&work))?;
+    let agent = AgentListener::bind(&work).map_err(io(&work))?;
     let api = work.join("api.sock");
     let _finish = FinishOnDrop(control);
     let t0 = Instant::now();
     // The agent's connection stays open while the snapshot is taken: the agent is then
     // waiting for its run spec, which is where every restored VM picks up.
-    let _agent = start_vm_for_snapshot(&cfg, &listener, &uds, &api, control)?;
+    let from = StartFrom::Boot {
+        api_sock: Some(&api),
+    };
+    let _agent_conn = match start_vm(&cfg, from, &agent, control, &mut |_| {}, cfg.boot_timeout) {
+        Ok(c) => c,
+        Err(NoAgent::Killed) => return Err(SnapshotError::Ended),
+        Err(NoAgent::Failed(e)) => return Err(e.into()),
+    };
     let booted = t0.elapsed();
     let (state, memory) = (work.join("vm.state"), work.join("vm.mem"));
     let reply = control_request(
         &api,
-        &serde_json::json!({
-            "action": "snapshot",
-            "state_path": state,
-            "memory_path": memory,
-        }),
+        &Request::Snapshot {
+            state_path: state,
+            memory_path: memory,
+        },
     )?;
-    if reply["ok"] != true {
+    if !reply.ok {
         return Err(SnapshotError::Control(format!(
             "snapshot refused: {}",
-            reply["error"].as_str().unwrap_or("no reason given")
+            reply.error.as_deref().unwrap_or("no reason given")
         )));
     }
-    let _ = control_request(&api, &serde_json::json!({"action": "shutdown"}));
+    let _ = control_request(&api, &Request::Shutdown {});
     control.finish();
     tracing::info!(
         "snapshot of a {} vCPU / {} MiB VM taken after a {:.1} s boot",
@@ -108,12 +102,8 @@ pub fn build_snapshot(
         cfg.memory_mib,
         booted.as_secs_f64()
     );
-    for leftover in [
-        placeholder,
-        api,
-        uds,
-        work.join(format!("v.sock_{HOST_PORT}")),
-    ] {
+    drop(agent);
+    for leftover in [placeholder, api, agent_uds(&work)] {
         let _ = std::fs::remove_file(leftover);
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -121,18 +111,23 @@ pub fn build_snapshot(
     Snapshot::in_dir(dir).ok_or_else(|| SnapshotError::Control("the VMM wrote no files".into()))
 }
 
-/// One request on the VMM's control socket, one JSON line back.
-fn control_request(
-    api: &Path,
-    req: &serde_json::Value,
-) -> Result<serde_json::Value, SnapshotError> {
+fn agent_uds(work: &Path) -> PathBuf {
+    work.join("v.sock")
+}
+
+/// One request on the VMM's control socket, one reply line back.
+fn control_request(api: &Path, req: &Request) -> Result<Reply, SnapshotError> {
     let err = |e: std::io::Error| SnapshotError::Control(format!("{}: {e}", api.display()));
     let mut s = UnixStream::connect(api).map_err(err)?;
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(err)?;
-    s.write_all(format!("{req}\n").as_bytes()).map_err(err)?;
+    s.write_all(format!("{}\n", req.to_line()).as_bytes())
+        .map_err(err)?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).map_err(err)?;
+    BufReader::new(&s)
+        .take(MAX_REPLY_LINE)
+        .read_line(&mut line)
+        .map_err(err)?;
     serde_json::from_str(&line)
-        .map_err(|e| SnapshotError::Control(format!("answer {line:?} is not JSON: {e}")))
+        .map_err(|e| SnapshotError::Control(format!("the answer is not a reply: {e}")))
 }

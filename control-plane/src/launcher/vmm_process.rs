@@ -1,13 +1,14 @@
-//! Starting `skiff-vmm` for a task, and the files it leaves in the task directory.
+//! Starting `skiff-vmm` for a task, telling how it ended, and the files it leaves in the
+//! task directory.
 
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
-use super::session::LaunchConfig;
-use super::snapshot::Snapshot;
+use super::config::{LaunchConfig, Snapshot};
 
 /// How the VM comes to life: a full boot, or a restore of a snapshot.
+#[derive(Debug, Clone, Copy)]
 pub(super) enum StartFrom<'a> {
     Boot { api_sock: Option<&'a Path> },
     Snapshot(&'a Snapshot),
@@ -60,21 +61,29 @@ pub(super) fn spawn(
         .spawn()
 }
 
+/// The VMM refused its input (flags, or for a restore the snapshot files themselves:
+/// damaged, truncated, foreign) and started nothing.
+pub(super) fn refused_its_input(status: ExitStatus) -> bool {
+    status.code() == Some(vmm_api::exit_code::BAD_INPUT)
+}
+
+/// The VMM's exit status in words, with its own log's last line when it wrote one.
+pub(super) fn describe_exit(status: ExitStatus, vmm_log: &Path) -> String {
+    let how = match (status.code(), status.signal()) {
+        (Some(c), _) => format!("skiff-vmm exited with code {c}"),
+        (None, Some(s)) => format!("skiff-vmm was killed by signal {s}"),
+        _ => format!("skiff-vmm ended ({status})"),
+    };
+    let log = std::fs::read_to_string(vmm_log).unwrap_or_default();
+    match log.trim().lines().last() {
+        Some(l) => format!("{how}: {l}"),
+        None => how,
+    }
+}
+
 /// The last lines of the guest console, for error messages.
 pub(super) fn console_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
-/// Writes the agent's initramfs (the agent as /init) to `out`.
-pub fn build_agent_initramfs(agent: &Path, out: &Path) -> std::io::Result<()> {
-    let tmp = out.with_extension("tmp");
-    let f = std::fs::File::create(&tmp)?;
-    let mut w = initramfs::CpioWriter::new(std::io::BufWriter::new(f));
-    let io = |e: initramfs::InitramfsError| std::io::Error::other(e.to_string());
-    initramfs::write_skeleton(&mut w).map_err(io)?;
-    w.host_file("init", agent).map_err(io)?;
-    w.finish().map_err(io)?;
-    std::fs::rename(tmp, out)
 }

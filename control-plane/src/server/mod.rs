@@ -1,24 +1,30 @@
 //! `skiff serve`: the control plane's core. It owns the task store, the scheduler, the
 //! image store and the tasks that are alive; the HTTP layer (`crate::api`) only calls in.
 
+mod events;
 mod live;
 pub mod metrics;
+mod pipeline;
+pub mod records;
 mod recovery;
+mod report;
 pub mod snapshots;
-mod supervisor;
+mod stop;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use records::TaskRecords;
+
 use crate::images::registry::RegistryOptions;
 use crate::images::ImageStore;
 use crate::scheduler::{Capacity, Scheduler};
-use crate::tasks::{now_ms, Limits, StoreError, Task, TaskStore};
+use crate::tasks::{InvalidTransition, Limits, StoreError, Task, TaskStore};
 
 pub use live::Live;
-pub use supervisor::StopOutcome;
+pub use stop::StopOutcome;
 
 /// How `skiff serve` was started.
 #[derive(Debug, Clone)]
@@ -50,6 +56,8 @@ pub enum ServerError {
     StateDirBusy(PathBuf),
     #[error(transparent)]
     Images(#[from] crate::images::PullError),
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
     #[error(
         "listening on {0} (not loopback) needs a bearer token: give --token-file or SKIFF_TOKEN"
     )]
@@ -64,16 +72,14 @@ pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerE
 /// The shared core; handlers hold an `Arc<Server>`.
 pub struct Server {
     pub cfg: ServeConfig,
-    pub store: TaskStore,
+    /// Tasks, their events and the metrics they feed.
+    pub records: TaskRecords,
     pub sched: Scheduler,
     pub images: ImageStore,
-    pub metrics: metrics::Metrics,
     /// The agent's initramfs, built at start-up from `cfg.agent`.
     pub initrd: PathBuf,
     pub snapshots: Arc<snapshots::Snapshots>,
     live: Mutex<HashMap<String, Arc<Live>>>,
-    /// Serialises read-modify-write of task records.
-    update_lock: Mutex<()>,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -106,13 +112,11 @@ impl Server {
         let srv = Arc::new(Self {
             snapshots: Arc::new(snapshots),
             sched: Scheduler::new(cfg.capacity),
-            metrics: metrics::Metrics::new(),
+            records: TaskRecords::new(store, metrics::Metrics::new()),
             cfg,
-            store,
             images,
             initrd,
             live: Mutex::new(HashMap::new()),
-            update_lock: Mutex::new(()),
             _lock: lock,
         });
         recovery::recover(&srv)?;
@@ -129,9 +133,10 @@ impl Server {
 
     /// Stores a new task and starts its life.
     pub fn submit(self: &Arc<Self>, task: Task) -> Result<Task, ServerError> {
-        self.store.insert(&task)?;
-        self.event(&task.id, &format!("accepted (image {})", task.image));
-        self.metrics.submitted.inc();
+        self.records.store.insert(&task)?;
+        self.records
+            .event(&task.id, &format!("accepted (image {})", task.image));
+        self.records.metrics.submitted.inc();
         self.spawn_supervisor(task.id.clone());
         Ok(task)
     }
@@ -141,7 +146,7 @@ impl Server {
         self.live_map().insert(id.clone(), live.clone());
         let srv = self.clone();
         tokio::spawn(async move {
-            supervisor::supervise(&srv, &id, &live).await;
+            pipeline::supervise(&srv, &id, &live).await;
             srv.live_map().remove(&id);
             live.mark_done();
         });
@@ -156,27 +161,6 @@ impl Server {
         self.live_map().get(id).cloned()
     }
 
-    /// Reads, changes and writes back one task record, atomically with respect to other
-    /// updates. Returns the record as written.
-    pub fn update(&self, id: &str, f: impl FnOnce(&mut Task)) -> Result<Task, ServerError> {
-        let _g = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut t = self.store.get(id)?.ok_or_else(|| ServerError::Io {
-            what: format!("task {id}"),
-            source: std::io::ErrorKind::NotFound.into(),
-        })?;
-        f(&mut t);
-        self.store.update(&t)?;
-        Ok(t)
-    }
-
-    /// Appends to a task's event history; a failure is logged, not fatal.
-    pub fn event(&self, id: &str, message: &str) {
-        tracing::info!(task = id, "{message}");
-        if let Err(e) = self.store.add_event(id, now_ms(), message) {
-            tracing::warn!(task = id, "cannot record event: {e}");
-        }
-    }
-
     pub fn task_dir(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join("tasks").join(id)
     }
@@ -187,7 +171,7 @@ impl Server {
 
     /// Asks a task to stop: SIGTERM, SIGKILL after its stop timeout, then the VM ends.
     pub fn stop(self: &Arc<Self>, id: &str) -> Result<StopOutcome, ServerError> {
-        supervisor::request_stop(self, id)
+        stop::request_stop(self, id)
     }
 
     /// Stops every running task (for shutdown) and waits until they have ended; VMs

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use super::{Server, ServerError};
-use crate::tasks::{now_ms, StopCode, TaskState};
+use crate::tasks::{Ending, StopCode, Transition};
 
 pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
-    for task in srv.store.unfinished()? {
+    for task in srv.records.store.unfinished()? {
         let id = task.id.clone();
         if task.phases.vm_started_ms.is_some() {
             if let Some(pid) = task.vmm_pid {
@@ -27,24 +27,22 @@ pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
                     "the control plane restarted while the task's VM ran; the VM was ended",
                 )
             };
-            srv.update(&id, |t| {
-                t.state = TaskState::Stopped;
-                t.stop_code = Some(code);
-                t.stopped_reason = Some(reason.into());
-                t.phases.stopped_ms = Some(now_ms());
-                t.vmm_pid = None;
-            })?;
-            srv.event(&id, &format!("stopped at restart: {reason}"));
+            srv.records
+                .transition(&id, Transition::Stopped(Ending::new(code, reason)))?;
+            srv.records
+                .event(&id, &format!("stopped at restart: {reason}"));
         } else if task.stop_requested {
-            srv.update(&id, |t| {
-                t.state = TaskState::Stopped;
-                t.stop_code = Some(StopCode::UserInitiated);
-                t.stopped_reason = Some("stopped before it started".into());
-                t.phases.stopped_ms = Some(now_ms());
-            })?;
+            srv.records.transition(
+                &id,
+                Transition::Stopped(Ending::new(
+                    StopCode::UserInitiated,
+                    "stopped before it started",
+                )),
+            )?;
         } else {
-            srv.update(&id, |t| t.state = TaskState::Provisioning)?;
-            srv.event(&id, "resumed after a control-plane restart");
+            srv.records.transition(&id, Transition::Requeued)?;
+            srv.records
+                .event(&id, "resumed after a control-plane restart");
             srv.spawn_supervisor(id);
         }
     }

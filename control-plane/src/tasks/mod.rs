@@ -6,7 +6,9 @@ pub mod model;
 pub mod request;
 pub mod store;
 
-pub use model::{Phases, StartMode, StopCode, Task, TaskState, Usage};
+pub use model::{
+    Ending, InvalidTransition, Phases, StartMode, StopCode, Task, TaskState, Transition, Usage,
+};
 pub use request::{Limits, TaskRequest, ValidationError};
 pub use store::{ListQuery, StoreError, TaskStore};
 

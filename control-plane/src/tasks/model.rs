@@ -111,7 +111,8 @@ pub struct Usage {
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     pub id: String,
-    pub state: TaskState,
+    /// Changed only through [`Task::apply`].
+    pub(super) state: TaskState,
     /// A stop was asked for (kept across STOPPING → STOPPED).
     #[serde(default)]
     pub stop_requested: bool,
@@ -151,7 +152,220 @@ pub struct Task {
 }
 
 impl Task {
+    pub fn state(&self) -> TaskState {
+        self.state
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.state == TaskState::Stopped
+    }
+
+    /// The one place a task's state changes. `now` (ms since the Unix epoch) stamps the
+    /// phase the transition reaches. An invalid transition changes nothing and is an error.
+    pub fn apply(&mut self, tr: Transition, now: u64) -> Result<(), InvalidTransition> {
+        use TaskState::*;
+        let invalid = |state: TaskState, tr: &Transition| InvalidTransition {
+            from: state,
+            transition: tr.name(),
+        };
+        let next = match (&tr, self.state) {
+            (Transition::ImageReady { .. }, Provisioning) => Pending,
+            (Transition::ProcessStarted, Pending) => Running,
+            // A process that starts while a stop is under way stays STOPPING.
+            (Transition::ProcessStarted, Stopping) => Stopping,
+            (Transition::StopRequested { vm_running: true }, Pending | Running) => Stopping,
+            (
+                Transition::StopRequested { .. },
+                s @ (Provisioning | Pending | Running | Stopping),
+            ) => s,
+            (Transition::Requeued, Provisioning | Pending) => Provisioning,
+            (Transition::Stopped(_), Provisioning | Pending | Running | Stopping) => Stopped,
+            (_, s) => return Err(invalid(s, &tr)),
+        };
+        match tr {
+            Transition::ImageReady { digest } => {
+                self.image_digest = Some(digest);
+                self.phases.image_ready_ms = Some(now);
+            }
+            Transition::ProcessStarted => self.phases.process_started_ms = Some(now),
+            Transition::StopRequested { .. } => self.stop_requested = true,
+            Transition::Requeued => {}
+            Transition::Stopped(end) => {
+                self.stop_code = Some(end.code);
+                self.stopped_reason = Some(end.reason);
+                self.exit_code = end.exit_code;
+                self.usage = end.usage;
+                self.phases.stopped_ms = Some(now);
+                self.vmm_pid = None;
+            }
+        }
+        self.state = next;
+        Ok(())
+    }
+}
+
+/// How a task ended, as it is written down.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    pub code: StopCode,
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub usage: Option<Usage>,
+}
+
+impl Ending {
+    pub fn new(code: StopCode, reason: impl Into<String>) -> Self {
+        Ending {
+            code,
+            reason: reason.into(),
+            exit_code: None,
+            usage: None,
+        }
+    }
+}
+
+/// What happens to a task, in the terms of its state machine:
+///
+/// ```text
+/// PROVISIONING ─ImageReady─▶ PENDING ─ProcessStarted─▶ RUNNING
+///      ▲  Requeued (restart)    │ StopRequested (VM up)   │ StopRequested
+///      └────────────────────────┤                         ▼
+///                               └───────────────────▶ STOPPING
+/// every state but STOPPED ─Stopped─▶ STOPPED
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// The image and its root filesystem are ready.
+    ImageReady {
+        digest: String,
+    },
+    /// The agent started the task's process.
+    ProcessStarted,
+    /// A stop was asked for; with a VM up the task is STOPPING, before that the request is
+    /// only recorded (the pipeline ends the task when it next looks).
+    StopRequested {
+        vm_running: bool,
+    },
+    /// A control-plane restart runs a task that never got a VM from the start again.
+    Requeued,
+    Stopped(Ending),
+}
+
+impl Transition {
+    fn name(&self) -> &'static str {
+        match self {
+            Transition::ImageReady { .. } => "ImageReady",
+            Transition::ProcessStarted => "ProcessStarted",
+            Transition::StopRequested { .. } => "StopRequested",
+            Transition::Requeued => "Requeued",
+            Transition::Stopped(_) => "Stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a task in state {from} cannot take the transition {transition}")]
+pub struct InvalidTransition {
+    pub from: TaskState,
+    pub transition: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+
+    fn task_in(state: TaskState) -> Task {
+        let mut t: Task = serde_json::from_value(serde_json::json!({
+            "id": "t", "state": "PROVISIONING", "image": "i", "env": {}, "cpu": 1,
+            "memoryMiB": 128, "stopTimeoutSeconds": 1, "labels": {},
+            "phases": {"acceptedMs": 1}
+        }))
+        .unwrap();
+        t.state = state;
+        t
+    }
+
+    fn transitions() -> Vec<Transition> {
+        vec![
+            Transition::ImageReady { digest: "d".into() },
+            Transition::ProcessStarted,
+            Transition::StopRequested { vm_running: true },
+            Transition::StopRequested { vm_running: false },
+            Transition::Requeued,
+            Transition::Stopped(Ending::new(StopCode::UserInitiated, "r")),
+        ]
+    }
+
+    /// The whole table: every state against every transition.
+    #[test]
+    fn the_transition_table() {
+        let want = |s: TaskState, tr: &Transition| -> Option<TaskState> {
+            match (s, tr) {
+                (Provisioning, Transition::ImageReady { .. }) => Some(Pending),
+                (Pending, Transition::ProcessStarted) => Some(Running),
+                (Stopping, Transition::ProcessStarted) => Some(Stopping),
+                (Pending | Running, Transition::StopRequested { vm_running: true }) => {
+                    Some(Stopping)
+                }
+                (Provisioning | Stopping, Transition::StopRequested { .. }) => Some(s),
+                (Pending | Running, Transition::StopRequested { vm_running: false }) => Some(s),
+                (Provisioning | Pending, Transition::Requeued) => Some(Provisioning),
+                (Stopped, _) => None,
+                (_, Transition::Stopped(_)) => Some(Stopped),
+                _ => None,
+            }
+        };
+        for s in TaskState::ALL {
+            for tr in transitions() {
+                let mut t = task_in(s);
+                let before = t.clone();
+                match (t.apply(tr.clone(), 42), want(s, &tr)) {
+                    (Ok(()), Some(next)) => assert_eq!(t.state, next, "{s} + {tr:?}"),
+                    (Err(e), None) => {
+                        assert_eq!(t, before, "{s} + {tr:?} changed the task");
+                        assert_eq!(e.from, s);
+                    }
+                    (got, want) => panic!("{s} + {tr:?}: got {got:?}, want {want:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transitions_stamp_their_phase_and_record_the_end() {
+        let mut t = task_in(Provisioning);
+        t.apply(
+            Transition::ImageReady {
+                digest: "sha256:x".into(),
+            },
+            5,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.image_digest.as_deref(), t.phases.image_ready_ms),
+            (Some("sha256:x"), Some(5))
+        );
+        t.apply(Transition::ProcessStarted, 6).unwrap();
+        assert_eq!(t.phases.process_started_ms, Some(6));
+        t.vmm_pid = Some(9);
+        t.apply(Transition::StopRequested { vm_running: true }, 7)
+            .unwrap();
+        assert!(t.stop_requested);
+        let end = Ending {
+            exit_code: Some(143),
+            ..Ending::new(StopCode::UserInitiated, "stopped by request")
+        };
+        t.apply(Transition::Stopped(end), 8).unwrap();
+        assert_eq!(t.state(), Stopped);
+        assert_eq!(t.exit_code, Some(143));
+        assert_eq!(t.stop_code, Some(StopCode::UserInitiated));
+        assert_eq!(t.phases.stopped_ms, Some(8));
+        assert_eq!(t.vmm_pid, None);
+        let e = t.apply(Transition::ProcessStarted, 9).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a task in state STOPPED cannot take the transition ProcessStarted"
+        );
     }
 }

@@ -243,7 +243,14 @@ mod tests {
                     .unwrap();
             }
             let mut t = s.get("t3").unwrap().unwrap();
-            t.state = TaskState::Stopped;
+            t.apply(
+                crate::tasks::Transition::Stopped(crate::tasks::Ending::new(
+                    crate::tasks::StopCode::UserInitiated,
+                    "stopped",
+                )),
+                7,
+            )
+            .unwrap();
             s.update(&t).unwrap();
             s.add_event("t3", 7, "stopped").unwrap();
         }

@@ -69,7 +69,7 @@ fn wait_for_work(
     let io = |e: guest_agent::FrameError| format!("host connection: {e}");
     let mut redials = 0;
     loop {
-        let mut conn = Conn::dial(port, Duration::from_secs(10))?;
+        let mut conn = conn::dial(port, Duration::from_secs(10))?;
         let timings = BootTimings {
             agent_start_ms,
             setup_done_ms,
@@ -80,7 +80,7 @@ fn wait_for_work(
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             timings,
         }));
-        match said_hello.and_then(|()| conn.recv()) {
+        match said_hello.and_then(|()| conn.recv(None)) {
             Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, spec)),
             Ok(other) => return Err(format!("expected a run spec from the host, got {other:?}")),
             Err(e) if redials < MAX_REDIALS => {

@@ -9,7 +9,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 
 use guest_agent::{
-    FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK, STDIN_WINDOW,
+    ExitReport, FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK, STDIN_WINDOW,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrusage, UsageWho};
@@ -283,7 +283,7 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
         // While the process does not drain its stdin, stop taking more from the host:
         // the host's writes then block instead of this agent's memory growing.
         let conn_at = (!stdin.is_backed_up()).then(|| {
-            fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(conn.get_ref().as_fd(), PollFlags::POLLIN));
             fds.len() - 1
         });
         // A short timeout: SIGCHLD is not wired to a fd, so exits are polled.
@@ -370,7 +370,7 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).ok();
     let ms = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1000 + t.tv_usec() as u64 / 1000;
     let signal = status.signal();
-    Ok(Outcome::Exited(Message::Exited {
+    Ok(Outcome::Exited(Message::Exited(ExitReport {
         exit_code: status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0)),
         signal,
         cpu_user_ms: usage.as_ref().map_or(0, |u| ms(u.user_time())),
@@ -378,5 +378,5 @@ pub fn run(spec: &RunSpec, conn: &mut Conn) -> Result<Outcome, FrameError> {
         max_rss_kib: usage.as_ref().map_or(0, |u| u.max_rss() as u64),
         exited_ms: exited_at,
         oom_killed: cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0),
-    }))
+    })))
 }

@@ -1,0 +1,97 @@
+//! `skiff info`: what `docker info` tells — the version, the pieces in use (VMM, guest
+//! kernel, agent) and where they were found, the kind of KVM and its quirks, the host's
+//! capacity, the state directory and what it holds.
+
+use std::path::Path;
+
+use control_plane::install::{self, Found, InstallError};
+
+use crate::outln;
+
+use super::image::store;
+use super::serve::host_memory_mib;
+
+/// The host's KVM: hardware, the software-nested PVM, or none.
+fn kvm_kind() -> &'static str {
+    if !Path::new("/dev/kvm").exists() {
+        "none (/dev/kvm is missing: tasks cannot run here)"
+    } else if Path::new("/sys/module/kvm_pvm").exists() {
+        "PVM (software-nested, module kvm_pvm)"
+    } else {
+        "hardware"
+    }
+}
+
+fn quirks() -> &'static str {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        "pvm (guest CPUID features the emulator cannot run are hidden, noxsave; tasks get \
+         glibc tunables without AVX)"
+    } else {
+        "none"
+    }
+}
+
+fn piece(name: &str, found: Result<Found, InstallError>) {
+    match found {
+        Ok(f) => {
+            let size = std::fs::metadata(&f.path).map_or(0, |m| m.len());
+            outln!(
+                "{name:<14}{} ({}, {:.1} MB)",
+                f.path.display(),
+                f.origin,
+                size as f64 / 1e6
+            );
+        }
+        Err(e) => outln!("{name:<14}missing: {e}"),
+    }
+}
+
+fn count_dirs(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| !e.file_name().to_string_lossy().ends_with(".building"))
+            .count()
+    })
+}
+
+pub fn info(state_dir: &Path) -> anyhow::Result<i32> {
+    outln!("{:<14}{}", "version", env!("CARGO_PKG_VERSION"));
+    piece(
+        "vmm",
+        Ok(install::vmm()).and_then(|f| {
+            if f.path.is_file() {
+                Ok(f)
+            } else {
+                Err(InstallError::NotThere {
+                    what: "skiff-vmm",
+                    path: f.path,
+                    origin: f.origin,
+                })
+            }
+        }),
+    );
+    piece("kernel", install::kernel(None));
+    piece("agent", install::agent(None));
+    outln!("{:<14}{}", "kvm", kvm_kind());
+    outln!("{:<14}{}", "quirks", quirks());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    outln!(
+        "{:<14}{cpus} CPUs, {} MiB memory",
+        "host",
+        host_memory_mib()
+    );
+    outln!("{:<14}{}", "state dir", state_dir.display());
+    let images = if state_dir.exists() {
+        store(state_dir)?.list()?.len()
+    } else {
+        0
+    };
+    outln!("{:<14}{images}", "images");
+    outln!(
+        "{:<14}{}",
+        "snapshots",
+        count_dirs(&state_dir.join("snapshots"))
+    );
+    Ok(0)
+}

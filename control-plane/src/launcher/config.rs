@@ -1,0 +1,46 @@
+//! What a launch needs: where the VM's pieces are, its shape, its disk and directory, its
+//! time limits, and optionally a snapshot to restore instead of booting.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the pieces of a microVM are and how big it is.
+#[derive(Debug, Clone)]
+pub struct LaunchConfig {
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    /// The agent's initramfs (see [`super::build_agent_initramfs`]).
+    pub initrd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Read-only root filesystem image (EROFS or ext4).
+    pub rootfs: PathBuf,
+    /// Scratch directory for this task's sockets and console log.
+    pub work_dir: PathBuf,
+    pub timeout: Option<Duration>,
+    /// After a timeout's SIGTERM, how long the process has before its VM is ended.
+    pub stop_timeout: Duration,
+    /// Longest wait for the agent's hello (a full boot on an emulating host is slow).
+    pub boot_timeout: Duration,
+    /// Start from this snapshot (of a booted VM of the same shape whose agent waits for
+    /// work) instead of booting; a restore that fails falls back to a boot.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// A snapshot's two files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub state: PathBuf,
+    pub memory: PathBuf,
+}
+
+impl Snapshot {
+    /// The files in `dir`, if both are there.
+    pub fn in_dir(dir: &Path) -> Option<Snapshot> {
+        let s = Snapshot {
+            state: dir.join("vm.state"),
+            memory: dir.join("vm.mem"),
+        };
+        (s.state.is_file() && s.memory.is_file()).then_some(s)
+    }
+}

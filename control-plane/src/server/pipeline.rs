@@ -1,0 +1,147 @@
+//! One task's life in the server, as one pipeline: prepare (PROVISIONING: the image and
+//! the run spec) → admit (PENDING: a capacity lease, first come first served) → launch (the
+//! blocking launcher on a thread of its own, phases and output recorded as they come) →
+//! report (the end as a stop code and reason). Capacity comes back when the lease drops,
+//! whichever way this ends; a stop request ends any step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{events, report, Live, Server, ServerError};
+use crate::images::run::RunOverrides;
+use crate::launcher::LaunchConfig;
+use crate::prepare::{prepare, Prepared, RootSource, TaskInput};
+use crate::tasks::{now_ms, Ending, StopCode, Task, Transition};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs task `id` to its end and records that end.
+pub async fn supervise(srv: &Arc<Server>, id: &str, live: &Arc<Live>) {
+    let end = match run(srv, id, live).await {
+        Ok(e) => e,
+        Err(e) => Ending::new(StopCode::TaskLost, format!("control plane error: {e}")),
+    };
+    record_end(srv, id, end);
+}
+
+/// Writes the end down (STOPPED), with an event.
+pub(super) fn record_end(srv: &Server, id: &str, end: Ending) {
+    let (code, reason) = (end.code, end.reason.clone());
+    match srv.records.transition(id, Transition::Stopped(end)) {
+        Ok(_) => srv
+            .records
+            .event(id, &format!("stopped: {code:?}: {reason}")),
+        Err(e) => tracing::error!(task = id, "cannot record the end of the task: {e}"),
+    }
+}
+
+fn stopped_before_start() -> Ending {
+    Ending::new(StopCode::UserInitiated, "stopped before it started")
+}
+
+async fn run(srv: &Arc<Server>, id: &str, live: &Arc<Live>) -> Result<Ending, ServerError> {
+    let task = srv.records.get(id)?;
+    if task.stop_requested {
+        return Ok(stopped_before_start());
+    }
+    // Prepare (PROVISIONING).
+    let prepared = tokio::select! {
+        r = prepare_task(srv, &task) => r,
+        () = live.stop_requested() => return Ok(stopped_before_start()),
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return Ok(Ending::new(StopCode::TaskFailedToStart, e)),
+    };
+    let digest = prepared.image_digest.clone().unwrap_or_default();
+    srv.records.transition(
+        id,
+        Transition::ImageReady {
+            digest: digest.clone(),
+        },
+    )?;
+    srv.records
+        .event(id, &format!("image ready ({digest}); waiting for capacity"));
+    // Admit (PENDING).
+    let lease = tokio::select! {
+        l = srv.sched.acquire(task.cpu, task.memory_mib) => l,
+        () = live.stop_requested() => return Ok(stopped_before_start()),
+    };
+    // Launch.
+    let cfg = launch_config(srv, &task, &prepared);
+    let (srv2, live2, id2, spec) = (srv.clone(), live.clone(), id.to_owned(), prepared.spec);
+    let result =
+        tokio::task::spawn_blocking(move || events::launch(&srv2, &live2, &id2, &cfg, &spec))
+            .await
+            .map_err(|e| ServerError::Io {
+                what: "launcher thread".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+    drop(lease);
+    // Report.
+    let task = srv.records.get(id)?;
+    Ok(match result {
+        Ok(end) => report::ending(&task, end),
+        Err(e) => Ending::new(
+            StopCode::TaskFailedToStart,
+            format!("the VM did not start: {e}"),
+        ),
+    })
+}
+
+/// The task's request as the pipeline's input.
+fn input(task: &Task) -> Result<TaskInput, String> {
+    let reference = task
+        .image
+        .parse()
+        .map_err(|e| format!("image {}: {e}", task.image))?;
+    Ok(TaskInput {
+        root: RootSource::Image(reference),
+        overrides: RunOverrides {
+            entrypoint: task.entrypoint.clone(),
+            cmd: task.command.clone(),
+            env: task.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            working_dir: task.working_dir.clone(),
+            user: task.user.clone(),
+        },
+        memory_mib: task.memory_mib,
+        hostname: task.id.chars().take(12).collect(),
+        stdin: false,
+    })
+}
+
+/// Prepares off the async workers; the image is recorded for `GET /v1/images`.
+async fn prepare_task(srv: &Arc<Server>, task: &Task) -> Result<Prepared, String> {
+    let (srv, task) = (srv.clone(), task.clone());
+    tokio::task::spawn_blocking(move || {
+        let input = input(&task)?;
+        let prepared =
+            prepare(&srv.images, &srv.cfg.registry, &input, &|_| {}).map_err(|e| e.to_string())?;
+        if let (RootSource::Image(r), Some(d)) = (&input.root, &prepared.image_digest) {
+            let _ = srv.records.store.record_image(&r.to_string(), d, now_ms());
+        }
+        Ok(prepared)
+    })
+    .await
+    .map_err(|e| format!("image preparation failed: {e}"))?
+}
+
+fn launch_config(srv: &Server, task: &Task, prepared: &Prepared) -> LaunchConfig {
+    let cfg = LaunchConfig {
+        vmm: srv.cfg.vmm.clone(),
+        kernel: srv.cfg.kernel.clone(),
+        initrd: srv.initrd.clone(),
+        vcpus: task.cpu,
+        memory_mib: task.memory_mib,
+        rootfs: prepared.rootfs.clone(),
+        work_dir: srv.task_dir(&task.id),
+        timeout: task.timeout_seconds.map(Duration::from_secs),
+        stop_timeout: Duration::from_secs(task.stop_timeout_seconds),
+        boot_timeout: BOOT_TIMEOUT,
+        snapshot: None,
+    };
+    LaunchConfig {
+        snapshot: srv.snapshots.for_shape(&cfg),
+        ..cfg
+    }
+}
