@@ -12,18 +12,17 @@ skiff="$(command -v skiff)"
 state="${SKIFF_STATE_DIR:-$root/target/hello-state}"
 log="$state/serve.log"
 mkdir -p "$state"
-# Any free loopback port; the server prints the one it got.
-"$skiff" --state-dir "$state" serve --listen 127.0.0.1:0 2>"$log" &
+# The server listens on its Unix socket in the state dir; the CLI finds it there.
+"$skiff" --state-dir "$state" serve 2>"$log" &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
-    api="$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$log")"
+    api="$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$log")"
     [ -n "$api" ] && break
     kill -0 "$server" 2>/dev/null || { cat "$log" >&2; exit 1; }
     sleep 0.1
 done
 [ -n "$api" ] || { echo "skiff serve did not start:" >&2; cat "$log" >&2; exit 1; }
 echo "skiff serve is up at $api; running a task (a full guest boot: on PVM hosts expect ~30 s)" >&2
-export SKIFF_API="$api"
-"$skiff" run --timings --cpu 1 --memory 256 local/busybox -- \
+"$skiff" --state-dir "$state" run --timings --cpu 1 --memory 256 local/busybox -- \
     sh -c 'echo "Hello from a Skiff microVM!"; echo "  kernel: $(uname -sr)"; echo "  user:   $(id)"; echo "  cpus:   $(grep -c ^processor /proc/cpuinfo)"; echo "  memory: $(grep MemTotal /proc/meminfo)"'

@@ -24,7 +24,8 @@ struct Cli {
     /// State directory (images, tasks); also SKIFF_STATE_DIR.
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
-    /// The server's URL (default: SKIFF_API, else http://127.0.0.1:8642).
+    /// The server: unix:///PATH or http(s)://HOST:PORT (default: SKIFF_API, else the Unix
+    /// socket skiff.sock in the state directory).
     #[arg(long, global = true)]
     api: Option<String>,
     /// File with the bearer token for the server (default: SKIFF_TOKEN).
@@ -120,16 +121,18 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::ColdStart(a)) => cli::bench::cold_start(a),
         Cmd::Bench(BenchCmd::Density(a)) => cli::bench_density::density(a),
         remote_cmd => {
-            Api::new(cli.api, cli.token_file.as_deref()).and_then(|api| match remote_cmd {
-                Cmd::Run(a) => remote::run(&api, a),
-                Cmd::Ps { all, state, label } => remote::ps(&api, all, state, label),
-                Cmd::Inspect { ids } => remote::inspect(&api, &ids),
-                Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
-                Cmd::Stop { ids } => remote::stop(&api, &ids),
-                Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) | Cmd::Info => {
-                    unreachable!("handled above")
-                }
-            })
+            Api::new(cli.api, cli.token_file.as_deref(), &state_dir).and_then(
+                |api| match remote_cmd {
+                    Cmd::Run(a) => remote::run(&api, a),
+                    Cmd::Ps { all, state, label } => remote::ps(&api, all, state, label),
+                    Cmd::Inspect { ids } => remote::inspect(&api, &ids),
+                    Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
+                    Cmd::Stop { ids } => remote::stop(&api, &ids),
+                    Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) | Cmd::Info => {
+                        unreachable!("handled above")
+                    }
+                },
+            )
         }
     };
     match r {

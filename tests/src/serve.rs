@@ -1,5 +1,6 @@
-//! A real `skiff serve` for tests: started as its own process on 127.0.0.1 (a free port),
-//! with its own state dir, driven over real HTTP.
+//! A real `skiff serve` for tests: started as its own process with its own state dir,
+//! listening where it does by default (the Unix socket `<state>/skiff.sock`) unless the
+//! test asks for TCP, and driven over real HTTP.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,11 @@ pub fn state_dir(name: &str) -> PathBuf {
 
 pub struct Serve {
     child: Child,
+    /// The prefix of request URLs (`http://localhost` over the Unix socket).
     pub url: String,
+    /// What the server printed: `unix:///…/skiff.sock` or `http(s)://HOST:PORT`, the value
+    /// of `SKIFF_API` for the CLI.
+    pub listening: String,
     pub state_dir: PathBuf,
     client: Client,
 }
@@ -35,7 +40,7 @@ impl Serve {
         let mut child = Command::new(crate::paths::skiff())
             .arg("--state-dir")
             .arg(state_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
             .args(args)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
@@ -53,14 +58,23 @@ impl Serve {
                 eprintln!("[serve] {line}");
             }
         });
-        let url = rx
+        let listening = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("skiff serve did not say where it listens");
+        let builder = Client::builder().timeout(None);
+        let (url, builder) = match listening.strip_prefix("unix://") {
+            Some(path) => (
+                "http://localhost".to_owned(),
+                builder.unix_socket(PathBuf::from(path)),
+            ),
+            None => (listening.clone(), builder),
+        };
         Serve {
             child,
             url,
+            listening,
             state_dir: state_dir.to_owned(),
-            client: Client::builder().timeout(None).build().unwrap(),
+            client: builder.build().unwrap(),
         }
     }
 
@@ -122,6 +136,17 @@ impl Serve {
 
     pub fn wait_stopped(&self, id: &str, timeout: Duration) -> Value {
         self.wait_task(id, "STOPPED", timeout, |t| t["state"] == "STOPPED")
+    }
+
+    /// A GET whose answer is text (e.g. /metrics).
+    pub fn get_text(&self, path: &str) -> String {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .expect("HTTP request");
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.text().unwrap()
     }
 
     /// The task's output so far: (stdout, stderr).

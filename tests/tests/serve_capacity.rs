@@ -78,10 +78,7 @@ fn twenty_tasks_with_capacity_for_three() {
     // The capacity was used, not just respected.
     assert!(vms >= 2, "tasks never ran side by side");
     // Every lease came back.
-    let metrics = reqwest::blocking::get(format!("{}/metrics", srv.url))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = srv.get_text("/metrics");
     assert!(metrics.contains("skiff_used_vcpus 0"), "{metrics}");
     assert!(
         metrics.contains("skiff_tasks{state=\"STOPPED\"} 20"),

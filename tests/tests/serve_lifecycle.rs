@@ -79,10 +79,7 @@ fn stop_timeout_oom_and_unknown_image() {
 
     // Every VM is gone and all capacity is back.
     assert!(vmms_under(&dir).is_empty(), "{:?}", vmms_under(&dir));
-    let m = reqwest::blocking::get(format!("{}/metrics", srv.url))
-        .unwrap()
-        .text()
-        .unwrap();
+    let m = srv.get_text("/metrics");
     assert!(m.contains("skiff_used_vcpus 0"), "{m}");
     assert!(
         m.contains("skiff_tasks_stopped_total{stop_code=\"OutOfMemory\"} 1"),
@@ -185,25 +182,60 @@ fn bad_requests_get_the_right_4xx() {
 }
 
 #[test]
-fn off_loopback_needs_a_token_and_checks_it() {
-    if !kvm_available("off_loopback_needs_a_token_and_checks_it") {
+fn the_api_is_a_private_unix_socket_and_tcp_needs_a_token() {
+    if !kvm_available("the_api_is_a_private_unix_socket_and_tcp_needs_a_token") {
         return;
     }
     let dir = state_dir("token");
-    // Without a token, a non-loopback address is refused at start.
-    let out = std::process::Command::new(skiff_tests::paths::skiff())
-        .arg("--state-dir")
-        .arg(&dir)
-        .args(["serve", "--listen", "0.0.0.0:0"])
-        .env_remove("SKIFF_TOKEN")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(125));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("needs a bearer token"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    // By default: the Unix socket in the state dir, mode 0660, and the CLI finds it there.
+    {
+        let srv = Serve::start(&dir, &[]);
+        let sock = dir.join("skiff.sock");
+        assert_eq!(srv.listening, format!("unix://{}", sock.display()));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&sock).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o660);
+        for api in [None, Some(srv.listening.as_str())] {
+            let mut cmd = std::process::Command::new(skiff_tests::paths::skiff());
+            cmd.arg("--state-dir").arg(&dir).args(["ps", "-a"]);
+            match api {
+                Some(a) => cmd.env("SKIFF_API", a),
+                None => cmd.env_remove("SKIFF_API"),
+            };
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{api:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // TCP, loopback included, is refused at start without a token.
+    for listen in ["127.0.0.1:0", "0.0.0.0:0"] {
+        let out = std::process::Command::new(skiff_tests::paths::skiff())
+            .arg("--state-dir")
+            .arg(&dir)
+            .args(["serve", "--listen", listen])
+            .env_remove("SKIFF_TOKEN")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("needs a bearer token"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
     // With one, requests without it or with a wrong one get 401; /healthz stays open.
-    let srv = Serve::start_with(&dir, &[], &[("SKIFF_TOKEN", "s3cret-token")]);
+    let srv = Serve::start_with(
+        &dir,
+        &["--listen", "127.0.0.1:0"],
+        &[("SKIFF_TOKEN", "s3cret-token")],
+    );
+    assert!(
+        srv.listening.starts_with("http://127.0.0.1:"),
+        "{}",
+        srv.listening
+    );
     let c = reqwest::blocking::Client::new();
     let r = c.get(format!("{}/v1/tasks", srv.url)).send().unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -221,4 +253,52 @@ fn off_loopback_needs_a_token_and_checks_it() {
     assert_eq!(r.status(), StatusCode::OK);
     let r = c.get(format!("{}/healthz", srv.url)).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    drop(srv);
+    // TLS: a client that trusts the CA gets through with the token; plain HTTP does not.
+    let tls = skiff_tests::make_tls(&dir).unwrap();
+    let srv = Serve::start_with(
+        &dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            tls.cert.to_str().unwrap(),
+            "--tls-key",
+            tls.key.to_str().unwrap(),
+        ],
+        &[("SKIFF_TOKEN", "s3cret-token")],
+    );
+    assert!(
+        srv.listening.starts_with("https://127.0.0.1:"),
+        "{}",
+        srv.listening
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca).unwrap()).unwrap();
+    let c = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = c
+        .get(format!("{}/v1/tasks", srv.url))
+        .bearer_auth("s3cret-token")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let plain = srv.url.replace("https://", "http://");
+    assert!(reqwest::blocking::get(format!("{plain}/healthz"))
+        .map(|r| r.status() != StatusCode::OK)
+        .unwrap_or(true));
+    // The CLI speaks TLS too, with the CA in SKIFF_TLS_CA.
+    let out = std::process::Command::new(skiff_tests::paths::skiff())
+        .args(["ps", "-a"])
+        .env("SKIFF_API", &srv.listening)
+        .env("SKIFF_TOKEN", "s3cret-token")
+        .env("SKIFF_TLS_CA", &tls.ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

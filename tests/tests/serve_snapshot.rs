@@ -49,10 +49,7 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
     // The server builds the snapshot of this shape in the background.
     let deadline = Instant::now() + LONG;
     loop {
-        let m = reqwest::blocking::get(format!("{}/metrics", srv.url))
-            .unwrap()
-            .text()
-            .unwrap();
+        let m = srv.get_text("/metrics");
         if m.contains("skiff_snapshots_ready 1") {
             break;
         }

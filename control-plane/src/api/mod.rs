@@ -3,6 +3,7 @@
 
 mod error;
 mod images;
+pub mod listen;
 mod logs;
 mod tasks;
 

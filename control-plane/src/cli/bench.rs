@@ -83,7 +83,7 @@ pub(super) fn start_server(
     let mut cmd = Command::new(exe);
     cmd.arg("--state-dir")
         .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("serve")
         // Room for `concurrency` tasks (plus the snapshot build) whatever the host has.
         .args(["--cpus", &(cpu as usize * concurrency).to_string()])
         .args(["--memory-mib", &(memory as usize * concurrency).to_string()])
@@ -270,10 +270,13 @@ pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
     for snapshot in modes {
         let name = if snapshot { "snapshot" } else { "boot" };
         let (own, api) = match &a.server {
-            Some(url) => (None, Api::new(Some(url.clone()), None)?),
+            Some(url) => (
+                None,
+                Api::new(Some(url.clone()), None, std::path::Path::new("/"))?,
+            ),
             None => {
                 let s = start_server(snapshot, a.cpu, a.memory, a.concurrency)?;
-                let api = Api::new(Some(s.url.clone()), None)?;
+                let api = Api::new(Some(s.url.clone()), None, std::path::Path::new("/"))?;
                 (Some(s), api)
             }
         };

@@ -9,28 +9,61 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{json, Value};
 
 use super::run::RunArgs;
-use super::serve::{read_token, DEFAULT_LISTEN};
+use super::serve::read_token;
 
 /// Where the server is and how to talk to it.
+#[derive(Clone)]
 pub struct Api {
+    /// The URL prefix of requests (`http://localhost` over a Unix socket).
     base: String,
+    /// Where the server is, as the user would give it (for messages).
+    target: String,
     client: Client,
     token: Option<String>,
 }
 
 impl Api {
-    /// `--api`, else SKIFF_API, else the default listen address.
-    pub fn new(api: Option<String>, token_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        let base = api
-            .or_else(|| std::env::var("SKIFF_API").ok())
-            .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
-        let client = Client::builder()
+    /// `--api`, else SKIFF_API, else the server's Unix socket in `state_dir`. Forms:
+    /// `unix:///PATH`, `http://HOST:PORT`, `https://HOST:PORT` (a CA of your own in
+    /// SKIFF_TLS_CA, PEM).
+    pub fn new(
+        api: Option<String>,
+        token_file: Option<&std::path::Path>,
+        state_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let target = api
+            .or_else(|| std::env::var("SKIFF_API").ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| {
+                format!(
+                    "unix://{}",
+                    state_dir
+                        .join(control_plane::api::listen::SOCKET_NAME)
+                        .display()
+                )
+            });
+        let mut builder = Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(None)
-            .build()
-            .context("cannot build the HTTP client")?;
+            .timeout(None);
+        let base = if let Some(path) = target.strip_prefix("unix://") {
+            builder = builder.unix_socket(std::path::PathBuf::from(path));
+            "http://localhost".to_owned()
+        } else if target.starts_with("http://") || target.starts_with("https://") {
+            target.trim_end_matches('/').to_owned()
+        } else {
+            bail!("{target}: the API address must be unix:///PATH, http://HOST:PORT or https://HOST:PORT")
+        };
+        if let Some(ca) = std::env::var_os("SKIFF_TLS_CA") {
+            let pem = std::fs::read(&ca)
+                .with_context(|| format!("cannot read SKIFF_TLS_CA {}", ca.to_string_lossy()))?;
+            builder = builder.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem)
+                    .context("SKIFF_TLS_CA is not a PEM certificate")?,
+            );
+        }
+        let client = builder.build().context("cannot build the HTTP client")?;
         Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
+            base,
+            target,
             client,
             token: read_token(token_file)?,
         })
@@ -52,7 +85,7 @@ impl Api {
                 .map_or(e.to_string(), |s| s.to_string());
             anyhow!(
                 "cannot reach the server at {}: {why} (is `skiff serve` running? see --api / SKIFF_API)",
-                self.base
+                self.target
             )
         })?;
         if resp.status().is_success() {
@@ -197,16 +230,11 @@ fn stop_on_signals(api: &Api, id: &str) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("cannot install signal handlers")?;
-    let (base, token) = (api.base.clone(), api.token.clone());
+    let api = api.clone();
     let id = id.to_owned();
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             eprintln!("skiff: stopping task {id}");
-            let api = Api {
-                base,
-                client: Client::new(),
-                token,
-            };
             if let Err(e) = api.post(&format!("/v1/tasks/{id}/stop"), &json!({})) {
                 eprintln!("skiff: {e:#}");
             }

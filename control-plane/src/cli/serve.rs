@@ -1,24 +1,28 @@
 //! `skiff serve`: the control plane's HTTP server.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use control_plane::api::listen::{self, ListenAddr, TlsFiles};
 use control_plane::images::registry::RegistryOptions;
 use control_plane::scheduler::Capacity;
 use control_plane::server::{ServeConfig, Server};
 
 use control_plane::install;
 
-/// Where `skiff serve` listens unless told otherwise, and where the CLI looks for it.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8642";
-
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Anything but loopback requires a bearer token.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    /// Where to listen: unix:///PATH, or HOST:PORT (TCP needs a bearer token, loopback
+    /// included). Default: the Unix socket <state dir>/skiff.sock (mode 0660).
+    #[arg(long)]
+    listen: Option<ListenAddr>,
+    /// TLS certificate chain (PEM) for a TCP listener; needs --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for a TCP listener.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// vCPUs tasks may use in all (default: the host's CPUs times --overcommit).
     #[arg(long)]
     cpus: Option<u32>,
@@ -88,7 +92,10 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         bail!("capacity must be at least 1 vCPU and 64 MiB");
     }
     let cfg = ServeConfig {
-        listen: a.listen,
+        listen: a
+            .listen
+            .clone()
+            .unwrap_or_else(|| ListenAddr::default_for(state_dir)),
         state_dir: state_dir.to_owned(),
         capacity,
         token: read_token(a.token_file.as_deref())?,
@@ -105,35 +112,45 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let tls = TlsFiles::from_flags(a.tls_cert, a.tls_key)?;
     rt.block_on(async move {
-        let listen = cfg.listen;
+        let (listen, token) = (cfg.listen.clone(), cfg.token.clone());
         let srv = Server::start(cfg)?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let bound = listen::bind(&listen, token.as_deref(), tls.as_ref()).await?;
         eprintln!(
-            "skiff serve: listening on http://{} (state dir {}, capacity {} vCPUs, {} MiB)",
-            listener.local_addr().unwrap_or(listen),
+            "skiff serve: listening on {} (state dir {}, capacity {} vCPUs, {} MiB)",
+            bound.url(),
             state_dir.display(),
             capacity.cpus,
             capacity.memory_mib
         );
-        let app = control_plane::api::router(srv.clone());
-        let srv2 = srv.clone();
-        // Running tasks are stopped first, so that log followers see their end and the
-        // server's connections can drain. Tasks still waiting run after the next start.
-        let shutdown = async move {
-            shutdown_signal().await;
-            eprintln!("skiff serve: shutting down; stopping running tasks");
-            srv2.stop_all().await;
-        };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
-        Ok::<_, anyhow::Error>(())
+        match bound {
+            listen::Bound::Unix(l, _) => serve_on(l, srv).await,
+            listen::Bound::Tcp(l) => serve_on(l, srv).await,
+            listen::Bound::Tls(l) => serve_on(l, srv).await,
+        }
     })?;
     Ok(0)
+}
+
+/// Serves the API on `listener` until SIGTERM or SIGINT. Running tasks are stopped first,
+/// so that log followers see their end and the server's connections can drain. Tasks still
+/// waiting run after the next start.
+async fn serve_on<L>(listener: L, srv: std::sync::Arc<Server>) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let app = control_plane::api::router(srv.clone());
+    let shutdown = async move {
+        shutdown_signal().await;
+        eprintln!("skiff serve: shutting down; stopping running tasks");
+        srv.stop_all().await;
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")
 }
 
 async fn shutdown_signal() {

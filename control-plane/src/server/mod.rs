@@ -12,12 +12,12 @@ pub mod snapshots;
 mod stop;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use records::TaskRecords;
 
+use crate::api::listen::{ListenAddr, ListenError};
 use crate::images::registry::RegistryOptions;
 use crate::images::ImageStore;
 use crate::scheduler::{Capacity, Scheduler};
@@ -29,10 +29,10 @@ pub use stop::StopOutcome;
 /// How `skiff serve` was started.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
     pub state_dir: PathBuf,
     pub capacity: Capacity,
-    /// Required for any listen address that is not loopback.
+    /// Required for a TCP listener (loopback included); the Unix socket needs none.
     pub token: Option<String>,
     pub vmm: PathBuf,
     pub kernel: PathBuf,
@@ -58,10 +58,8 @@ pub enum ServerError {
     Images(#[from] crate::images::PullError),
     #[error(transparent)]
     Transition(#[from] InvalidTransition),
-    #[error(
-        "listening on {0} (not loopback) needs a bearer token: give --token-file or SKIFF_TOKEN"
-    )]
-    TokenRequired(SocketAddr),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -88,13 +86,17 @@ impl Server {
     /// Opens the state dir, takes its lock, builds the agent's initramfs, and brings back
     /// the tasks a previous run left unfinished.
     pub fn start(cfg: ServeConfig) -> Result<Arc<Self>, ServerError> {
-        if !cfg.listen.ip().is_loopback() && cfg.token.is_none() {
-            return Err(ServerError::TokenRequired(cfg.listen));
+        if let (ListenAddr::Tcp(a), None) = (&cfg.listen, &cfg.token) {
+            return Err(ListenError::TokenRequired(*a).into());
         }
         std::fs::create_dir_all(cfg.state_dir.join("tasks"))
             .map_err(io_err(format!("create {}", cfg.state_dir.display())))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
         let store = TaskStore::open(&cfg.state_dir.join("tasks.db"))?;
+        make_private(&cfg.state_dir).map_err(io_err(format!(
+            "restrict the permissions of {}",
+            cfg.state_dir.display()
+        )))?;
         let images = ImageStore::open(&cfg.state_dir, None)?;
         let initrd = cfg.state_dir.join("agent.cpio");
         crate::launcher::build_agent_initramfs(&cfg.agent, &initrd).map_err(io_err(format!(
@@ -194,6 +196,24 @@ impl Server {
             }
         }
     }
+}
+
+/// The state dir can be traversed (to reach the 0660 API socket) but not listed by
+/// others; task environments, logs and the database are the server user's alone.
+fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: std::path::PathBuf, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+    };
+    set(dir.to_owned(), 0o711)?;
+    set(dir.join("tasks"), 0o700)?;
+    for f in ["tasks.db", "tasks.db-wal", "tasks.db-shm", "serve.lock"] {
+        match set(dir.join(f), 0o600) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// An exclusive lock on `<state>/serve.lock` for as long as the server runs.
