@@ -1,6 +1,9 @@
 //! Admission by capacity: a task waits until its vCPUs and memory fit what the host has
-//! left, first come first served (the head of the queue is never overtaken). Capacity
-//! comes back when the task's [`Lease`] is dropped, on whatever path the task ends.
+//! left, first come first served, except that while the head of the queue does not fit,
+//! smaller tasks behind it that do fit may start ahead of it — at most
+//! [`MAX_OVERTAKES`] of them, after which everything waits for the head, so a large task
+//! is never starved. Capacity comes back when the task's [`Lease`] is dropped, on
+//! whatever path the task ends.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,9 +32,14 @@ struct Waiter {
     grant: oneshot::Sender<Lease>,
 }
 
+/// How many later tasks may start ahead of the queue's head while it does not fit.
+pub const MAX_OVERTAKES: u32 = 4;
+
 struct State {
     used: InUse,
     queue: VecDeque<Waiter>,
+    /// Tasks that started ahead of the current head.
+    head_overtaken: u32,
 }
 
 struct Inner {
@@ -57,6 +65,7 @@ impl Scheduler {
             state: Mutex::new(State {
                 used: InUse::default(),
                 queue: VecDeque::new(),
+                head_overtaken: 0,
             }),
         }))
     }
@@ -103,6 +112,8 @@ impl Scheduler {
                     memory_mib,
                     grant: tx,
                 });
+                // It may fit behind a head that does not.
+                self.admit(&mut st);
                 rx
             }
         };
@@ -121,30 +132,52 @@ impl Scheduler {
         self.admit(&mut st);
     }
 
-    /// Grants the queue's head while it fits; waiters that gave up are skipped.
+    /// Grants the queue's head while it fits, then lets waiters behind a head that does
+    /// not fit overtake it, up to [`MAX_OVERTAKES`]; waiters that gave up are skipped.
     fn admit(&self, st: &mut State) {
         st.queue.retain(|w| !w.grant.is_closed());
-        while let Some(w) = st.queue.front() {
-            if !self.fits(&st.used, w.cpus, w.memory_mib) {
+        loop {
+            let Some(head) = st.queue.front() else { break };
+            let at = if self.fits(&st.used, head.cpus, head.memory_mib) {
+                st.head_overtaken = 0;
+                0
+            } else if st.head_overtaken < MAX_OVERTAKES {
+                match st
+                    .queue
+                    .iter()
+                    .skip(1)
+                    .position(|w| self.fits(&st.used, w.cpus, w.memory_mib))
+                {
+                    Some(i) => {
+                        st.head_overtaken += 1;
+                        i + 1
+                    }
+                    None => break,
+                }
+            } else {
                 break;
-            }
-            let Some(w) = st.queue.pop_front() else { break };
-            st.used.cpus += w.cpus;
-            st.used.memory_mib += w.memory_mib;
-            st.used.tasks += 1;
-            let lease = Lease {
-                sched: self.clone(),
-                cpus: w.cpus,
-                memory_mib: w.memory_mib,
-                armed: true,
             };
-            if let Err(mut lease) = w.grant.send(lease) {
-                // The waiter gave up just now: undo here (an armed drop would take our lock).
-                lease.armed = false;
-                st.used.cpus -= w.cpus;
-                st.used.memory_mib -= w.memory_mib;
-                st.used.tasks -= 1;
-            }
+            let Some(w) = st.queue.remove(at) else { break };
+            self.grant(st, w);
+        }
+    }
+
+    fn grant(&self, st: &mut State, w: Waiter) {
+        st.used.cpus += w.cpus;
+        st.used.memory_mib += w.memory_mib;
+        st.used.tasks += 1;
+        let lease = Lease {
+            sched: self.clone(),
+            cpus: w.cpus,
+            memory_mib: w.memory_mib,
+            armed: true,
+        };
+        if let Err(mut lease) = w.grant.send(lease) {
+            // The waiter gave up just now: undo here (an armed drop would take our lock).
+            lease.armed = false;
+            st.used.cpus -= w.cpus;
+            st.used.memory_mib -= w.memory_mib;
+            st.used.tasks -= 1;
         }
     }
 }
@@ -171,31 +204,61 @@ mod tests {
         let a = s.acquire(1, 512).await;
         let b = s.acquire(1, 256).await;
         assert_eq!(s.in_use().cpus, 2);
-        // A big task waits at the head; a small one behind it must not overtake it.
         let s2 = s.clone();
-        let big = tokio::spawn(async move { s2.acquire(2, 512).await });
+        let first = tokio::spawn(async move { s2.acquire(1, 512).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let s3 = s.clone();
-        let small = tokio::spawn(async move { s3.acquire(1, 64).await });
+        let second = tokio::spawn(async move { s3.acquire(1, 64).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(s.queued(), 2);
         drop(a);
+        let first = first.await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!big.is_finished() && !small.is_finished());
+        assert!(!second.is_finished());
         drop(b);
-        let big = big.await.unwrap();
-        assert_eq!(s.in_use().cpus, 2);
-        drop(big);
-        let small = small.await.unwrap();
+        let second = second.await.unwrap();
         assert_eq!(
             s.in_use(),
             InUse {
-                cpus: 1,
-                memory_mib: 64,
-                tasks: 1
+                cpus: 2,
+                memory_mib: 576,
+                tasks: 2
             }
         );
-        drop(small);
+        drop((first, second));
+        assert_eq!(s.in_use(), InUse::default());
+    }
+
+    #[tokio::test]
+    async fn small_tasks_overtake_a_big_one_a_bounded_number_of_times() {
+        let s = Scheduler::new(Capacity {
+            cpus: 2,
+            memory_mib: 1024,
+        });
+        let held = s.acquire(1, 128).await;
+        // The big task needs everything: it waits at the head.
+        let s2 = s.clone();
+        let mut big = tokio::spawn(async move { s2.acquire(2, 1024).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(s.queued(), 1);
+        // Small ones that fit start ahead of it, one at a time, MAX_OVERTAKES of them.
+        for n in 0..MAX_OVERTAKES {
+            let small = s.acquire(1, 64).await;
+            assert_eq!(s.in_use().tasks, 2, "overtake {n}");
+            drop(small);
+        }
+        // The next small one waits behind the big one, which runs once `held` goes.
+        let s3 = s.clone();
+        let late = tokio::spawn(async move { s3.acquire(1, 64).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!late.is_finished(), "the big task must not be starved");
+        drop(held);
+        let b = (&mut big).await.unwrap();
+        assert_eq!(s.in_use().cpus, 2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!late.is_finished());
+        drop(b);
+        drop(late.await.unwrap());
         assert_eq!(s.in_use(), InUse::default());
     }
 

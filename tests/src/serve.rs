@@ -95,6 +95,35 @@ impl Serve {
         )
     }
 
+    /// Like [`Serve::request`], with the status as a number and the `Retry-After` header.
+    pub fn request_full(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Option<String>, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.client.request(m, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let resp = r.send().expect("HTTP request");
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = resp.text().unwrap_or_default();
+        (
+            status,
+            retry,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     pub fn get(&self, path: &str) -> Value {
         let (s, v) = self.request("GET", path, None);
         assert_eq!(s, StatusCode::OK, "GET {path}: {v}");

@@ -64,7 +64,7 @@ async fn metrics(State(srv): State<Arc<Server>>) -> Result<Response, ApiError> {
         &counts,
         srv.sched.capacity(),
         srv.sched.in_use(),
-        srv.sched.queued(),
+        srv.waiting(),
         srv.snapshots.ready(),
     );
     Ok((

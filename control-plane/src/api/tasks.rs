@@ -11,7 +11,10 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::error::{parse_json, ApiError};
-use crate::server::{Server, StopOutcome};
+use crate::server::{Server, ServerError, StopOutcome};
+
+/// What a 429 tells the client to wait before trying again.
+const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
 use crate::tasks::{new_task_id, now_ms, ListQuery, TaskRequest, TaskState};
 
 pub async fn create(
@@ -23,7 +26,13 @@ pub async fn create(
     let task = req
         .validate(&srv.limits(), new_task_id(), now_ms())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let task = srv.submit(task).map_err(ApiError::internal)?;
+    let task = srv.submit(task).map_err(|e| match e {
+        ServerError::QueueFull(_) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+                .retry_after(QUEUE_FULL_RETRY_AFTER_SECS)
+        }
+        e => ApiError::internal(e),
+    })?;
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 

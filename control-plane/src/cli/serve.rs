@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Registries (host[:port]) that may be used over plain HTTP.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Tasks that may wait to start at once; more submissions get 429 until some start.
+    #[arg(long, default_value_t = 1000)]
+    max_queued: usize,
     /// Always boot task VMs; never start them from snapshots.
     #[arg(long)]
     no_snapshots: bool,
@@ -107,6 +110,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
         snapshots: !a.no_snapshots,
+        max_queued: a.max_queued,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

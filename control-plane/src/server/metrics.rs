@@ -96,7 +96,11 @@ impl Metrics {
             "Memory (MiB) held by tasks",
             used_memory.clone(),
         );
-        registry.register("tasks_queued", "Tasks waiting for capacity", queued.clone());
+        registry.register(
+            "tasks_queued",
+            "Tasks accepted and not yet admitted (image being prepared or waiting for capacity)",
+            queued.clone(),
+        );
         let snapshots = Gauge::default();
         registry.register(
             "snapshots_ready",

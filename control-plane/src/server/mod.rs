@@ -13,6 +13,7 @@ mod stop;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use records::TaskRecords;
@@ -40,6 +41,9 @@ pub struct ServeConfig {
     pub registry: RegistryOptions,
     /// Start tasks from snapshots of booted VMs (the fast path).
     pub snapshots: bool,
+    /// Tasks that may wait (accepted, not yet admitted) at once; beyond it submissions are
+    /// refused (429) until some start.
+    pub max_queued: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,8 @@ pub enum ServerError {
     Transition(#[from] InvalidTransition),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("{0} tasks are already waiting to start (the server's --max-queued); try again later")]
+    QueueFull(usize),
 }
 
 pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -78,6 +84,8 @@ pub struct Server {
     pub initrd: PathBuf,
     pub snapshots: Arc<snapshots::Snapshots>,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Tasks accepted and not yet admitted (see [`ServeConfig::max_queued`]).
+    waiting: Arc<AtomicUsize>,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -119,6 +127,7 @@ impl Server {
             images,
             initrd,
             live: Mutex::new(HashMap::new()),
+            waiting: Arc::new(AtomicUsize::new(0)),
             _lock: lock,
         });
         recovery::recover(&srv)?;
@@ -135,23 +144,36 @@ impl Server {
 
     /// Stores a new task and starts its life.
     pub fn submit(self: &Arc<Self>, task: Task) -> Result<Task, ServerError> {
+        let max = self.cfg.max_queued;
+        let slot =
+            WaitingSlot::take(&self.waiting, Some(max)).ok_or(ServerError::QueueFull(max))?;
         self.records.store.insert(&task)?;
         self.records
             .event(&task.id, &format!("accepted (image {})", task.image));
         self.records.metrics.submitted.inc();
-        self.spawn_supervisor(task.id.clone());
+        self.spawn_supervisor(task.id.clone(), slot);
         Ok(task)
     }
 
-    fn spawn_supervisor(self: &Arc<Self>, id: String) {
+    fn spawn_supervisor(self: &Arc<Self>, id: String, slot: WaitingSlot) {
         let live = Arc::new(Live::new());
         self.live_map().insert(id.clone(), live.clone());
         let srv = self.clone();
         tokio::spawn(async move {
-            pipeline::supervise(&srv, &id, &live).await;
+            pipeline::supervise(&srv, &id, &live, slot).await;
             srv.live_map().remove(&id);
             live.mark_done();
         });
+    }
+
+    /// A waiting slot outside the limit (tasks brought back after a restart).
+    fn waiting_slot(&self) -> WaitingSlot {
+        WaitingSlot::take(&self.waiting, None).unwrap_or_else(|| WaitingSlot(self.waiting.clone()))
+    }
+
+    /// Tasks accepted and not yet admitted.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     fn live_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
@@ -195,6 +217,28 @@ impl Server {
                 live.done().await;
             }
         }
+    }
+}
+
+/// A place among the tasks waiting to start, given back when dropped (at admission, or
+/// when the task ends before it).
+pub struct WaitingSlot(Arc<AtomicUsize>);
+
+impl WaitingSlot {
+    /// A slot, unless `max` are taken already.
+    fn take(waiting: &Arc<AtomicUsize>, max: Option<usize>) -> Option<Self> {
+        waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (max.is_none_or(|m| n < m)).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitingSlot(waiting.clone()))
+    }
+}
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{events, report, Live, Server, ServerError};
+use super::{events, report, Live, Server, ServerError, WaitingSlot};
 use crate::images::run::RunOverrides;
 use crate::launcher::LaunchConfig;
 use crate::prepare::{prepare, Prepared, RootSource, TaskInput};
@@ -16,8 +16,9 @@ use crate::tasks::{now_ms, Ending, StopCode, Task, Transition};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs task `id` to its end and records that end.
-pub async fn supervise(srv: &Arc<Server>, id: &str, live: &Arc<Live>) {
-    let end = match run(srv, id, live).await {
+/// `slot` is the task's place among those waiting to start: given back at admission.
+pub async fn supervise(srv: &Arc<Server>, id: &str, live: &Arc<Live>, slot: WaitingSlot) {
+    let end = match run(srv, id, live, slot).await {
         Ok(e) => e,
         Err(e) => Ending::new(StopCode::TaskLost, format!("control plane error: {e}")),
     };
@@ -39,7 +40,12 @@ fn stopped_before_start() -> Ending {
     Ending::new(StopCode::UserInitiated, "stopped before it started")
 }
 
-async fn run(srv: &Arc<Server>, id: &str, live: &Arc<Live>) -> Result<Ending, ServerError> {
+async fn run(
+    srv: &Arc<Server>,
+    id: &str,
+    live: &Arc<Live>,
+    slot: WaitingSlot,
+) -> Result<Ending, ServerError> {
     let task = srv.records.get(id)?;
     if task.stop_requested {
         return Ok(stopped_before_start());
@@ -67,6 +73,7 @@ async fn run(srv: &Arc<Server>, id: &str, live: &Arc<Live>) -> Result<Ending, Se
         l = srv.sched.acquire(task.cpu, task.memory_mib) => l,
         () = live.stop_requested() => return Ok(stopped_before_start()),
     };
+    drop(slot);
     // Launch.
     let cfg = launch_config(srv, &task, &prepared);
     let (srv2, live2, id2, spec) = (srv.clone(), live.clone(), id.to_owned(), prepared.spec);

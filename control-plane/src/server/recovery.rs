@@ -43,7 +43,7 @@ pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
             srv.records.transition(&id, Transition::Requeued)?;
             srv.records
                 .event(&id, "resumed after a control-plane restart");
-            srv.spawn_supervisor(id);
+            srv.spawn_supervisor(id, srv.waiting_slot());
         }
     }
     Ok(())
