@@ -15,7 +15,10 @@ use tokio::sync::watch;
 use super::error::ApiError;
 use crate::launcher::Output;
 use crate::server::Server;
-use crate::tasks::logs::{read_from, Record};
+use crate::tasks::logs::{LogReader, Record};
+
+/// Most log bytes read per chunk of the response.
+const CHUNK_BYTES: u64 = 1 << 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,8 +61,7 @@ pub async fn logs(
         None
     };
     let follower = Follower {
-        path: srv.log_path(&id),
-        offset: 0,
+        reader: Some(LogReader::new(&srv.log_path(&id))),
         rx,
         only,
         finished: false,
@@ -76,8 +78,8 @@ pub async fn logs(
 }
 
 struct Follower {
-    path: std::path::PathBuf,
-    offset: u64,
+    /// Taken while a blocking read has it.
+    reader: Option<LogReader>,
     /// Present while following a task that has not stopped.
     rx: Option<watch::Receiver<u64>>,
     only: Option<Output>,
@@ -85,7 +87,27 @@ struct Follower {
 }
 
 impl Follower {
-    /// The next batch of NDJSON lines, or `None` at the end.
+    /// The next batch of log records, read off the async workers.
+    async fn read(&mut self) -> Option<Vec<Record>> {
+        let mut reader = self.reader.take()?;
+        let (reader, recs) = tokio::task::spawn_blocking(move || {
+            let recs = reader.next(CHUNK_BYTES);
+            (reader, recs)
+        })
+        .await
+        .ok()?;
+        self.reader = Some(reader);
+        match recs {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("reading a task log: {e}");
+                None
+            }
+        }
+    }
+
+    /// The next batch of NDJSON lines (about a MiB of output at most), or `None` at the
+    /// end.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if self.finished {
@@ -94,29 +116,21 @@ impl Follower {
             if let Some(rx) = self.rx.as_mut() {
                 rx.borrow_and_update();
             }
-            let (records, offset) = match read_from(&self.path, self.offset) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("reading {}: {e}", self.path.display());
-                    return None;
+            let records = self.read().await?;
+            if !records.is_empty() {
+                let text = self.render(&records);
+                if !text.is_empty() {
+                    return Some(Bytes::from(text));
                 }
-            };
-            self.offset = offset;
-            let text = self.render(&records);
-            if !text.is_empty() {
-                return Some(Bytes::from(text));
+                continue;
             }
-            let rx = self.rx.as_mut()?;
+            let Some(rx) = self.rx.as_mut() else {
+                self.finished = true;
+                return None;
+            };
             // Sender gone = the task's live state was dropped: read what is left, then end.
             if rx.changed().await.is_err() {
                 self.rx = None;
-            }
-            if self.rx.is_none() {
-                let (records, offset) = read_from(&self.path, self.offset).ok()?;
-                self.offset = offset;
-                self.finished = true;
-                let text = self.render(&records);
-                return (!text.is_empty()).then(|| Bytes::from(text));
             }
         }
     }

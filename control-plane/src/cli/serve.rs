@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Tasks that may wait to start at once; more submissions get 429 until some start.
     #[arg(long, default_value_t = 1000)]
     max_queued: usize,
+    /// A task keeps at most twice this much output (MiB): beyond it the oldest is dropped.
+    #[arg(long, default_value_t = control_plane::tasks::logs::DEFAULT_LOG_CAP >> 20)]
+    log_cap_mib: u64,
     /// Always boot task VMs; never start them from snapshots.
     #[arg(long)]
     no_snapshots: bool,
@@ -111,6 +114,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         },
         snapshots: !a.no_snapshots,
         max_queued: a.max_queued,
+        log_cap_bytes: a.log_cap_mib.max(1) << 20,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

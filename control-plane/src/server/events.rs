@@ -22,9 +22,10 @@ pub(super) fn launch(
     };
     std::fs::create_dir_all(&cfg.work_dir).map_err(wd(&cfg.work_dir))?;
     let log_path = srv.log_path(id);
-    let mut log = LogWriter::create(&log_path).map_err(wd(&log_path))?;
+    let mut log = LogWriter::create(&log_path, srv.cfg.log_cap_bytes).map_err(wd(&log_path))?;
+    let mut rotated = false;
     let result = launcher::run_task(cfg, spec, &live.control, &mut |ev| {
-        on_event(srv, live, id, cfg, &mut log, ev)
+        on_event(srv, live, id, cfg, &mut log, &mut rotated, ev)
     })?;
     Ok(result.end)
 }
@@ -35,12 +36,14 @@ fn recorded(id: &str, r: Result<Task, ServerError>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn on_event(
     srv: &Server,
     live: &Live,
     id: &str,
     cfg: &LaunchConfig,
     log: &mut LogWriter,
+    rotated: &mut bool,
     ev: TaskEvent<'_>,
 ) {
     let rec = &srv.records;
@@ -98,7 +101,20 @@ fn on_event(
             );
         }
         TaskEvent::Output(stream, data) => match log.append(stream, now_ms(), data) {
-            Ok(total) => live.log_written(total),
+            Ok(a) => {
+                if a.rotated && !*rotated {
+                    *rotated = true;
+                    rec.event(
+                        id,
+                        &format!(
+                            "output passed {} MiB: the oldest output is dropped as more comes (the log keeps the newest {} MiB at most)",
+                            srv.cfg.log_cap_bytes >> 20,
+                            (2 * srv.cfg.log_cap_bytes) >> 20
+                        ),
+                    );
+                }
+                live.log_written(a.total)
+            }
             Err(e) => tracing::warn!(task = id, "cannot write output log: {e}"),
         },
     }

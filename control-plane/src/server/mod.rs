@@ -44,6 +44,8 @@ pub struct ServeConfig {
     /// Tasks that may wait (accepted, not yet admitted) at once; beyond it submissions are
     /// refused (429) until some start.
     pub max_queued: usize,
+    /// Cap of one task output file; a task keeps at most twice this (the newest output).
+    pub log_cap_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
