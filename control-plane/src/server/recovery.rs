@@ -12,10 +12,10 @@ use crate::tasks::{Ending, StopCode, Transition};
 pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
     for task in srv.records.store.unfinished()? {
         let id = task.id.clone();
+        // A crash between the VMM's start and its record leaves a VMM nobody knows the pid
+        // of: every VMM that works in this task's directory is ended, recorded or not.
+        end_vmms_of(&srv.task_dir(&id));
         if task.phases.vm_started_ms.is_some() {
-            if let Some(pid) = task.vmm_pid {
-                end_leftover_vmm(pid, &srv.task_dir(&id));
-            }
             let (code, reason) = if task.stop_requested {
                 (
                     StopCode::UserInitiated,
@@ -49,21 +49,31 @@ pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Kills a `skiff-vmm` left from the previous run, if the pid still names it (its command
-/// line holds the task's directory), so a recycled pid is never hit.
-fn end_leftover_vmm(pid: u32, task_dir: &std::path::Path) {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+/// Kills every `skiff-vmm` left from the previous run that works in `task_dir` (its
+/// command line names the directory), so a recycled pid is never hit and a VMM whose pid
+/// was never recorded is found too.
+fn end_vmms_of(task_dir: &std::path::Path) {
+    let needle = format!("{}/", task_dir.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
-    let needle = task_dir.to_string_lossy();
-    let text = String::from_utf8_lossy(&cmdline);
-    if !text.contains("skiff-vmm") || !text.contains(needle.as_ref()) {
-        return;
-    }
-    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
-        return;
-    };
-    if rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok() {
-        tracing::warn!("ended skiff-vmm pid {pid} left from the previous run");
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+        let is_vmm = args.next().is_some_and(|a| a.ends_with("skiff-vmm"));
+        if !is_vmm || !args.any(|a| a.contains(&needle)) {
+            continue;
+        }
+        let Some(p) = rustix::process::Pid::from_raw(pid) else {
+            continue;
+        };
+        if rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok() {
+            tracing::warn!("ended skiff-vmm pid {pid} left from the previous run");
+        }
     }
 }
