@@ -79,20 +79,8 @@ impl Serve {
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self.client.request(m, format!("{}{path}", self.url));
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_owned());
-        }
-        let resp = r.send().expect("HTTP request");
-        let status = resp.status();
-        let text = resp.text().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let (status, _, v) = self.request_full(method, path, body);
+        (StatusCode::from_u16(status).expect("an HTTP status"), v)
     }
 
     /// Like [`Serve::request`], with the status as a number and the `Retry-After` header.

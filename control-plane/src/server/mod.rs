@@ -88,6 +88,9 @@ pub struct Server {
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// Tasks accepted and not yet admitted (see [`ServeConfig::max_queued`]).
     waiting: Arc<AtomicUsize>,
+    /// Image preparations (pulls, unpacking, root filesystems) under way at once: their
+    /// blocking threads stay few, apart from the launchers' (which capacity bounds).
+    pub prepare_slots: tokio::sync::Semaphore,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -130,6 +133,7 @@ impl Server {
             initrd,
             live: Mutex::new(HashMap::new()),
             waiting: Arc::new(AtomicUsize::new(0)),
+            prepare_slots: tokio::sync::Semaphore::new(MAX_PREPARES),
             _lock: lock,
         });
         recovery::recover(&srv)?;
@@ -221,6 +225,9 @@ impl Server {
         }
     }
 }
+
+/// Image preparations at once.
+const MAX_PREPARES: usize = 4;
 
 /// A place among the tasks waiting to start, given back when dropped (at admission, or
 /// when the task ends before it).

@@ -119,6 +119,11 @@ fn input(task: &Task) -> Result<TaskInput, String> {
 
 /// Prepares off the async workers; the image is recorded for `GET /v1/images`.
 async fn prepare_task(srv: &Arc<Server>, task: &Task) -> Result<Prepared, String> {
+    let _slot = srv
+        .prepare_slots
+        .acquire()
+        .await
+        .map_err(|e| format!("image preparation: {e}"))?;
     let (srv, task) = (srv.clone(), task.clone());
     tokio::task::spawn_blocking(move || {
         let input = input(&task)?;
