@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use control_plane::images::config::RunDefaults;
+use control_plane::images::oci::RunDefaults;
 use control_plane::images::registry::RegistryOptions;
 use control_plane::images::run::{resolve, RunOverrides};
 use control_plane::images::Reference;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use guest_agent::RunSpec;
 
 use super::{Live, Server, ServerError};
-use crate::image_source::get_image;
 use crate::images::run::{resolve, RunOverrides};
+use crate::images::source::get_image;
 use crate::images::Reference;
 use crate::launcher::{self, LaunchConfig, TaskEnd, TaskEvent};
 use crate::tasks::logs::LogWriter;

@@ -14,53 +14,19 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::config::{ConfigError, ImageConfig};
-use super::digest::Digest;
-use super::manifest::{Descriptor, ImageManifest, Manifest, ManifestError};
-use super::reference::Reference;
-use super::registry::{RegistryClient, RegistryError};
-use super::rootfs::{Rootfs, RootfsBuilder, RootfsError, RootfsFormat};
-use super::store::{BlobStore, Ensured, Partial, ResumableWrite, StoreError};
+use super::blobs::{BlobStore, Ensured, Partial, StoreError};
+use super::error::{transient, PullError};
+use super::lock::writer_lock;
+use crate::images::digest::Digest;
+use crate::images::oci::config::ImageConfig;
+use crate::images::oci::manifest::{Descriptor, ImageManifest, Manifest};
+use crate::images::registry::{Reference, RegistryClient, ResumableWrite};
+use crate::images::rootfs::{Rootfs, RootfsBuilder, RootfsFormat};
 
 /// Layers fetched at once, as Docker's default `max-concurrent-downloads` is 3.
 const PARALLEL_LAYERS: usize = 3;
 /// Tries per layer when the connection fails (Docker's default `max-download-attempts` is 5).
 const FETCH_ATTEMPTS: u32 = 5;
-
-/// A broken connection is worth another try; a wrong answer is not.
-fn transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    matches!(
-        e.downcast_ref::<RegistryError>(),
-        Some(RegistryError::Transfer { .. } | RegistryError::Unreachable { .. })
-    )
-}
-
-/// A pull or lookup failure.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Rootfs(#[from] RootfsError),
-    #[error(
-        "index entry {0} for linux/amd64 is itself an index; nested indexes are not supported"
-    )]
-    NestedIndex(Digest),
-    #[error("image {0} is not in the local store")]
-    NotFound(String),
-    #[error("state dir I/O on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// What a pull is doing, for a progress display per layer like `docker pull`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +204,7 @@ impl ImageStore {
                 return Ok(image);
             }
         }
-        let _gc = super::gc::writer_lock(&self.state_dir)?;
+        let _gc = writer_lock(&self.state_dir)?;
         let top = client.manifest(r, &r.manifest_ref())?;
         let (manifest, fetched) = match Manifest::parse(&top.bytes, &top.content_type)? {
             Manifest::Image(m) => (m, top),
@@ -370,10 +336,20 @@ impl ImageStore {
 
     /// The read-only root filesystem image of `image`, built once and then reused.
     pub fn rootfs(&self, image: &Image) -> Result<Rootfs, PullError> {
-        let _gc = super::gc::writer_lock(&self.state_dir)?;
-        Ok(self
-            .rootfs
-            .build(&self.blobs, image.id(), &image.layers())?)
+        let _gc = writer_lock(&self.state_dir)?;
+        Ok(self.rootfs.build(image.id(), &self.layer_files(image))?)
+    }
+
+    /// `image`'s layers, bottom first, with their blob files.
+    fn layer_files(&self, image: &Image) -> Vec<(Digest, PathBuf)> {
+        image
+            .layers()
+            .into_iter()
+            .map(|d| {
+                let path = self.blobs.path(&d);
+                (d, path)
+            })
+            .collect()
     }
 
     /// The built root filesystem image of image `id`, if there is one.

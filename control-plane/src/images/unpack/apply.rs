@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -18,77 +18,13 @@ use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 use tar::EntryType;
 use tracing::{debug, warn};
 
+use super::compression::decompressed;
+use super::error::{io_at, UnpackError};
+use super::readahead::decompressed_ahead;
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 const MAX_SYMLINK_HOPS: u32 = 40;
-
-/// Why a layer could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum UnpackError {
-    #[error("layer entry {entry:?} escapes the root: {why}")]
-    Escape { entry: String, why: &'static str },
-    #[error("layer entry {entry:?}: {why}")]
-    BadEntry { entry: String, why: String },
-    #[error("reading layer: {0}")]
-    Read(#[source] io::Error),
-    #[error("writing {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl UnpackError {
-    /// True when the target file system ran out of space (or inodes).
-    pub fn is_no_space(&self) -> bool {
-        let source = match self {
-            UnpackError::Read(e) | UnpackError::Io { source: e, .. } => e,
-            _ => return false,
-        };
-        source.kind() == io::ErrorKind::StorageFull
-            || source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
-    }
-}
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// The compression of a layer, found from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Zstd,
-    None,
-}
-
-/// Looks at the magic number at the start of a layer.
-pub fn detect(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
-}
-
-/// Wraps a layer stream in the decompressor its magic number asks for.
-pub fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>, UnpackError> {
-    let mut reader = BufReader::with_capacity(1 << 20, reader);
-    let kind = detect(reader.fill_buf().map_err(UnpackError::Read)?);
-    Ok(match kind {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Read)?)
-        }
-        Compression::None => Box::new(reader),
-    })
-}
 
 /// What one layer did to the root.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -102,7 +38,7 @@ pub struct LayerStats {
 /// it on another thread while its files are written.
 pub fn apply_layer_file(root: &Path, layer: &Path) -> Result<LayerStats, UnpackError> {
     let file = File::open(layer).map_err(io_at(layer))?;
-    let tar = super::readahead::decompressed_ahead(file).map_err(UnpackError::Read)?;
+    let tar = decompressed_ahead(file).map_err(UnpackError::Read)?;
     apply_tar(root, tar)
 }
 
@@ -514,5 +450,5 @@ fn set_mtime(path: &Path, mtime: u64) {
 }
 
 #[cfg(test)]
-#[path = "unpack_tests.rs"]
+#[path = "apply_tests.rs"]
 mod tests;

@@ -9,7 +9,7 @@
 //! resume with a `Range` request from what the caller already has.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -22,10 +22,17 @@ use tracing::{debug, info};
 
 use super::auth::{parse_challenge, Challenge, Credentials};
 use super::auth_file::{self, AuthFileError};
-use super::digest::Digest;
-use super::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
 use super::reference::{Reference, DOCKER_HUB};
-use super::store::ResumableWrite;
+use crate::images::digest::Digest;
+use crate::images::oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
+
+/// A download target that may already hold the first bytes of the blob.
+pub trait ResumableWrite: Write {
+    /// Bytes already there: a fetch sends the blob from here on.
+    fn offset(&self) -> u64;
+    /// Drops what is there, for a source that can only send the blob from its start.
+    fn restart(&mut self) -> io::Result<()>;
+}
 
 /// A registry failure, named for the user.
 #[derive(Debug, thiserror::Error)]
