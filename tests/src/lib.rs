@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod kvm;
+pub mod layers;
 pub mod paths;
 pub mod proxy;
 pub mod registry;
