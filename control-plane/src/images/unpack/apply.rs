@@ -4,19 +4,27 @@
 //! does not do: device nodes and FIFOs, OCI whiteouts, and paths resolved inside the root
 //! (a symlink from an earlier entry or layer is followed as if the root were `/`, and any
 //! resolution that would leave the root is rejected).
+//!
+//! Nothing here follows a symlink or leaves the root: each entry's parent folder is walked
+//! to from the root one component at a time with `O_NOFOLLOW` (symlinks met on the way are
+//! read and resolved by us, inside the root), and the entry is then made and given its
+//! owner, mode, times and xattrs relative to that folder's descriptor (see `at`).
 
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
+use rustix::fs::{AtFlags, FileType, Mode};
+use rustix::io::Errno;
 use tar::EntryType;
 use tracing::{debug, warn};
+
+use super::at;
 
 use super::compression::decompressed;
 use super::error::{io_at, UnpackError};
@@ -49,8 +57,13 @@ pub fn apply_layer(root: &Path, layer: impl Read) -> Result<LayerStats, UnpackEr
 
 /// Applies one uncompressed layer tar onto `root`.
 fn apply_tar(root: &Path, tar: impl Read) -> Result<LayerStats, UnpackError> {
+    let root_fd = at::open_root(root).map_err(|e| UnpackError::Io {
+        path: root.to_path_buf(),
+        source: e.into(),
+    })?;
     let mut applier = Applier {
         root,
+        root_fd,
         touched: HashSet::new(),
         dirs: Vec::new(),
         stats: LayerStats::default(),
@@ -59,21 +72,25 @@ fn apply_tar(root: &Path, tar: impl Read) -> Result<LayerStats, UnpackError> {
     for entry in archive.entries().map_err(UnpackError::Read)? {
         applier.entry(entry.map_err(UnpackError::Read)?)?;
     }
-    // Directory modes and times last: adding entries to a directory changes its mtime, and
-    // a read-only mode would stop a non-root unpacker from filling it.
-    for (path, mode, mtime) in applier.dirs.iter().rev() {
-        fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(io_at(path))?;
-        set_mtime(path, *mtime);
-    }
+    applier.finish_dirs()?;
     Ok(applier.stats)
 }
 
 struct Applier<'r> {
+    /// The root, for messages only: every operation goes through `root_fd`.
     root: &'r Path,
+    root_fd: OwnedFd,
     /// Paths (relative, resolved) this layer wrote, with all their ancestors.
     touched: HashSet<PathBuf>,
+    /// Directories this layer made or kept: (resolved relative path, mode, mtime).
     dirs: Vec<(PathBuf, u32, u64)>,
     stats: LayerStats,
+}
+
+/// A folder inside the root, open, with its resolved path relative to the root.
+struct Parent {
+    fd: OwnedFd,
+    rel: PathBuf,
 }
 
 /// Splits an entry name into clean components; `..` and absolute names are refused.
@@ -93,6 +110,15 @@ fn clean_parts(name: &[u8]) -> Result<Vec<&OsStr>, &'static str> {
 }
 
 impl Applier<'_> {
+    /// An I/O error on `rel` (relative to the root), named by its full path.
+    fn io(&self, rel: &Path) -> impl FnOnce(Errno) -> UnpackError {
+        let path = self.root.join(rel);
+        move |e| UnpackError::Io {
+            path,
+            source: e.into(),
+        }
+    }
+
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
@@ -113,6 +139,7 @@ impl Applier<'_> {
         let Some((file_name, parents)) = parts.split_last() else {
             return Ok(()); // the root itself ("./"): keep the root as it is
         };
+        let file_name: &OsStr = file_name;
         self.stats.entries += 1;
         let file_bytes = file_name.as_bytes();
         if file_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
@@ -122,8 +149,9 @@ impl Applier<'_> {
         let parent = self
             .resolve(&name, parents, true)?
             .ok_or_else(|| bad(&name, "its folder cannot be made"))?;
-        let rel = parent.join(file_name);
-        let path = self.root.join(&rel);
+        let dir = parent.fd.as_fd();
+        let rel = parent.rel.join(file_name);
+        let err = self.io(&rel);
         self.touch(&rel);
         let header = entry.header().clone();
         // Blank numeric fields read as 0, as Go's archive/tar (which writes most layers) does.
@@ -136,40 +164,44 @@ impl Applier<'_> {
         let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
         let mtime = header.mtime().unwrap_or(0);
         let xattrs = xattrs(&mut entry)?;
-        match kind {
+        // The made entry, open when that is safe (never a device node, FIFO or symlink).
+        let opened: Option<OwnedFd> = match kind {
             EntryType::Directory => {
-                match fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        remove_any(&path)?;
-                        mkdir(&path)?;
+                match at::kind(dir, file_name).map_err(self.io(&rel))? {
+                    Some(FileType::Directory) => {}
+                    Some(_) => {
+                        at::remove_any(dir, file_name).map_err(self.io(&rel))?;
+                        mkdir(dir, file_name).map_err(self.io(&rel))?;
                     }
-                    Err(_) => mkdir(&path)?,
+                    None => mkdir(dir, file_name).map_err(self.io(&rel))?,
                 }
-                chown(&path, uid, gid)?;
-                self.dirs.push((path.clone(), mode, mtime));
+                let fd = at::open_dir(dir, file_name).map_err(self.io(&rel))?;
+                at::chown_fd(&fd, uid, gid).map_err(self.io(&rel))?;
+                // Mode and times once the layer is done (see `finish_dirs`).
+                self.dirs.push((rel.clone(), mode, mtime));
+                Some(fd)
             }
             EntryType::Regular | EntryType::Continuous => {
-                remove_any(&path)?;
-                let mut out = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io_at(&path))?;
+                at::remove_any(dir, file_name).map_err(self.io(&rel))?;
+                let mut out = at::create_file(dir, file_name).map_err(self.io(&rel))?;
                 self.stats.bytes += io::copy(&mut entry, &mut out).map_err(UnpackError::Read)?;
-                drop(out);
-                finish(&path, uid, gid, Some(mode), mtime)?;
+                // Owner, then mode (a chown clears set-id bits), then times.
+                at::chown_fd(&out, uid, gid).map_err(self.io(&rel))?;
+                at::chmod_fd(&out, mode).map_err(self.io(&rel))?;
+                at::set_mtime_fd(&out, mtime);
+                Some(out.into())
             }
             EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| bad(&name, "symlink without a target"))?
                     .into_owned();
-                remove_any(&path)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
-                    .map_err(io_at(&path))?;
-                finish(&path, uid, gid, None, mtime)?;
+                at::remove_any(dir, file_name).map_err(self.io(&rel))?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), dir, file_name)
+                    .map_err(self.io(&rel))?;
+                at::chown_at(dir, file_name, uid, gid).map_err(self.io(&rel))?;
+                at::set_mtime_at(dir, file_name, mtime);
+                None
             }
             EntryType::Link => {
                 let target = entry
@@ -185,15 +217,17 @@ impl Applier<'_> {
                 let tparent = self
                     .resolve(&name, tparents, false)?
                     .ok_or_else(|| bad(&name, "hardlink target does not exist"))?;
-                let tpath = self.root.join(tparent.join(tname));
-                match fs::symlink_metadata(&tpath) {
-                    Ok(m) if !m.is_dir() => {}
-                    Ok(_) => return Err(bad(&name, "hardlink to a directory")),
-                    Err(_) => return Err(bad(&name, "hardlink target does not exist")),
+                let trel = tparent.rel.join(tname);
+                match at::kind(&tparent.fd, tname).map_err(self.io(&trel))? {
+                    Some(FileType::Directory) => return Err(bad(&name, "hardlink to a directory")),
+                    Some(_) => {}
+                    None => return Err(bad(&name, "hardlink target does not exist")),
                 }
-                if tpath != path {
-                    remove_any(&path)?;
-                    fs::hard_link(&tpath, &path).map_err(io_at(&path))?;
+                if trel != rel {
+                    at::remove_any(dir, file_name).map_err(self.io(&rel))?;
+                    // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself.
+                    rustix::fs::linkat(&tparent.fd, *tname, dir, file_name, AtFlags::empty())
+                        .map_err(self.io(&rel))?;
                 }
                 return Ok(()); // shares the target's inode, owner, mode and xattrs
             }
@@ -205,37 +239,68 @@ impl Applier<'_> {
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                remove_any(&path)?;
+                at::remove_any(dir, file_name).map_err(self.io(&rel))?;
                 let dev = rustix::fs::makedev(major, minor);
-                match rustix::fs::mknodat(CWD, &path, ftype, Mode::from_raw_mode(mode & 0o777), dev)
-                {
-                    Ok(()) => finish(&path, uid, gid, Some(mode), mtime)?,
-                    Err(rustix::io::Errno::PERM) => {
+                match rustix::fs::mknodat(
+                    dir,
+                    file_name,
+                    ftype,
+                    Mode::from_raw_mode(mode & 0o777),
+                    dev,
+                ) {
+                    Ok(()) => {}
+                    Err(Errno::PERM) => {
                         warn!(entry = %name, "no permission to create device node; skipped");
                         return Ok(());
                     }
-                    Err(e) => {
-                        return Err(UnpackError::Io {
-                            path,
-                            source: e.into(),
-                        })
-                    }
+                    Err(e) => return Err(err(e)),
                 }
+                // Never opened: owner and times by name without following, and the mode by
+                // name too, once we have seen that the name is still the node we made (the
+                // unpack folder is private, so nobody else can swap it in between).
+                at::chown_at(dir, file_name, uid, gid).map_err(self.io(&rel))?;
+                match at::kind(dir, file_name).map_err(self.io(&rel))? {
+                    Some(t) if t == ftype => {}
+                    _ => return Err(bad(&name, "the node it made was replaced")),
+                }
+                rustix::fs::chmodat(dir, file_name, Mode::from_raw_mode(mode), AtFlags::empty())
+                    .map_err(self.io(&rel))?;
+                at::set_mtime_at(dir, file_name, mtime);
+                None
             }
             other => {
                 warn!(entry = %name, kind = ?other, "unsupported tar entry type; skipped");
                 return Ok(());
             }
-        }
+        };
         for (key, value) in xattrs {
-            if let Err(e) = rustix::fs::lsetxattr(
-                &path,
-                key.as_os_str(),
-                &value,
-                rustix::fs::XattrFlags::empty(),
-            ) {
+            let set = match &opened {
+                Some(fd) => at::set_xattr_fd(fd, &key, &value),
+                None => at::set_xattr_at(dir, file_name, &key, &value),
+            };
+            if let Err(e) = set {
                 warn!(entry = %name, xattr = ?key, error = %e, "could not set xattr");
             }
+        }
+        Ok(())
+    }
+
+    /// Directory modes and times last: adding entries to a directory changes its mtime, and
+    /// a read-only mode would stop a non-root unpacker from filling it. Each is reopened by
+    /// its resolved path without following symlinks; one a later entry replaced (by a
+    /// symlink, say) is skipped.
+    fn finish_dirs(&mut self) -> Result<(), UnpackError> {
+        for (rel, mode, mtime) in self.dirs.iter().rev() {
+            let fd = match at::open_dir_in(self.root_fd.as_fd(), rel) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => {
+                    debug!(dir = %rel.display(), "replaced later in the layer; mode not set");
+                    continue;
+                }
+                Err(e) => return Err(self.io(rel)(e)),
+            };
+            at::chmod_fd(&fd, *mode).map_err(self.io(rel))?;
+            at::set_mtime_fd(&fd, *mtime);
         }
         Ok(())
     }
@@ -251,8 +316,8 @@ impl Applier<'_> {
         };
         let file_bytes = file_name.as_bytes();
         if file_bytes == OPAQUE_WHITEOUT.as_bytes() {
-            debug!(dir = %parent.display(), "opaque whiteout");
-            return self.hide_lower(&parent);
+            debug!(dir = %parent.rel.display(), "opaque whiteout");
+            return self.hide_lower(&parent.fd, &parent.rel);
         }
         let hidden = OsStr::from_bytes(&file_bytes[WHITEOUT_PREFIX.len()..]);
         if hidden.is_empty()
@@ -262,38 +327,28 @@ impl Applier<'_> {
         {
             return Err(bad(name, "malformed whiteout name"));
         }
-        let rel = parent.join(hidden);
-        let path = self.root.join(&rel);
+        let rel = parent.rel.join(hidden);
         if self.touched.contains(&rel) {
             // This layer also wrote it: a whiteout hides only lower layers.
-            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                self.hide_lower(&rel)?;
+            if at::kind(&parent.fd, hidden).map_err(self.io(&rel))? == Some(FileType::Directory) {
+                let fd = at::open_dir(&parent.fd, hidden).map_err(self.io(&rel))?;
+                self.hide_lower(&fd, &rel)?;
             }
             return Ok(());
         }
-        remove_any(&path)
+        at::remove_any(parent.fd.as_fd(), hidden).map_err(self.io(&rel))
     }
 
-    /// Removes everything under `rel_dir` that this layer did not write.
-    fn hide_lower(&self, rel_dir: &Path) -> Result<(), UnpackError> {
-        let dir = self.root.join(rel_dir);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(UnpackError::Io {
-                    path: dir,
-                    source: e,
-                })
-            }
-        };
-        for child in entries {
-            let child = child.map_err(io_at(&dir))?;
-            let rel = rel_dir.join(child.file_name());
+    /// Removes everything in `dir` (at `rel_dir`) that this layer did not write.
+    fn hide_lower(&self, dir: &OwnedFd, rel_dir: &Path) -> Result<(), UnpackError> {
+        for child in at::names(dir.as_fd()).map_err(self.io(rel_dir))? {
+            let child = OsStr::from_bytes(&child);
+            let rel = rel_dir.join(child);
             if !self.touched.contains(&rel) {
-                remove_any(&child.path())?;
-            } else if child.file_type().map_err(io_at(&dir))?.is_dir() {
-                self.hide_lower(&rel)?;
+                at::remove_any(dir.as_fd(), child).map_err(self.io(&rel))?;
+            } else if at::kind(dir, child).map_err(self.io(&rel))? == Some(FileType::Directory) {
+                let sub = at::open_dir(dir, child).map_err(self.io(&rel))?;
+                self.hide_lower(&sub, &rel)?;
             }
         }
         Ok(())
@@ -308,23 +363,31 @@ impl Applier<'_> {
     }
 
     /// Resolves directory components below the root, following symlinks as if the root
-    /// were `/` and refusing any that lead out. Returns the resolved relative path, or `None`
-    /// when a component is missing and `create` is false.
+    /// were `/` and refusing any that lead out: each step opens one component of an open
+    /// folder with `O_NOFOLLOW`; a symlink is read and its target walked the same way.
+    /// Returns the open folder and its resolved relative path, or `None` when a component
+    /// is missing and `create` is false.
     fn resolve(
         &mut self,
         name: &str,
         parts: &[&OsStr],
         create: bool,
-    ) -> Result<Option<PathBuf>, UnpackError> {
-        let mut resolved: Vec<OsString> = Vec::new();
+    ) -> Result<Option<Parent>, UnpackError> {
+        // The open folders from the root down, with their names.
+        let mut stack: Vec<(OwnedFd, OsString)> = Vec::new();
         let mut queue: VecDeque<OsString> = parts.iter().map(|p| p.to_os_string()).collect();
         let mut hops = 0;
+        // Folders made on the way, marked as this layer's once the walk is done.
+        let mut made: Vec<PathBuf> = Vec::new();
+        let rel_of = |stack: &[(OwnedFd, OsString)]| -> PathBuf {
+            stack.iter().map(|(_, n)| n.as_os_str()).collect()
+        };
         while let Some(c) = queue.pop_front() {
             if c.is_empty() || c == "." {
                 continue;
             }
             if c == ".." {
-                if resolved.pop().is_none() {
+                if stack.pop().is_none() {
                     return Err(UnpackError::Escape {
                         entry: name.to_string(),
                         why: "a symlink on its path leads out",
@@ -332,39 +395,58 @@ impl Applier<'_> {
                 }
                 continue;
             }
-            resolved.push(c);
-            let rel: PathBuf = resolved.iter().collect();
-            let path = self.root.join(&rel);
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.file_type().is_symlink() => {
+            let cur = match stack.last() {
+                Some((fd, _)) => fd.as_fd(),
+                None => self.root_fd.as_fd(),
+            };
+            let here = || rel_of(&stack).join(&c);
+            match at::kind(cur, c.as_os_str()).map_err(|e| self.io(&here())(e))? {
+                Some(FileType::Symlink) => {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
                         return Err(bad(name, "too many levels of symlinks"));
                     }
-                    let target = fs::read_link(&path).map_err(io_at(&path))?;
-                    resolved.pop();
-                    let tb = target.as_os_str().as_bytes();
+                    let target = rustix::fs::readlinkat(cur, c.as_os_str(), Vec::new())
+                        .map_err(|e| self.io(&here())(e))?;
+                    let tb = target.as_bytes();
                     if tb.first() == Some(&b'/') {
-                        resolved.clear();
+                        stack.clear();
                     }
                     for part in tb.split(|&b| b == b'/').rev() {
                         queue.push_front(OsStr::from_bytes(part).to_os_string());
                     }
                 }
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(bad(name, "a component of its path is not a directory")),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Some(FileType::Directory) => {
+                    let fd = at::open_dir(cur, c.as_os_str()).map_err(|e| self.io(&here())(e))?;
+                    stack.push((fd, c));
+                }
+                Some(_) => return Err(bad(name, "a component of its path is not a directory")),
+                None => {
                     if !create {
                         return Ok(None);
                     }
-                    mkdir(&path)?;
-                    self.touch(&rel);
+                    let rel = here();
+                    mkdir(cur, c.as_os_str()).map_err(self.io(&rel))?;
+                    let fd = at::open_dir(cur, c.as_os_str()).map_err(self.io(&rel))?;
+                    made.push(rel);
+                    stack.push((fd, c));
                 }
-                Err(e) => return Err(UnpackError::Io { path, source: e }),
             }
         }
-        Ok(Some(resolved.iter().collect()))
+        for m in made {
+            self.touch(&m);
+        }
+        let rel = rel_of(&stack);
+        let fd = match stack.pop() {
+            Some((fd, _)) => fd,
+            None => at::open_dir_in(self.root_fd.as_fd(), Path::new("")).map_err(self.io(&rel))?,
+        };
+        Ok(Some(Parent { fd, rel }))
     }
+}
+
+fn mkdir(dir: impl AsFd, name: &OsStr) -> Result<(), Errno> {
+    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
 }
 
 fn bad(entry: &str, why: &str) -> UnpackError {
@@ -388,65 +470,6 @@ fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(OsString, Vec<u
         }
     }
     Ok(out)
-}
-
-fn mkdir(path: &Path) -> Result<(), UnpackError> {
-    fs::DirBuilder::new()
-        .mode(0o755)
-        .create(path)
-        .map_err(io_at(path))
-}
-
-/// Removes a file, symlink or whole directory tree (never following symlinks).
-fn remove_any(path: &Path) -> Result<(), UnpackError> {
-    let result = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    result.map_err(io_at(path))
-}
-
-fn chown(path: &Path, uid: u64, gid: u64) -> Result<(), UnpackError> {
-    let (uid, gid) = (u32::try_from(uid).ok(), u32::try_from(gid).ok());
-    match std::os::unix::fs::lchown(path, uid, gid) {
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            debug!(path = %path.display(), "not allowed to change owner; kept ours");
-            Ok(())
-        }
-        r => r.map_err(io_at(path)),
-    }
-}
-
-/// Owner, then mode (a chown clears set-id bits), then mtime.
-fn finish(
-    path: &Path,
-    uid: u64,
-    gid: u64,
-    mode: Option<u32>,
-    mtime: u64,
-) -> Result<(), UnpackError> {
-    chown(path, uid, gid)?;
-    if let Some(mode) = mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_at(path))?;
-    }
-    set_mtime(path, mtime);
-    Ok(())
-}
-
-fn set_mtime(path: &Path, mtime: u64) {
-    let t = Timespec {
-        tv_sec: mtime.min(i64::MAX as u64) as i64,
-        tv_nsec: 0,
-    };
-    let times = Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
-    if let Err(e) = rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW) {
-        debug!(path = %path.display(), error = %e, "could not set mtime");
-    }
 }
 
 #[cfg(test)]

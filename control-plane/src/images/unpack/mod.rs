@@ -1,6 +1,7 @@
 //! Applying image layers (tar, optionally gzip- or zstd-compressed) onto a root folder.
 
 pub mod apply;
+pub mod at;
 pub mod compression;
 pub mod error;
 pub mod readahead;
