@@ -2,7 +2,7 @@
 //! read-only root filesystem images that microVMs mount.
 //!
 //! Sub-modules by concern, each depending only on those listed before it (no circles):
-//! - `digest`, `error_text`: shared primitives;
+//! - `digest`, `error_text`, `limits`: shared primitives;
 //! - `oci`: the manifest and config formats;
 //! - `registry`: references, auth and the registry client;
 //! - `unpack`: applying layers (tar, gzip, zstd, whiteouts) onto a folder;
@@ -14,6 +14,7 @@
 pub mod digest;
 pub mod error_text;
 pub mod import;
+pub mod limits;
 pub mod oci;
 pub mod registry;
 pub mod rootfs;
@@ -23,5 +24,6 @@ pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use limits::Limits;
 pub use registry::Reference;
 pub use store::{Image, ImageStore, PullError, PullEvent};

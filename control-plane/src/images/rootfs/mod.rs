@@ -13,7 +13,8 @@ use tracing::{debug, info};
 pub mod workdir;
 
 use crate::images::digest::Digest;
-use crate::images::unpack::{apply_layer_file, UnpackError};
+use crate::images::limits::Limits;
+use crate::images::unpack::{apply_layer_file, Budget, UnpackError};
 use workdir::UnpackDir;
 
 /// A failure to build a root filesystem image.
@@ -24,6 +25,12 @@ pub enum RootfsError {
         layer: Digest,
         #[source]
         source: UnpackError,
+    },
+    #[error("layer {layer} does not match the image config: its diff_id is {expected}, its content {actual}")]
+    DiffId {
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("layer {0} is not in the store (pull the image again)")]
     MissingLayer(Digest),
@@ -78,6 +85,15 @@ pub struct Rootfs {
     pub cached: bool,
 }
 
+/// One layer to unpack: its digest, its blob file and, when the config lists it, the
+/// sha256 its uncompressed content must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerFile {
+    pub digest: Digest,
+    pub path: PathBuf,
+    pub diff_id: Option<Digest>,
+}
+
 /// Builds root filesystem images from stored layers.
 #[derive(Debug, Clone)]
 pub struct RootfsBuilder {
@@ -86,6 +102,7 @@ pub struct RootfsBuilder {
     tmp: PathBuf,
     unpack: UnpackDir,
     format: Option<RootfsFormat>,
+    limits: Limits,
 }
 
 fn tool_present(tool: &str) -> bool {
@@ -111,6 +128,7 @@ impl RootfsBuilder {
             tmp,
             unpack: UnpackDir::default(),
             format,
+            limits: Limits::default(),
         })
     }
 
@@ -120,6 +138,12 @@ impl RootfsBuilder {
         } else {
             RootfsFormat::Ext4
         })
+    }
+
+    /// Unpacks within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Tries the tmpfs mounted at `dir` instead of `/dev/shm` for unpacking.
@@ -142,14 +166,9 @@ impl RootfsBuilder {
             .join(format!("{}.{}", image_id.hex(), format.ext()))
     }
 
-    /// Returns the cached image of `image_id`, building it from `layers` (digest and blob
-    /// file, bottom first) if needed. Concurrent builders of one image wait for each other
-    /// and build once.
-    pub fn build(
-        &self,
-        image_id: &Digest,
-        layers: &[(Digest, PathBuf)],
-    ) -> Result<Rootfs, RootfsError> {
+    /// Returns the cached image of `image_id`, building it from `layers` (bottom first) if
+    /// needed. Concurrent builders of one image wait for each other and build once.
+    pub fn build(&self, image_id: &Digest, layers: &[LayerFile]) -> Result<Rootfs, RootfsError> {
         let format = self.format();
         let path = self.path(image_id, format);
         if path.is_file() {
@@ -176,19 +195,20 @@ impl RootfsBuilder {
         }
         let started = Instant::now();
         let mut layer_bytes = 0;
-        for (layer, file) in layers {
-            let meta = fs::metadata(file).map_err(|_| RootfsError::MissingLayer(layer.clone()))?;
+        for layer in layers {
+            let meta = fs::metadata(&layer.path)
+                .map_err(|_| RootfsError::MissingLayer(layer.digest.clone()))?;
             layer_bytes += meta.len();
         }
         let mut work =
             workdir::make(&self.unpack, &self.tmp, layer_bytes).map_err(io_at(&self.tmp))?;
-        let mut result = unpack_all(work.dir.path(), layers);
+        let mut result = unpack_all(work.dir.path(), layers, self.limits);
         if work.in_memory
             && matches!(&result, Err(RootfsError::Unpack { source, .. }) if source.is_no_space())
         {
             info!(image = %image_id, "the tmpfs filled up; unpacking on disk instead");
             work = workdir::on_disk(&self.tmp).map_err(io_at(&self.tmp))?;
-            result = unpack_all(work.dir.path(), layers);
+            result = unpack_all(work.dir.path(), layers, self.limits);
         }
         let tree = result?;
         let unpacked = started.elapsed();
@@ -217,16 +237,29 @@ impl RootfsBuilder {
     }
 }
 
-/// Applies `layers` (bottom first) into `<work>/root`; returns that tree.
-fn unpack_all(work: &Path, layers: &[(Digest, PathBuf)]) -> Result<PathBuf, RootfsError> {
+/// Applies `layers` (bottom first) into `<work>/root` within `limits`, checking each
+/// against its diff_id; returns that tree.
+fn unpack_all(work: &Path, layers: &[LayerFile], limits: Limits) -> Result<PathBuf, RootfsError> {
     let tree = work.join("root");
     fs::create_dir(&tree).map_err(io_at(&tree))?;
-    for (layer, file) in layers {
-        let stats = apply_layer_file(&tree, file).map_err(|source| RootfsError::Unpack {
-            layer: layer.clone(),
-            source,
+    let budget = Budget::new(limits);
+    for layer in layers {
+        let stats = apply_layer_file(&tree, &layer.path, &budget).map_err(|source| {
+            RootfsError::Unpack {
+                layer: layer.digest.clone(),
+                source,
+            }
         })?;
-        debug!(%layer, ?stats, "layer applied");
+        if let (Some(expected), Some(actual)) = (&layer.diff_id, &stats.diff_id) {
+            if expected != actual {
+                return Err(RootfsError::DiffId {
+                    layer: layer.digest.clone(),
+                    expected: expected.clone(),
+                    actual: actual.clone(),
+                });
+            }
+        }
+        debug!(layer = %layer.digest, ?stats, "layer applied");
     }
     Ok(tree)
 }
@@ -328,13 +361,17 @@ mod tests {
     }
 
     /// Stores a layer as a blob file would be; returns its digest and file.
-    fn put(state: &Path, bytes: &[u8]) -> (Digest, PathBuf) {
+    fn put(state: &Path, bytes: &[u8]) -> LayerFile {
         let digest = Digest::of(bytes);
         let dir = state.join("layers");
         fs::create_dir_all(&dir).unwrap();
-        let file = dir.join(digest.hex());
-        fs::write(&file, bytes).unwrap();
-        (digest, file)
+        let path = dir.join(digest.hex());
+        fs::write(&path, bytes).unwrap();
+        LayerFile {
+            digest,
+            path,
+            diff_id: None,
+        }
     }
 
     fn extract(format: RootfsFormat, image: &Path, to: &Path) {
@@ -401,12 +438,19 @@ mod tests {
         let err = builder.build(&id, std::slice::from_ref(&bad)).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with(&format!("unpacking layer {}", bad.0)),
+                .starts_with(&format!("unpacking layer {}", bad.digest)),
             "{err}"
         );
         let missing = Digest::of(b"nothing");
         assert!(matches!(
-            builder.build(&id, &[(missing, state.path().join("nothing"))]),
+            builder.build(
+                &id,
+                &[LayerFile {
+                    digest: missing,
+                    path: state.path().join("nothing"),
+                    diff_id: None
+                }]
+            ),
             Err(RootfsError::MissingLayer(_))
         ));
         assert!(

@@ -36,6 +36,12 @@ pub enum PullError {
         "index entry {0} for linux/amd64 is itself an index; nested indexes are not supported"
     )]
     NestedIndex(Digest),
+    #[error("image config {digest} is {size} bytes, over the limit of {limit} bytes")]
+    ConfigTooLarge {
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
     #[error("image {0} is not in the local store")]
     NotFound(String),
     #[error("state dir I/O on {path}: {source}")]

@@ -18,10 +18,11 @@ use super::blobs::{BlobStore, Ensured, Partial, StoreError};
 use super::error::{transient, PullError};
 use super::lock::writer_lock;
 use crate::images::digest::Digest;
+use crate::images::limits::Limits;
 use crate::images::oci::config::ImageConfig;
 use crate::images::oci::manifest::{Descriptor, ImageManifest, Manifest};
 use crate::images::registry::{Reference, RegistryClient, ResumableWrite};
-use crate::images::rootfs::{Rootfs, RootfsBuilder, RootfsFormat};
+use crate::images::rootfs::{LayerFile, Rootfs, RootfsBuilder, RootfsFormat};
 
 /// Layers fetched at once, as Docker's default `max-concurrent-downloads` is 3.
 const PARALLEL_LAYERS: usize = 3;
@@ -86,6 +87,7 @@ pub struct ImageStore {
     state_dir: PathBuf,
     blobs: BlobStore,
     rootfs: RootfsBuilder,
+    limits: Limits,
 }
 
 impl ImageStore {
@@ -95,6 +97,7 @@ impl ImageStore {
             state_dir: state_dir.to_path_buf(),
             blobs: BlobStore::open(state_dir)?,
             rootfs: RootfsBuilder::new(state_dir, format)?,
+            limits: Limits::default(),
         })
     }
 
@@ -102,6 +105,17 @@ impl ImageStore {
     pub fn with_unpack_dir(mut self, dir: &Path) -> Result<Self, PullError> {
         self.rootfs = self.rootfs.with_unpack_dir(dir)?;
         Ok(self)
+    }
+
+    /// Pulls and unpacks within `limits` instead of the defaults (see `Limits`).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.rootfs = self.rootfs.with_limits(limits);
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -223,6 +237,13 @@ impl ImageStore {
             layers: manifest.layers.len(),
         });
         let cfg = &manifest.config;
+        if cfg.size > self.limits.max_config_bytes {
+            return Err(PullError::ConfigTooLarge {
+                digest: cfg.digest.clone(),
+                size: cfg.size,
+                limit: self.limits.max_config_bytes,
+            });
+        }
         self.ensure_blob(client, r, &cfg.digest, cfg.size, &|_| {})?;
         let config = ImageConfig::parse(&self.blobs.read(&cfg.digest)?, manifest.layers.len())?;
         self.fetch_layers(client, r, &manifest.layers, progress)?;
@@ -340,14 +361,17 @@ impl ImageStore {
         Ok(self.rootfs.build(image.id(), &self.layer_files(image))?)
     }
 
-    /// `image`'s layers, bottom first, with their blob files.
-    fn layer_files(&self, image: &Image) -> Vec<(Digest, PathBuf)> {
+    /// `image`'s layers, bottom first, with their blob files and diff_ids.
+    fn layer_files(&self, image: &Image) -> Vec<LayerFile> {
+        let diff_ids = image.config.rootfs.as_ref().map(|r| r.diff_ids.as_slice());
         image
             .layers()
             .into_iter()
-            .map(|d| {
-                let path = self.blobs.path(&d);
-                (d, path)
+            .enumerate()
+            .map(|(i, digest)| LayerFile {
+                path: self.blobs.path(&digest),
+                diff_id: diff_ids.and_then(|ids| ids.get(i)).cloned(),
+                digest,
             })
             .collect()
     }

@@ -25,6 +25,9 @@ use tar::EntryType;
 use tracing::{debug, warn};
 
 use super::at;
+use super::budget::{Budget, Limit, LimitError, Metered};
+use crate::images::digest::Digest;
+use crate::images::limits::Limits;
 
 use super::compression::decompressed;
 use super::error::{io_at, UnpackError};
@@ -40,23 +43,31 @@ pub struct LayerStats {
     pub entries: u64,
     pub whiteouts: u64,
     pub bytes: u64,
+    /// The sha256 of the uncompressed layer (what the image config's `diff_ids` list).
+    pub diff_id: Option<Digest>,
 }
 
 /// Applies the layer file at `layer` (any supported compression) onto `root`, decompressing
-/// it on another thread while its files are written.
-pub fn apply_layer_file(root: &Path, layer: &Path) -> Result<LayerStats, UnpackError> {
+/// it on another thread while its files are written; `budget` is what is left of the
+/// image's limits.
+pub fn apply_layer_file(
+    root: &Path,
+    layer: &Path,
+    budget: &Budget,
+) -> Result<LayerStats, UnpackError> {
     let file = File::open(layer).map_err(io_at(layer))?;
     let tar = decompressed_ahead(file).map_err(UnpackError::Read)?;
-    apply_tar(root, tar)
+    apply_tar(root, tar, budget)
 }
 
-/// Applies one layer stream onto `root`, which holds the layers below it.
+/// Applies one layer stream onto `root`, which holds the layers below it, within the
+/// default limits.
 pub fn apply_layer(root: &Path, layer: impl Read) -> Result<LayerStats, UnpackError> {
-    apply_tar(root, decompressed(layer)?)
+    apply_tar(root, decompressed(layer)?, &Budget::new(Limits::default()))
 }
 
 /// Applies one uncompressed layer tar onto `root`.
-fn apply_tar(root: &Path, tar: impl Read) -> Result<LayerStats, UnpackError> {
+fn apply_tar(root: &Path, tar: impl Read, budget: &Budget) -> Result<LayerStats, UnpackError> {
     let root_fd = at::open_root(root).map_err(|e| UnpackError::Io {
         path: root.to_path_buf(),
         source: e.into(),
@@ -67,13 +78,32 @@ fn apply_tar(root: &Path, tar: impl Read) -> Result<LayerStats, UnpackError> {
         touched: HashSet::new(),
         dirs: Vec::new(),
         stats: LayerStats::default(),
+        budget,
     };
-    let mut archive = tar::Archive::new(tar);
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        applier.entry(entry.map_err(UnpackError::Read)?)?;
+    // The stream is counted (the byte limit) and hashed (the diff_id) on its way in.
+    let mut metered = Metered::new(tar, budget);
+    let applied = (|| {
+        let mut archive = tar::Archive::new(&mut metered);
+        for entry in archive.entries().map_err(UnpackError::Read)? {
+            applier.entry(entry.map_err(UnpackError::Read)?)?;
+        }
+        applier.finish_dirs()
+    })();
+    if let Some(limit) = metered.over {
+        return Err(UnpackError::Limit(limit));
     }
-    applier.finish_dirs()?;
-    Ok(applier.stats)
+    applied?;
+    let mut stats = applier.stats;
+    stats.diff_id = Some(metered.finish().map_err(|e| match metered_limit(&e) {
+        Some(l) => UnpackError::Limit(l),
+        None => UnpackError::Read(e),
+    })?);
+    Ok(stats)
+}
+
+/// The limit behind a read error of `Metered`, if that is what it was.
+fn metered_limit(e: &io::Error) -> Option<Limit> {
+    e.get_ref()?.downcast_ref::<LimitError>().map(|l| l.0)
 }
 
 struct Applier<'r> {
@@ -85,6 +115,7 @@ struct Applier<'r> {
     /// Directories this layer made or kept: (resolved relative path, mode, mtime).
     dirs: Vec<(PathBuf, u32, u64)>,
     stats: LayerStats,
+    budget: &'r Budget,
 }
 
 /// A folder inside the root, open, with its resolved path relative to the root.
@@ -141,6 +172,7 @@ impl Applier<'_> {
         };
         let file_name: &OsStr = file_name;
         self.stats.entries += 1;
+        self.budget.entry().map_err(UnpackError::Limit)?;
         let file_bytes = file_name.as_bytes();
         if file_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             self.stats.whiteouts += 1;

@@ -10,6 +10,8 @@ pub enum UnpackError {
     Escape { entry: String, why: &'static str },
     #[error("layer entry {entry:?}: {why}")]
     BadEntry { entry: String, why: String },
+    #[error("the image is over {0}")]
+    Limit(super::budget::Limit),
     #[error("reading layer: {0}")]
     Read(#[source] io::Error),
     #[error("writing {path}: {source}")]
