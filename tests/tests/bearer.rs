@@ -28,6 +28,7 @@ fn client(reg: &Registry, password: Option<&str>) -> Result<RegistryClient> {
     }
     Ok(RegistryClient::new(RegistryOptions {
         credentials,
+        insecure: vec![reg.addr.clone()],
         ..Default::default()
     })?)
 }
