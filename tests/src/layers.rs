@@ -74,7 +74,7 @@ pub fn zeros_layer(name: &str, size: u64) -> Result<(Layer, Digest)> {
         .stdout(Stdio::piped())
         .spawn()
         .context("running sha256sum")?;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     {
         let mut sum_in = sum.stdin.take().context("sha256sum stdin")?;
         let mut both = |b: &[u8]| -> Result<()> {
