@@ -1,11 +1,10 @@
 //! Skiff's control plane library: the HTTP API (`api`) over the server core (`server`),
 //! tasks and their durable store (`tasks`), admission by capacity (`scheduler`), the
-//! launcher that runs a task in a microVM (`launcher`), images (`images`,
-//! `image_source`), and the state dir every part shares (`state_dir`).
+//! launcher that runs a task in a microVM (`launcher`), images (`images`), and the state
+//! dir every part shares (`state_dir`).
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod image_source;
 pub mod images;
 pub mod install;
 pub mod launcher;

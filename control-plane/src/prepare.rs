@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use guest_agent::RunSpec;
 
-use crate::image_source::{get_image, ImageSourceError};
-use crate::images::config::RunDefaults;
+use crate::images::source::{get_image, ImageSourceError};
+use crate::images::oci::RunDefaults;
 use crate::images::registry::RegistryOptions;
 use crate::images::run::{resolve, RunError, RunOverrides};
 use crate::images::{ImageStore, PullEvent, Reference};

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use common::layers::insecure_client;
 use common::{Layer, Registry, OCI_MANIFEST};
-use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::{ImageStore, Reference};
 
 /// Adds regular files and symlinks under `dir` to `b` until `budget` bytes are used.
@@ -127,7 +127,7 @@ fn main() -> Result<()> {
         if let Some(u) = &unpack_dir {
             store = store.with_unpack_dir(u)?;
         }
-        let client = RegistryClient::new(RegistryOptions::default())?;
+        let client = insecure_client(&r.registry);
         let image = store.pull(&client, &r, &|_| {})?;
         let pulled = t.elapsed();
         let rootfs = store.rootfs(&image)?;
@@ -141,7 +141,7 @@ fn main() -> Result<()> {
         );
     }
     let mut warm = Vec::new();
-    let client = RegistryClient::new(RegistryOptions::default())?;
+    let client = insecure_client(&r.registry);
     for _ in 0..20 {
         let t = Instant::now();
         let store = ImageStore::open(keep.path(), None)?;

@@ -6,6 +6,7 @@
 
 pub mod install;
 pub mod kvm;
+pub mod layers;
 pub mod paths;
 pub mod proxy;
 pub mod registry;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use common::*;
-use control_plane::images::auth::Credentials;
+use control_plane::images::registry::Credentials;
 use control_plane::images::registry::{RegistryClient, RegistryError, RegistryOptions};
 use control_plane::images::{ImageStore, PullError, Reference};
 use serde_json::json;

@@ -5,16 +5,17 @@ use skiff_tests as common;
 use std::fs;
 
 use anyhow::Result;
+use common::layers::insecure_client;
 use common::*;
-use control_plane::images::registry::{RegistryClient, RegistryOptions};
+use control_plane::images::registry::RegistryClient;
 use control_plane::images::rootfs::RootfsError;
 use control_plane::images::store::StoreError;
 use control_plane::images::unpack::UnpackError;
 use control_plane::images::{ImageStore, PullError, Reference};
 use serde_json::json;
 
-fn client() -> RegistryClient {
-    RegistryClient::new(RegistryOptions::default()).unwrap()
+fn client(reg: &Registry) -> RegistryClient {
+    insecure_client(&reg.addr)
 }
 
 /// Everything in the blob folder that is not a lock file.
@@ -45,7 +46,7 @@ fn a_corrupted_or_truncated_blob_is_rejected_and_nothing_of_it_is_cached() -> Re
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
     let r: Reference = format!("{}/broken:v1", reg.addr).parse()?;
-    let err = store.pull(&client(), &r, &|_| {}).unwrap_err();
+    let err = store.pull(&client(&reg), &r, &|_| {}).unwrap_err();
     assert!(
         matches!(err, PullError::Store(StoreError::DigestMismatch { .. })),
         "{err:?}"
@@ -71,7 +72,7 @@ fn a_corrupted_or_truncated_blob_is_rejected_and_nothing_of_it_is_cached() -> Re
 
     data.truncate(mid);
     fs::write(&file, &data)?;
-    let err = store.pull(&client(), &r, &|_| {}).unwrap_err();
+    let err = store.pull(&client(&reg), &r, &|_| {}).unwrap_err();
     assert!(matches!(err, PullError::Store(_)), "{err:?}");
     assert!(!store.blobs().contains(target));
     assert!(blob_files(state.path())
@@ -105,7 +106,7 @@ fn layers_that_escape_the_root_are_rejected_and_build_nothing() -> Result<()> {
     for (tag, tar) in cases {
         reg.push_image("evil", tag, OCI_MANIFEST, &[Layer::gzip(tar)], json!({}))?;
         let r: Reference = format!("{}/evil:{tag}", reg.addr).parse()?;
-        let image = store.pull(&client(), &r, &|_| {})?;
+        let image = store.pull(&client(&reg), &r, &|_| {})?;
         let err = store.rootfs(&image).unwrap_err();
         assert!(
             matches!(

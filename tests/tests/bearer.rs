@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use common::token::{Issuer, TokenServer};
 use common::*;
-use control_plane::images::auth::Credentials;
+use control_plane::images::registry::Credentials;
 use control_plane::images::registry::{RegistryClient, RegistryError, RegistryOptions};
 use control_plane::images::{ImageStore, PullError, Reference};
 use serde_json::json;
@@ -28,6 +28,7 @@ fn client(reg: &Registry, password: Option<&str>) -> Result<RegistryClient> {
     }
     Ok(RegistryClient::new(RegistryOptions {
         credentials,
+        insecure: vec![reg.addr.clone()],
         ..Default::default()
     })?)
 }

@@ -3,8 +3,8 @@
 use skiff_tests as common;
 
 use anyhow::Result;
+use common::layers::insecure_client;
 use common::*;
-use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::{Digest, ImageStore, PullError, Reference};
 use serde_json::json;
 
@@ -30,7 +30,7 @@ fn list_remove_and_prune_keep_what_tags_still_reach() -> Result<()> {
     )?;
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
-    let client = RegistryClient::new(RegistryOptions::default())?;
+    let client = insecure_client(&reg.addr);
     let r1: Reference = format!("{}/app/one:v1", reg.addr).parse()?;
     let r2: Reference = format!("{}/app/two:v1", reg.addr).parse()?;
     let i1 = store.pull(&client, &r1, &|_| {})?;

@@ -137,7 +137,10 @@ fn pull_shows_each_layer_then_ls_lists_the_image_with_its_id_and_size() -> Resul
     let state = tempfile::tempdir()?;
     let reference = format!("{}/cli/app:v1", reg.addr);
 
-    let run = ok(state.path(), &["image", "pull", &reference]);
+    let run = ok(
+        state.path(),
+        &["image", "pull", "--insecure", &reg.addr, &reference],
+    );
     // One progress line per layer on stderr, as `docker pull` shows them.
     assert!(
         run.stderr.contains(&pushed.manifest.to_string()),
@@ -172,7 +175,10 @@ fn pull_shows_each_layer_then_ls_lists_the_image_with_its_id_and_size() -> Resul
 
     // A second pull fetches no layer again.
     let before = reg.wait_blob_gets(3)?;
-    let run = ok(state.path(), &["image", "pull", &reference]);
+    let run = ok(
+        state.path(),
+        &["image", "pull", "--insecure", &reg.addr, &reference],
+    );
     for layer in &pushed.layers {
         assert!(
             run.stderr
@@ -203,8 +209,14 @@ fn rm_untags_prune_frees_what_no_tag_uses_and_unknown_references_are_errors() ->
         format!("{}/cli/one:v1", reg.addr),
         format!("{}/cli/two:v1", reg.addr),
     );
-    ok(state.path(), &["image", "pull", &r1]);
-    ok(state.path(), &["image", "pull", &r2]);
+    ok(
+        state.path(),
+        &["image", "pull", "--insecure", &reg.addr, &r1],
+    );
+    ok(
+        state.path(),
+        &["image", "pull", "--insecure", &reg.addr, &r2],
+    );
     assert!(ls_row(state.path(), &r1).is_some() && ls_row(state.path(), &r2).is_some());
 
     let run = ok(state.path(), &["image", "rm", &r1]);
@@ -306,7 +318,11 @@ fn bad_references_and_unreachable_or_missing_images_are_one_line_errors() -> Res
     let reg = Registry::start()?;
     reg.push_image("cli/app", "v1", OCI_MANIFEST, &app_layers(), json!({}))?;
     let state = tempfile::tempdir()?;
-    let pull = |r: &str| skiff(state.path(), &["image", "pull", r]);
+    // Each registry named explicitly as plain HTTP, as a user must.
+    let pull = |r: &str| {
+        let host = r.split('/').next().unwrap_or_default();
+        skiff(state.path(), &["image", "pull", "--insecure", host, r])
+    };
 
     assert_one_line_error(&pull("Not/Valid:REF!"), "invalid image reference");
     assert_one_line_error(&pull("x@sha256:1234"), "invalid digest in image reference");
@@ -346,7 +362,13 @@ fn credentials_come_from_the_auth_file_and_a_wrong_password_is_named() -> Result
         fs::write(&path, serde_json::to_vec(&entry)?)?;
         Ok(path)
     };
-    let args = ["image", "pull", reference.as_str()];
+    let args = [
+        "image",
+        "pull",
+        "--insecure",
+        reg.addr.as_str(),
+        reference.as_str(),
+    ];
 
     assert_one_line_error(
         &skiff(state.path(), &args),

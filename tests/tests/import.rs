@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Result};
 use common::*;
-use control_plane::images::busybox::{build_busybox_image, BUSYBOX_REF, DEFAULT_BUSYBOX};
+use control_plane::images::import::busybox::{build_busybox_image, BUSYBOX_REF, DEFAULT_BUSYBOX};
 use control_plane::images::import::{import_docker_save, import_oci_layout, ImportError};
 use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::store::StoreError;

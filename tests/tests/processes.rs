@@ -7,8 +7,8 @@ use skiff_tests as common;
 use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Result};
+use common::layers::insecure_client;
 use common::*;
-use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::{ImageStore, Reference};
 use serde_json::json;
 
@@ -19,11 +19,7 @@ fn child() -> Result<()> {
     let state = std::env::var("SKIFF_TEST_STATE")?;
     let r: Reference = std::env::var("SKIFF_TEST_REF")?.parse()?;
     let store = ImageStore::open(state.as_ref(), None)?;
-    let image = store.pull(
-        &RegistryClient::new(RegistryOptions::default())?,
-        &r,
-        &|_| {},
-    )?;
+    let image = store.pull(&insecure_client(&r.registry), &r, &|_| {})?;
     println!("ROOTFS={}", store.rootfs(&image)?.path.display());
     Ok(())
 }

@@ -8,13 +8,15 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::sync::Mutex;
 
 use anyhow::Result;
+use common::layers::insecure_client;
 use common::*;
-use control_plane::images::registry::{RegistryClient, RegistryError, RegistryOptions};
+use control_plane::images::registry::RegistryClient;
+use control_plane::images::registry::RegistryError;
 use control_plane::images::{ImageStore, PullError, PullEvent, Reference};
 use serde_json::json;
 
-fn client() -> RegistryClient {
-    RegistryClient::new(RegistryOptions::default()).unwrap()
+fn client(reg: &Registry) -> RegistryClient {
+    insecure_client(&reg.addr)
 }
 
 fn reference(reg: &Registry, name: &str) -> Reference {
@@ -73,7 +75,7 @@ fn multi_layer_image_with_every_whiteout_and_compression_becomes_an_erofs_image(
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
     let events = Mutex::new(Vec::new());
-    let image = store.pull(&client(), &reference(&reg, "team/app:1.2"), &|e| {
+    let image = store.pull(&client(&reg), &reference(&reg, "team/app:1.2"), &|e| {
         events.lock().unwrap().push(e)
     })?;
     assert_eq!(image.manifest_digest, pushed.manifest);
@@ -139,7 +141,7 @@ fn multi_layer_image_with_every_whiteout_and_compression_becomes_an_erofs_image(
     assert!(!root.join("etc/.wh.gone").exists());
 
     // Warm: the same pull finds every blob and the built image.
-    let again = store.pull(&client(), &reference(&reg, "team/app:1.2"), &|_| {})?;
+    let again = store.pull(&client(&reg), &reference(&reg, "team/app:1.2"), &|_| {})?;
     assert!(store.rootfs(&again)?.cached);
     assert_eq!(
         reg.wait_blob_gets(4)?,
@@ -176,7 +178,7 @@ fn an_index_resolves_to_linux_amd64_and_docker_schema2_pulls() -> Result<()> {
     reg.push_manifest("multi", "latest", OCI_INDEX, &index)?;
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
-    let image = store.pull(&client(), &reference(&reg, "multi"), &|_| {})?;
+    let image = store.pull(&client(&reg), &reference(&reg, "multi"), &|_| {})?;
     assert_eq!(image.manifest_digest, amd.manifest);
     assert_eq!(image.layers(), amd.layers);
     assert!(
@@ -191,7 +193,7 @@ fn an_index_resolves_to_linux_amd64_and_docker_schema2_pulls() -> Result<()> {
         &[Layer::gzip(Tar::new().file("etc/os", "docker").build())],
         json!({"Cmd": ["sh"]}),
     )?;
-    let image = store.pull(&client(), &reference(&reg, "dockerish:v2"), &|_| {})?;
+    let image = store.pull(&client(&reg), &reference(&reg, "dockerish:v2"), &|_| {})?;
     assert_eq!(image.manifest_digest, docker.manifest);
     assert_eq!(image.config.run_defaults().argv(None), ["sh"]);
     let root = tempfile::tempdir()?;
@@ -213,7 +215,7 @@ fn missing_tags_and_repositories_are_clear_errors() -> Result<()> {
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
     let err = store
-        .pull(&client(), &reference(&reg, "team/app:1.2"), &|_| {})
+        .pull(&client(&reg), &reference(&reg, "team/app:1.2"), &|_| {})
         .unwrap_err();
     assert!(
         matches!(
@@ -231,11 +233,11 @@ fn missing_tags_and_repositories_are_clear_errors() -> Result<()> {
         )
     );
     let err = store
-        .pull(&client(), &reference(&reg, "nobody/here:1.0"), &|_| {})
+        .pull(&client(&reg), &reference(&reg, "nobody/here:1.0"), &|_| {})
         .unwrap_err();
     assert!(err.to_string().contains("not found in registry"), "{err}");
     let err = store
-        .pull(&client(), &"local/busybox:latest".parse()?, &|_| {})
+        .pull(&client(&reg), &"local/busybox:latest".parse()?, &|_| {})
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -260,11 +262,11 @@ fn a_second_image_sharing_base_layers_downloads_only_its_new_layers() -> Result<
     )?;
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
-    store.pull(&client(), &reference(&reg, "app/one:v1"), &|_| {})?;
+    store.pull(&client(&reg), &reference(&reg, "app/one:v1"), &|_| {})?;
     let before = reg.wait_blob_gets(3)?;
     assert_eq!(before, 3, "two layers and a config");
     let events = Mutex::new(Vec::new());
-    let img = store.pull(&client(), &reference(&reg, "app/two:v1"), &|e| {
+    let img = store.pull(&client(&reg), &reference(&reg, "app/two:v1"), &|e| {
         events.lock().unwrap().push(e)
     })?;
     assert_eq!(
@@ -314,10 +316,10 @@ fn concurrent_pulls_of_one_image_fetch_each_blob_once() -> Result<()> {
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..3)
             .map(|_| {
-                let (state, r) = (state.path(), &r);
+                let (state, r, reg) = (state.path(), &r, &reg);
                 s.spawn(move || {
                     let store = ImageStore::open(state, None)?;
-                    let image = store.pull(&client(), r, &|_| {})?;
+                    let image = store.pull(&client(reg), r, &|_| {})?;
                     Ok::<_, anyhow::Error>(store.rootfs(&image)?.path)
                 })
             })
@@ -373,7 +375,7 @@ fn an_image_pushed_by_skopeo_pulls_and_unpacks() -> Result<()> {
     );
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
-    let image = store.pull(&client(), &reference(&reg, "by/skopeo:v3"), &|_| {})?;
+    let image = store.pull(&client(&reg), &reference(&reg, "by/skopeo:v3"), &|_| {})?;
     assert_eq!(image.config.run_defaults().argv(None), ["true"]);
     let root = tempfile::tempdir()?;
     extract_erofs(&store.rootfs(&image)?.path, &root.path().join("r"))?;

@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use common::layers::insecure_client;
 use common::proxy::{CutProxy, ProxyOptions};
 use common::*;
-use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::{Digest, ImageStore, PullEvent, Reference};
 use serde_json::json;
 
@@ -76,7 +76,7 @@ fn a_cut_download_resumes_from_where_it_stopped_within_one_pull() -> Result<()> 
     let r: Reference = format!("{}/resume/a:v1", proxy.addr).parse()?;
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
-    let client = RegistryClient::new(RegistryOptions::default())?;
+    let client = insecure_client(&proxy.addr);
     let events = Mutex::new(Vec::new());
     let image = store.pull(&client, &r, &|e| events.lock().unwrap().push(e))?;
     assert_eq!(image.manifest_digest, pushed.manifest);
@@ -135,7 +135,8 @@ fn the_next_pull_after_a_killed_one_resumes_from_its_partial_file() -> Result<()
     let mut child = Command::new(skiff_tests::paths::skiff())
         .arg("--state-dir")
         .arg(state.path())
-        .args(["image", "pull", &format!("{}/resume/b:v1", stall.addr)])
+        .args(["image", "pull", "--insecure", &stall.addr])
+        .arg(format!("{}/resume/b:v1", stall.addr))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -164,7 +165,8 @@ fn the_next_pull_after_a_killed_one_resumes_from_its_partial_file() -> Result<()
     let out = Command::new(skiff_tests::paths::skiff())
         .arg("--state-dir")
         .arg(state.path())
-        .args(["image", "pull", &format!("{}/resume/b:v1", clean.addr)])
+        .args(["image", "pull", "--insecure", &clean.addr])
+        .arg(format!("{}/resume/b:v1", clean.addr))
         .output()?;
     assert!(
         out.status.success(),
@@ -208,7 +210,7 @@ fn a_registry_that_ignores_range_sends_the_whole_blob_and_it_still_verifies() ->
     let r: Reference = format!("{}/resume/c:v1", proxy.addr).parse()?;
     let state = tempfile::tempdir()?;
     let store = ImageStore::open(state.path(), None)?;
-    let client = RegistryClient::new(RegistryOptions::default())?;
+    let client = insecure_client(&proxy.addr);
     store.pull(&client, &r, &|_| {})?;
     assert_eq!(
         range_offsets(&proxy).len(),

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use anyhow::Result;
+use common::layers::insecure_client;
 use common::proxy::CutProxy;
 use common::*;
-use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::store::StoreError;
 use control_plane::images::{ImageStore, PullError, PullEvent, Reference};
 use serde_json::json;
@@ -40,7 +40,6 @@ fn noisy_layer() -> Layer {
 fn cut_downloads_are_retried_and_endless_failures_are_reported() -> Result<()> {
     let reg = Registry::start()?;
     let pushed = reg.push_image("flaky", "v1", OCI_MANIFEST, &[noisy_layer()], json!({}))?;
-    let client = RegistryClient::new(RegistryOptions::default())?;
 
     // The proxy cuts blob downloads after 100 kB, twice: the config is smaller and goes
     // through; the 2 MB layer is cut on its first two attempts.
@@ -50,7 +49,9 @@ fn cut_downloads_are_retried_and_endless_failures_are_reported() -> Result<()> {
     let store = ImageStore::open(state.path(), None)?;
 
     let events = Mutex::new(Vec::new());
-    let image = store.pull(&client, &r, &|e| events.lock().unwrap().push(e))?;
+    let image = store.pull(&insecure_client(&r.registry), &r, &|e| {
+        events.lock().unwrap().push(e)
+    })?;
     assert_eq!(image.manifest_digest, pushed.manifest);
     assert!(store.blobs().contains(&pushed.layers[0]));
     let retries = events
@@ -66,7 +67,9 @@ fn cut_downloads_are_retried_and_endless_failures_are_reported() -> Result<()> {
     let r: Reference = format!("{}/flaky:v1", always.addr).parse()?;
     let fresh = tempfile::tempdir()?;
     let store = ImageStore::open(fresh.path(), None)?;
-    let err = store.pull(&client, &r, &|_| {}).unwrap_err();
+    let err = store
+        .pull(&insecure_client(&r.registry), &r, &|_| {})
+        .unwrap_err();
     assert!(
         matches!(err, PullError::Store(StoreError::Fetch { .. })),
         "{err:?}"

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::error::{parse_json, ApiError};
-use crate::image_source;
+use crate::images::source as image_source;
 use crate::images::Reference;
 use crate::server::Server;
 use crate::tasks::now_ms;

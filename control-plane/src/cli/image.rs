@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use control_plane::image_source;
 use control_plane::images::registry::RegistryOptions;
+use control_plane::images::source as image_source;
 use control_plane::images::{ImageStore, PullEvent, Reference};
 
 use super::short;

@@ -4,7 +4,7 @@
 use guest_agent::RunSpec;
 use serde::{Deserialize, Serialize};
 
-use super::config::RunDefaults;
+use super::oci::config::RunDefaults;
 
 /// Docker's PATH for images whose config has none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::digest::Digest;
+use crate::images::digest::Digest;
 
 /// Docker Hub's name in references.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -21,7 +21,7 @@ pub enum ReferenceError {
     #[error("invalid image reference {0:?}: {1}")]
     Invalid(String, &'static str),
     #[error("invalid digest in image reference {0:?}: {1}")]
-    Digest(String, #[source] super::digest::DigestError),
+    Digest(String, #[source] crate::images::digest::DigestError),
 }
 
 /// A fully qualified image reference.

@@ -10,13 +10,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use super::digest::Digest;
-use super::manifest::{
+use crate::images::digest::Digest;
+use crate::images::oci::manifest::{
     Descriptor, Index, Manifest, ManifestError, DOCKER_CONFIG, DOCKER_MANIFEST, OCI_INDEX,
 };
-use super::pull::{Image, ImageStore, PullError};
-use super::reference::{Reference, ReferenceError};
-use super::store::StoreError;
+use crate::images::registry::reference::{Reference, ReferenceError, LOCAL_REGISTRY};
+use crate::images::store::{writer_lock, Image, ImageStore, PullError, StoreError};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -108,7 +107,7 @@ pub fn import_oci_layout(
         version: String,
     }
     let layout: Layout = read_json(&dir.join("oci-layout")).map_err(not_layout)?;
-    let _gc = super::gc::writer_lock(store.state_dir())?;
+    let _gc = writer_lock(store.state_dir())?;
     if !layout.version.starts_with("1.") {
         return Err(not_layout(format!(
             "unsupported imageLayoutVersion {}",
@@ -231,7 +230,7 @@ pub fn import_docker_save(store: &ImageStore, archive: &Path) -> Result<Vec<Imag
         path: archive.to_path_buf(),
         why,
     };
-    let _gc = super::gc::writer_lock(store.state_dir())?;
+    let _gc = writer_lock(store.state_dir())?;
     let tmp_root = store.state_dir().join("tmp");
     fs::create_dir_all(&tmp_root).map_err(io_at(&tmp_root))?;
     let work = tempfile::Builder::new()
@@ -325,7 +324,7 @@ pub fn import_docker_save(store: &ImageStore, archive: &Path) -> Result<Vec<Imag
             first.get_or_insert(r);
         }
         let r = first.unwrap_or_else(|| Reference {
-            registry: super::reference::LOCAL_REGISTRY.into(),
+            registry: LOCAL_REGISTRY.into(),
             repository: "import".into(),
             tag: None,
             digest: Some(digest.clone()),

@@ -14,53 +14,20 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::config::{ConfigError, ImageConfig};
-use super::digest::Digest;
-use super::manifest::{Descriptor, ImageManifest, Manifest, ManifestError};
-use super::reference::Reference;
-use super::registry::{RegistryClient, RegistryError};
-use super::rootfs::{Rootfs, RootfsBuilder, RootfsError, RootfsFormat};
-use super::store::{BlobStore, Ensured, Partial, ResumableWrite, StoreError};
+use super::blobs::{BlobStore, Ensured, Partial, StoreError};
+use super::error::{transient, PullError};
+use super::lock::writer_lock;
+use crate::images::digest::Digest;
+use crate::images::limits::Limits;
+use crate::images::oci::config::ImageConfig;
+use crate::images::oci::manifest::{Descriptor, ImageManifest, Manifest};
+use crate::images::registry::{Reference, RegistryClient, ResumableWrite};
+use crate::images::rootfs::{LayerFile, Rootfs, RootfsBuilder, RootfsFormat};
 
 /// Layers fetched at once, as Docker's default `max-concurrent-downloads` is 3.
 const PARALLEL_LAYERS: usize = 3;
 /// Tries per layer when the connection fails (Docker's default `max-download-attempts` is 5).
 const FETCH_ATTEMPTS: u32 = 5;
-
-/// A broken connection is worth another try; a wrong answer is not.
-fn transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    matches!(
-        e.downcast_ref::<RegistryError>(),
-        Some(RegistryError::Transfer { .. } | RegistryError::Unreachable { .. })
-    )
-}
-
-/// A pull or lookup failure.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Rootfs(#[from] RootfsError),
-    #[error(
-        "index entry {0} for linux/amd64 is itself an index; nested indexes are not supported"
-    )]
-    NestedIndex(Digest),
-    #[error("image {0} is not in the local store")]
-    NotFound(String),
-    #[error("state dir I/O on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// What a pull is doing, for a progress display per layer like `docker pull`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +87,7 @@ pub struct ImageStore {
     state_dir: PathBuf,
     blobs: BlobStore,
     rootfs: RootfsBuilder,
+    limits: Limits,
 }
 
 impl ImageStore {
@@ -129,6 +97,7 @@ impl ImageStore {
             state_dir: state_dir.to_path_buf(),
             blobs: BlobStore::open(state_dir)?,
             rootfs: RootfsBuilder::new(state_dir, format)?,
+            limits: Limits::default(),
         })
     }
 
@@ -136,6 +105,17 @@ impl ImageStore {
     pub fn with_unpack_dir(mut self, dir: &Path) -> Result<Self, PullError> {
         self.rootfs = self.rootfs.with_unpack_dir(dir)?;
         Ok(self)
+    }
+
+    /// Pulls and unpacks within `limits` instead of the defaults (see `Limits`).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.rootfs = self.rootfs.with_limits(limits);
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -238,7 +218,7 @@ impl ImageStore {
                 return Ok(image);
             }
         }
-        let _gc = super::gc::writer_lock(&self.state_dir)?;
+        let _gc = writer_lock(&self.state_dir)?;
         let top = client.manifest(r, &r.manifest_ref())?;
         let (manifest, fetched) = match Manifest::parse(&top.bytes, &top.content_type)? {
             Manifest::Image(m) => (m, top),
@@ -257,6 +237,13 @@ impl ImageStore {
             layers: manifest.layers.len(),
         });
         let cfg = &manifest.config;
+        if cfg.size > self.limits.max_config_bytes {
+            return Err(PullError::ConfigTooLarge {
+                digest: cfg.digest.clone(),
+                size: cfg.size,
+                limit: self.limits.max_config_bytes,
+            });
+        }
         self.ensure_blob(client, r, &cfg.digest, cfg.size, &|_| {})?;
         let config = ImageConfig::parse(&self.blobs.read(&cfg.digest)?, manifest.layers.len())?;
         self.fetch_layers(client, r, &manifest.layers, progress)?;
@@ -370,10 +357,23 @@ impl ImageStore {
 
     /// The read-only root filesystem image of `image`, built once and then reused.
     pub fn rootfs(&self, image: &Image) -> Result<Rootfs, PullError> {
-        let _gc = super::gc::writer_lock(&self.state_dir)?;
-        Ok(self
-            .rootfs
-            .build(&self.blobs, image.id(), &image.layers())?)
+        let _gc = writer_lock(&self.state_dir)?;
+        Ok(self.rootfs.build(image.id(), &self.layer_files(image))?)
+    }
+
+    /// `image`'s layers, bottom first, with their blob files and diff_ids.
+    fn layer_files(&self, image: &Image) -> Vec<LayerFile> {
+        let diff_ids = image.config.rootfs.as_ref().map(|r| r.diff_ids.as_slice());
+        image
+            .layers()
+            .into_iter()
+            .enumerate()
+            .map(|(i, digest)| LayerFile {
+                path: self.blobs.path(&digest),
+                diff_id: diff_ids.and_then(|ids| ids.get(i)).cloned(),
+                digest,
+            })
+            .collect()
     }
 
     /// The built root filesystem image of image `id`, if there is one.

@@ -9,10 +9,10 @@ use std::process::Command;
 
 use serde_json::json;
 
-use super::digest::Digest;
-use super::manifest::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
-use super::pull::{Image, ImageStore, PullError};
-use super::reference::Reference;
+use crate::images::digest::Digest;
+use crate::images::oci::manifest::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
+use crate::images::registry::Reference;
+use crate::images::store::{writer_lock, Image, ImageStore, PullError};
 
 /// The name the bundled image gets.
 pub const BUSYBOX_REF: &str = "local/busybox:latest";
@@ -114,7 +114,7 @@ pub fn build_busybox_image(store: &ImageStore, busybox: &Path) -> Result<Image, 
     applets.sort();
     applets.dedup();
     let tar = layer(&binary, &applets).map_err(BusyboxError::Layer)?;
-    let _gc = super::gc::writer_lock(store.state_dir())?;
+    let _gc = writer_lock(store.state_dir())?;
     let layer_digest = store.blobs().put_bytes(&tar).map_err(PullError::from)?;
     let config = json!({
         "architecture": "amd64", "os": "linux",

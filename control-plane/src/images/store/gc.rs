@@ -5,16 +5,18 @@
 //! write; prune holds it exclusively, so it never deletes blobs of an image being pulled.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
 use tracing::info;
 
-use super::digest::Digest;
-use super::pull::{ImageStore, PullError};
-use super::reference::Reference;
+use super::error::PullError;
+use super::image_store::ImageStore;
+use super::lock::{lock, writer_lock};
+use crate::images::digest::Digest;
+use crate::images::registry::Reference;
 
 /// One tagged image, as `image ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,30 +63,11 @@ enum Kind {
     Partial,
 }
 
-/// A held `gc.lock`; released on drop.
-#[derive(Debug)]
-pub struct GcGuard(#[allow(dead_code)] File);
-
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PullError + '_ {
     move |source| PullError::Io {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn lock(state_dir: &Path, op: FlockOperation) -> Result<GcGuard, PullError> {
-    let path = state_dir.join("gc.lock");
-    let file = File::create(&path).map_err(io_at(&path))?;
-    rustix::fs::flock(&file, op).map_err(|e| PullError::Io {
-        path,
-        source: e.into(),
-    })?;
-    Ok(GcGuard(file))
-}
-
-/// Taken by every writer of the store (shared).
-pub fn writer_lock(state_dir: &Path) -> Result<GcGuard, PullError> {
-    lock(state_dir, FlockOperation::LockShared)
 }
 
 fn walk_refs(

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::digest::Digest;
+use crate::images::digest::Digest;
 
 /// An image config that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
-use super::digest::Digest;
+use crate::images::digest::Digest;
+use crate::images::registry::ResumableWrite;
 
 /// A blob store failure.
 #[derive(Debug, thiserror::Error)]
@@ -246,14 +247,6 @@ impl BlobStore {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A download target that may already hold the first bytes of the blob.
-pub trait ResumableWrite: Write {
-    /// Bytes already there: a fetch sends the blob from here on.
-    fn offset(&self) -> u64;
-    /// Drops what is there, for a source that can only send the blob from its start.
-    fn restart(&mut self) -> io::Result<()>;
-}
 
 /// The partial file of one download: hashes and counts what passes through and refuses to
 /// go past a declared size.

@@ -1,7 +1,9 @@
+use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use super::*;
+use crate::images::unpack::compression::{detect, Compression};
 
 /// Builds a layer tar in memory, with raw names (so tests can write hostile ones).
 struct Layer(tar::Builder<Vec<u8>>);

@@ -4,12 +4,15 @@
 //!
 //! Built on `reqwest`'s blocking client (rustls, system roots plus an optional CA file).
 //! From async code, call it inside `tokio::task::spawn_blocking`.
-//! HTTPS is used for every registry; registries marked insecure and loopback registries
-//! are probed over HTTPS first and fall back to plain HTTP, as Docker does. Blob downloads
+//! HTTPS is used for every registry; only registries the user marks insecure
+//! (`RegistryOptions::insecure`, `--insecure-registry`) are probed over HTTPS first and fall
+//! back to plain HTTP, as Docker does: a loopback address gets no exception. Connections and
+//! reads time out (`RegistryOptions::connect_timeout` / `read_timeout`), and an error quotes
+//! at most a short, sanitised piece of what a registry answered. Blob downloads
 //! resume with a `Range` request from what the caller already has.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -22,10 +25,17 @@ use tracing::{debug, info};
 
 use super::auth::{parse_challenge, Challenge, Credentials};
 use super::auth_file::{self, AuthFileError};
-use super::digest::Digest;
-use super::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
 use super::reference::{Reference, DOCKER_HUB};
-use super::store::ResumableWrite;
+use crate::images::digest::Digest;
+use crate::images::oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
+
+/// A download target that may already hold the first bytes of the blob.
+pub trait ResumableWrite: Write {
+    /// Bytes already there: a fetch sends the blob from here on.
+    fn offset(&self) -> u64;
+    /// Drops what is there, for a source that can only send the blob from its start.
+    fn restart(&mut self) -> io::Result<()>;
+}
 
 /// A registry failure, named for the user.
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +110,26 @@ pub enum RegistryError {
     AuthFile(#[from] AuthFileError),
 }
 
+/// How long a connection may take to open, unless `RegistryOptions` says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a response (its headers, or any read of its body) may keep us waiting.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most this many characters of a registry's error answer go into a message.
+pub const MAX_QUOTED_CHARS: usize = 200;
+/// Bytes of an error answer read at most (to recognise `NAME_UNKNOWN` and quote it).
+const MAX_ERROR_BODY: u64 = 16 << 10;
+
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
     /// Registries (`host[:port]`) allowed over plain HTTP (HTTPS is still tried first).
+    /// No registry is allowed plain HTTP unless listed here, loopback ones included.
     pub insecure: Vec<String>,
+    /// Connect timeout (default `DEFAULT_CONNECT_TIMEOUT`).
+    pub connect_timeout: Option<Duration>,
+    /// Read timeout: the longest wait for response headers or for any read of a body
+    /// (default `DEFAULT_READ_TIMEOUT`); a slow but moving download is never cut.
+    pub read_timeout: Option<Duration>,
     /// A PEM file of extra CA certificates to trust.
     pub ca_file: Option<PathBuf>,
     /// Credentials per registry (`host[:port]`); they win over the auth file's.
@@ -155,8 +180,10 @@ impl RegistryClient {
         }
         let mut builder = Client::builder()
             .use_rustls_tls()
-            .timeout(None)
-            .connect_timeout(Duration::from_secs(15))
+            // The blocking client applies this to each wait (headers, each body read), not
+            // to the whole transfer: a read timeout.
+            .timeout(opts.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT))
+            .connect_timeout(opts.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &opts.ca_file {
             let ca_err = |why: String| RegistryError::CaFile {
@@ -191,7 +218,7 @@ impl RegistryClient {
     }
 
     fn may_use_http(&self, registry: &str) -> bool {
-        is_loopback(registry) || self.opts.insecure.iter().any(|r| r == registry)
+        self.opts.insecure.iter().any(|r| r == registry)
     }
 
     /// `scheme://host`, probing HTTPS then HTTP where plain HTTP is allowed.
@@ -368,7 +395,10 @@ impl RegistryClient {
         if status.is_success() {
             return Ok(resp);
         }
-        let body: String = resp.text().unwrap_or_default().chars().take(300).collect();
+        let mut raw = Vec::new();
+        let _ = resp.take(MAX_ERROR_BODY).read_to_end(&mut raw);
+        let body = String::from_utf8_lossy(&raw);
+        let body = body.as_ref();
         Err(match status {
             StatusCode::NOT_FOUND if body.contains("NAME_UNKNOWN") => RegistryError::NameUnknown {
                 registry: r.registry.clone(),
@@ -383,7 +413,7 @@ impl RegistryClient {
                 registry: r.registry.clone(),
                 status: s.as_u16(),
                 url: url.into(),
-                body,
+                body: quote(body),
             },
         })
     }
@@ -498,8 +528,11 @@ impl RegistryClient {
             Some(p) => format!("{realm_host}:{p}"),
             None => realm_host.to_string(),
         };
+        // Plain HTTP to the token service only where the user allowed plain HTTP: the
+        // realm itself, or a loopback realm of a registry they marked insecure.
         if realm_url.scheme() != "https"
-            && !(self.may_use_http(&realm_authority) || is_loopback(realm_host))
+            && !(self.may_use_http(&realm_authority)
+                || (self.may_use_http(&r.registry) && is_loopback(realm_host)))
         {
             return Err(bad(format!(
                 "refusing to send credentials to plain-HTTP realm {realm}"
@@ -550,6 +583,21 @@ impl RegistryClient {
     }
 }
 
+/// At most `MAX_QUOTED_CHARS` of `text`, control characters (escape sequences, newlines)
+/// replaced by spaces, for quoting what a registry said in an error message.
+pub fn quote(text: &str) -> String {
+    let mut out: String = text
+        .trim()
+        .chars()
+        .take(MAX_QUOTED_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.trim().chars().count() > MAX_QUOTED_CHARS {
+        out.push('…');
+    }
+    out
+}
+
 fn apply(req: RequestBuilder, auth: Option<&Auth>, creds: Option<&Credentials>) -> RequestBuilder {
     match (auth, creds) {
         (Some(Auth::Bearer(t)), _) => req.bearer_auth(t),
@@ -581,6 +629,35 @@ mod tests {
         ] {
             assert!(!is_loopback(no), "{no}");
         }
+    }
+
+    #[test]
+    fn quotes_are_short_and_without_control_characters() {
+        let q = quote("bad\x1b[31m news\r\nline");
+        assert_eq!(q, "bad [31m news  line");
+        let long = "x".repeat(5000);
+        let q = quote(&long);
+        assert_eq!(q.chars().count(), MAX_QUOTED_CHARS + 1);
+        assert!(q.ends_with('…'));
+    }
+
+    #[test]
+    fn loopback_registries_get_no_plain_http_unless_listed() {
+        let plain = RegistryClient::new(RegistryOptions {
+            auth_file: Some("/nonexistent/auth.json".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!plain.may_use_http("127.0.0.1:5000"));
+        assert!(!plain.may_use_http("localhost:5000"));
+        let listed = RegistryClient::new(RegistryOptions {
+            insecure: vec!["127.0.0.1:5000".into()],
+            auth_file: Some("/nonexistent/auth.json".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(listed.may_use_http("127.0.0.1:5000"));
+        assert!(!listed.may_use_http("127.0.0.1:5001"));
     }
 
     #[test]

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::images::busybox::{self, BusyboxError};
-use crate::images::registry::{RegistryClient, RegistryOptions};
-use crate::images::{Image, ImageStore, PullError, PullEvent, Reference};
+use crate::images::import::busybox::{self, BusyboxError};
+use crate::images::registry::{Reference, RegistryClient, RegistryOptions};
+use crate::images::store::{Image, ImageStore, PullError, PullEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageSourceError {

@@ -10,10 +10,12 @@ use std::time::Instant;
 
 use tracing::{debug, info};
 
-use super::digest::Digest;
-use super::store::BlobStore;
-use super::unpack::{apply_layer_file, UnpackError};
-use super::workdir::{self, UnpackDir};
+pub mod workdir;
+
+use crate::images::digest::Digest;
+use crate::images::limits::Limits;
+use crate::images::unpack::{apply_layer_file, Budget, UnpackError};
+use workdir::UnpackDir;
 
 /// A failure to build a root filesystem image.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,12 @@ pub enum RootfsError {
         layer: Digest,
         #[source]
         source: UnpackError,
+    },
+    #[error("layer {layer} does not match the image config: its diff_id is {expected}, its content {actual}")]
+    DiffId {
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("layer {0} is not in the store (pull the image again)")]
     MissingLayer(Digest),
@@ -77,6 +85,15 @@ pub struct Rootfs {
     pub cached: bool,
 }
 
+/// One layer to unpack: its digest, its blob file and, when the config lists it, the
+/// sha256 its uncompressed content must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerFile {
+    pub digest: Digest,
+    pub path: PathBuf,
+    pub diff_id: Option<Digest>,
+}
+
 /// Builds root filesystem images from stored layers.
 #[derive(Debug, Clone)]
 pub struct RootfsBuilder {
@@ -85,6 +102,7 @@ pub struct RootfsBuilder {
     tmp: PathBuf,
     unpack: UnpackDir,
     format: Option<RootfsFormat>,
+    limits: Limits,
 }
 
 fn tool_present(tool: &str) -> bool {
@@ -110,6 +128,7 @@ impl RootfsBuilder {
             tmp,
             unpack: UnpackDir::default(),
             format,
+            limits: Limits::default(),
         })
     }
 
@@ -119,6 +138,12 @@ impl RootfsBuilder {
         } else {
             RootfsFormat::Ext4
         })
+    }
+
+    /// Unpacks within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Tries the tmpfs mounted at `dir` instead of `/dev/shm` for unpacking.
@@ -143,12 +168,7 @@ impl RootfsBuilder {
 
     /// Returns the cached image of `image_id`, building it from `layers` (bottom first) if
     /// needed. Concurrent builders of one image wait for each other and build once.
-    pub fn build(
-        &self,
-        blobs: &BlobStore,
-        image_id: &Digest,
-        layers: &[Digest],
-    ) -> Result<Rootfs, RootfsError> {
+    pub fn build(&self, image_id: &Digest, layers: &[LayerFile]) -> Result<Rootfs, RootfsError> {
         let format = self.format();
         let path = self.path(image_id, format);
         if path.is_file() {
@@ -176,19 +196,19 @@ impl RootfsBuilder {
         let started = Instant::now();
         let mut layer_bytes = 0;
         for layer in layers {
-            let meta = fs::metadata(blobs.path(layer))
-                .map_err(|_| RootfsError::MissingLayer(layer.clone()))?;
+            let meta = fs::metadata(&layer.path)
+                .map_err(|_| RootfsError::MissingLayer(layer.digest.clone()))?;
             layer_bytes += meta.len();
         }
         let mut work =
             workdir::make(&self.unpack, &self.tmp, layer_bytes).map_err(io_at(&self.tmp))?;
-        let mut result = unpack_all(work.dir.path(), blobs, layers);
+        let mut result = unpack_all(work.dir.path(), layers, self.limits);
         if work.in_memory
             && matches!(&result, Err(RootfsError::Unpack { source, .. }) if source.is_no_space())
         {
             info!(image = %image_id, "the tmpfs filled up; unpacking on disk instead");
             work = workdir::on_disk(&self.tmp).map_err(io_at(&self.tmp))?;
-            result = unpack_all(work.dir.path(), blobs, layers);
+            result = unpack_all(work.dir.path(), layers, self.limits);
         }
         let tree = result?;
         let unpacked = started.elapsed();
@@ -217,17 +237,29 @@ impl RootfsBuilder {
     }
 }
 
-/// Applies `layers` (bottom first) into `<work>/root`; returns that tree.
-fn unpack_all(work: &Path, blobs: &BlobStore, layers: &[Digest]) -> Result<PathBuf, RootfsError> {
+/// Applies `layers` (bottom first) into `<work>/root` within `limits`, checking each
+/// against its diff_id; returns that tree.
+fn unpack_all(work: &Path, layers: &[LayerFile], limits: Limits) -> Result<PathBuf, RootfsError> {
     let tree = work.join("root");
     fs::create_dir(&tree).map_err(io_at(&tree))?;
+    let budget = Budget::new(limits);
     for layer in layers {
-        let stats =
-            apply_layer_file(&tree, &blobs.path(layer)).map_err(|source| RootfsError::Unpack {
-                layer: layer.clone(),
+        let stats = apply_layer_file(&tree, &layer.path, &budget).map_err(|source| {
+            RootfsError::Unpack {
+                layer: layer.digest.clone(),
                 source,
-            })?;
-        debug!(%layer, ?stats, "layer applied");
+            }
+        })?;
+        if let (Some(expected), Some(actual)) = (&layer.diff_id, &stats.diff_id) {
+            if expected != actual {
+                return Err(RootfsError::DiffId {
+                    layer: layer.digest.clone(),
+                    expected: expected.clone(),
+                    actual: actual.clone(),
+                });
+            }
+        }
+        debug!(layer = %layer.digest, ?stats, "layer applied");
     }
     Ok(tree)
 }
@@ -328,6 +360,20 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    /// Stores a layer as a blob file would be; returns its digest and file.
+    fn put(state: &Path, bytes: &[u8]) -> LayerFile {
+        let digest = Digest::of(bytes);
+        let dir = state.join("layers");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(digest.hex());
+        fs::write(&path, bytes).unwrap();
+        LayerFile {
+            digest,
+            path,
+            diff_id: None,
+        }
+    }
+
     fn extract(format: RootfsFormat, image: &Path, to: &Path) {
         let out = match format {
             RootfsFormat::Erofs => Command::new("fsck.erofs")
@@ -352,21 +398,17 @@ mod tests {
     fn builds_each_format_once_and_reuses_it() {
         for format in [RootfsFormat::Erofs, RootfsFormat::Ext4] {
             let state = tempfile::tempdir().unwrap();
-            let blobs = BlobStore::open(state.path()).unwrap();
-            let l1 = blobs
-                .put_bytes(&layer(&[("etc/a", "one"), ("etc/b", "two")]))
-                .unwrap();
-            let l2 = blobs
-                .put_bytes(&layer(&[("etc/.wh.b", ""), ("etc/c", "three")]))
-                .unwrap();
+            let l1 = put(state.path(), &layer(&[("etc/a", "one"), ("etc/b", "two")]));
+            let l2 = put(
+                state.path(),
+                &layer(&[("etc/.wh.b", ""), ("etc/c", "three")]),
+            );
             let id = Digest::of(b"config");
             let builder = RootfsBuilder::new(state.path(), Some(format)).unwrap();
-            let first = builder
-                .build(&blobs, &id, &[l1.clone(), l2.clone()])
-                .unwrap();
+            let first = builder.build(&id, &[l1.clone(), l2.clone()]).unwrap();
             assert!(!first.cached);
             assert_eq!(first.format, format);
-            let again = builder.build(&blobs, &id, &[l1, l2]).unwrap();
+            let again = builder.build(&id, &[l1, l2]).unwrap();
             assert!(again.cached);
             assert_eq!(again.path, first.path);
             let out = tempfile::tempdir().unwrap();
@@ -390,21 +432,25 @@ mod tests {
     #[test]
     fn a_bad_layer_is_reported_and_leaves_no_image() {
         let state = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(state.path()).unwrap();
-        let bad = blobs.put_bytes(&[0x1f, 0x8b, 0, 0, 0]).unwrap();
+        let bad = put(state.path(), &[0x1f, 0x8b, 0, 0, 0]);
         let builder = RootfsBuilder::new(state.path(), None).unwrap();
         let id = Digest::of(b"cfg");
-        let err = builder
-            .build(&blobs, &id, std::slice::from_ref(&bad))
-            .unwrap_err();
+        let err = builder.build(&id, std::slice::from_ref(&bad)).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with(&format!("unpacking layer {bad}")),
+                .starts_with(&format!("unpacking layer {}", bad.digest)),
             "{err}"
         );
         let missing = Digest::of(b"nothing");
         assert!(matches!(
-            builder.build(&blobs, &id, &[missing]),
+            builder.build(
+                &id,
+                &[LayerFile {
+                    digest: missing,
+                    path: state.path().join("nothing"),
+                    diff_id: None
+                }]
+            ),
             Err(RootfsError::MissingLayer(_))
         ));
         assert!(
@@ -446,13 +492,12 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gz, &layer(&[("etc/zeros", &"\0".repeat(3 << 20))])).unwrap();
         let state = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(state.path()).unwrap();
-        let l = blobs.put_bytes(&gz.finish().unwrap()).unwrap();
+        let l = put(state.path(), &gz.finish().unwrap());
         let builder = RootfsBuilder::new(state.path(), Some(RootfsFormat::Erofs))
             .unwrap()
             .with_tmpfs(tmpfs.0.path());
         let id = Digest::of(b"big");
-        let built = builder.build(&blobs, &id, &[l]).unwrap();
+        let built = builder.build(&id, &[l]).unwrap();
         let out = tempfile::tempdir().unwrap();
         extract(RootfsFormat::Erofs, &built.path, &out.path().join("x"));
         let zeros = fs::metadata(out.path().join("x/etc/zeros")).unwrap();

@@ -87,7 +87,11 @@ pub fn on_disk(disk: &Path) -> io::Result<WorkDir> {
 /// A new folder under `base`; mode 0700, so other users cannot reach the tree in it.
 fn tempdir_in(base: &Path) -> io::Result<tempfile::TempDir> {
     let prefix = format!("{PREFIX}{}-", std::process::id());
-    tempfile::Builder::new().prefix(&prefix).tempdir_in(base)
+    // Made 0700 from the start (tempfile's default follows the umask: 0755 here).
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(base)
 }
 
 fn mem_available() -> Option<u64> {
@@ -179,6 +183,17 @@ mod tests {
         let w = make(&UnpackDir::default(), disk.path(), u64::MAX / 16).unwrap();
         assert!(!w.in_memory);
         assert!(w.dir.path().starts_with(disk.path()));
+    }
+
+    #[test]
+    fn work_dirs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let disk = tempfile::tempdir().unwrap();
+        for choice in [UnpackDir::default(), UnpackDir::Fixed(disk.path().into())] {
+            let w = make(&choice, disk.path(), 1).unwrap();
+            let mode = fs::metadata(w.dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{choice:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver};
 
-use super::unpack::decompressed;
+use super::compression::decompressed;
 
 /// Bytes per message.
 const CHUNK: usize = 1 << 20;
