@@ -40,7 +40,10 @@ fn serve_conn(ctl: &Controller, stream: UnixStream) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
-        match (&mut reader).take(vmm_api::MAX_REQUEST_LINE).read_line(&mut line) {
+        match (&mut reader)
+            .take(vmm_api::MAX_REQUEST_LINE)
+            .read_line(&mut line)
+        {
             Ok(0) | Err(_) => return,
             Ok(_) if !line.ends_with('\n') && line.len() as u64 >= vmm_api::MAX_REQUEST_LINE => {
                 let _ = writeln!(out, "{}", Reply::error("request line too long").to_line());

@@ -18,12 +18,13 @@ pub mod event_loop;
 pub mod exit;
 pub mod host;
 pub mod layout;
+pub mod persist;
 pub mod profile;
 pub mod snapshot;
 pub mod vm;
 
-/// The cpio writer, a crate of its own so that the control plane need not link the VMM.
-pub use initramfs;
 pub use config::VmConfig;
 pub use exit::ExitReason;
+/// The cpio writer, a crate of its own so that the control plane need not link the VMM.
+pub use initramfs;
 pub use vm::{Vm, VmError};

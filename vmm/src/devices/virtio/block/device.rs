@@ -198,8 +198,8 @@ impl VirtioDevice for Block {
         self.acked = 0;
     }
 
-    fn save_state(&self) -> crate::devices::virtio::persist::DeviceState {
-        crate::devices::virtio::persist::DeviceState::Block(self.state())
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn after_restore(

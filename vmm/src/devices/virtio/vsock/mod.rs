@@ -5,6 +5,7 @@
 
 mod connection;
 mod device;
+pub mod event;
 mod muxer;
 pub mod packet;
 pub mod persist;
