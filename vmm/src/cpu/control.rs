@@ -240,6 +240,8 @@ mod tests {
 
     #[test]
     fn pause_and_resume_reach_every_thread_and_are_idempotent() {
+        // Pausing kicks the threads: without the handler the signal would end the process.
+        kick::install_handler().unwrap();
         let ids = (0..3u8)
             .map(|id| {
                 let f = move |ch: VcpuChannel| {

@@ -6,7 +6,9 @@ use kvm_ioctls::Kvm;
 use vm_memory::Address;
 
 use super::devices::{Devices, SerialWiring, VirtioBus};
-use super::{io_err, kvm, RunOptions, Vm, VmError};
+use super::error::{io_err, VmError};
+use super::instance::{RunOptions, Vm};
+use super::kvm;
 use crate::boot::{self, BootError};
 use crate::config::VmConfig;
 use crate::cpu::vcpu::Vcpu;

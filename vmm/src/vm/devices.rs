@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 
-use super::{io_err, kvm_err, VmError};
+use super::error::{io_err, kvm_err, VmError};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_SPAN};
 use crate::devices::mmio_bus::MmioBus;
 use crate::devices::pio::PioBus;

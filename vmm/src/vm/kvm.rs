@@ -5,7 +5,7 @@ use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::{kvm_err, VmError};
+use super::error::{kvm_err, VmError};
 
 /// KVM needs three pages for the real-mode TSS just below 4 GiB.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;

@@ -10,7 +10,9 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::devices::{Devices, SerialWiring, VirtioBus};
-use super::{io_err, kvm, RunOptions, Vm, VmError};
+use super::error::{io_err, VmError};
+use super::instance::{RunOptions, Vm};
+use super::kvm;
 use crate::cpu::vcpu::{Vcpu, VcpuError};
 use crate::devices::persist::DeviceState;
 use crate::devices::serial::{SerialConstructorArgs, SerialPort, SerialRestoreError};

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use super::{io_err, Vm, VmError};
+use super::error::{io_err, VmError};
+use super::instance::Vm;
 use crate::api;
 use crate::controller::Controller;
 use crate::cpu::control::VcpuHandles;

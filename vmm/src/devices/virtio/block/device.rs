@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::defs::*;
 use super::request::{execute, RequestOutcome};
-use super::*;
 use crate::devices::virtio::{
     check_avail, DeviceBroken, Interrupt, VirtioDevice, INTERRUPT_USED_RING,
     VIRTIO_RING_F_EVENT_IDX,

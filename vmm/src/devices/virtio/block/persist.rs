@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::defs::VIRTIO_BLK_ID_BYTES;
 use super::device::{Block, BlockConfig, BlockError};
-use super::VIRTIO_BLK_ID_BYTES;
 use crate::persist::Persist;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

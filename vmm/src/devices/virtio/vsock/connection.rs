@@ -6,8 +6,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 
+use super::defs::{CONN_BUF_ALLOC, HOST_CID};
 use super::packet::*;
-use super::CONN_BUF_ALLOC;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -179,7 +179,7 @@ impl Connection {
     pub fn header(&mut self, guest_cid: u64, op: u16, len: u32, flags: u32) -> Header {
         self.last_fwd_cnt_sent = self.fwd_cnt;
         Header {
-            src_cid: super::HOST_CID,
+            src_cid: HOST_CID,
             dst_cid: guest_cid,
             src_port: self.local_port,
             dst_port: self.peer_port,

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
+use super::defs::*;
 use super::event;
 use super::muxer::Muxer;
 use super::packet::{self, Header, HEADER_LEN};
-use super::*;
 use crate::devices::virtio::{
     check_avail, DeviceBroken, Interrupt, VirtioDevice, INTERRUPT_USED_RING,
     VIRTIO_RING_F_EVENT_IDX,

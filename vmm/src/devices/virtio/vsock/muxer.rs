@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{Connection, Control, State};
+use super::defs::{FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, MAX_PKT_PAYLOAD};
 use super::packet::*;
-use super::{FIRST_LOCAL_PORT, MAX_CONNECTIONS, MAX_PKT_PAYLOAD};
 
 const LISTENER_TOKEN: u64 = 0;
 
@@ -114,7 +114,7 @@ impl Muxer {
 
     fn rst_for(&self, h: &Header) -> Header {
         Header {
-            src_cid: super::HOST_CID,
+            src_cid: HOST_CID,
             dst_cid: self.guest_cid,
             src_port: h.dst_port,
             dst_port: h.src_port,
