@@ -10,6 +10,7 @@ pub mod event;
 mod muxer;
 pub mod packet;
 pub mod persist;
+mod queues;
 
 pub use defs::*;
 pub use device::{Vsock, VsockConfig, VsockError};
