@@ -1,44 +1,28 @@
 //! The running VM's controls: pause, resume, snapshot, shutdown. Serves the control API
 //! ([`crate::api`]); one operation at a time.
 //!
-//! Pausing is Firecracker's scheme: set the pause flag, kick every vCPU thread with a
-//! signal (its handler sets `immediate_exit`, see [`crate::cpu::kick`]), and wait for each
-//! to report that it parked. A vCPU parks only after KVM_RUN returned EINTR, so any port
-//! or MMIO access it was doing has been completed by KVM first.
+//! The controller owns the [`Vm`] once its vCPUs run, and drives the vCPU threads through
+//! their [`VcpuHandles`] (Firecracker's scheme: a command on each thread's channel and a
+//! kick out of `KVM_RUN`; see [`crate::cpu::control`]).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use kvm_ioctls::VmFd;
-use vm_memory::GuestMemoryMmap;
-
-use crate::cpu::kick;
-use crate::cpu::vcpu::{VcpuCommand, VcpuReply};
-use crate::devices::serial::SerialPort;
-use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::persist::VirtioSnapshot;
-use crate::exit::{ExitReason, ExitSignal};
+use crate::cpu::control::{VcpuControlError, VcpuHandles};
+use crate::devices::persist::{DeviceState, VirtioSnapshot};
+use crate::exit::ExitReason;
+use crate::persist::Persist;
 use crate::snapshot::file::{self, FileError};
 use crate::snapshot::vcpu::{self, Caps, VcpuStateError};
 use crate::snapshot::vmstate::{VmState, VmStateError};
-use crate::snapshot::{MachineInfo, Snapshot};
-
-/// How long vCPUs get to park or answer.
-const VCPU_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The controller's handle on one vCPU thread.
-pub struct VcpuLink {
-    pub thread: libc::pthread_t,
-    pub commands: Sender<VcpuCommand>,
-}
+use crate::snapshot::Snapshot;
+use crate::vm::Vm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("vCPUs did not {0} within {VCPU_TIMEOUT:?} (is the VM ending?)")]
-    Timeout(&'static str),
+    #[error(transparent)]
+    Vcpus(#[from] VcpuControlError),
     #[error("the VM is ending")]
     Gone,
     #[error(transparent)]
@@ -47,28 +31,16 @@ pub enum ControlError {
     VmState(#[from] VmStateError),
     #[error("cannot write the snapshot: {0}")]
     File(#[from] FileError),
+    #[error("device in slot {0} is of a kind snapshots do not know (type {1})")]
+    UnknownDevice(u32, u32),
 }
 
 pub use vmm_api::SnapshotReport;
 
-type TransportSlot = (u32, u64, u32, Arc<Mutex<MmioTransport>>);
-
-struct Inner {
-    paused: bool,
-    replies: Receiver<VcpuReply>,
-}
-
 pub struct Controller {
-    kvm: kvm_ioctls::Kvm,
-    vm: Arc<VmFd>,
-    mem: GuestMemoryMmap,
-    devices: Vec<TransportSlot>,
-    serial: Arc<Mutex<SerialPort>>,
-    vcpus: Vec<VcpuLink>,
-    pause: Arc<AtomicBool>,
-    inner: Mutex<Inner>,
-    machine: MachineInfo,
-    exit: Arc<ExitSignal>,
+    vm: Vm,
+    /// Held for the whole of each operation: one at a time.
+    vcpus: Mutex<VcpuHandles>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,98 +48,41 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Controller {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        kvm: kvm_ioctls::Kvm,
-        vm: Arc<VmFd>,
-        mem: GuestMemoryMmap,
-        devices: Vec<TransportSlot>,
-        serial: Arc<Mutex<SerialPort>>,
-        vcpus: Vec<VcpuLink>,
-        pause: Arc<AtomicBool>,
-        replies: Receiver<VcpuReply>,
-        machine: MachineInfo,
-        exit: Arc<ExitSignal>,
-    ) -> Self {
+    /// The controls of `vm`, whose vCPUs run on the threads behind `vcpus`.
+    pub fn new(vm: Vm, vcpus: VcpuHandles) -> Self {
         Self {
-            kvm,
             vm,
-            mem,
-            devices,
-            serial,
-            vcpus,
-            pause,
-            inner: Mutex::new(Inner {
-                paused: false,
-                replies,
-            }),
-            machine,
-            exit,
+            vcpus: Mutex::new(vcpus),
         }
     }
 
-    /// Waits for one reply from each vCPU that `want` accepts.
-    fn collect<T>(
-        &self,
-        inner: &Inner,
-        what: &'static str,
-        mut want: impl FnMut(VcpuReply) -> Option<T>,
-    ) -> Result<Vec<T>, ControlError> {
-        let deadline = Instant::now() + VCPU_TIMEOUT;
-        let mut out = Vec::with_capacity(self.vcpus.len());
-        while out.len() < self.vcpus.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match inner.replies.recv_timeout(left) {
-                Ok(r) => out.extend(want(r)),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(ControlError::Timeout(what))
-                }
-                Err(_) => return Err(ControlError::Gone),
-            }
-        }
-        Ok(out)
+    /// The VM being controlled.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
     }
 
-    fn pause_locked(&self, inner: &mut Inner) -> Result<(), ControlError> {
-        if inner.paused {
+    fn pause_locked(&self, vcpus: &mut VcpuHandles) -> Result<(), ControlError> {
+        if vcpus.paused() {
             return Ok(());
         }
-        if self.exit.reason().is_some() {
+        if self.vm.exit.reason().is_some() {
             return Err(ControlError::Gone);
         }
-        self.pause.store(true, Ordering::SeqCst);
-        for v in &self.vcpus {
-            kick::kick(v.thread);
-        }
-        self.collect(inner, "pause", |r| match r {
-            VcpuReply::Paused(id) => Some(id),
-            _ => None,
-        })?;
-        inner.paused = true;
+        vcpus.pause()?;
         tracing::info!("VM paused");
         Ok(())
     }
 
     pub fn pause(&self) -> Result<(), ControlError> {
-        self.pause_locked(&mut lock(&self.inner))
+        self.pause_locked(&mut lock(&self.vcpus))
     }
 
     pub fn resume(&self) -> Result<(), ControlError> {
-        let mut inner = lock(&self.inner);
-        if !inner.paused {
+        let mut vcpus = lock(&self.vcpus);
+        if !vcpus.paused() {
             return Ok(());
         }
-        self.pause.store(false, Ordering::SeqCst);
-        for v in &self.vcpus {
-            v.commands
-                .send(VcpuCommand::Resume)
-                .map_err(|_| ControlError::Gone)?;
-        }
-        self.collect(&inner, "resume", |r| match r {
-            VcpuReply::Resumed(id) => Some(id),
-            _ => None,
-        })?;
-        inner.paused = false;
+        vcpus.resume()?;
         tracing::info!("VM resumed");
         Ok(())
     }
@@ -179,37 +94,36 @@ impl Controller {
         memory_path: &Path,
     ) -> Result<SnapshotReport, ControlError> {
         let start = Instant::now();
-        let mut inner = lock(&self.inner);
-        self.pause_locked(&mut inner)?;
+        let mut vcpu_handles = lock(&self.vcpus);
+        self.pause_locked(&mut vcpu_handles)?;
+        let vm = &self.vm;
         // Devices are held still while their state and guest memory are written: the event
         // loop touches queues and guest memory only under these locks.
-        let serial = lock(&self.serial);
-        let transports: Vec<_> = self.devices.iter().map(|d| (d, lock(&d.3))).collect();
-        let devices: Vec<VirtioSnapshot> = transports
+        let serial = lock(&vm.devices.serial);
+        let transports: Vec<_> = vm
+            .devices
+            .virtio
             .iter()
-            .map(|((slot, base, irq, _), t)| VirtioSnapshot {
-                slot: *slot,
-                mmio_base: *base,
-                irq: *irq,
-                transport: t.save_state(),
-                device: t.save_device_state(),
-            })
+            .map(|d| (d, lock(&d.transport)))
             .collect();
-        let caps = Caps::probe(&self.kvm)?;
-        let msrs = Arc::new(vcpu::msrs_to_save(&self.kvm)?);
-        for v in &self.vcpus {
-            v.commands
-                .send(VcpuCommand::SaveState {
-                    msrs: msrs.clone(),
-                    caps,
-                })
-                .map_err(|_| ControlError::Gone)?;
+        let mut devices = Vec::with_capacity(transports.len());
+        for (d, t) in &transports {
+            let device = DeviceState::of(t.device()).ok_or(ControlError::UnknownDevice(
+                d.slot,
+                t.device().device_type(),
+            ))?;
+            devices.push(VirtioSnapshot {
+                slot: d.slot,
+                mmio_base: d.base,
+                irq: d.irq,
+                transport: t.save(),
+                device,
+            });
         }
-        let mut vcpus = Vec::with_capacity(self.vcpus.len());
-        for r in self.collect(&inner, "save their state", |r| match r {
-            VcpuReply::State(s) => Some(*s),
-            _ => None,
-        })? {
+        let caps = Caps::probe(&vm.kvm)?;
+        let msrs = Arc::new(vcpu::msrs_to_save(&vm.kvm)?);
+        let mut vcpus = Vec::new();
+        for r in vcpu_handles.save_states(msrs, caps)? {
             vcpus.push(r?);
         }
         vcpus.sort_by_key(|v| v.id);
@@ -227,20 +141,20 @@ impl Controller {
         let msr_count = vcpus.first().map_or(0, |v| v.msrs.len());
         tracing::info!(msrs = msr_count, pvm_msrs, "vCPU state saved");
         let snap = Snapshot {
-            machine: self.machine.clone(),
-            vm: VmState::save(&self.vm)?,
+            machine: vm.machine.clone(),
+            vm: VmState::save(&vm.fd)?,
             vcpus,
-            serial: serial.save_state(),
+            serial: serial.save(),
             devices,
         };
-        let memory_data_bytes = file::write_memory(memory_path, &self.mem)?;
+        let memory_data_bytes = file::write_memory(memory_path, &vm.mem)?;
         drop(transports);
         drop(serial);
         let state_bytes = file::write_state(state_path, &snap)?;
         let report = SnapshotReport {
             state_bytes,
             memory_data_bytes,
-            memory_file_bytes: self.machine.regions.iter().map(|r| r.1).sum(),
+            memory_file_bytes: vm.machine.regions.iter().map(|r| r.1).sum(),
             millis: start.elapsed().as_secs_f64() * 1000.0,
             msrs: msr_count,
             pvm_msrs,
@@ -251,6 +165,6 @@ impl Controller {
 
     /// Ends the VM (exit code 0).
     pub fn shutdown(&self) {
-        self.exit.signal(ExitReason::Shutdown);
+        self.vm.exit.signal(ExitReason::Shutdown);
     }
 }

@@ -18,6 +18,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod host;
 pub mod layout;
+pub mod persist;
 pub mod profile;
 pub mod snapshot;
 pub mod vm;

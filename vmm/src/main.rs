@@ -123,17 +123,13 @@ fn restore(args: Args, started: std::time::Instant) -> ExitCode {
         eprintln!("skiff-vmm: --restore needs --memory-file");
         return ExitCode::from(code::BAD_INPUT as u8);
     };
-    let cfg = vmm::snapshot::restore::RestoreConfig {
-        state,
-        memory,
+    let files = vmm::vm::SnapshotFiles { state, memory };
+    let given = vmm::vm::RestoreOverrides {
         disks: args.disks,
         vsock: args.vsock,
         serial_out: args.serial_out,
-        api_sock: args.api_sock,
-        print_timings: args.timings,
-        started,
     };
-    let vm = match Vm::restore(cfg) {
+    let mut vm = match Vm::restore(&files, &given, started) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("skiff-vmm: {e}");
@@ -145,6 +141,8 @@ fn restore(args: Args, started: std::time::Instant) -> ExitCode {
             return ExitCode::from(c as u8);
         }
     };
+    vm.set_api_sock(args.api_sock);
+    vm.set_print_timings(args.timings);
     finish(vm.run())
 }
 
@@ -210,7 +208,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code::BAD_INPUT as u8);
         }
     };
-    let mut vm = match Vm::build(config) {
+    let mut vm = match Vm::boot(config) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("skiff-vmm: {e}");

@@ -6,11 +6,13 @@
 use proptest::prelude::*;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::devices::mmio_bus::MmioDevice;
-use vmm::devices::virtio::block::persist::BlockState;
+use vmm::devices::persist::DeviceState;
+use vmm::devices::virtio::block::persist::{BlockConstructorArgs, BlockState};
 use vmm::devices::virtio::block::{Block, BlockConfig};
-use vmm::devices::virtio::mmio::MmioTransport;
-use vmm::devices::virtio::persist::{DeviceState, QueueSnapshot, TransportState};
+use vmm::devices::virtio::mmio::{MmioConstructorArgs, MmioTransport};
+use vmm::devices::virtio::persist::{QueueSnapshot, TransportState};
 use vmm::devices::virtio::Interrupt;
+use vmm::persist::Persist;
 use vmm_sys_util::eventfd::EventFd;
 
 fn disk(read_only: bool) -> BlockConfig {
@@ -35,6 +37,23 @@ fn irq() -> Interrupt {
 
 fn w32(t: &mut MmioTransport, off: u64, v: u32) {
     t.write(off, &v.to_le_bytes());
+}
+
+fn restore_block(index: usize, config: &BlockConfig, s: &BlockState) -> Result<Block, String> {
+    Block::restore(BlockConstructorArgs { index, config }, s).map_err(|e| e.to_string())
+}
+
+fn restore_transport(
+    dev: Block,
+    mem: GuestMemoryMmap,
+    s: &TransportState,
+) -> Result<MmioTransport, String> {
+    let args = MmioConstructorArgs {
+        device: Box::new(dev),
+        mem,
+        irq: irq(),
+    };
+    MmioTransport::restore(args, s).map_err(|e| e.to_string())
 }
 
 fn r32(t: &mut MmioTransport, off: u64) -> u32 {
@@ -67,8 +86,8 @@ fn an_active_transport_comes_back_the_same() {
     let mem = mem();
     let cfg = disk(true);
     let mut t = active_transport(&cfg, &mem);
-    let saved = t.save_state();
-    let DeviceState::Block(bs) = t.save_device_state() else {
+    let saved = t.save();
+    let Some(DeviceState::Block(bs)) = DeviceState::of(t.device()) else {
         panic!("a block device saves block state");
     };
     assert_eq!(bs.serial, "skiff-disk0-test");
@@ -77,10 +96,10 @@ fn an_active_transport_comes_back_the_same() {
     assert!(saved.queues[0].ready);
 
     let other = disk(true);
-    let dev = Block::restore(0, &other, &bs).unwrap();
-    let mut back = MmioTransport::restore(Box::new(dev), mem.clone(), irq(), &saved).unwrap();
-    assert_eq!(back.save_state(), saved);
-    assert_eq!(back.save_device_state(), DeviceState::Block(bs));
+    let dev = restore_block(0, &other, &bs).unwrap();
+    let mut back = restore_transport(dev, mem.clone(), &saved).unwrap();
+    assert_eq!(back.save(), saved);
+    assert_eq!(DeviceState::of(back.device()), Some(DeviceState::Block(bs)));
     for off in [0x70, 0x34, 0x44, 0x60] {
         assert_eq!(r32(&mut back, off), r32(&mut t, off), "register {off:#x}");
     }
@@ -92,15 +111,15 @@ fn an_active_transport_comes_back_the_same() {
 fn lies_in_a_saved_state_are_refused() {
     let mem = mem();
     let cfg = disk(false);
-    let saved = active_transport(&cfg, &mem).save_state();
+    let saved = active_transport(&cfg, &mem).save();
     let bs = BlockState {
         read_only: false,
         serial: "x".into(),
         capacity_sectors: 128,
     };
     let restore = |s: &TransportState| {
-        let dev = Block::restore(0, &cfg, &bs).unwrap();
-        MmioTransport::restore(Box::new(dev), mem.clone(), irq(), s).map(|_| ())
+        let dev = restore_block(0, &cfg, &bs).unwrap();
+        restore_transport(dev, mem.clone(), s).map(|_| ())
     };
     let mut bad = saved.clone();
     bad.queues[0].size = 100; // not a power of two
@@ -118,10 +137,10 @@ fn lies_in_a_saved_state_are_refused() {
         read_only: true,
         ..bs.clone()
     };
-    let e = Block::restore(0, &cfg, &ro)
+    let e = restore_block(0, &cfg, &ro)
         .err()
         .expect("ro mismatch refused");
-    assert!(e.to_string().contains("saved read-only"), "{e}");
+    assert!(e.contains("saved read-only"), "{e}");
     let _ = std::fs::remove_file(cfg.path);
 }
 
@@ -184,8 +203,8 @@ proptest! {
             queues,
         };
         let bs = BlockState { read_only: false, serial: "p".into(), capacity_sectors: 1 };
-        let dev = Block::restore(0, &cfg, &bs).unwrap();
-        if let Ok(mut t) = MmioTransport::restore(Box::new(dev), mem, irq(), &s) {
+        let dev = restore_block(0, &cfg, &bs).unwrap();
+        if let Ok(mut t) = restore_transport(dev, mem, &s) {
             t.after_restore();
             w32(&mut t, 0x50, 0); // a notify on whatever was restored
             let _ = r32(&mut t, 0x70);

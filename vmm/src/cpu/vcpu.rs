@@ -1,8 +1,6 @@
 //! One vCPU: its KVM set-up and the thread that runs it, dispatching port I/O to the bus
 //! and turning fatal exits into an [`ExitReason`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use kvm_bindings::KVM_SYSTEM_EVENT_CRASH;
@@ -11,6 +9,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
+use super::control::{RunState, VcpuChannel, VcpuCommand, VcpuReply};
 use super::{cpuid, kick, lapic, msrs};
 use crate::boot;
 use crate::devices::mmio_bus::MmioBus;
@@ -18,31 +17,14 @@ use crate::devices::pio::PioBus;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostQuirks;
 use crate::profile::Sampler;
-use crate::snapshot::vcpu::{Caps, VcpuState, VcpuStateError};
+use crate::snapshot::vcpu::{VcpuState, VcpuStateError};
 
-/// What the VM's controller asks of a paused vCPU thread.
-pub enum VcpuCommand {
-    Resume,
-    /// Save the state, with these MSRs (what KVM lists, and PVM's own on PVM hosts).
-    SaveState {
-        msrs: Arc<Vec<u32>>,
-        caps: Caps,
-    },
-}
-
-/// What a vCPU thread tells the controller.
-pub enum VcpuReply {
-    Paused(u8),
-    Resumed(u8),
-    State(Box<Result<VcpuState, VcpuStateError>>),
-}
-
-/// The controller's side of a vCPU thread: how to pause it and talk to it while paused.
-pub struct VcpuControl {
-    /// Set by the controller before kicking the thread; the thread parks at its next exit.
-    pub pause: Arc<AtomicBool>,
-    pub commands: Receiver<VcpuCommand>,
-    pub replies: Sender<VcpuReply>,
+/// What a vCPU thread dispatches the guest's exits to, and reports the VM's end through.
+pub struct VcpuIo {
+    pub bus: Arc<PioBus>,
+    pub mmio: Arc<MmioBus>,
+    pub exit: Arc<ExitSignal>,
+    pub sampler: Option<Arc<Sampler>>,
 }
 
 #[derive(Debug, Error)]
@@ -141,119 +123,137 @@ impl Vcpu {
         Ok(state.restore_msrs_and_events(&self.fd)?)
     }
 
-    /// Parks the thread until the controller resumes it; serves state requests meanwhile.
-    /// Returns false when the controller is gone (the VM is ending).
-    fn park(&mut self, ctl: &VcpuControl) -> bool {
-        if ctl.replies.send(VcpuReply::Paused(self.id)).is_err() {
-            return false;
-        }
-        loop {
-            match ctl.commands.recv() {
-                Ok(VcpuCommand::SaveState { msrs, caps }) => {
-                    let r = VcpuState::save(&self.fd, self.id, &msrs, caps);
-                    if ctl.replies.send(VcpuReply::State(Box::new(r))).is_err() {
-                        return false;
-                    }
-                }
-                Ok(VcpuCommand::Resume) => {
-                    return ctl.replies.send(VcpuReply::Resumed(self.id)).is_ok();
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-
     /// Runs the guest on this thread until the VM ends. Never returns an error: a fatal
-    /// exit is reported through `exit`.
-    pub fn run(
-        mut self,
-        bus: Arc<PioBus>,
-        mmio: Arc<MmioBus>,
-        exit: Arc<ExitSignal>,
-        sampler: Option<Arc<Sampler>>,
-        ctl: VcpuControl,
-    ) {
+    /// exit is reported through `io.exit`.
+    pub fn run(mut self, io: VcpuIo, channel: VcpuChannel) {
         let published = kick::publish(self.fd.get_kvm_run());
-        self.run_loop(&bus, &mmio, &exit, sampler.as_deref(), &ctl);
+        let mut pending = None;
+        let mut state = RunState::Running;
+        while state != RunState::Exiting {
+            state = match state {
+                RunState::Running => self.run_once(&io, &channel, &mut pending),
+                RunState::Paused => match channel.commands.recv() {
+                    Ok(command) => self.on_command(state, command, &channel),
+                    Err(_) => state.controller_gone(),
+                },
+                RunState::Exiting => RunState::Exiting,
+            };
+        }
         drop(published);
     }
 
-    fn run_loop(
+    /// Takes `command` in `state`: answers it and returns the next state (see
+    /// [`RunState::next`]). A controller that no longer listens ends the thread.
+    fn on_command(
         &mut self,
-        bus: &PioBus,
-        mmio: &MmioBus,
-        exit: &ExitSignal,
-        sampler: Option<&Sampler>,
-        ctl: &VcpuControl,
-    ) {
-        loop {
-            if exit.reason().is_some() {
-                return;
+        state: RunState,
+        command: VcpuCommand,
+        channel: &VcpuChannel,
+    ) -> RunState {
+        let next = state.next(&command);
+        if next == RunState::Exiting {
+            return next;
+        }
+        let reply = match command {
+            VcpuCommand::Pause => VcpuReply::Paused(self.id),
+            VcpuCommand::Resume => VcpuReply::Resumed(self.id),
+            VcpuCommand::SaveState { msrs, caps } => {
+                VcpuReply::State(Box::new(VcpuState::save(&self.fd, self.id, &msrs, caps)))
             }
-            if ctl.pause.load(Ordering::SeqCst) {
-                // KVM finishes a pending port/MMIO access, then returns EINTR at once: the
-                // state we park with is complete.
-                self.fd.set_kvm_immediate_exit(1);
+        };
+        if channel.replies.send(reply).is_err() {
+            return RunState::Exiting;
+        }
+        next
+    }
+
+    /// One `KVM_RUN` and the exit it ends with. A command is taken only once `KVM_RUN`
+    /// returned `EINTR`: one seen before it is kept in `pending` and `immediate_exit` set,
+    /// so that KVM first completes any port or MMIO access in flight.
+    fn run_once(
+        &mut self,
+        io: &VcpuIo,
+        channel: &VcpuChannel,
+        pending: &mut Option<VcpuCommand>,
+    ) -> RunState {
+        if io.exit.reason().is_some() {
+            return RunState::Exiting;
+        }
+        if pending.is_none() {
+            *pending = channel.commands.try_recv().ok();
+        }
+        if pending.is_some() {
+            self.fd.set_kvm_immediate_exit(1);
+        }
+        let outcome = match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                io.bus.write(port, data);
+                None
             }
-            let outcome = match self.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    bus.write(port, data);
-                    None
-                }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    bus.read(port, data);
-                    None
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    mmio.read(addr, data);
-                    None
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    mmio.write(addr, data);
-                    None
-                }
-                Ok(VcpuExit::Hlt) => Some(ExitReason::PowerOff),
-                Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault),
-                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => Some(ExitReason::PowerOff),
-                    KVM_SYSTEM_EVENT_RESET => Some(ExitReason::Reset),
-                    KVM_SYSTEM_EVENT_CRASH => Some(ExitReason::GuestPanic),
-                    other => Some(ExitReason::VcpuFailed(format!(
-                        "unknown system event {other}"
-                    ))),
-                },
-                Ok(VcpuExit::InternalError) => Some(ExitReason::VcpuFailed(format!(
-                    "KVM internal error (suberror {}) at {}",
-                    self.internal_suberror(),
-                    self.where_am_i()
+            Ok(VcpuExit::IoIn(port, data)) => {
+                io.bus.read(port, data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                io.mmio.read(addr, data);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                io.mmio.write(addr, data);
+                None
+            }
+            Ok(VcpuExit::Hlt) => Some(ExitReason::PowerOff),
+            Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault),
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Some(ExitReason::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => Some(ExitReason::Reset),
+                KVM_SYSTEM_EVENT_CRASH => Some(ExitReason::GuestPanic),
+                other => Some(ExitReason::VcpuFailed(format!(
+                    "unknown system event {other}"
                 ))),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => Some(ExitReason::VcpuFailed(format!(
-                    "VM entry failed (reason {reason:#x}, host cpu {cpu})"
-                ))),
-                Ok(VcpuExit::Intr) => None,
-                Ok(other) => {
-                    tracing::warn!(vcpu = self.id, "unhandled exit: {other:?}");
-                    None
-                }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.fd.set_kvm_immediate_exit(0);
-                    if ctl.pause.load(Ordering::SeqCst) {
-                        if !self.park(ctl) {
-                            return;
-                        }
-                    } else if let Some(s) = sampler {
-                        if let Ok(regs) = self.fd.get_regs() {
-                            s.record(regs.rip);
+            },
+            Ok(VcpuExit::InternalError) => Some(ExitReason::VcpuFailed(format!(
+                "KVM internal error (suberror {}) at {}",
+                self.internal_suberror(),
+                self.where_am_i()
+            ))),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(ExitReason::VcpuFailed(format!(
+                "VM entry failed (reason {reason:#x}, host cpu {cpu})"
+            ))),
+            Ok(VcpuExit::Intr) => None,
+            Ok(other) => {
+                tracing::warn!(vcpu = self.id, "unhandled exit: {other:?}");
+                None
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Cleared before the channel is read: a kick landing after this line
+                // interrupts the next KVM_RUN, and its command is already in the channel.
+                self.fd.set_kvm_immediate_exit(0);
+                let command = match pending.take() {
+                    Some(c) => Some(c),
+                    None => channel.commands.try_recv().ok(),
+                };
+                match command {
+                    Some(c) => return self.on_command(RunState::Running, c, channel),
+                    None => {
+                        // A kick with no command is the profiler's.
+                        if let Some(s) = &io.sampler {
+                            if let Ok(regs) = self.fd.get_regs() {
+                                s.record(regs.rip);
+                            }
                         }
                     }
-                    None
                 }
-                Err(e) => Some(ExitReason::VcpuFailed(format!("KVM_RUN failed: {e}"))),
-            };
-            if let Some(reason) = outcome {
-                exit.signal(reason);
-                return;
+                None
             }
+            Err(e) => Some(ExitReason::VcpuFailed(format!("KVM_RUN failed: {e}"))),
+        };
+        match outcome {
+            Some(reason) => {
+                io.exit.signal(reason);
+                RunState::Exiting
+            }
+            None => RunState::Running,
         }
     }
 

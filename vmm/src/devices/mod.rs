@@ -2,6 +2,7 @@
 
 pub mod i8042;
 pub mod mmio_bus;
+pub mod persist;
 pub mod pio;
 pub mod serial;
 pub mod virtio;

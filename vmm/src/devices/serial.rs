@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::pio::PioDevice;
 use crate::exit::ExitSignal;
+use crate::persist::Persist;
 
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_SPAN: u16 = 8;
@@ -113,8 +114,18 @@ pub struct SerialSnapshot {
 #[error("saved serial state is not valid: {0}")]
 pub struct SerialRestoreError(String);
 
-impl SerialPort {
-    pub fn save_state(&self) -> SerialSnapshot {
+/// What a restored COM1 gets from the new process: its interrupt and its output.
+pub struct SerialConstructorArgs {
+    pub irq: IrqTrigger,
+    pub out: ConsoleOut,
+}
+
+impl Persist<'_> for SerialPort {
+    type State = SerialSnapshot;
+    type ConstructorArgs = SerialConstructorArgs;
+    type Error = SerialRestoreError;
+
+    fn save(&self) -> SerialSnapshot {
         let s = self.0.state();
         SerialSnapshot {
             baud_divisor_low: s.baud_divisor_low,
@@ -131,10 +142,9 @@ impl SerialPort {
     }
 
     /// COM1 as saved, with its interrupt and output in the new process.
-    pub fn restore(
+    fn restore(
+        args: SerialConstructorArgs,
         s: &SerialSnapshot,
-        irq: IrqTrigger,
-        out: ConsoleOut,
     ) -> Result<Self, SerialRestoreError> {
         let state = vm_superio::serial::SerialState {
             baud_divisor_low: s.baud_divisor_low,
@@ -148,7 +158,7 @@ impl SerialPort {
             scratch: s.scratch,
             in_buffer: s.in_buffer.clone(),
         };
-        Serial::from_state(&state, irq, vm_superio::serial::NoEvents, out)
+        Serial::from_state(&state, args.irq, vm_superio::serial::NoEvents, args.out)
             .map(SerialPort)
             .map_err(|e| SerialRestoreError(format!("{e:?}")))
     }

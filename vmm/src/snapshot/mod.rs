@@ -1,20 +1,21 @@
 //! Snapshots: a paused VM written out as a state file (versioned, checksummed; see
-//! [`file`]) and a guest-memory file, and a VM rebuilt from them in a new process
-//! ([`restore`]). What is saved: the machine's shape ([`MachineInfo`]), the VM-wide KVM
-//! state ([`vmstate`]), every vCPU ([`vcpu`]), COM1, and each virtio device (transport
-//! registers, queues, the device's own part). What is not: vsock connections (the guest
+//! [`file`]) and a guest-memory file, checked by [`validate`] and rebuilt in a new
+//! process by [`crate::vm::Vm::restore`]. What is saved: the machine's shape
+//! ([`MachineInfo`]), the VM-wide KVM state ([`vmstate`]), every vCPU ([`vcpu`]), COM1, and
+//! each virtio device (transport registers, queues, the device's own part; see
+//! [`crate::devices::persist`]). What is not: vsock connections (the guest
 //! gets a transport reset) and disk contents (disks are given again at restore).
 
 pub mod file;
-pub mod restore;
+pub mod validate;
 pub mod vcpu;
 pub mod vmstate;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::devices::persist::VirtioSnapshot;
 use crate::devices::serial::SerialSnapshot;
-use crate::devices::virtio::persist::VirtioSnapshot;
 
 /// The shape of the machine: enough to rebuild it without the boot config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

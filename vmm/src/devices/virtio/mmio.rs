@@ -14,8 +14,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::persist::{PersistError, TransportState};
 use super::*;
 use crate::devices::mmio_bus::MmioDevice;
+use crate::persist::Persist;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -58,82 +60,9 @@ impl MmioTransport {
         }
     }
 
-    /// The transport's registers and queues for a snapshot.
-    pub fn save_state(&self) -> persist::TransportState {
-        persist::TransportState {
-            device_type: self.device.device_type(),
-            status: self.status,
-            acked_features: self.acked_features,
-            device_features_sel: self.device_features_sel,
-            driver_features_sel: self.driver_features_sel,
-            queue_sel: self.queue_sel,
-            config_generation: self.config_generation,
-            interrupt_status: self.irq.status(),
-            queues: self.queues.iter().map(|q| q.state().into()).collect(),
-        }
-    }
-
-    /// The device's own part of a snapshot.
-    pub fn save_device_state(&self) -> persist::DeviceState {
-        self.device.save_state()
-    }
-
-    /// Rebuilds a transport from a snapshot around a device made for the new process; an
-    /// active device is activated again with the features the driver acked.
-    pub fn restore(
-        device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
-        irq: Interrupt,
-        state: &persist::TransportState,
-    ) -> Result<Self, persist::PersistError> {
-        if state.device_type != device.device_type() {
-            return Err(persist::PersistError::DeviceType {
-                saved: state.device_type,
-                device: device.device_type(),
-            });
-        }
-        let max_sizes = device.queue_max_sizes();
-        if state.queues.len() != max_sizes.len() {
-            return Err(persist::PersistError::QueueCount {
-                saved: state.queues.len(),
-                device: max_sizes.len(),
-            });
-        }
-        let mut queues = Vec::with_capacity(state.queues.len());
-        for (q, &max) in state.queues.iter().zip(max_sizes) {
-            if q.max_size != max {
-                return Err(persist::PersistError::Queue(format!(
-                    "max size {} where the device has {max}",
-                    q.max_size
-                )));
-            }
-            queues.push(q.to_queue()?);
-        }
-        irq.set_status(state.interrupt_status);
-        let mut t = Self {
-            device,
-            queues,
-            mem,
-            irq,
-            status: state.status,
-            device_features_sel: state.device_features_sel,
-            driver_features_sel: state.driver_features_sel,
-            acked_features: state.acked_features,
-            queue_sel: state.queue_sel,
-            config_generation: state.config_generation,
-        };
-        if t.active() {
-            let bad = t
-                .queues
-                .iter()
-                .position(|q| q.ready() && !q.is_valid(&t.mem));
-            if let Some(i) = bad {
-                t.mark_broken(&format!("restored queue {i} is not valid"));
-            } else if let Err(e) = t.device.activate(t.acked_features) {
-                t.mark_broken(&e.0);
-            }
-        }
-        Ok(t)
+    /// The device behind the transport.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
     }
 
     /// Lets the device act once after a restore (see [`VirtioDevice::after_restore`]).
@@ -332,6 +261,89 @@ impl MmioTransport {
             0x70 => self.set_status(v),
             _ => {}
         }
+    }
+}
+
+/// What a restored transport gets from the new process: the device made for it, guest
+/// memory and its interrupt.
+pub struct MmioConstructorArgs {
+    pub device: Box<dyn VirtioDevice>,
+    pub mem: GuestMemoryMmap,
+    pub irq: Interrupt,
+}
+
+impl Persist<'_> for MmioTransport {
+    type State = TransportState;
+    type ConstructorArgs = MmioConstructorArgs;
+    type Error = PersistError;
+
+    /// The transport's registers and queues for a snapshot.
+    fn save(&self) -> TransportState {
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            acked_features: self.acked_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.irq.status(),
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+        }
+    }
+
+    /// Rebuilds a transport from a snapshot around a device made for the new process; an
+    /// active device is activated again with the features the driver acked.
+    fn restore(args: MmioConstructorArgs, state: &TransportState) -> Result<Self, PersistError> {
+        let MmioConstructorArgs { device, mem, irq } = args;
+        if state.device_type != device.device_type() {
+            return Err(PersistError::DeviceType {
+                saved: state.device_type,
+                device: device.device_type(),
+            });
+        }
+        let max_sizes = device.queue_max_sizes();
+        if state.queues.len() != max_sizes.len() {
+            return Err(PersistError::QueueCount {
+                saved: state.queues.len(),
+                device: max_sizes.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (q, &max) in state.queues.iter().zip(max_sizes) {
+            if q.max_size != max {
+                return Err(PersistError::Queue(format!(
+                    "max size {} where the device has {max}",
+                    q.max_size
+                )));
+            }
+            queues.push(q.to_queue()?);
+        }
+        irq.set_status(state.interrupt_status);
+        let mut t = Self {
+            device,
+            queues,
+            mem,
+            irq,
+            status: state.status,
+            device_features_sel: state.device_features_sel,
+            driver_features_sel: state.driver_features_sel,
+            acked_features: state.acked_features,
+            queue_sel: state.queue_sel,
+            config_generation: state.config_generation,
+        };
+        if t.active() {
+            let bad = t
+                .queues
+                .iter()
+                .position(|q| q.ready() && !q.is_valid(&t.mem));
+            if let Some(i) = bad {
+                t.mark_broken(&format!("restored queue {i} is not valid"));
+            } else if let Err(e) = t.device.activate(t.acked_features) {
+                t.mark_broken(&e.0);
+            }
+        }
+        Ok(t)
     }
 }
 

@@ -1,7 +1,9 @@
 //! virtio 1.x devices over the MMIO transport. The transport ([`mmio`]) owns the queues and
 //! the register state; a device implements [`VirtioDevice`] and is handed the queues when
 //! the guest notifies one. Each device is a folder with the same files: `mod.rs`
-//! (constants), `request.rs` (pure parsing of guest requests, unit-tested), `device.rs`.
+//! (constants), `request.rs` (pure parsing of guest requests, unit-tested), `device.rs`,
+//! `persist.rs` (its [`crate::persist::Persist`] impl). [`persist`] holds the saved
+//! transport and queue types every device shares; it imports no device.
 
 pub mod block;
 pub mod mmio;
@@ -148,8 +150,8 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device: forget everything negotiated.
     fn reset(&mut self);
-    /// The device's own part of a snapshot.
-    fn save_state(&self) -> persist::DeviceState;
+    /// The device as its own type, for saving it (see `devices::persist`).
+    fn as_any(&self) -> &dyn std::any::Any;
     /// Called once after a restore, before the vCPUs run: the device may use its queues
     /// (vsock sends its transport reset). Returns true when the config space changed (the
     /// transport then raises a config interrupt).

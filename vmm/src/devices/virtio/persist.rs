@@ -1,12 +1,10 @@
-//! Saved state of a virtio-mmio device: the transport's registers and queues, and the
-//! device's own part ([`DeviceState`]). Restoring rebuilds the queues with virtio-queue's
-//! checks, so a state file that lies about a queue is refused, not trusted.
+//! Saved state every virtio-mmio device shares: the transport's registers and queues (the
+//! device's own part is in its folder's `persist.rs`, and the list of devices by kind in
+//! `devices::persist`). Restoring rebuilds the queues with virtio-queue's checks, so a
+//! state file that lies about a queue is refused, not trusted. Imports no device.
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState};
-
-use super::block::persist::BlockState;
-use super::vsock::persist::VsockState;
 
 /// One virtqueue: its guest addresses and where device and driver are in it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,25 +65,6 @@ pub struct TransportState {
     pub config_generation: u32,
     pub interrupt_status: u32,
     pub queues: Vec<QueueSnapshot>,
-}
-
-/// A device's own state, by kind.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceState {
-    Block(BlockState),
-    Vsock(VsockState),
-}
-
-/// One virtio device in a snapshot: where it sits and what it holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VirtioSnapshot {
-    /// Slot on the MMIO bus: base = 0xc0000000 + slot * 4 KiB, IRQ = 5 + slot.
-    pub slot: u32,
-    pub mmio_base: u64,
-    pub irq: u32,
-    pub transport: TransportState,
-    pub device: DeviceState,
 }
 
 #[derive(Debug, thiserror::Error)]

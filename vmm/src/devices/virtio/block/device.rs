@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::defs::*;
 use super::request::{execute, RequestOutcome};
-use super::*;
 use crate::devices::virtio::{
     check_avail, DeviceBroken, Interrupt, VirtioDevice, INTERRUPT_USED_RING,
     VIRTIO_RING_F_EVENT_IDX,
@@ -198,8 +198,8 @@ impl VirtioDevice for Block {
         self.acked = 0;
     }
 
-    fn save_state(&self) -> crate::devices::virtio::persist::DeviceState {
-        crate::devices::virtio::persist::DeviceState::Block(self.state())
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn after_restore(

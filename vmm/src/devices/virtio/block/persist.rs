@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::defs::VIRTIO_BLK_ID_BYTES;
 use super::device::{Block, BlockConfig, BlockError};
-use super::VIRTIO_BLK_ID_BYTES;
+use crate::persist::Persist;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockState {
@@ -37,13 +38,36 @@ fn mode(ro: bool) -> &'static str {
     }
 }
 
-impl Block {
+/// What a restored disk gets from the new process: the file given for saved disk `index`.
+pub struct BlockConstructorArgs<'a> {
+    pub index: usize,
+    pub config: &'a BlockConfig,
+}
+
+impl<'a> Persist<'a> for Block {
+    type State = BlockState;
+    type ConstructorArgs = BlockConstructorArgs<'a>;
+    type Error = BlockRestoreError;
+
+    fn save(&self) -> BlockState {
+        let end = self
+            .id
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(VIRTIO_BLK_ID_BYTES);
+        BlockState {
+            read_only: self.read_only,
+            serial: String::from_utf8_lossy(&self.id[..end]).into_owned(),
+            capacity_sectors: self.capacity_sectors,
+        }
+    }
+
     /// Opens the disk given at restore for device `index` saved as `state`.
-    pub fn restore(
-        index: usize,
-        config: &BlockConfig,
+    fn restore(
+        args: BlockConstructorArgs<'a>,
         state: &BlockState,
     ) -> Result<Self, BlockRestoreError> {
+        let BlockConstructorArgs { index, config } = args;
         if config.read_only != state.read_only {
             return Err(BlockRestoreError::ReadOnlyMismatch {
                 index,
@@ -55,18 +79,5 @@ impl Block {
         let mut b = Block::open(config, &state.serial)?;
         b.saved_capacity = Some(state.capacity_sectors);
         Ok(b)
-    }
-
-    pub fn state(&self) -> BlockState {
-        let end = self
-            .id
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(VIRTIO_BLK_ID_BYTES);
-        BlockState {
-            read_only: self.read_only,
-            serial: String::from_utf8_lossy(&self.id[..end]).into_owned(),
-            capacity_sectors: self.capacity_sectors,
-        }
     }
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
-use super::*;
+use super::defs::*;
 
 /// Bytes moved between the file and guest memory per step.
 const CHUNK: usize = 64 * 1024;

@@ -2,12 +2,14 @@
 //! data, and the credit counters of both sides.
 
 use std::collections::VecDeque;
+
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 
+use super::defs::{CONN_BUF_ALLOC, HOST_CID};
 use super::packet::*;
-use super::CONN_BUF_ALLOC;
+use super::queues::{Control, ControlQueue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -20,21 +22,13 @@ pub enum State {
     Closing,
 }
 
-/// A control packet waiting for a free RX buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Request,
-    Response,
-    Rst,
-    CreditUpdate,
-}
-
 pub struct Connection {
     pub stream: UnixStream,
     pub local_port: u32,
     pub peer_port: u32,
     pub state: State,
-    pub controls: VecDeque<Control>,
+    /// Control packets for the guest, each kind at most once.
+    pub controls: ControlQueue,
     /// Guest data not yet written to the host socket.
     pub tx_buf: VecDeque<u8>,
     /// Bytes received from the host before the connection was established.
@@ -61,7 +55,7 @@ impl Connection {
             local_port,
             peer_port,
             state,
-            controls: VecDeque::new(),
+            controls: ControlQueue::default(),
             tx_buf: VecDeque::new(),
             rx_prebuf: Vec::new(),
             fwd_cnt: Wrapping(0),
@@ -128,10 +122,8 @@ impl Connection {
 
     /// Queues a CREDIT_UPDATE once half our buffer has been forwarded since the last one.
     fn maybe_credit_update(&mut self) {
-        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CONN_BUF_ALLOC / 2
-            && !self.controls.contains(&Control::CreditUpdate)
-        {
-            self.controls.push_back(Control::CreditUpdate);
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CONN_BUF_ALLOC / 2 {
+            self.controls.push(Control::CreditUpdate);
         }
     }
 
@@ -179,7 +171,7 @@ impl Connection {
     pub fn header(&mut self, guest_cid: u64, op: u16, len: u32, flags: u32) -> Header {
         self.last_fwd_cnt_sent = self.fwd_cnt;
         Header {
-            src_cid: super::HOST_CID,
+            src_cid: HOST_CID,
             dst_cid: guest_cid,
             src_port: self.local_port,
             dst_port: self.peer_port,

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
+use super::defs::*;
+use super::event;
 use super::muxer::Muxer;
 use super::packet::{self, Header, HEADER_LEN};
-use super::*;
 use crate::devices::virtio::{
     check_avail, DeviceBroken, Interrupt, VirtioDevice, INTERRUPT_USED_RING,
     VIRTIO_RING_F_EVENT_IDX,
@@ -82,6 +83,11 @@ impl Vsock {
             queue_sizes: [QUEUE_SIZE; 3],
             active: false,
         })
+    }
+
+    /// The CID the guest reads from the config space.
+    pub fn guest_cid(&self) -> u64 {
+        self.muxer.guest_cid
     }
 
     /// Guest → host: every packet on the TX queue.
@@ -258,10 +264,8 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
     }
 
-    fn save_state(&self) -> crate::devices::virtio::persist::DeviceState {
-        crate::devices::virtio::persist::DeviceState::Vsock(super::persist::VsockState {
-            guest_cid: self.muxer.guest_cid,
-        })
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn after_restore(
@@ -273,7 +277,7 @@ impl VirtioDevice for Vsock {
         let q = queues
             .get_mut(EVENT_QUEUE)
             .ok_or_else(|| DeviceBroken("vsock needs three queues".into()))?;
-        super::persist::send_transport_reset(q, mem, irq)?;
+        event::send_transport_reset(q, mem, irq)?;
         Ok(false)
     }
 }

@@ -3,7 +3,7 @@
 //! The event loop sees only the epoll fd (Firecracker's design); the device calls in here
 //! with the virtqueues.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::connection::{Connection, Control, State};
+use super::connection::{Connection, State};
+use super::defs::{FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, MAX_PKT_PAYLOAD};
 use super::packet::*;
-use super::{FIRST_LOCAL_PORT, MAX_CONNECTIONS, MAX_PKT_PAYLOAD};
+use super::queues::{Control, LooseRsts};
 
 const LISTENER_TOKEN: u64 = 0;
 
@@ -36,8 +37,8 @@ pub struct Muxer {
     tokens: HashMap<u64, Key>,
     conn_tokens: HashMap<Key, u64>,
     awaiting: HashMap<u64, Connection>,
-    /// RSTs for packets that belong to no connection.
-    loose: VecDeque<Header>,
+    /// RSTs for packets that belong to no connection (bounded).
+    loose: LooseRsts,
     /// Connections whose socket has data for the guest (or hung up).
     readable: std::collections::HashSet<Key>,
     next_token: u64,
@@ -68,7 +69,7 @@ impl Muxer {
             tokens: HashMap::new(),
             conn_tokens: HashMap::new(),
             awaiting: HashMap::new(),
-            loose: VecDeque::new(),
+            loose: LooseRsts::default(),
             readable: Default::default(),
             next_token: 1,
             next_local_port: FIRST_LOCAL_PORT,
@@ -114,7 +115,7 @@ impl Muxer {
 
     fn rst_for(&self, h: &Header) -> Header {
         Header {
-            src_cid: super::HOST_CID,
+            src_cid: HOST_CID,
             dst_cid: self.guest_cid,
             src_port: h.dst_port,
             dst_port: h.src_port,
@@ -158,7 +159,7 @@ impl Muxer {
         }
         let Some(c) = self.conns.get_mut(&key) else {
             if op != OP_RST {
-                self.loose.push_back(self.rst_for(h));
+                self.loose.push(self.rst_for(h));
             }
             return;
         };
@@ -168,21 +169,19 @@ impl Muxer {
                 c.state = State::Established;
                 let line = format!("OK {}\n", c.local_port);
                 if c.stream.write_all(line.as_bytes()).is_err() {
-                    c.controls.push_back(Control::Rst);
+                    c.controls.push(Control::Rst);
                 } else if !c.rx_prebuf.is_empty() {
                     self.readable.insert(key);
                 }
             }
             OP_RW if c.state == State::Established || c.state == State::Closing => {
                 if c.guest_done_sending || c.push_guest_data(payload).is_err() {
-                    c.controls.push_back(Control::Rst);
+                    c.controls.push(Control::Rst);
                 }
             }
             OP_CREDIT_UPDATE => {}
             OP_CREDIT_REQUEST => {
-                if !c.controls.contains(&Control::CreditUpdate) {
-                    c.controls.push_back(Control::CreditUpdate);
-                }
+                c.controls.push(Control::CreditUpdate);
             }
             OP_SHUTDOWN => {
                 let flags = h.flags;
@@ -195,14 +194,14 @@ impl Muxer {
                 self.finish_if_flushed(key);
             }
             OP_RST => self.remove_conn(key),
-            _ => c.controls.push_back(Control::Rst),
+            _ => c.controls.push(Control::Rst),
         }
     }
 
     fn on_guest_request(&mut self, h: &Header) {
         let key = (h.dst_port, h.src_port);
         if self.conns.contains_key(&key) || self.connection_count() >= MAX_CONNECTIONS {
-            self.loose.push_back(self.rst_for(h));
+            self.loose.push(self.rst_for(h));
             return;
         }
         let (dst_port, src_port) = (h.dst_port, h.src_port);
@@ -212,13 +211,13 @@ impl Muxer {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!("vsock: guest port {src_port} → {path}: {e}");
-                    self.loose.push_back(self.rst_for(h));
+                    self.loose.push(self.rst_for(h));
                     return;
                 }
             };
         let mut c = Connection::new(stream, h.dst_port, h.src_port, State::Established);
         c.update_peer_credit(h);
-        c.controls.push_back(Control::Response);
+        c.controls.push(Control::Response);
         self.insert_conn(c);
     }
 
@@ -234,9 +233,9 @@ impl Muxer {
         if c.guest_done_sending {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
         }
-        if c.state == State::Closing && !c.controls.contains(&Control::Rst) {
+        if c.state == State::Closing && !c.controls.contains(Control::Rst) {
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
-            c.controls.push_back(Control::Rst);
+            c.controls.push(Control::Rst);
         }
     }
 
@@ -268,7 +267,7 @@ impl Muxer {
                     if broken == Some(true) {
                         if let Some(c) = self.conns.get_mut(&key) {
                             c.tx_buf.clear();
-                            c.controls.push_back(Control::Rst);
+                            c.controls.push(Control::Rst);
                         }
                     }
                     self.finish_if_flushed(key);
@@ -340,7 +339,7 @@ impl Muxer {
                 c.local_port = local;
                 c.peer_port = port;
                 c.state = State::Connecting;
-                c.controls.push_back(Control::Request);
+                c.controls.push(Control::Request);
                 self.insert_conn(c);
             }
         }
@@ -359,7 +358,7 @@ impl Muxer {
 
     /// The next packet for the guest, with at most `room` payload bytes.
     pub fn next_packet(&mut self, room: usize) -> Option<OutPacket> {
-        if let Some(h) = self.loose.pop_front() {
+        if let Some(h) = self.loose.pop() {
             return Some(OutPacket {
                 header: h,
                 data: Vec::new(),
@@ -369,7 +368,7 @@ impl Muxer {
         let cid = self.guest_cid;
         for key in keys {
             let c = self.conns.get_mut(&key)?;
-            if let Some(ctl) = c.controls.pop_front() {
+            if let Some(ctl) = c.controls.pop() {
                 let op = match ctl {
                     Control::Request => OP_REQUEST,
                     Control::Response => OP_RESPONSE,
@@ -470,3 +469,7 @@ impl Drop for Muxer {
         let _ = std::fs::remove_file(&self.uds_path);
     }
 }
+
+#[cfg(test)]
+#[path = "muxer_tests.rs"]
+mod tests;

@@ -44,7 +44,7 @@ pub enum PacketError {
     ShortHeader,
     #[error("payload length {len} exceeds what the chain holds ({avail})")]
     LengthBeyondChain { len: u32, avail: usize },
-    #[error("payload length {0} is over the {max} byte limit", max = super::MAX_PKT_PAYLOAD)]
+    #[error("payload length {0} is over the {max} byte limit", max = super::defs::MAX_PKT_PAYLOAD)]
     TooLong(u32),
     #[error("source CID {got} is not the guest's CID {want}")]
     WrongSourceCid { got: u64, want: u64 },
@@ -57,7 +57,7 @@ pub enum PacketError {
 /// Checks a header the guest sent with `avail` payload bytes after it in the chain.
 pub fn validate(h: &Header, avail: usize, guest_cid: u64) -> Result<(), PacketError> {
     let (len, src, dst, ty) = (h.len, h.src_cid, h.dst_cid, h.type_);
-    if len as usize > super::MAX_PKT_PAYLOAD {
+    if len as usize > super::defs::MAX_PKT_PAYLOAD {
         return Err(PacketError::TooLong(len));
     }
     if len as usize > avail {
@@ -69,7 +69,7 @@ pub fn validate(h: &Header, avail: usize, guest_cid: u64) -> Result<(), PacketEr
             want: guest_cid,
         });
     }
-    if dst != super::HOST_CID {
+    if dst != super::defs::HOST_CID {
         return Err(PacketError::NotForHost(dst));
     }
     if ty != TYPE_STREAM {
