@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use guest_agent::RunSpec;
 
-use crate::images::source::{get_image, ImageSourceError};
 use crate::images::oci::RunDefaults;
 use crate::images::registry::RegistryOptions;
 use crate::images::run::{resolve, RunError, RunOverrides};
+use crate::images::source::{get_image, ImageSourceError};
 use crate::images::{ImageStore, PullEvent, Reference};
 
 /// Where the task's root filesystem comes from.

@@ -127,7 +127,9 @@ pub fn push_with_config(
     let mut descs = Vec::new();
     for l in layers {
         let d = reg.push_blob(repo, &l.bytes)?;
-        descs.push(json!({"mediaType": l.media_type, "digest": d.to_string(), "size": l.bytes.len()}));
+        descs.push(
+            json!({"mediaType": l.media_type, "digest": d.to_string(), "size": l.bytes.len()}),
+        );
     }
     let config_digest = reg.push_blob(repo, config)?;
     let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,

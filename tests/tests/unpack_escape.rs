@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Result;
+use common::layers::insecure_client;
 use common::layers::Crafted;
 use common::*;
-use common::layers::insecure_client;
 use control_plane::images::registry::RegistryClient;
 use control_plane::images::{ImageStore, Reference};
 use serde_json::json;
@@ -103,7 +103,10 @@ fn cases(v: &Victims) -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "dir-mode-then-relative-symlink",
-            Crafted::new().dir("a", 0o4777).symlink("a", &rel_file).build(),
+            Crafted::new()
+                .dir("a", 0o4777)
+                .symlink("a", &rel_file)
+                .build(),
         ),
         // A symlink to the host, then writes "through" it.
         (
@@ -166,10 +169,7 @@ fn cases(v: &Victims) -> Vec<(&'static str, Vec<u8>)> {
             "absolute-name",
             Crafted::new().file(file, 0o4777, "pwned\n").build(),
         ),
-        (
-            "absolute-dir-name",
-            Crafted::new().dir(dir, 0o4777).build(),
-        ),
+        ("absolute-dir-name", Crafted::new().dir(dir, 0o4777).build()),
     ]
 }
 
