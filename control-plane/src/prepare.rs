@@ -46,18 +46,18 @@ pub struct Prepared {
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     #[error("image not found: {0}")]
-    NotFound(#[source] ImageSourceError),
+    NotFound(#[source] Box<ImageSourceError>),
     #[error("cannot get image {reference}: {source}")]
     Image {
         reference: Reference,
         #[source]
-        source: ImageSourceError,
+        source: Box<ImageSourceError>,
     },
     #[error("cannot build the root filesystem of {reference}: {source}")]
     Rootfs {
         reference: Reference,
         #[source]
-        source: crate::images::PullError,
+        source: Box<crate::images::PullError>,
     },
     #[error("image {reference}: {source}")]
     Run {
@@ -85,11 +85,11 @@ pub fn prepare(
         RootSource::Image(r) => {
             let image = get_image(images, r, registry, progress).map_err(|e| {
                 if e.is_not_found() {
-                    PrepareError::NotFound(e)
+                    PrepareError::NotFound(Box::new(e))
                 } else {
                     PrepareError::Image {
                         reference: r.clone(),
-                        source: e,
+                        source: Box::new(e),
                     }
                 }
             })?;
@@ -97,7 +97,7 @@ pub fn prepare(
                 .rootfs(&image)
                 .map_err(|source| PrepareError::Rootfs {
                     reference: r.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             (
                 fs.path,

@@ -136,8 +136,7 @@ impl Scheduler {
     /// not fit overtake it, up to [`MAX_OVERTAKES`]; waiters that gave up are skipped.
     fn admit(&self, st: &mut State) {
         st.queue.retain(|w| !w.grant.is_closed());
-        loop {
-            let Some(head) = st.queue.front() else { break };
+        while let Some(head) = st.queue.front() {
             let at = if self.fits(&st.used, head.cpus, head.memory_mib) {
                 st.head_overtaken = 0;
                 0

@@ -37,7 +37,7 @@ impl FrameDecoder {
     }
 
     /// The next complete frame, if one has arrived.
-    pub fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         match Frame::decode_from(&self.buf[self.start..])? {
             Some((f, n)) => {
                 self.start += n;
@@ -101,14 +101,14 @@ impl<S: Read + Write + AsFd> FramedConn<S> {
 
     /// The next complete frame already received, if any.
     pub fn next_buffered(&mut self) -> Result<Option<Frame>, FrameError> {
-        self.decoder.next()
+        self.decoder.next_frame()
     }
 
     /// The next frame, waiting until `deadline` if one is given ([`FrameError::TimedOut`]
     /// after it). The peer closing is [`FrameError::Closed`].
     pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame, FrameError> {
         loop {
-            if let Some(f) = self.decoder.next()? {
+            if let Some(f) = self.decoder.next_frame()? {
                 return Ok(f);
             }
             if let Some(d) = deadline {
@@ -197,7 +197,7 @@ mod tests {
             .collect();
         for _ in 0..200 {
             d.push(&chunk);
-            while d.next().unwrap().is_some() {
+            while d.next_frame().unwrap().is_some() {
                 n += 1;
             }
             assert!(d.buf.len() <= 2 * chunk.len() + READ_CHUNK);

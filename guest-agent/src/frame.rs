@@ -133,9 +133,9 @@ mod tests {
         let mut r = crate::FrameDecoder::default();
         r.push(&wire);
         for f in &frames {
-            assert_eq!(r.next().unwrap().as_ref(), Some(f));
+            assert_eq!(r.next_frame().unwrap().as_ref(), Some(f));
         }
-        assert!(r.next().unwrap().is_none());
+        assert!(r.next_frame().unwrap().is_none());
         assert_eq!(r.buffered(), 0);
     }
 
