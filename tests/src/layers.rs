@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use control_plane::images::Digest;
 use serde_json::{json, Value};
 
-use crate::registry::{Layer, Registry, OCI_MANIFEST};
+use crate::registry::{Layer, Registry, Tar, OCI_MANIFEST};
 
-/// A layer tar with full control over each header; names and link targets are raw bytes.
-pub struct Crafted(tar::Builder<Vec<u8>>);
+/// A layer tar with full control over each header (any mode, type and link target): the
+/// harness's [`Tar`] with its entries made by the caller.
+pub struct Crafted(Tar);
 
 impl Default for Crafted {
     fn default() -> Self {
@@ -21,32 +22,19 @@ impl Default for Crafted {
 
 impl Crafted {
     pub fn new() -> Self {
-        Crafted(tar::Builder::new(Vec::new()))
+        Crafted(Tar::new())
     }
 
     /// Appends one entry; `name` and `link` up to 100 bytes.
     pub fn entry(
-        mut self,
+        self,
         name: &str,
         kind: tar::EntryType,
         mode: u32,
         link: Option<&str>,
         data: &[u8],
     ) -> Self {
-        let mut h = tar::Header::new_gnu();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(l) = link {
-            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        self.0.append(&h, data).expect("tar in memory");
-        self
+        Crafted(self.0.entry(name, kind, mode, link, data))
     }
     pub fn dir(self, name: &str, mode: u32) -> Self {
         self.entry(name, tar::EntryType::Directory, mode, None, b"")
@@ -61,7 +49,7 @@ impl Crafted {
         self.entry(name, tar::EntryType::Link, 0o644, Some(target), b"")
     }
     pub fn build(self) -> Vec<u8> {
-        self.0.into_inner().expect("tar in memory")
+        self.0.build()
     }
 }
 

@@ -507,7 +507,9 @@ impl Tar {
     pub fn new() -> Self {
         Tar(tar::Builder::new(Vec::new()))
     }
-    fn entry(
+    /// Appends one entry of any kind and mode (owner root, a fixed mtime); `name` and
+    /// `link` up to 100 bytes.
+    pub fn entry(
         mut self,
         name: &str,
         kind: tar::EntryType,

@@ -161,12 +161,7 @@ impl TaskControl {
     /// Ends the current VMM and reaps it without marking the task killed: a failed start
     /// that a fallback follows.
     pub(super) fn kill_child_and_wait(&self) {
-        let mut st = self.state();
-        let st = &mut *st;
-        if let (Some(c), None) = (st.child.as_mut(), st.status) {
-            let _ = c.kill();
-            st.status = c.wait().ok();
-        }
+        reap(&mut self.state());
     }
 
     pub(super) fn attach_writer(&self, stream: UnixStream) {
@@ -199,14 +194,18 @@ impl TaskControl {
     /// handle report [`ControlError::Ended`].
     pub(super) fn finish(&self) {
         let mut st = self.state();
-        let st = &mut *st;
-        if let (Some(c), None) = (st.child.as_mut(), st.status) {
-            let _ = c.kill();
-            st.status = c.wait().ok();
-        }
+        reap(&mut st);
         st.ended = true;
         *self.0.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.0.changed.notify_all();
+    }
+}
+
+/// Kills the current VMM if it still runs and waits for it.
+fn reap(st: &mut State) {
+    if let (Some(c), None) = (st.child.as_mut(), st.status) {
+        let _ = c.kill();
+        st.status = c.wait().ok();
     }
 }
 
