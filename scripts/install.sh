@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs what scripts/setup.sh built: skiff, skiff-vmm and skiff-initramfs on PATH
-# ($PREFIX/bin), the guest kernel and the static guest agent in Skiff's data directory
-# ($PREFIX/lib/skiff), where `skiff` finds them without any environment variable.
-# PREFIX defaults to /usr/local; SKIFF_BUILD_DIR (default target/release) is where the
-# binaries were built. Usage: install.sh KERNEL
+# Installs what scripts/setup.sh built: skiff, skiff-jailer, skiff-initramfs and the static
+# skiff-vmm on PATH ($PREFIX/bin), the guest kernel and the static guest agent in Skiff's
+# data directory ($PREFIX/lib/skiff), where `skiff` finds them without any environment
+# variable. PREFIX defaults to /usr/local; SKIFF_BUILD_DIR (default target/release) is
+# where the dynamic binaries were built; the static ones are target/skiff-vmm and
+# target/skiff-agent. Usage: install.sh KERNEL
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 prefix="${PREFIX:-/usr/local}"
@@ -12,9 +13,10 @@ build="${SKIFF_BUILD_DIR:-$root/target/release}"
 bin="$prefix/bin"
 data="$prefix/lib/skiff"
 install -d -m 0755 "$bin" "$data"
-for b in skiff skiff-vmm skiff-initramfs; do
+for b in skiff skiff-jailer skiff-initramfs; do
     install -m 0755 "$build/$b" "$bin/$b"
 done
+install -m 0755 "$root/target/skiff-vmm" "$bin/skiff-vmm"
 install -m 0644 "$kernel" "$data/vmlinux"
 install -m 0755 "$root/target/skiff-agent" "$data/skiff-agent"
-echo "install: $bin/{skiff,skiff-vmm,skiff-initramfs}, $data/{vmlinux,skiff-agent}" >&2
+echo "install: $bin/{skiff,skiff-vmm,skiff-jailer,skiff-initramfs}, $data/{vmlinux,skiff-agent}" >&2

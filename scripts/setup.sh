@@ -30,15 +30,19 @@ kernel="$(bash kernel-config/build.sh | tail -n1)"
 log "guest kernel: $kernel"
 
 cargo build --release --workspace --bins >&2
-# The guest agent runs as /init in every VM: a static binary, built for the target
-# explicitly so that the static flag does not reach build scripts and proc macros.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-agent \
-    --bin skiff-agent --target x86_64-unknown-linux-gnu >&2
-strip -o target/skiff-agent target/x86_64-unknown-linux-gnu/release/skiff-agent
+# Static binaries, built for the target explicitly so that the static flag does not reach
+# build scripts and proc macros: the guest agent runs as /init in every VM, and skiff-vmm
+# runs in a jail that holds no shared libraries (skiff-jailer refuses a dynamic one).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-agent -p vmm \
+    --bin skiff-agent --bin skiff-vmm --target x86_64-unknown-linux-gnu >&2
+static="target/x86_64-unknown-linux-gnu/release"
+strip -o target/skiff-agent "$static/skiff-agent"
+cp "$static/skiff-vmm" target/skiff-vmm.new && mv target/skiff-vmm.new target/skiff-vmm
 mkdir -p target
 {
     echo "SKIFF_KERNEL=$kernel"
     echo "SKIFF_AGENT=$root/target/skiff-agent"
+    echo "SKIFF_VMM=$root/target/skiff-vmm"
 } > target/skiff.env
 bash scripts/install.sh "$kernel"
-log "ready: skiff, skiff-vmm on PATH; run 'skiff info' to see what is installed"
+log "ready: skiff, skiff-vmm, skiff-jailer on PATH; run 'skiff info' to see what is installed"

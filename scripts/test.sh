@@ -6,6 +6,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
 # shellcheck disable=SC1091
 . "$root/target/skiff.env"
-export SKIFF_KERNEL SKIFF_AGENT
+export SKIFF_KERNEL SKIFF_AGENT SKIFF_VMM
 cd "$root"
 cargo test --release --workspace --no-fail-fast

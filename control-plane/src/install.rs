@@ -6,7 +6,8 @@
 //!
 //! | piece  | variable       | then                                                        |
 //! |--------|----------------|-------------------------------------------------------------|
-//! | VMM    | `SKIFF_VMM`    | beside `skiff`, then `skiff-vmm` on PATH                    |
+//! | VMM    | `SKIFF_VMM`    | beside `skiff`, then `skiff-vmm` on PATH (a static build)   |
+//! | jailer | `SKIFF_JAILER` | beside `skiff`, then `skiff-jailer` on PATH                 |
 //! | kernel | `SKIFF_KERNEL` | `vmlinux` in the data directory                             |
 //! | agent  | `SKIFF_AGENT`  | `skiff-agent` in the data directory                         |
 //!
@@ -144,15 +145,24 @@ pub fn agent(flag: Option<&Path>) -> Result<Found, InstallError> {
 
 /// `skiff-vmm`: `SKIFF_VMM`, else beside this binary, else on PATH.
 pub fn vmm() -> Found {
-    if let Some(p) = std::env::var_os("SKIFF_VMM").filter(|v| !v.is_empty()) {
+    find_binary("SKIFF_VMM", "skiff-vmm")
+}
+
+/// `skiff-jailer`: `SKIFF_JAILER`, else beside this binary, else on PATH.
+pub fn jailer() -> Found {
+    find_binary("SKIFF_JAILER", "skiff-jailer")
+}
+
+fn find_binary(var: &'static str, name: &str) -> Found {
+    if let Some(p) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         return Found {
             path: p.into(),
-            origin: Origin::Env("SKIFF_VMM"),
+            origin: Origin::Env(var),
         };
     }
     let beside = std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().map(|d| d.join("skiff-vmm")))
+        .and_then(|e| e.parent().map(|d| d.join(name)))
         .filter(|p| p.is_file());
     match beside {
         Some(path) => Found {
@@ -160,7 +170,7 @@ pub fn vmm() -> Found {
             origin: Origin::BesideSkiff,
         },
         None => Found {
-            path: on_path("skiff-vmm").unwrap_or_else(|| "skiff-vmm".into()),
+            path: on_path(name).unwrap_or_else(|| name.into()),
             origin: Origin::Path,
         },
     }

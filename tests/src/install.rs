@@ -9,7 +9,13 @@ use std::sync::OnceLock;
 use crate::paths;
 
 /// The variables that point Skiff at its pieces; the installed `skiff` must not need them.
-pub const SKIFF_VARS: [&str; 4] = ["SKIFF_KERNEL", "SKIFF_AGENT", "SKIFF_VMM", "SKIFF_DATA_DIR"];
+pub const SKIFF_VARS: [&str; 5] = [
+    "SKIFF_KERNEL",
+    "SKIFF_AGENT",
+    "SKIFF_VMM",
+    "SKIFF_JAILER",
+    "SKIFF_DATA_DIR",
+];
 
 /// The guest kernel the build made: `$SKIFF_KERNEL`, else what `kernel-config/build.sh`
 /// builds or finds in its cache.

@@ -226,11 +226,13 @@ pub fn split_logs(text: &str) -> (Vec<u8>, Vec<u8>) {
     (out, err)
 }
 
-/// VMM processes whose command line mentions `dir` (a task's VM under a state dir).
+/// VMM processes working under `dir` (a task's VM under a state dir): jailed VMMs are
+/// found by their jailer, whose command line names the directory (a VMM dies with its
+/// jailer).
 pub fn vmms_under(dir: &Path) -> Vec<String> {
     let out = Command::new("pgrep")
         .arg("-af")
-        .arg(format!("skiff-vmm.*{}", dir.display()))
+        .arg(format!("skiff-(vmm|jailer).*{}", dir.display()))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)

@@ -52,6 +52,7 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
     launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
     let cfg = LaunchConfig {
         vmm: install::vmm().path,
+        jail: launcher::JailConfig::installed(),
         kernel,
         initrd,
         vcpus: a.cpu,

@@ -44,6 +44,15 @@ pub struct ServeArgs {
     /// A task keeps at most twice this much output (MiB): beyond it the oldest is dropped.
     #[arg(long, default_value_t = control_plane::tasks::logs::DEFAULT_LOG_CAP >> 20)]
     log_cap_mib: u64,
+    /// The uids (and gids) jailed VMMs get: FIRST:COUNT, one per running VM.
+    #[arg(long, default_value = "900000:4096", value_parser = parse_uid_range)]
+    jail_uids: (u32, u32),
+    /// The cgroup under which each VM gets its own (in every hierarchy used).
+    #[arg(long, default_value = "skiff")]
+    jail_cgroup_parent: String,
+    /// Memory a VMM may use beyond its guest's before its cgroup kills it, MiB.
+    #[arg(long, default_value_t = control_plane::launcher::JailConfig::DEFAULT_OVERHEAD_MIB)]
+    vmm_overhead_mib: u64,
     /// Always boot task VMs; never start them from snapshots.
     #[arg(long)]
     no_snapshots: bool,
@@ -70,6 +79,18 @@ pub fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
         Some(t) if t.is_empty() => bail!("the bearer token is empty"),
         t => Ok(t),
     }
+}
+
+fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
+    let (first, count) = s
+        .split_once(':')
+        .ok_or_else(|| "expected FIRST:COUNT, e.g. 900000:4096".to_owned())?;
+    let first: u32 = first.parse().map_err(|_| format!("{first}: not a uid"))?;
+    let count: u32 = count.parse().map_err(|_| format!("{count}: not a count"))?;
+    if first == 0 || count == 0 || first.checked_add(count).is_none() {
+        return Err("the range must be non-empty, above uid 0 and below 2^32".into());
+    }
+    Ok((first, count))
 }
 
 pub fn host_memory_mib() -> u64 {
@@ -106,6 +127,13 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         capacity,
         token: read_token(a.token_file.as_deref())?,
         vmm: install::vmm().path,
+        jail: control_plane::launcher::JailConfig {
+            uid_base: a.jail_uids.0,
+            uid_count: a.jail_uids.1,
+            cgroup_parent: a.jail_cgroup_parent.clone(),
+            vmm_overhead_mib: a.vmm_overhead_mib,
+            ..control_plane::launcher::JailConfig::installed()
+        },
         kernel: install::kernel(a.kernel.as_deref())?.path,
         agent: install::agent(a.agent.as_deref())?.path,
         registry: RegistryOptions {

@@ -7,7 +7,10 @@ use std::time::Duration;
 /// Where the pieces of a microVM are and how big it is.
 #[derive(Debug, Clone)]
 pub struct LaunchConfig {
+    /// A static `skiff-vmm` (it runs in a jail with no libraries).
     pub vmm: PathBuf,
+    /// How the VMM is jailed.
+    pub jail: super::jail::JailConfig,
     pub kernel: PathBuf,
     /// The agent's initramfs (see [`super::build_agent_initramfs`]).
     pub initrd: PathBuf,

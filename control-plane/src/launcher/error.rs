@@ -11,12 +11,8 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start {vmm}: {source}")]
-    Spawn {
-        vmm: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot jail the VMM: {0}")]
+    Jail(#[from] super::jail::JailSetupError),
     #[error("the VM ended before its agent said hello ({status}); console ends with:\n{console}")]
     NoHello {
         status: String,

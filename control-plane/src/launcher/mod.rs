@@ -5,7 +5,8 @@
 //!
 //! Modules, each depending only on those listed before it: [`config`] (what a launch
 //! needs), [`result`] (what it reports), `error`, [`control`] (a handle other threads hold: signals,
-//! stdin, kill), `vmm_process` (the VMM's command line and exit status), `start` (a VM up
+//! stdin, kill), [`jail`] (the VM's uid, cgroup and directories for `skiff-jailer`),
+//! `vmm_process` (the jailed VMM's command line and exit status), `start` (a VM up
 //! to the agent's hello), `session` (the task's state machine), `snapshot` (building the
 //! fast path's snapshots), `agent_initramfs`.
 
@@ -13,6 +14,7 @@ mod agent_initramfs;
 mod config;
 mod control;
 mod error;
+pub mod jail;
 mod result;
 mod session;
 mod snapshot;
@@ -23,6 +25,7 @@ pub use agent_initramfs::build_agent_initramfs;
 pub use config::{LaunchConfig, Snapshot};
 pub use control::{ControlError, TaskControl};
 pub use error::LaunchError;
+pub use jail::JailConfig;
 pub use result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};
 pub use session::run_task;
 pub use snapshot::{build_snapshot, SnapshotError};

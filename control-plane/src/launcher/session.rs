@@ -19,6 +19,7 @@ use guest_agent::{Frame, FrameError, FramedConn, Message, RunSpec};
 use super::config::LaunchConfig;
 use super::control::{FinishOnDrop, TaskControl};
 use super::error::LaunchError;
+use super::jail::VmJail;
 use super::result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};
 use super::start::{start_vm, AgentListener, Connected, NoAgent};
 use super::vmm_process::StartFrom;
@@ -28,6 +29,10 @@ const SIGTERM: i32 = 15;
 
 /// How long a restored VM has to say hello before the launcher falls back to a boot.
 const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// When the agent's connection drops, how long the VMM gets to end before the task is
+/// reported lost without its exit status.
+const VMM_END_WAIT: Duration = Duration::from_secs(2);
 
 /// After the agent's report, how long the VM has to power itself off.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
@@ -54,6 +59,7 @@ struct Session<'a> {
     cfg: &'a LaunchConfig,
     control: &'a TaskControl,
     on_event: &'a mut dyn FnMut(TaskEvent<'_>),
+    jail: VmJail,
     agent: AgentListener,
     start: Instant,
     timings: Timings,
@@ -73,17 +79,19 @@ pub fn run_task(
         source,
     };
     std::fs::create_dir_all(&cfg.work_dir).map_err(wd)?;
+    let jail = VmJail::new(&cfg.jail, &cfg.work_dir)?;
     let mut s = Session {
         cfg,
         control,
         on_event,
-        agent: AgentListener::bind(&cfg.work_dir).map_err(wd)?,
+        agent: AgentListener::bind(&jail)?,
+        jail,
         start: Instant::now(),
         timings: Timings::default(),
     };
     let mut phase = Phase::Starting(match &cfg.snapshot {
         Some(snap) => StartFrom::Snapshot(snap),
-        None => StartFrom::Boot { api_sock: None },
+        None => StartFrom::Boot { api_sock: false },
     });
     loop {
         phase = match phase {
@@ -110,6 +118,7 @@ impl Session<'_> {
         };
         match start_vm(
             self.cfg,
+            &mut self.jail,
             from,
             &self.agent,
             self.control,
@@ -137,7 +146,7 @@ impl Session<'_> {
                     reason: &reason,
                     bad_snapshot,
                 });
-                Ok(Phase::Starting(StartFrom::Boot { api_sock: None }))
+                Ok(Phase::Starting(StartFrom::Boot { api_sock: false }))
             }
             Err(NoAgent::Failed(e)) => Err(e),
         }
@@ -182,11 +191,9 @@ impl Session<'_> {
             Err(FrameError::TimedOut) => return Phase::Ending(self.timed_out()),
             Err(_) if self.control.was_killed() => return Phase::Ending(TaskEnd::Killed),
             Err(FrameError::Closed { mid_frame: false }) => {
-                return Phase::Ending(TaskEnd::Lost(
-                    "the agent closed the connection without a report".into(),
-                ))
+                return Phase::Ending(self.lost("the agent closed the connection without a report"))
             }
-            Err(e) => return Phase::Ending(TaskEnd::Lost(format!("agent connection: {e}"))),
+            Err(e) => return Phase::Ending(self.lost(&format!("agent connection: {e}"))),
         };
         match frame {
             Frame::Stdout(b) => (self.on_event)(TaskEvent::Output(Output::Stdout, &b)),
@@ -228,6 +235,26 @@ impl Session<'_> {
             other => tracing::debug!("ignoring an agent frame of kind {}", other.kind_name()),
         }
         Phase::Running(r)
+    }
+
+    /// The connection ended without a report: if the VMM ended too (killed by its memory
+    /// limit or its seccomp filter, say), that is the reason given.
+    fn lost(&self, what: &str) -> TaskEnd {
+        let until = Instant::now() + VMM_END_WAIT;
+        let status = loop {
+            match self.control.try_wait() {
+                Some(s) => break Some(s),
+                None if Instant::now() > until => break None,
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        TaskEnd::Lost(match status {
+            Some(s) => format!(
+                "{what}; {}",
+                super::vmm_process::describe_exit(s, &self.cfg.work_dir.join("vmm.log"), &self.jail)
+            ),
+            None => what.to_owned(),
+        })
     }
 
     fn timed_out(&self) -> TaskEnd {

@@ -5,6 +5,7 @@
 //! vsock reset and gets the clock and fresh entropy with its run spec.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,8 +15,13 @@ use vmm_api::{Reply, Request};
 use super::config::{LaunchConfig, Snapshot};
 use super::control::{FinishOnDrop, TaskControl};
 use super::error::LaunchError;
+use super::jail::{JailSetupError, VmJail};
 use super::start::{start_vm, AgentListener, NoAgent};
-use super::vmm_process::StartFrom;
+use super::vmm_process::{StartFrom, API_SOCK};
+
+/// The snapshot's files (as [`Snapshot::in_dir`] finds them).
+const STATE_FILE: &str = "vm.state";
+const MEMORY_FILE: &str = "vm.mem";
 
 /// The disk attached while the snapshot VM boots: sparse, and larger than any image, so
 /// the capacity the guest saw at boot never falls short of a task's disk.
@@ -38,6 +44,12 @@ pub enum SnapshotError {
     Ended,
     #[error("the VMM's control socket: {0}")]
     Control(String),
+}
+
+impl From<JailSetupError> for SnapshotError {
+    fn from(e: JailSetupError) -> Self {
+        SnapshotError::Launch(e.into())
+    }
 }
 
 /// Boots a VM shaped like `cfg` (its `rootfs`, `snapshot` and `timeout` are ignored),
@@ -65,27 +77,29 @@ pub fn build_snapshot(
         snapshot: None,
         ..cfg.clone()
     };
-    let agent = AgentListener::bind(&work).map_err(io(&work))?;
-    let api = work.join("api.sock");
+    let mut jail = VmJail::new(&cfg.jail, &work)?;
+    let agent = AgentListener::bind(&jail)?;
     let _finish = FinishOnDrop(control);
     let t0 = Instant::now();
     // The agent's connection stays open while the snapshot is taken: the agent is then
     // waiting for its run spec, which is where every restored VM picks up.
-    let from = StartFrom::Boot {
-        api_sock: Some(&api),
-    };
-    let _agent_conn = match start_vm(&cfg, from, &agent, control, &mut |_| {}, cfg.boot_timeout) {
+    let from = StartFrom::Boot { api_sock: true };
+    let started = start_vm(&cfg, &mut jail, from, &agent, control, &mut |_| {}, cfg.boot_timeout);
+    let _agent_conn = match started {
         Ok(c) => c,
         Err(NoAgent::Killed) => return Err(SnapshotError::Ended),
         Err(NoAgent::Failed(e)) => return Err(e.into()),
     };
     let booted = t0.elapsed();
-    let (state, memory) = (work.join("vm.state"), work.join("vm.mem"));
+    // The VMM writes the files in its own directory, as its own uid; they are then taken
+    // over by root, made read-only and moved beside it, so that no VMM (this one
+    // included) can change the snapshot later tasks restore.
+    let api = jail.host_path(API_SOCK);
     let reply = control_request(
         &api,
         &Request::Snapshot {
-            state_path: state,
-            memory_path: memory,
+            state_path: VmJail::jail_path(STATE_FILE),
+            memory_path: VmJail::jail_path(MEMORY_FILE),
         },
     )?;
     if !reply.ok {
@@ -96,6 +110,7 @@ pub fn build_snapshot(
     }
     let _ = control_request(&api, &Request::Shutdown {});
     control.finish();
+    drop(jail);
     tracing::info!(
         "snapshot of a {} vCPU / {} MiB VM taken after a {:.1} s boot",
         cfg.vcpus,
@@ -103,16 +118,40 @@ pub fn build_snapshot(
         booted.as_secs_f64()
     );
     drop(agent);
-    for leftover in [placeholder, api, agent_uds(&work)] {
-        let _ = std::fs::remove_file(leftover);
+    for name in [STATE_FILE, MEMORY_FILE] {
+        let (from, to) = (work.join("vm").join(name), work.join(name));
+        take_over(&from, &to).map_err(io(&from))?;
     }
+    let _ = std::fs::remove_file(&placeholder);
+    let _ = std::fs::remove_dir_all(work.join("vm"));
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&work, dir).map_err(io(dir))?;
     Snapshot::in_dir(dir).ok_or_else(|| SnapshotError::Control("the VMM wrote no files".into()))
 }
 
-fn agent_uds(work: &Path) -> PathBuf {
-    work.join("v.sock")
+/// Takes a file the jailed VMM wrote out of its reach, once the VMM is gone: opened without
+/// following a symlink (the VMM could have planted one), it must be a regular file with one
+/// link; it becomes root's and read-only, is synced, and moves beside its directory.
+fn take_over(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow())
+        .open(from)?;
+    let m = f.metadata()?;
+    if !m.is_file() || m.nlink() != 1 {
+        return Err(std::io::Error::other(
+            "not a regular file with a single link: refused",
+        ));
+    }
+    std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o444))?;
+    f.sync_all()?;
+    std::fs::rename(from, to)
+}
+
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 /// One request on the VMM's control socket, one reply line back.

@@ -5,7 +5,7 @@
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use guest_agent::{BootTimings, Frame, FramedConn, Message, HOST_PORT, PROTOCOL_VERSION};
@@ -13,30 +13,30 @@ use guest_agent::{BootTimings, Frame, FramedConn, Message, HOST_PORT, PROTOCOL_V
 use super::config::LaunchConfig;
 use super::control::TaskControl;
 use super::error::LaunchError;
+use super::jail::VmJail;
 use super::result::TaskEvent;
-use super::vmm_process::{self, console_tail, StartFrom};
+use super::vmm_process::{self, console_tail, StartFrom, CONSOLE, VSOCK};
 
 /// The host end of the agent's vsock: the VMM forwards the guest's connections to port
-/// [`HOST_PORT`] to `<uds>_<port>`, where this listens. The socket file goes with it.
+/// [`HOST_PORT`] to `<uds>_<port>` in its `/run`, where this listens (the socket file
+/// belongs to the VM's uid, so the jailed VMM may connect). The socket file goes with it.
 pub(super) struct AgentListener {
     listener: UnixListener,
-    /// The VMM's vsock socket (`--vsock uds=`).
-    pub uds: PathBuf,
     path: PathBuf,
 }
 
 impl AgentListener {
-    pub fn bind(dir: &Path) -> std::io::Result<Self> {
-        let uds = dir.join("v.sock");
-        let path = PathBuf::from(format!("{}_{HOST_PORT}", uds.display()));
+    pub fn bind(jail: &VmJail) -> Result<Self, LaunchError> {
+        let path = jail.host_path(&format!("{VSOCK}_{HOST_PORT}"));
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
-        listener.set_nonblocking(true)?;
-        Ok(Self {
-            listener,
-            uds,
-            path,
-        })
+        let wd = |source| LaunchError::WorkDir {
+            path: path.clone(),
+            source,
+        };
+        let listener = UnixListener::bind(&path).map_err(wd)?;
+        listener.set_nonblocking(true).map_err(wd)?;
+        jail.give(&path)?;
+        Ok(Self { listener, path })
     }
 
     /// A connection that arrived within `wait`, if any.
@@ -83,6 +83,7 @@ impl From<LaunchError> for NoAgent {
 /// Starts the VM and waits up to `patience` for the agent's hello.
 pub(super) fn start_vm(
     cfg: &LaunchConfig,
+    jail: &mut VmJail,
     from: StartFrom<'_>,
     agent: &AgentListener,
     control: &TaskControl,
@@ -94,15 +95,12 @@ pub(super) fn start_vm(
         path: cfg.work_dir.clone(),
         source,
     };
-    let console = cfg.work_dir.join("console.log");
+    let console = jail.host_path(CONSOLE);
     let vmm_log_path = cfg.work_dir.join("vmm.log");
     let vmm_log = std::fs::File::create(&vmm_log_path).map_err(wd)?;
-    let child = vmm_process::spawn(cfg, from, &agent.uds, &console, vmm_log).map_err(|source| {
-        LaunchError::Spawn {
-            vmm: cfg.vmm.clone(),
-            source,
-        }
-    })?;
+    // A fallback boot after a failed restore starts from an empty cgroup.
+    jail.end_vm();
+    let child = vmm_process::spawn(cfg, jail, from, vmm_log).map_err(LaunchError::from)?;
     on_event(TaskEvent::VmStarted {
         pid: child.id(),
         from_snapshot: matches!(from, StartFrom::Snapshot(_)),
@@ -122,7 +120,7 @@ pub(super) fn start_vm(
                 return Err(NoAgent::Killed);
             }
             return Err(NoAgent::Failed(LaunchError::NoHello {
-                status: vmm_process::describe_exit(status, &vmm_log_path),
+                status: vmm_process::describe_exit(status, &vmm_log_path, jail),
                 vmm_refused_input: vmm_process::refused_its_input(status),
                 console: console_tail(&console),
             }));

@@ -1,64 +1,110 @@
-//! Starting `skiff-vmm` for a task, telling how it ended, and the files it leaves in the
-//! task directory.
+//! Starting `skiff-vmm` for a task, always through `skiff-jailer`, telling how it ended,
+//! and the files it leaves.
 
+use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
+
+use jailer::Bind;
 
 use super::config::{LaunchConfig, Snapshot};
+use super::jail::VmJail;
 
-/// How the VM comes to life: a full boot, or a restore of a snapshot.
+/// The VM's files as the VMM sees them in its jail.
+const KERNEL: &str = "/vmlinux";
+const INITRD: &str = "/initrd";
+const DISK: &str = "/disk";
+const SNAPSHOT_STATE: &str = "/snapshot/vm.state";
+const SNAPSHOT_MEMORY: &str = "/snapshot/vm.mem";
+
+/// SIGSYS: what a seccomp filter's kill looks like from outside.
+const SIGSYS: i32 = 31;
+const SIGKILL: i32 = 9;
+
+/// How the VM comes to life: a full boot (with the control socket when a snapshot is to
+/// be taken), or a restore of a snapshot.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum StartFrom<'a> {
-    Boot { api_sock: Option<&'a Path> },
+    Boot { api_sock: bool },
     Snapshot(&'a Snapshot),
 }
 
-/// Starts the VMM. Its serial console goes to `console`, its own log to `vmm_log` (a pipe
-/// nobody reads would fill and stall it). It gets a process group of its own, so a Ctrl-C
-/// meant for `skiff` reaches the task (forwarded by us), not the VMM.
+/// The VMM's files in its `/run`: the vsock socket, the console, the control socket.
+pub(super) const VSOCK: &str = "v.sock";
+pub(super) const CONSOLE: &str = "console.log";
+pub(super) const API_SOCK: &str = "api.sock";
+
+/// Starts the VMM in `jail`. Its serial console goes to `/run/console.log`, its own log to
+/// `vmm_log` (a pipe nobody reads would fill and stall it). It gets a process group of its
+/// own, so a Ctrl-C meant for `skiff` reaches the task (forwarded by us), not the VMM.
 pub(super) fn spawn(
     cfg: &LaunchConfig,
+    jail: &mut VmJail,
     from: StartFrom<'_>,
-    uds: &Path,
-    console: &Path,
     vmm_log: std::fs::File,
-) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&cfg.vmm);
+) -> Result<Child, super::jail::JailSetupError> {
+    let ro = |host: &Path, jail: &str| Bind {
+        host: host.to_owned(),
+        jail: jail.into(),
+    };
+    let mut read_only = Vec::new();
+    let mut args: Vec<OsString> = vec!["skiff-vmm".into()];
+    let mut arg = |a: &str| args.push(a.into());
     match from {
         StartFrom::Boot { api_sock } => {
-            cmd.arg("--kernel")
-                .arg(&cfg.kernel)
-                .arg("--initrd")
-                .arg(&cfg.initrd)
-                .args(["--vcpus", &cfg.vcpus.to_string()])
-                .args(["--memory-mib", &cfg.memory_mib.to_string()])
-                .args(["--cmdline", "quiet"]);
-            if let Some(api) = api_sock {
-                cmd.arg("--api-sock").arg(api);
+            read_only.push(ro(&cfg.kernel, KERNEL));
+            read_only.push(ro(&cfg.initrd, INITRD));
+            for a in ["--kernel", KERNEL, "--initrd", INITRD, "--cmdline", "quiet"] {
+                arg(a);
+            }
+            arg("--vcpus");
+            arg(&cfg.vcpus.to_string());
+            arg("--memory-mib");
+            arg(&cfg.memory_mib.to_string());
+            if api_sock {
+                arg("--api-sock");
+                arg(&jail_run(API_SOCK));
             }
             if let Ok(extra) = std::env::var("SKIFF_VMM_BOOT_ARGS") {
-                cmd.args(extra.split_whitespace());
+                extra.split_whitespace().for_each(&mut arg);
             }
         }
         StartFrom::Snapshot(snap) => {
-            cmd.arg("--restore")
-                .arg(&snap.state)
-                .arg("--memory-file")
-                .arg(&snap.memory);
+            read_only.push(ro(&snap.state, SNAPSHOT_STATE));
+            read_only.push(ro(&snap.memory, SNAPSHOT_MEMORY));
+            for a in [
+                "--restore",
+                SNAPSHOT_STATE,
+                "--memory-file",
+                SNAPSHOT_MEMORY,
+            ] {
+                arg(a);
+            }
         }
     }
-    cmd.arg("--disk")
-        .arg(format!("{},ro", cfg.rootfs.display()))
-        .arg("--vsock")
-        .arg(format!("cid=3,uds={}", uds.display()))
-        .arg("--serial-out")
-        .arg(console)
-        .stdin(Stdio::null())
+    read_only.push(ro(&cfg.rootfs, DISK));
+    arg("--disk");
+    arg(&format!("{DISK},ro"));
+    arg("--vsock");
+    arg(&format!("cid=3,uds={}", jail_run(VSOCK)));
+    arg("--serial-out");
+    arg(&jail_run(CONSOLE));
+    let mut cmd = jail.command(&cfg.vmm, read_only, cfg.vcpus, cfg.memory_mib, args)?;
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log)
         .process_group(0)
         .spawn()
+        .map_err(|source| super::jail::JailSetupError::Io {
+            what: "starting",
+            path: jail.jailer_path().to_owned(),
+            source,
+        })
+}
+
+fn jail_run(name: &str) -> String {
+    VmJail::jail_path(name).display().to_string()
 }
 
 /// The VMM refused its input (flags, or for a restore the snapshot files themselves:
@@ -68,9 +114,17 @@ pub(super) fn refused_its_input(status: ExitStatus) -> bool {
 }
 
 /// The VMM's exit status in words, with its own log's last line when it wrote one.
-pub(super) fn describe_exit(status: ExitStatus, vmm_log: &Path) -> String {
+pub(super) fn describe_exit(status: ExitStatus, vmm_log: &Path, jail: &VmJail) -> String {
     let how = match (status.code(), status.signal()) {
+        (Some(jailer::JAIL_FAILED), _) => "skiff-jailer could not build the VMM's jail".into(),
         (Some(c), _) => format!("skiff-vmm exited with code {c}"),
+        (None, Some(SIGKILL)) if jail.oom_killed() => {
+            "skiff-vmm was killed by its cgroup's memory limit (guest memory plus the VMM's allowance)".into()
+        }
+        (None, Some(SIGSYS)) => {
+            "skiff-vmm was killed by its seccomp filter (a system call outside its allow-list)"
+                .into()
+        }
         (None, Some(s)) => format!("skiff-vmm was killed by signal {s}"),
         _ => format!("skiff-vmm ended ({status})"),
     };
@@ -81,9 +135,16 @@ pub(super) fn describe_exit(status: ExitStatus, vmm_log: &Path) -> String {
     }
 }
 
-/// The last lines of the guest console, for error messages.
+/// The last lines of the guest console (from its last 16 KiB: the guest wrote it), for
+/// error messages.
 pub(super) fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut tail = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.seek(SeekFrom::End(-16 * 1024)).or_else(|_| f.rewind().map(|_| 0));
+        let _ = f.take(16 * 1024).read_to_end(&mut tail);
+    }
+    let text = String::from_utf8_lossy(&tail);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }

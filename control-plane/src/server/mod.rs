@@ -36,6 +36,8 @@ pub struct ServeConfig {
     /// Required for a TCP listener (loopback included); the Unix socket needs none.
     pub token: Option<String>,
     pub vmm: PathBuf,
+    /// How VMMs are jailed (always).
+    pub jail: crate::launcher::JailConfig,
     pub kernel: PathBuf,
     pub agent: PathBuf,
     pub registry: RegistryOptions,

@@ -141,6 +141,7 @@ async fn prepare_task(srv: &Arc<Server>, task: &Task) -> Result<Prepared, String
 fn launch_config(srv: &Server, task: &Task, prepared: &Prepared) -> LaunchConfig {
     let cfg = LaunchConfig {
         vmm: srv.cfg.vmm.clone(),
+        jail: srv.cfg.jail.clone(),
         kernel: srv.cfg.kernel.clone(),
         initrd: srv.initrd.clone(),
         vcpus: task.cpu,

@@ -14,7 +14,7 @@ pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
         let id = task.id.clone();
         // A crash between the VMM's start and its record leaves a VMM nobody knows the pid
         // of: every VMM that works in this task's directory is ended, recorded or not.
-        end_vmms_of(&srv.task_dir(&id));
+        end_vmms_of(&srv.task_dir(&id), &srv.cfg.jail.cgroup_parent);
         if task.phases.vm_started_ms.is_some() {
             let (code, reason) = if task.stop_requested {
                 (
@@ -49,10 +49,18 @@ pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Kills every `skiff-vmm` left from the previous run that works in `task_dir` (its
-/// command line names the directory), so a recycled pid is never hit and a VMM whose pid
-/// was never recorded is found too.
-fn end_vmms_of(task_dir: &std::path::Path) {
+/// Kills every jailed `skiff-vmm` left from the previous run that works in `task_dir`:
+/// its jailer (whose command line names the directory; the VMM dies with it) and whatever
+/// is in the VM's cgroup. A recycled pid is never hit and a VMM whose pid was never
+/// recorded is found too.
+fn end_vmms_of(task_dir: &std::path::Path, cgroup_parent: &str) {
+    if let Some(cg) = crate::launcher::jail::cgroup_of(task_dir, cgroup_parent) {
+        if !cg.procs().is_empty() {
+            tracing::warn!("ending the VM of {} left from the previous run", task_dir.display());
+        }
+        cg.kill();
+        let _ = cg.remove();
+    }
     let needle = format!("{}/", task_dir.display());
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
@@ -65,7 +73,9 @@ fn end_vmms_of(task_dir: &std::path::Path) {
             continue;
         };
         let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
-        let is_vmm = args.next().is_some_and(|a| a.ends_with("skiff-vmm"));
+        let is_vmm = args
+            .next()
+            .is_some_and(|a| a.ends_with("skiff-vmm") || a.ends_with("skiff-jailer"));
         if !is_vmm || !args.any(|a| a.contains(&needle)) {
             continue;
         }
