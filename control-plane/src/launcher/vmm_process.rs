@@ -62,6 +62,9 @@ pub(super) fn spawn(
             arg(&cfg.vcpus.to_string());
             arg("--memory-mib");
             arg(&cfg.memory_mib.to_string());
+            // The jailed VMM cannot see /sys: the host's kind is told, not detected inside.
+            arg("--quirks");
+            arg(if host_is_pvm() { "pvm" } else { "none" });
             if api_sock {
                 arg("--api-sock");
                 arg(&jail_run(API_SOCK));
@@ -101,6 +104,11 @@ pub(super) fn spawn(
             path: jail.jailer_path().to_owned(),
             source,
         })
+}
+
+/// `/dev/kvm` is PVM (the `kvm_pvm` module is loaded): guests need its quirks.
+fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
 }
 
 fn jail_run(name: &str) -> String {

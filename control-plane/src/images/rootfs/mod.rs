@@ -53,6 +53,18 @@ pub enum RootfsError {
     },
 }
 
+/// Images built before VMMs were jailed were private to root (0600); a jailed VMM runs as
+/// its own uid and reads the image through a bind mount, so the image must be 0444 (the
+/// store's directories keep other users out).
+fn readable_by_vmms(path: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).map_err(io_at(path))?.permissions().mode();
+    if mode & 0o444 != 0o444 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o444)).map_err(io_at(path))?;
+    }
+    Ok(())
+}
+
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
     move |source| RootfsError::Io {
         path: path.to_path_buf(),
@@ -172,6 +184,7 @@ impl RootfsBuilder {
         let format = self.format();
         let path = self.path(image_id, format);
         if path.is_file() {
+            readable_by_vmms(&path)?;
             return Ok(Rootfs {
                 path,
                 format,
@@ -221,6 +234,13 @@ impl RootfsBuilder {
             RootfsFormat::Erofs => mkfs_erofs(&tree, out.path())?,
             RootfsFormat::Ext4 => mkfs_ext4(&tree, out.path())?,
         }
+        // Read-only for everyone who can reach it: jailed VMMs (their own uids) read it
+        // through a bind mount; the store's directories keep other users out. Synced
+        // before the rename, so a crash never leaves a torn image under the final name.
+        out.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .and_then(|_| out.as_file().sync_all())
+            .map_err(io_at(out.path()))?;
         out.persist(&path).map_err(|e| RootfsError::Io {
             path: path.clone(),
             source: e.error,
