@@ -4,6 +4,7 @@
 //! builders, an authenticating token server and a connection-cutting proxy.
 #![allow(dead_code)]
 
+pub mod inject;
 pub mod install;
 pub mod kvm;
 pub mod layers;

