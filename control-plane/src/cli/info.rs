@@ -46,6 +46,38 @@ fn piece(name: &str, found: Result<Found, InstallError>) {
     }
 }
 
+fn binary(f: install::Found, what: &'static str) -> Result<install::Found, InstallError> {
+    if f.path.is_file() {
+        Ok(f)
+    } else {
+        Err(InstallError::NotThere {
+            what,
+            path: f.path,
+            origin: f.origin,
+        })
+    }
+}
+
+/// Can VMMs be jailed here: a static VMM, root, a cgroup layout.
+fn jail_status() -> String {
+    let vmm = install::vmm().path;
+    let static_vmm = std::fs::File::open(&vmm)
+        .map_err(|e| e.to_string())
+        .and_then(|f| jailer::elf::check_static(&f, &vmm).map_err(|e| e.to_string()));
+    let layout = jailer::cgroup::Layout::detect();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    match (static_vmm, layout, root) {
+        (Err(e), _, _) => format!("unavailable: {e}"),
+        (_, Err(e), _) => format!("unavailable: {e}"),
+        (_, _, false) => "unavailable: jailing VMMs needs root".into(),
+        (Ok(()), Ok(jailer::cgroup::Layout::Unified { .. }), true) => {
+            "ready (static VMM, cgroup v2)".into()
+        }
+        (Ok(()), Ok(_), true) => "ready (static VMM, cgroup v1 controllers)".into(),
+    }
+}
+
 fn count_dirs(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| {
         d.flatten()
@@ -57,20 +89,9 @@ fn count_dirs(dir: &Path) -> usize {
 
 pub fn info(state_dir: &Path) -> anyhow::Result<i32> {
     outln!("{:<14}{}", "version", env!("CARGO_PKG_VERSION"));
-    piece(
-        "vmm",
-        Ok(install::vmm()).and_then(|f| {
-            if f.path.is_file() {
-                Ok(f)
-            } else {
-                Err(InstallError::NotThere {
-                    what: "skiff-vmm",
-                    path: f.path,
-                    origin: f.origin,
-                })
-            }
-        }),
-    );
+    piece("vmm", binary(install::vmm(), "skiff-vmm"));
+    piece("jailer", binary(install::jailer(), "skiff-jailer"));
+    outln!("{:<14}{}", "jail", jail_status());
     piece("kernel", install::kernel(None));
     piece("agent", install::agent(None));
     outln!("{:<14}{}", "kvm", kvm_kind());

@@ -185,7 +185,7 @@ impl VmJail {
     /// Hands a file the launcher made in the VMM's directory (a socket it listens on) to
     /// the VM's uid.
     pub fn give(&self, path: &Path) -> Result<(), JailSetupError> {
-        std::os::unix::fs::chown(path, Some(self.uid()), Some(self.uid()))
+        std::os::unix::fs::lchown(path, Some(self.uid()), Some(self.uid()))
             .map_err(io("chown", path))
     }
 

@@ -154,9 +154,18 @@ fn libc_o_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-/// One request on the VMM's control socket, one reply line back.
+/// One request on the VMM's control socket, one reply line back. The socket is in the
+/// VMM's writable directory: it must be a socket there, not a link to one elsewhere.
 fn control_request(api: &Path, req: &Request) -> Result<Reply, SnapshotError> {
+    use std::os::unix::fs::FileTypeExt;
     let err = |e: std::io::Error| SnapshotError::Control(format!("{}: {e}", api.display()));
+    let meta = std::fs::symlink_metadata(api).map_err(err)?;
+    if !meta.file_type().is_socket() {
+        return Err(SnapshotError::Control(format!(
+            "{} is not a socket",
+            api.display()
+        )));
+    }
     let mut s = UnixStream::connect(api).map_err(err)?;
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(err)?;

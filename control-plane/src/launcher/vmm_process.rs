@@ -144,11 +144,19 @@ pub(super) fn describe_exit(status: ExitStatus, vmm_log: &Path, jail: &VmJail) -
 }
 
 /// The last lines of the guest console (from its last 16 KiB: the guest wrote it), for
-/// error messages.
+/// error messages. The file is in the VMM's writable directory: it is opened without
+/// following a symlink, and only if it is a regular file.
 pub(super) fn console_tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tail = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .ok()
+        .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+    if let Some(mut f) = file {
         let _ = f.seek(SeekFrom::End(-16 * 1024)).or_else(|_| f.rewind().map(|_| 0));
         let _ = f.take(16 * 1024).read_to_end(&mut tail);
     }
