@@ -35,6 +35,15 @@ fn meminfo_kib(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The children of process `pid`.
+fn children(pid: u64) -> Vec<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// (Rss, Pss, Private) of a process in KiB, from smaps_rollup.
 fn smaps(pid: u64) -> (u64, u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -97,10 +106,13 @@ pub fn density(a: DensityArgs) -> anyhow::Result<i32> {
         let pid = t["vmmPid"]
             .as_u64()
             .context("a running task without vmmPid")?;
-        let (r, p, v) = smaps(pid);
-        rss += r;
-        pss += p;
-        private += v;
+        // The jailer and the jailed VMM (its only child): what a VM costs the host.
+        for pid in std::iter::once(pid).chain(children(pid)) {
+            let (r, p, v) = smaps(pid);
+            rss += r;
+            pss += p;
+            private += v;
+        }
     }
     for id in &ids {
         let _ = api.post(&format!("/v1/tasks/{id}/stop"), &json!({}));
@@ -130,7 +142,7 @@ pub fn density(a: DensityArgs) -> anyhow::Result<i32> {
         restored
     );
     crate::outln!(
-        "  host memory per task: {:.1} MiB (MemAvailable drop {:.1} MiB); per VMM: PSS {:.1} MiB, RSS {:.1} MiB, private {:.1} MiB",
+        "  host memory per task: {:.1} MiB (MemAvailable drop {:.1} MiB); per VMM with its jailer: PSS {:.1} MiB, RSS {:.1} MiB, private {:.1} MiB",
         f("host_memory_per_task_mib"),
         f("mem_available_drop_per_task_mib"),
         f("pss_per_vmm_mib"),
