@@ -20,6 +20,8 @@ pub const MIN_MEMORY_MIB: u64 = 64;
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// virtio devices take IOAPIC pins 5..=23; disks may use 16 of them.
 pub const MAX_DISKS: usize = 16;
+/// The guest can fill its console: beyond this many bytes its output is dropped.
+pub const DEFAULT_SERIAL_MAX_BYTES: u64 = 64 << 20;
 
 /// Kernel parameters every Skiff guest gets. Why each: docs/vmm.md.
 pub const DEFAULT_CMDLINE: &str =
@@ -43,6 +45,9 @@ pub struct VmConfig {
     /// Where the guest console goes; stdout when unset.
     #[serde(default)]
     pub serial_out: Option<PathBuf>,
+    /// At most this many bytes of console output are written; the rest is dropped.
+    #[serde(default = "default_serial_max_bytes")]
+    pub serial_max_bytes: u64,
     /// Disks, in order: /dev/vda, /dev/vdb, …
     #[serde(default)]
     pub disks: Vec<BlockConfig>,
@@ -69,6 +74,9 @@ fn default_memory_mib() -> u64 {
 }
 fn default_profile_hz() -> u32 {
     1000
+}
+fn default_serial_max_bytes() -> u64 {
+    DEFAULT_SERIAL_MAX_BYTES
 }
 
 #[derive(Debug, Error)]
@@ -128,6 +136,7 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             serial_out: None,
+            serial_max_bytes: DEFAULT_SERIAL_MAX_BYTES,
             disks: Vec::new(),
             vsock: None,
             quirks: QuirksMode::Auto,

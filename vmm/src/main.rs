@@ -36,6 +36,10 @@ struct Args {
     /// Write the guest console to this file instead of stdout.
     #[arg(long)]
     serial_out: Option<PathBuf>,
+    /// Write at most N bytes of guest console output (default 64 MiB); beyond, output is
+    /// dropped after one marker line.
+    #[arg(long, value_name = "N")]
+    serial_max_bytes: Option<u64>,
     /// A disk, PATH[,ro]; repeat for more (/dev/vda, /dev/vdb, …).
     #[arg(long = "disk")]
     disks: Vec<vmm::devices::virtio::block::BlockConfig>,
@@ -96,6 +100,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     if args.serial_out.is_some() {
         c.serial_out = args.serial_out;
     }
+    if let Some(n) = args.serial_max_bytes {
+        c.serial_max_bytes = n;
+    }
     if !args.disks.is_empty() {
         c.disks = args.disks;
     }
@@ -128,6 +135,7 @@ fn restore(args: Args, started: std::time::Instant) -> ExitCode {
         disks: args.disks,
         vsock: args.vsock,
         serial_out: args.serial_out,
+        serial_max_bytes: args.serial_max_bytes,
     };
     let mut vm = match Vm::restore(&files, &given, started) {
         Ok(vm) => vm,
@@ -193,6 +201,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    // Console and snapshot writes past RLIMIT_FSIZE fail with EFBIG instead of killing us.
+    vmm::exit::ignore_sigxfsz();
     if let Err(e) = vmm::exit::install_stop_handlers() {
         eprintln!("skiff-vmm: cannot install signal handlers: {e}");
         return ExitCode::from(code::VMM_ERROR as u8);
