@@ -10,6 +10,7 @@ use crate::boot;
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::host::{self, QuirksMode};
+use crate::seccomp::SeccompMode;
 
 pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
@@ -64,6 +65,9 @@ pub struct VmConfig {
     pub profile_symbols: Option<PathBuf>,
     #[serde(default = "default_profile_hz")]
     pub profile_hz: u32,
+    /// What a system call outside a thread's seccomp filter does.
+    #[serde(default)]
+    pub seccomp: SeccompMode,
 }
 
 fn default_vcpus() -> u32 {
@@ -143,6 +147,7 @@ impl VmConfig {
             profile_out: None,
             profile_symbols: None,
             profile_hz: default_profile_hz(),
+            seccomp: SeccompMode::Kill,
         }
     }
 
@@ -282,5 +287,12 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
         let c: VmConfig = serde_json::from_str(r#"{"kernel":"k","vcpus":2}"#).unwrap();
         assert_eq!((c.vcpus, c.memory_mib), (2, DEFAULT_MEMORY_MIB));
+        assert_eq!(c.seccomp, SeccompMode::Kill);
+        assert_eq!(c.serial_max_bytes, DEFAULT_SERIAL_MAX_BYTES);
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel":"k","seccomp":"trap","serial_max_bytes":10}"#)
+                .unwrap();
+        assert_eq!((c.seccomp, c.serial_max_bytes), (SeccompMode::Trap, 10));
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"k","seccomp":"no"}"#).is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmm::exit::code;
 use vmm::host::QuirksMode;
+use vmm::seccomp::SeccompMode;
 use vmm::{Vm, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -74,6 +75,11 @@ struct Args {
     /// Print on stderr how long a restore took, by phase.
     #[arg(long)]
     timings: bool,
+    /// Per-thread seccomp filters: kill (default; a system call outside its thread's
+    /// filter kills the VMM with SIGSYS), trap (prints the syscall number and thread kind
+    /// on stderr and exits 31: for finding a missing syscall), off (no filters).
+    #[arg(long, value_name = "kill|trap|off")]
+    seccomp: Option<SeccompMode>,
 }
 
 fn config_from(args: Args) -> Result<VmConfig, String> {
@@ -121,6 +127,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     if let Some(hz) = args.profile_hz {
         c.profile_hz = hz;
     }
+    if let Some(m) = args.seccomp {
+        c.seccomp = m;
+    }
     Ok(c)
 }
 
@@ -151,6 +160,7 @@ fn restore(args: Args, started: std::time::Instant) -> ExitCode {
     };
     vm.set_api_sock(args.api_sock);
     vm.set_print_timings(args.timings);
+    vm.set_seccomp(args.seccomp.unwrap_or_default());
     finish(vm.run())
 }
 

@@ -101,6 +101,7 @@ impl Vm {
                 profile_out: config.profile_out.clone(),
                 profile_symbols,
                 profile_hz: config.profile_hz,
+                seccomp: config.seccomp,
                 ..Default::default()
             },
             timings: Vec::new(),
