@@ -10,6 +10,7 @@ use crate::boot;
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::host::{self, QuirksMode};
+use crate::seccomp::SeccompMode;
 
 pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
@@ -20,6 +21,8 @@ pub const MIN_MEMORY_MIB: u64 = 64;
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// virtio devices take IOAPIC pins 5..=23; disks may use 16 of them.
 pub const MAX_DISKS: usize = 16;
+/// The guest can fill its console: beyond this many bytes its output is dropped.
+pub const DEFAULT_SERIAL_MAX_BYTES: u64 = 64 << 20;
 
 /// Kernel parameters every Skiff guest gets. Why each: docs/vmm.md.
 pub const DEFAULT_CMDLINE: &str =
@@ -43,6 +46,9 @@ pub struct VmConfig {
     /// Where the guest console goes; stdout when unset.
     #[serde(default)]
     pub serial_out: Option<PathBuf>,
+    /// At most this many bytes of console output are written; the rest is dropped.
+    #[serde(default = "default_serial_max_bytes")]
+    pub serial_max_bytes: u64,
     /// Disks, in order: /dev/vda, /dev/vdb, …
     #[serde(default)]
     pub disks: Vec<BlockConfig>,
@@ -59,6 +65,9 @@ pub struct VmConfig {
     pub profile_symbols: Option<PathBuf>,
     #[serde(default = "default_profile_hz")]
     pub profile_hz: u32,
+    /// What a system call outside a thread's seccomp filter does.
+    #[serde(default)]
+    pub seccomp: SeccompMode,
 }
 
 fn default_vcpus() -> u32 {
@@ -69,6 +78,9 @@ fn default_memory_mib() -> u64 {
 }
 fn default_profile_hz() -> u32 {
     1000
+}
+fn default_serial_max_bytes() -> u64 {
+    DEFAULT_SERIAL_MAX_BYTES
 }
 
 #[derive(Debug, Error)]
@@ -128,12 +140,14 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             serial_out: None,
+            serial_max_bytes: DEFAULT_SERIAL_MAX_BYTES,
             disks: Vec::new(),
             vsock: None,
             quirks: QuirksMode::Auto,
             profile_out: None,
             profile_symbols: None,
             profile_hz: default_profile_hz(),
+            seccomp: SeccompMode::Kill,
         }
     }
 
@@ -273,5 +287,12 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
         let c: VmConfig = serde_json::from_str(r#"{"kernel":"k","vcpus":2}"#).unwrap();
         assert_eq!((c.vcpus, c.memory_mib), (2, DEFAULT_MEMORY_MIB));
+        assert_eq!(c.seccomp, SeccompMode::Kill);
+        assert_eq!(c.serial_max_bytes, DEFAULT_SERIAL_MAX_BYTES);
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel":"k","seccomp":"trap","serial_max_bytes":10}"#)
+                .unwrap();
+        assert_eq!((c.seccomp, c.serial_max_bytes), (SeccompMode::Trap, 10));
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"k","seccomp":"no"}"#).is_err());
     }
 }

@@ -121,7 +121,7 @@ impl Controller {
             });
         }
         let caps = Caps::probe(&vm.kvm)?;
-        let msrs = Arc::new(vcpu::msrs_to_save(&vm.kvm)?);
+        let msrs = Arc::new(vcpu::msrs_to_save(&vm.kvm, vm.machine.pvm)?);
         let mut vcpus = Vec::new();
         for r in vcpu_handles.save_states(msrs, caps)? {
             vcpus.push(r?);

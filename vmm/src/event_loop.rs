@@ -9,7 +9,8 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 
 use crate::devices::serial::SerialPort;
-use crate::exit::ExitSignal;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -69,10 +70,12 @@ impl MutEventSubscriber for ExitWatch {
     }
 }
 
-/// Spawns the event loop thread with `subscribers`; it stops when the VM exits.
+/// Spawns the event loop thread with `subscribers`; it installs its seccomp filter first
+/// (`seccomp`), and stops when the VM exits.
 pub fn spawn(
     subscribers: Vec<Subscriber>,
     exit: Arc<ExitSignal>,
+    seccomp: SeccompMode,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut mgr: EventManager<Subscriber> =
@@ -87,11 +90,13 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("event-loop".into())
         .spawn(move || {
+            if let Err(e) = seccomp::install(ThreadKind::EventLoop, seccomp) {
+                exit.signal(ExitReason::VmmError(e.to_string()));
+                return;
+            }
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 if let Err(e) = mgr.run_with_timeout(1000) {
-                    exit.signal(crate::exit::ExitReason::VmmError(format!(
-                        "event loop failed: {e:?}"
-                    )));
+                    exit.signal(ExitReason::VmmError(format!("event loop failed: {e:?}")));
                     return;
                 }
             }

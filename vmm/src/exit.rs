@@ -38,6 +38,13 @@ pub fn install_stop_handlers() -> Result<(), vmm_sys_util::errno::Error> {
     vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_stop)
 }
 
+/// Ignores SIGXFSZ, so that a write past RLIMIT_FSIZE (a jail's file size limit) fails
+/// with EFBIG, which the console and snapshot writers handle, instead of ending the VMM.
+pub fn ignore_sigxfsz() {
+    // SAFETY: setting a signal's disposition to SIG_IGN involves no handler code.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
 /// Process exit codes of `skiff-vmm`.
 pub use vmm_api::exit_code as code;
 

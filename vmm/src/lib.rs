@@ -6,7 +6,8 @@
 //! the vCPU loop), [`devices`] (serial, i8042), [`event_loop`], [`exit`] (why a VM
 //! ended), [`host`] (PVM detection), [`profile`] (guest RIP sampling), [`initramfs`],
 //! [`snapshot`] (state and memory files, restore), [`controller`] and [`api`] (pause,
-//! resume, snapshot, shutdown over a control socket).
+//! resume, snapshot, shutdown over a control socket), [`seccomp`] (a filter per thread
+//! kind).
 
 pub mod api;
 pub mod boot;
@@ -20,6 +21,7 @@ pub mod host;
 pub mod layout;
 pub mod persist;
 pub mod profile;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vm;
 

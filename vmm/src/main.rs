@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmm::exit::code;
 use vmm::host::QuirksMode;
+use vmm::seccomp::SeccompMode;
 use vmm::{Vm, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,10 @@ struct Args {
     /// Write the guest console to this file instead of stdout.
     #[arg(long)]
     serial_out: Option<PathBuf>,
+    /// Write at most N bytes of guest console output (default 64 MiB); beyond, output is
+    /// dropped after one marker line.
+    #[arg(long, value_name = "N")]
+    serial_max_bytes: Option<u64>,
     /// A disk, PATH[,ro]; repeat for more (/dev/vda, /dev/vdb, …).
     #[arg(long = "disk")]
     disks: Vec<vmm::devices::virtio::block::BlockConfig>,
@@ -70,6 +75,11 @@ struct Args {
     /// Print on stderr how long a restore took, by phase.
     #[arg(long)]
     timings: bool,
+    /// Per-thread seccomp filters: kill (default; a system call outside its thread's
+    /// filter kills the VMM with SIGSYS), trap (prints the syscall number and thread kind
+    /// on stderr and exits 31: for finding a missing syscall), off (no filters).
+    #[arg(long, value_name = "kill|trap|off")]
+    seccomp: Option<SeccompMode>,
 }
 
 fn config_from(args: Args) -> Result<VmConfig, String> {
@@ -96,6 +106,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     if args.serial_out.is_some() {
         c.serial_out = args.serial_out;
     }
+    if let Some(n) = args.serial_max_bytes {
+        c.serial_max_bytes = n;
+    }
     if !args.disks.is_empty() {
         c.disks = args.disks;
     }
@@ -114,6 +127,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     if let Some(hz) = args.profile_hz {
         c.profile_hz = hz;
     }
+    if let Some(m) = args.seccomp {
+        c.seccomp = m;
+    }
     Ok(c)
 }
 
@@ -128,6 +144,7 @@ fn restore(args: Args, started: std::time::Instant) -> ExitCode {
         disks: args.disks,
         vsock: args.vsock,
         serial_out: args.serial_out,
+        serial_max_bytes: args.serial_max_bytes,
     };
     let mut vm = match Vm::restore(&files, &given, started) {
         Ok(vm) => vm,
@@ -143,6 +160,7 @@ fn restore(args: Args, started: std::time::Instant) -> ExitCode {
     };
     vm.set_api_sock(args.api_sock);
     vm.set_print_timings(args.timings);
+    vm.set_seccomp(args.seccomp.unwrap_or_default());
     finish(vm.run())
 }
 
@@ -193,6 +211,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    // Console and snapshot writes past RLIMIT_FSIZE fail with EFBIG instead of killing us.
+    vmm::exit::ignore_sigxfsz();
     if let Err(e) = vmm::exit::install_stop_handlers() {
         eprintln!("skiff-vmm: cannot install signal handlers: {e}");
         return ExitCode::from(code::VMM_ERROR as u8);

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use crate::cpu::kick::kick_signal;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 
 #[derive(Default)]
 pub struct Sampler {
@@ -51,15 +53,22 @@ impl Sampler {
 }
 
 /// Starts a thread that kicks every vCPU thread `hz` times a second until `stop` is set.
+/// It installs its seccomp filter first; if it cannot, the VM ends through `exit`.
 pub fn start_kicker(
     threads: Vec<libc::pthread_t>,
     hz: u32,
     stop: Arc<AtomicBool>,
+    seccomp: SeccompMode,
+    exit: Arc<ExitSignal>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let period = Duration::from_micros(1_000_000 / u64::from(hz.max(1)));
     std::thread::Builder::new()
         .name("profiler".into())
         .spawn(move || {
+            if let Err(e) = seccomp::install(ThreadKind::Profiler, seccomp) {
+                exit.signal(ExitReason::VmmError(e.to_string()));
+                return;
+            }
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(period);
                 for t in &threads {

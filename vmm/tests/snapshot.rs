@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -234,6 +234,21 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     assert_eq!(api(&api0, r#"{"action":"pause"}"#)["ok"], true);
     assert_eq!(api(&api0, r#"{"action":"resume"}"#)["ok"], true);
     ping(&mut c0, "after-resume");
+    // A silent client cannot hold the control socket (connections are served one at a
+    // time, each request line within api::REQUEST_TIMEOUT): the next client is answered,
+    // and the silent one is hung up on.
+    let mut silent = UnixStream::connect(&api0).unwrap();
+    let t = Instant::now();
+    assert_eq!(api(&api0, r#"{"action":"resume"}"#)["ok"], true);
+    let waited = t.elapsed();
+    assert!(
+        waited < vmm::api::REQUEST_TIMEOUT + Duration::from_secs(5),
+        "{waited:?}"
+    );
+    silent
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(silent.read(&mut [0u8; 8]).unwrap(), 0, "hung up");
     let bad = api(&api0, r#"{"action":"fly"}"#);
     assert_eq!(bad["ok"], false, "{bad}");
     // A snapshot that cannot be written says why; the VM stays paused and usable.

@@ -75,10 +75,11 @@ impl Caps {
     }
 }
 
-/// The MSRs to save: KVM's MSR index list, and on PVM hosts PVM's own MSRs
-/// (0x4b564df0–0x4b564df7) where the list lacks them (measured: this host's list has KVM's
-/// paravirt MSRs 0x4b564d00–07 but not PVM's). Those that do not read are dropped later.
-pub fn msrs_to_save(kvm: &Kvm) -> Result<Vec<u32>, VcpuStateError> {
+/// The MSRs to save: KVM's MSR index list, and on PVM hosts (`pvm`, as the VM was set up:
+/// no look at /sys once the VM runs) PVM's own MSRs (0x4b564df0–0x4b564df7) where the list
+/// lacks them (measured: this host's list has KVM's paravirt MSRs 0x4b564d00–07 but not
+/// PVM's). Those that do not read are dropped later.
+pub fn msrs_to_save(kvm: &Kvm, pvm: bool) -> Result<Vec<u32>, VcpuStateError> {
     let mut list = kvm
         .get_msr_index_list()
         .map_err(|source| VcpuStateError::Kvm {
@@ -88,7 +89,7 @@ pub fn msrs_to_save(kvm: &Kvm) -> Result<Vec<u32>, VcpuStateError> {
         })?
         .as_slice()
         .to_vec();
-    if crate::host::HostQuirks::detect(kvm).pvm {
+    if pvm {
         for m in crate::host::PVM_MSR_FIRST..=crate::host::PVM_MSR_LAST {
             if !list.contains(&m) {
                 list.push(m);

@@ -64,7 +64,12 @@ impl Vm {
         boot::setup_mptable(&mem, config.vcpus as u8).map_err(BootError::from)?;
 
         let exit = Arc::new(ExitSignal::new().map_err(io_err("exit event"))?);
-        let wiring = SerialWiring::new(&vm, config.serial_out.as_deref(), &exit)?;
+        let wiring = SerialWiring::new(
+            &vm,
+            config.serial_out.as_deref(),
+            config.serial_max_bytes,
+            &exit,
+        )?;
         let serial = SerialPort(vm_superio::Serial::new(wiring.irq, wiring.out));
         let devices = Devices::new(virtio, serial, &exit)?;
 
@@ -96,6 +101,7 @@ impl Vm {
                 profile_out: config.profile_out.clone(),
                 profile_symbols,
                 profile_hz: config.profile_hz,
+                seccomp: config.seccomp,
                 ..Default::default()
             },
             timings: Vec::new(),

@@ -103,10 +103,12 @@ pub(super) struct SerialWiring {
 }
 
 impl SerialWiring {
-    /// The serial interrupt (an irqfd on IRQ 4) and the console output (a file, or stdout).
+    /// The serial interrupt (an irqfd on IRQ 4) and the console output (a file, or stdout),
+    /// capped at `max_bytes`.
     pub(super) fn new(
         vm: &VmFd,
         serial_out: Option<&std::path::Path>,
+        max_bytes: u64,
         exit: &Arc<ExitSignal>,
     ) -> Result<Self, VmError> {
         let out: Box<dyn Write + Send> = match serial_out {
@@ -122,7 +124,7 @@ impl SerialWiring {
             .map_err(kvm_err("register the serial irqfd"))?;
         Ok(Self {
             irq: IrqTrigger(irq),
-            out: ConsoleOut::new(out, exit.clone()),
+            out: ConsoleOut::new(out, exit.clone(), max_bytes),
         })
     }
 }

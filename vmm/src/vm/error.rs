@@ -10,6 +10,7 @@ use crate::devices::pio::PioOverlap;
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::layout::MemoryError;
+use crate::seccomp::SeccompError;
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -49,6 +50,8 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("cannot set up {what}: {source}")]
     Io {
         what: &'static str,

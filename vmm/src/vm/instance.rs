@@ -22,6 +22,8 @@ pub struct RunOptions {
     /// When the process started, and whether to print the restore timings on stderr.
     pub started: Option<std::time::Instant>,
     pub print_timings: bool,
+    /// What a system call outside a thread's seccomp filter does.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// One VM and everything it holds, from creation to its end. Built by [`Vm::boot`] or
@@ -45,6 +47,11 @@ impl Vm {
     /// Sets the control socket (pause, resume, snapshot, shutdown) the VM serves.
     pub fn set_api_sock(&mut self, path: Option<std::path::PathBuf>) {
         self.options.api_sock = path;
+    }
+
+    /// What a system call outside a thread's seccomp filter does (default: kill).
+    pub fn set_seccomp(&mut self, mode: crate::seccomp::SeccompMode) {
+        self.options.seccomp = mode;
     }
 
     /// Whether [`Vm::run`] prints the restore timings on stderr.

@@ -46,6 +46,8 @@ pub struct RestoreOverrides {
     /// The vsock socket for this VM (needed when the snapshot has vsock).
     pub vsock: Option<VsockConfig>,
     pub serial_out: Option<PathBuf>,
+    /// The console output cap (default [`crate::config::DEFAULT_SERIAL_MAX_BYTES`]).
+    pub serial_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +156,11 @@ fn rebuild(
             })
         })?;
     }
-    let SerialWiring { irq, out } = SerialWiring::new(vm, given.serial_out.as_deref(), exit)?;
+    let max_bytes = given
+        .serial_max_bytes
+        .unwrap_or(crate::config::DEFAULT_SERIAL_MAX_BYTES);
+    let SerialWiring { irq, out } =
+        SerialWiring::new(vm, given.serial_out.as_deref(), max_bytes, exit)?;
     let serial = SerialPort::restore(SerialConstructorArgs { irq, out }, &snap.serial)?;
     let devices = Devices::new(virtio, serial, exit)?;
     timings.push(("devices", t0.elapsed()));
