@@ -91,7 +91,7 @@ fn jailed_vmm_seen_from_the_host(srv: &Serve, dir: &Path) {
     let uids = status_line(vmm, "Uid:");
     assert!(!uids.split(' ').any(|u| u == "0"), "the VMM runs as root: {uids}");
     assert_eq!(status_line(vmm, "NoNewPrivs:"), "1");
-    //TEMP assert_eq!(status_line(vmm, "Seccomp:"), "2", "no seccomp filter");
+    assert_eq!(status_line(vmm, "Seccomp:"), "2", "no seccomp filter");
     assert_eq!(status_line(vmm, "CapEff:"), "0000000000000000");
     for ns in ["mnt", "pid", "net", "ipc", "uts"] {
         let theirs = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
