@@ -179,7 +179,11 @@ impl Cgroup {
             Layout::Unified { root } => {
                 let d = root.join(&self.rel);
                 if let Some(c) = limits.cpus {
-                    write(&d, "cpu.max", &format!("{} {CPU_PERIOD_US}", u64::from(c) * CPU_PERIOD_US))?;
+                    write(
+                        &d,
+                        "cpu.max",
+                        &format!("{} {CPU_PERIOD_US}", u64::from(c) * CPU_PERIOD_US),
+                    )?;
                 }
                 if let Some(m) = limits.memory_bytes {
                     write(&d, "memory.max", &m.to_string())?;
@@ -196,10 +200,18 @@ impl Cgroup {
                 if let Some(c) = limits.cpus {
                     let d = cpu.join(&self.rel);
                     write(&d, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-                    write(&d, "cpu.cfs_quota_us", &(u64::from(c) * CPU_PERIOD_US).to_string())?;
+                    write(
+                        &d,
+                        "cpu.cfs_quota_us",
+                        &(u64::from(c) * CPU_PERIOD_US).to_string(),
+                    )?;
                 }
                 if let Some(m) = limits.memory_bytes {
-                    write(&memory.join(&self.rel), "memory.limit_in_bytes", &m.to_string())?;
+                    write(
+                        &memory.join(&self.rel),
+                        "memory.limit_in_bytes",
+                        &m.to_string(),
+                    )?;
                 }
                 if let Some(p) = limits.pids_max {
                     write(&pids.join(&self.rel), "pids.max", &p.to_string())?;
@@ -316,9 +328,8 @@ fn mkdir(d: &Path) -> Result<(), JailError> {
 
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), JailError> {
     let p = dir.join(file);
-    std::fs::write(&p, value).map_err(|e| {
-        JailError::Cgroup(format!("writing {value:?} to {}: {e}", p.display()))
-    })
+    std::fs::write(&p, value)
+        .map_err(|e| JailError::Cgroup(format!("writing {value:?} to {}: {e}", p.display())))
 }
 
 #[cfg(test)]
@@ -346,15 +357,26 @@ mod tests {
             }
         );
         let g = Cgroup::new(l, "skiff", "task-1");
-        assert_eq!(g.dirs()[0], Path::new("/sys/fs/cgroup/unified/skiff/task-1"));
-        assert_eq!(g.memory_dir(), Path::new("/sys/fs/cgroup/memory/skiff/task-1"));
+        assert_eq!(
+            g.dirs()[0],
+            Path::new("/sys/fs/cgroup/unified/skiff/task-1")
+        );
+        assert_eq!(
+            g.memory_dir(),
+            Path::new("/sys/fs/cgroup/memory/skiff/task-1")
+        );
     }
 
     #[test]
     fn unified_hosts_use_one_tree() {
         let m = "25 23 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
         let l = Layout::from_mountinfo(m, |_| "cpuset cpu io memory pids".into()).unwrap();
-        assert_eq!(l, Layout::Unified { root: "/sys/fs/cgroup".into() });
+        assert_eq!(
+            l,
+            Layout::Unified {
+                root: "/sys/fs/cgroup".into()
+            }
+        );
         // Without the controllers there, and no v1 ones, there is no usable layout.
         assert!(Layout::from_mountinfo(m, |_| "io".into()).is_err());
     }

@@ -24,7 +24,10 @@ pub fn check_static(file: &File, path: &Path) -> Result<(), JailError> {
     let phoff = u64::from_le_bytes(h[32..40].try_into().unwrap_or_default());
     let (phentsize, phnum) = (u64::from(u16_at(54)), u64::from(u16_at(56)));
     if phentsize < 4 || phnum > 512 {
-        return Err(JailError::Spec(format!("{}: bad program headers", path.display())));
+        return Err(JailError::Spec(format!(
+            "{}: bad program headers",
+            path.display()
+        )));
     }
     for i in 0..phnum {
         let mut t = [0u8; 4];

@@ -34,7 +34,10 @@ impl JailError {
         }
     }
 
-    pub fn path(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub fn path(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| JailError::Path { what, path, source }
     }

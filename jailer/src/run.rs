@@ -31,7 +31,8 @@ pub fn run(spec: &JailSpec) -> Result<i32, JailError> {
     let cgroup = Cgroup::new(Layout::detect()?, &spec.limits.cgroup_parent, &spec.id);
     cgroup.create(&spec.limits)?;
     cgroup.join(std::process::id())?;
-    let program = std::fs::File::open(&spec.exec).map_err(JailError::path("opening", &spec.exec))?;
+    let program =
+        std::fs::File::open(&spec.exec).map_err(JailError::path("opening", &spec.exec))?;
     elf::check_static(&program, &spec.exec)?;
     let devices = spec
         .devices
@@ -97,4 +98,3 @@ fn mirror(child: libc::pid_t) -> i32 {
     }
     128 + sig
 }
-

@@ -140,7 +140,10 @@ impl JailSpec {
                 break;
             }
             let name = name.to_string_lossy().into_owned();
-            let mut value = || it.next().ok_or_else(|| bad(format!("{name} needs a value")));
+            let mut value = || {
+                it.next()
+                    .ok_or_else(|| bad(format!("{name} needs a value")))
+            };
             match name.as_str() {
                 "--id" => spec.id = utf8(&name, value()?)?,
                 "--uid" => spec.uid = number(&name, value()?)?,
@@ -196,7 +199,10 @@ impl JailSpec {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         };
         if !name_ok(&self.id) {
-            return Err(bad(format!("--id {:?}: use 1-64 of [A-Za-z0-9._-]", self.id)));
+            return Err(bad(format!(
+                "--id {:?}: use 1-64 of [A-Za-z0-9._-]",
+                self.id
+            )));
         }
         if !self.limits.cgroup_parent.split('/').all(name_ok) {
             return Err(bad(format!(
@@ -313,15 +319,31 @@ mod tests {
 
     #[test]
     fn refuses_what_would_not_be_a_jail() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut JailSpec)>)> = vec![
+        type Change = Box<dyn Fn(&mut JailSpec)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("root uid", Box::new(|s| s.uid = 0)),
             ("root gid", Box::new(|s| s.gid = 0)),
             ("escaping id", Box::new(|s| s.id = "../x".into())),
-            ("escaping parent", Box::new(|s| s.limits.cgroup_parent = "a/../..".into())),
-            ("dotdot inside", Box::new(|s| s.read_only[0].jail = "/a/../etc".into())),
-            ("relative inside", Box::new(|s| s.read_only[0].jail = "vmlinux".into())),
-            ("the root itself", Box::new(|s| s.writable[0].jail = "/".into())),
-            ("device elsewhere", Box::new(|s| s.devices[0] = "/kvm".into())),
+            (
+                "escaping parent",
+                Box::new(|s| s.limits.cgroup_parent = "a/../..".into()),
+            ),
+            (
+                "dotdot inside",
+                Box::new(|s| s.read_only[0].jail = "/a/../etc".into()),
+            ),
+            (
+                "relative inside",
+                Box::new(|s| s.read_only[0].jail = "vmlinux".into()),
+            ),
+            (
+                "the root itself",
+                Box::new(|s| s.writable[0].jail = "/".into()),
+            ),
+            (
+                "device elsewhere",
+                Box::new(|s| s.devices[0] = "/kvm".into()),
+            ),
             ("relative exec", Box::new(|s| s.exec = "skiff-vmm".into())),
             ("no program", Box::new(|s| s.args.clear())),
             (

@@ -111,23 +111,35 @@ fn the_program_sees_only_its_own_files_as_an_unprivileged_user() {
     let o = jailer(&spec("t-inside", &dir, script)).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(out.contains("pid=1\n"), "not pid 1 of its own namespace: {out}");
+    assert!(
+        out.contains("pid=1\n"),
+        "not pid 1 of its own namespace: {out}"
+    );
     assert!(out.contains("export ONLY='this'"), "{out}");
     // (ash makes up a PATH of its own; the test runner's CARGO_* variables must not be there)
-    assert!(!out.contains("CARGO"), "the host's environment leaked: {out}");
+    assert!(
+        !out.contains("CARGO"),
+        "the host's environment leaked: {out}"
+    );
     // The whole tree: the spec's files and nothing else.
     assert!(
         out.contains("tree: /data /dev /run /data/ro.txt /dev/null /dev/zero\n"),
         "{out}"
     );
     assert!(out.contains("read only"), "{out}");
-    assert!(!out.contains("WROTE-RO") && !out.contains("WROTE-ROOT"), "{out}");
+    assert!(
+        !out.contains("WROTE-RO") && !out.contains("WROTE-ROOT"),
+        "{out}"
+    );
     assert!(out.contains("WROTE-RW"), "{out}");
     assert_eq!(std::fs::read_to_string(dir.join("rw/out")).unwrap(), "y\n");
     // RLIMIT_FSIZE (4096) stops the 8192-byte write with an error, not a kill.
     assert!(out.contains("big=1"), "{out}");
     assert_eq!(std::fs::metadata(dir.join("rw/big")).unwrap().len(), 4096);
-    assert_eq!(std::fs::read_to_string(dir.join("ro.txt")).unwrap(), "read only\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ro.txt")).unwrap(),
+        "read only\n"
+    );
     // The host's mount point stays empty.
     assert_eq!(std::fs::read_dir(dir.join("root")).unwrap().count(), 0);
     let cg = cgroup("t-inside");
@@ -173,7 +185,10 @@ fn from_the_host_it_has_its_own_namespaces_cgroup_and_no_privileges() {
         if let Some(p) = inner.first() {
             break *p;
         }
-        assert!(Instant::now() < deadline, "the jailed program never started");
+        assert!(
+            Instant::now() < deadline,
+            "the jailed program never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status_line(pid, "Uid:").contains(&UID.to_string()));
@@ -247,7 +262,8 @@ fn the_process_limit_holds() {
     let dir = scratch("pids");
     // pids.max 8: the jailer, the shell and six more; the rest of 20 forks fail. The shell
     // is pid 1 of the jail: when it exits, the kernel ends the rest.
-    let script = "i=0; while [ $i -lt 20 ]; do (while :; do :; done) & i=$((i+1)); done; echo spawned";
+    let script =
+        "i=0; while [ $i -lt 20 ]; do (while :; do :; done) & i=$((i+1)); done; echo spawned";
     let o = jailer(&spec("t-pids", &dir, script)).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("can't fork"), "{}", text(&o));

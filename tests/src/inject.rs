@@ -37,7 +37,9 @@ pub fn inject_syscall(tid: i32, nr: u64, args: [u64; 3]) -> Result<()> {
         *libc::__errno_location() = 0;
         let word = libc::ptrace(libc::PTRACE_PEEKTEXT, tid, at, 0);
         if word.to_le_bytes()[..2] != SYSCALL_INSN {
-            return Err(detach(Error::other("the thread is not stopped after a syscall instruction")));
+            return Err(detach(Error::other(
+                "the thread is not stopped after a syscall instruction",
+            )));
         }
         // No restart of the interrupted call: the rewound instruction runs ours instead.
         regs.orig_rax = u64::MAX;

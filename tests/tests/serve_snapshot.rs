@@ -55,7 +55,12 @@ fn jailed_vmm(srv: &Serve, id: &str) -> (u32, u32) {
     let jailer = srv.task(id)["vmmPid"].as_u64().expect("vmmPid") as u32;
     let children = std::fs::read_to_string(format!("/proc/{jailer}/task/{jailer}/children"))
         .expect("the jailer's children");
-    let vmm = children.split_whitespace().next().expect("a VMM").parse().unwrap();
+    let vmm = children
+        .split_whitespace()
+        .next()
+        .expect("a VMM")
+        .parse()
+        .unwrap();
     (jailer, vmm)
 }
 
@@ -89,7 +94,10 @@ fn jailed_vmm_seen_from_the_host(srv: &Serve, dir: &Path) {
     let exe = std::fs::read_link(format!("/proc/{vmm}/exe")).unwrap();
     assert!(exe.ends_with("skiff-vmm"), "{}", exe.display());
     let uids = status_line(vmm, "Uid:");
-    assert!(!uids.split(' ').any(|u| u == "0"), "the VMM runs as root: {uids}");
+    assert!(
+        !uids.split(' ').any(|u| u == "0"),
+        "the VMM runs as root: {uids}"
+    );
     assert_eq!(status_line(vmm, "NoNewPrivs:"), "1");
     assert_eq!(status_line(vmm, "Seccomp:"), "2", "no seccomp filter");
     assert_eq!(status_line(vmm, "CapEff:"), "0000000000000000");
@@ -111,10 +119,15 @@ fn jailed_vmm_seen_from_the_host(srv: &Serve, dir: &Path) {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(dev, ["kvm"]);
-    assert!(std::fs::read(format!("/proc/{vmm}/environ")).unwrap().is_empty());
+    assert!(std::fs::read(format!("/proc/{vmm}/environ"))
+        .unwrap()
+        .is_empty());
     let cg = task_cgroup(dir, &id);
     let procs = cg.procs();
-    assert!(procs.contains(&(vmm as i32)) && procs.contains(&(jailer as i32)), "{procs:?}");
+    assert!(
+        procs.contains(&(vmm as i32)) && procs.contains(&(jailer as i32)),
+        "{procs:?}"
+    );
     let mem = cg.memory_dir();
     let limit: u64 = std::fs::read_to_string(mem.join("memory.max"))
         .or_else(|_| std::fs::read_to_string(mem.join("memory.limit_in_bytes")))
@@ -122,13 +135,23 @@ fn jailed_vmm_seen_from_the_host(srv: &Serve, dir: &Path) {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(limit, (128 + 64) << 20, "guest memory plus the VMM's allowance");
-    let pids = cg.dirs().into_iter().find_map(|d| std::fs::read_to_string(d.join("pids.max")).ok());
+    assert_eq!(
+        limit,
+        (128 + 64) << 20,
+        "guest memory plus the VMM's allowance"
+    );
+    let pids = cg
+        .dirs()
+        .into_iter()
+        .find_map(|d| std::fs::read_to_string(d.join("pids.max")).ok());
     assert_eq!(pids.as_deref().map(str::trim), Some("13"));
     let t = stop(srv, &id);
     assert_eq!(t["stopCode"], "UserInitiated", "{t:#}");
     // Nothing of the VM is left: its cgroup is gone.
-    assert!(cg.dirs().iter().all(|d| !d.exists()), "the VM's cgroup was left behind");
+    assert!(
+        cg.dirs().iter().all(|d| !d.exists()),
+        "the VM's cgroup was left behind"
+    );
 }
 
 /// The VMM's cgroup limit is lowered under what the guest is about to touch (clean pages

@@ -87,8 +87,7 @@ impl UidLease {
             let uid = cfg.uid_base + (start.wrapping_add(i) % cfg.uid_count);
             let path = dir.join(uid.to_string());
             let f = File::create(&path).map_err(io("creating", &path))?;
-            if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
-            {
+            if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
                 return Ok(Self { uid, _lock: f });
             }
         }
@@ -276,6 +275,8 @@ mod tests {
         assert_ne!(a, b);
         let odd = jail_id(Path::new("/s/snapshots/1x128.building"));
         assert!(odd.starts_with("1x128_building-"), "{odd}");
-        assert!(odd.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c)));
+        assert!(odd
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c)));
     }
 }

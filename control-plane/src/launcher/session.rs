@@ -251,7 +251,11 @@ impl Session<'_> {
         TaskEnd::Lost(match status {
             Some(s) => format!(
                 "{what}; {}",
-                super::vmm_process::describe_exit(s, &self.cfg.work_dir.join("vmm.log"), &self.jail)
+                super::vmm_process::describe_exit(
+                    s,
+                    &self.cfg.work_dir.join("vmm.log"),
+                    &self.jail
+                )
             ),
             None => what.to_owned(),
         })

@@ -84,7 +84,15 @@ pub fn build_snapshot(
     // The agent's connection stays open while the snapshot is taken: the agent is then
     // waiting for its run spec, which is where every restored VM picks up.
     let from = StartFrom::Boot { api_sock: true };
-    let started = start_vm(&cfg, &mut jail, from, &agent, control, &mut |_| {}, cfg.boot_timeout);
+    let started = start_vm(
+        &cfg,
+        &mut jail,
+        from,
+        &agent,
+        control,
+        &mut |_| {},
+        cfg.boot_timeout,
+    );
     let _agent_conn = match started {
         Ok(c) => c,
         Err(NoAgent::Killed) => return Err(SnapshotError::Ended),

@@ -157,7 +157,9 @@ pub(super) fn console_tail(path: &Path) -> String {
         .ok()
         .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
     if let Some(mut f) = file {
-        let _ = f.seek(SeekFrom::End(-16 * 1024)).or_else(|_| f.rewind().map(|_| 0));
+        let _ = f
+            .seek(SeekFrom::End(-16 * 1024))
+            .or_else(|_| f.rewind().map(|_| 0));
         let _ = f.take(16 * 1024).read_to_end(&mut tail);
     }
     let text = String::from_utf8_lossy(&tail);

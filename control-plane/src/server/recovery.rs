@@ -56,7 +56,10 @@ pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
 fn end_vmms_of(task_dir: &std::path::Path, cgroup_parent: &str) {
     if let Some(cg) = crate::launcher::jail::cgroup_of(task_dir, cgroup_parent) {
         if !cg.procs().is_empty() {
-            tracing::warn!("ending the VM of {} left from the previous run", task_dir.display());
+            tracing::warn!(
+                "ending the VM of {} left from the previous run",
+                task_dir.display()
+            );
         }
         cg.kill();
         let _ = cg.remove();

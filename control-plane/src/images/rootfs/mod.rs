@@ -58,7 +58,10 @@ pub enum RootfsError {
 /// store's directories keep other users out).
 fn readable_by_vmms(path: &Path) -> Result<(), RootfsError> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(path).map_err(io_at(path))?.permissions().mode();
+    let mode = fs::metadata(path)
+        .map_err(io_at(path))?
+        .permissions()
+        .mode();
     if mode & 0o444 != 0o444 {
         fs::set_permissions(path, fs::Permissions::from_mode(0o444)).map_err(io_at(path))?;
     }
