@@ -178,8 +178,12 @@ impl StdinPipe {
             .map(|p| p.as_fd())
     }
 
+    /// More pending than the window allows: only a host that ignores the window gets
+    /// here. A host that keeps to it can have exactly a window's worth pending (a process
+    /// that stopped reading), and the agent must go on reading its frames then, or a
+    /// signal queued behind the stdin would never arrive.
     fn is_backed_up(&self) -> bool {
-        self.pipe.is_some() && self.pending.len() >= STDIN_BACKLOG
+        self.pipe.is_some() && self.pending.len() > STDIN_BACKLOG
     }
 
     fn push(&mut self, data: &[u8]) {

@@ -88,6 +88,9 @@ fn common(extra_signals: &[i32]) -> Result<Vec<Entry>, BackendError> {
         always(libc::SYS_exit_group),
         always(libc::SYS_getpid),
         always(libc::SYS_gettid),
+        // The kernel's own continuation of a call interrupted by a stop (SIGSTOP, a
+        // debugger attaching): without it, attaching strace to a VMM kills it.
+        always(libc::SYS_restart_syscall),
         tgkill(&signals)?,
     ])
 }
