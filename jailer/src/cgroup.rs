@@ -186,7 +186,7 @@ impl Cgroup {
                     )?;
                 }
                 if let Some(m) = limits.memory_bytes {
-                    write(&d, "memory.max", &m.to_string())?;
+                    self.set_memory_limit(m)?;
                     // No swap: a runaway VMM is killed at its limit, not swapped out.
                     let _ = write(&d, "memory.swap.max", "0");
                 }
@@ -194,9 +194,7 @@ impl Cgroup {
                     write(&d, "pids.max", &p.to_string())?;
                 }
             }
-            Layout::Legacy {
-                memory, cpu, pids, ..
-            } => {
+            Layout::Legacy { cpu, pids, .. } => {
                 if let Some(c) = limits.cpus {
                     let d = cpu.join(&self.rel);
                     write(&d, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
@@ -207,11 +205,7 @@ impl Cgroup {
                     )?;
                 }
                 if let Some(m) = limits.memory_bytes {
-                    write(
-                        &memory.join(&self.rel),
-                        "memory.limit_in_bytes",
-                        &m.to_string(),
-                    )?;
+                    self.set_memory_limit(m)?;
                 }
                 if let Some(p) = limits.pids_max {
                     write(&pids.join(&self.rel), "pids.max", &p.to_string())?;
@@ -219,6 +213,30 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// The memory limit's file: `memory.max` (v2) or `memory.limit_in_bytes` (v1).
+    fn memory_limit_file(&self) -> PathBuf {
+        let file = match self.layout {
+            Layout::Unified { .. } => "memory.max",
+            Layout::Legacy { .. } => "memory.limit_in_bytes",
+        };
+        self.memory_dir().join(file)
+    }
+
+    /// The group's memory limit in bytes (`None`: none set, or unreadable).
+    pub fn memory_limit(&self) -> Option<u64> {
+        std::fs::read_to_string(self.memory_limit_file())
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Sets the group's memory limit. On v1 the kernel refuses (EBUSY) a limit below what
+    /// it cannot reclaim.
+    pub fn set_memory_limit(&self, bytes: u64) -> Result<(), JailError> {
+        let p = self.memory_limit_file();
+        std::fs::write(&p, bytes.to_string())
+            .map_err(|e| JailError::Cgroup(format!("writing {bytes} to {}: {e}", p.display())))
     }
 
     /// Moves process `pid` (and so everything it starts) into the group.

@@ -128,16 +128,9 @@ fn jailed_vmm_seen_from_the_host(srv: &Serve, dir: &Path) {
         procs.contains(&(vmm as i32)) && procs.contains(&(jailer as i32)),
         "{procs:?}"
     );
-    let mem = cg.memory_dir();
-    let limit: u64 = std::fs::read_to_string(mem.join("memory.max"))
-        .or_else(|_| std::fs::read_to_string(mem.join("memory.limit_in_bytes")))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     assert_eq!(
-        limit,
-        (128 + 64) << 20,
+        cg.memory_limit(),
+        Some((128 + 64) << 20),
         "guest memory plus the VMM's allowance"
     );
     let pids = cg
@@ -162,16 +155,11 @@ fn vmm_killed_by_its_memory_limit(srv: &Serve, dir: &Path) {
         srv,
         "sleep 3; dd if=/dev/zero of=/dev/shm/fill bs=1M count=50; sleep 30",
     );
-    let mem = task_cgroup(dir, &id).memory_dir();
-    let limit_file = if mem.join("memory.max").exists() {
-        "memory.max"
-    } else {
-        "memory.limit_in_bytes"
-    };
+    let cg = task_cgroup(dir, &id);
     // cgroup v1 refuses (EBUSY) a limit it cannot reclaim down to: step up until taken.
     let taken = (24..=120)
         .step_by(8)
-        .any(|mib: u64| std::fs::write(mem.join(limit_file), (mib << 20).to_string()).is_ok());
+        .any(|mib: u64| cg.set_memory_limit(mib << 20).is_ok());
     assert!(taken, "no lower memory limit was accepted");
     let t = srv.wait_stopped(&id, LONG);
     assert_eq!(t["stopCode"], "TaskLost", "{t:#}");

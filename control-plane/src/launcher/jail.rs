@@ -98,6 +98,20 @@ impl UidLease {
     }
 }
 
+/// Opens (read-only) a file in a VMM's writable directory, which the VMM may have
+/// replaced: never through a symlink, and only a regular file.
+pub fn open_vm_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file: refused"));
+    }
+    Ok(f)
+}
+
 /// One VM's jail, host side.
 pub struct VmJail {
     cfg: JailConfig,

@@ -5,7 +5,6 @@
 //! vsock reset and gets the clock and fresh entropy with its run spec.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -142,24 +141,14 @@ pub fn build_snapshot(
 /// link; it becomes root's and read-only, is synced, and moves beside its directory.
 fn take_over(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nofollow())
-        .open(from)?;
-    let m = f.metadata()?;
-    if !m.is_file() || m.nlink() != 1 {
-        return Err(std::io::Error::other(
-            "not a regular file with a single link: refused",
-        ));
+    let f = super::jail::open_vm_file(from)?;
+    if f.metadata()?.nlink() != 1 {
+        return Err(std::io::Error::other("a file with several links: refused"));
     }
     std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o444))?;
     f.sync_all()?;
     std::fs::rename(from, to)
-}
-
-fn libc_o_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 /// One request on the VMM's control socket, one reply line back. The socket is in the

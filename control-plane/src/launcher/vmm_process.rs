@@ -148,15 +148,8 @@ pub(super) fn describe_exit(status: ExitStatus, vmm_log: &Path, jail: &VmJail) -
 /// following a symlink, and only if it is a regular file.
 pub(super) fn console_tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
     let mut tail = Vec::new();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .ok()
-        .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
-    if let Some(mut f) = file {
+    if let Ok(mut f) = super::jail::open_vm_file(path) {
         let _ = f
             .seek(SeekFrom::End(-16 * 1024))
             .or_else(|_| f.rewind().map(|_| 0));
