@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::boot;
 use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::host::{self, QuirksMode};
 use crate::seccomp::SeccompMode;
@@ -55,6 +56,9 @@ pub struct VmConfig {
     /// virtio-vsock with a hybrid Unix-socket backend.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-net on an existing TAP device.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
     #[serde(default)]
     pub quirks: QuirksMode,
     /// Sample guest RIPs and write a per-symbol profile here at exit.
@@ -115,6 +119,8 @@ pub enum ConfigError {
     DiskTooSmall(PathBuf),
     #[error("--vsock uds={0}: its directory does not exist")]
     VsockDir(PathBuf),
+    #[error("--net: {0}")]
+    NetName(String),
     #[error("--profile-hz must be between 1 and 10000, got {0}")]
     ProfileHz(u32),
     #[error("cannot read config file {path}: {source}")]
@@ -143,6 +149,7 @@ impl VmConfig {
             serial_max_bytes: DEFAULT_SERIAL_MAX_BYTES,
             disks: Vec::new(),
             vsock: None,
+            net: None,
             quirks: QuirksMode::Auto,
             profile_out: None,
             profile_symbols: None,
@@ -221,6 +228,9 @@ impl VmConfig {
                     return Err(ConfigError::VsockDir(v.uds_path.clone()));
                 }
             }
+        }
+        if let Some(n) = &self.net {
+            crate::devices::virtio::net::check_ifname(&n.tap).map_err(ConfigError::NetName)?;
         }
         if !(1..=10_000).contains(&self.profile_hz) {
             return Err(ConfigError::ProfileHz(self.profile_hz));

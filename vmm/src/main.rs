@@ -47,6 +47,10 @@ struct Args {
     /// virtio-vsock, cid=N,uds=PATH (Firecracker-style hybrid vsock over Unix sockets).
     #[arg(long)]
     vsock: Option<vmm::devices::virtio::vsock::VsockConfig>,
+    /// A network card on an existing TAP device: tap=NAME[,mac=MAC] (MAC default: random,
+    /// locally administered). With --restore: the TAP this VM gets.
+    #[arg(long)]
+    net: Option<vmm::devices::virtio::net::NetConfig>,
     /// Host workarounds: auto (detect), pvm, none.
     #[arg(long)]
     quirks: Option<QuirksMode>,
@@ -63,7 +67,7 @@ struct Args {
     #[arg(long)]
     api_sock: Option<PathBuf>,
     /// Restore a snapshot from this state file instead of booting (with --memory-file;
-    /// --disk and --vsock name this VM's disks and socket).
+    /// --disk, --vsock and --net name this VM's disks, socket and TAP).
     #[arg(long, requires = "memory_file", conflicts_with_all = [
         "config", "kernel", "initrd", "cmdline", "vcpus", "memory_mib", "quirks",
         "profile_out", "profile_symbols", "profile_hz",
@@ -115,6 +119,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     if args.vsock.is_some() {
         c.vsock = args.vsock;
     }
+    if args.net.is_some() {
+        c.net = args.net;
+    }
     if let Some(q) = args.quirks {
         c.quirks = q;
     }
@@ -143,6 +150,7 @@ fn restore(args: Args, started: std::time::Instant) -> ExitCode {
     let given = vmm::vm::RestoreOverrides {
         disks: args.disks,
         vsock: args.vsock,
+        net: args.net,
         serial_out: args.serial_out,
         serial_max_bytes: args.serial_max_bytes,
     };
@@ -233,7 +241,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("skiff-vmm: {e}");
             let c = match e {
-                vmm::VmError::Config(_) => code::BAD_INPUT,
+                vmm::VmError::Config(_) | vmm::VmError::Net(_) => code::BAD_INPUT,
                 _ => code::VMM_ERROR,
             };
             return ExitCode::from(c as u8);

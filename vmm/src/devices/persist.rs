@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::virtio::block::persist::BlockState;
 use super::virtio::block::Block;
+use super::virtio::net::persist::NetState;
+use super::virtio::net::Net;
 use super::virtio::persist::TransportState;
 use super::virtio::vsock::persist::VsockState;
 use super::virtio::vsock::Vsock;
@@ -19,6 +21,7 @@ use crate::persist::Persist;
 pub enum DeviceState {
     Block(BlockState),
     Vsock(VsockState),
+    Net(NetState),
 }
 
 impl DeviceState {
@@ -27,8 +30,10 @@ impl DeviceState {
         let any = device.as_any();
         if let Some(b) = any.downcast_ref::<Block>() {
             Some(Self::Block(b.save()))
+        } else if let Some(v) = any.downcast_ref::<Vsock>() {
+            Some(Self::Vsock(v.save()))
         } else {
-            any.downcast_ref::<Vsock>().map(|v| Self::Vsock(v.save()))
+            any.downcast_ref::<Net>().map(|n| Self::Net(n.save()))
         }
     }
 }

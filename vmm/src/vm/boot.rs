@@ -15,6 +15,7 @@ use crate::cpu::vcpu::Vcpu;
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::ExitSignal;
 use crate::host::HostQuirks;
@@ -51,6 +52,13 @@ impl Vm {
         if let Some(v) = &config.vsock {
             let dev = Vsock::new(v)?;
             let slot = config.disks.len() as u32;
+            virtio.attach(&vm, slot, |irq| {
+                Ok::<_, VmError>(MmioTransport::new(Box::new(dev), mem.clone(), irq))
+            })?;
+        }
+        if let Some(n) = &config.net {
+            let dev = Net::open(n)?;
+            let slot = (config.disks.len() + usize::from(config.vsock.is_some())) as u32;
             virtio.attach(&vm, slot, |irq| {
                 Ok::<_, VmError>(MmioTransport::new(Box::new(dev), mem.clone(), irq))
             })?;

@@ -8,6 +8,7 @@ use crate::cpu::vcpu::VcpuError;
 use crate::devices::mmio_bus::MmioOverlap;
 use crate::devices::pio::PioOverlap;
 use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::net::TapError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::layout::MemoryError;
 use crate::seccomp::SeccompError;
@@ -38,6 +39,8 @@ pub enum VmError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Net(#[from] TapError),
     #[error("cannot open serial output {path}: {source}")]
     SerialOut {
         path: std::path::PathBuf,

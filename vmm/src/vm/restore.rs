@@ -19,6 +19,8 @@ use crate::devices::serial::{SerialConstructorArgs, SerialPort, SerialRestoreErr
 use crate::devices::virtio::block::persist::{BlockConstructorArgs, BlockRestoreError};
 use crate::devices::virtio::block::{Block, BlockConfig};
 use crate::devices::virtio::mmio::{MmioConstructorArgs, MmioTransport};
+use crate::devices::virtio::net::persist::NetRestoreError;
+use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::persist::PersistError;
 use crate::devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use crate::devices::virtio::VirtioDevice;
@@ -45,6 +47,8 @@ pub struct RestoreOverrides {
     pub disks: Vec<BlockConfig>,
     /// The vsock socket for this VM (needed when the snapshot has vsock).
     pub vsock: Option<VsockConfig>,
+    /// The TAP for this VM (needed when the snapshot has a network card).
+    pub net: Option<NetConfig>,
     pub serial_out: Option<PathBuf>,
     /// The console output cap (default [`crate::config::DEFAULT_SERIAL_MAX_BYTES`]).
     pub serial_max_bytes: Option<u64>,
@@ -69,6 +73,8 @@ pub enum RestoreError {
     #[error("restore: {0}")]
     Vsock(#[from] VsockError),
     #[error("restore: {0}")]
+    Net(#[from] NetRestoreError),
+    #[error("restore: {0}")]
     Serial(#[from] SerialRestoreError),
     #[error("restore: {0}")]
     VmState(#[from] VmStateError),
@@ -88,6 +94,7 @@ impl RestoreError {
                 | Self::Mismatch(_)
                 | Self::Persist { .. }
                 | Self::Disk(_)
+                | Self::Net(_)
                 | Self::Serial(_)
         )
     }
@@ -105,6 +112,7 @@ fn restore_device<'a>(
     state: &DeviceState,
     disks: &mut impl Iterator<Item = (usize, &'a BlockConfig)>,
     vsock: Option<&VsockConfig>,
+    net: Option<&NetConfig>,
 ) -> Result<Box<dyn VirtioDevice>, RestoreError> {
     Ok(match state {
         DeviceState::Block(s) => {
@@ -117,6 +125,14 @@ fn restore_device<'a>(
             let v = vsock
                 .ok_or_else(|| RestoreError::Mismatch("the snapshot has a vsock device".into()))?;
             Box::new(Vsock::restore(v, s)?)
+        }
+        DeviceState::Net(s) => {
+            let n = net.ok_or_else(|| {
+                RestoreError::Mismatch(
+                    "the snapshot has a network card: give --net tap=NAME".into(),
+                )
+            })?;
+            Box::new(Net::restore(n, s)?)
         }
     })
 }
@@ -143,7 +159,12 @@ fn rebuild(
     let mut virtio = VirtioBus::default();
     let mut disks = given.disks.iter().enumerate();
     for d in &snap.devices {
-        let device = restore_device(&d.device, &mut disks, given.vsock.as_ref())?;
+        let device = restore_device(
+            &d.device,
+            &mut disks,
+            given.vsock.as_ref(),
+            given.net.as_ref(),
+        )?;
         virtio.attach(vm, d.slot, |irq| {
             let args = MmioConstructorArgs {
                 device,
@@ -200,6 +221,17 @@ impl Vm {
                 "the snapshot has a vsock device: give --vsock cid=N,uds=PATH".into()
             } else {
                 "the snapshot has no vsock device: --vsock cannot be added".into()
+            }));
+        }
+        let saved_net = snap
+            .devices
+            .iter()
+            .any(|d| matches!(d.device, DeviceState::Net(_)));
+        if saved_net != given.net.is_some() {
+            return Err(RestoreError::Mismatch(if saved_net {
+                "the snapshot has a network card: give --net tap=NAME".into()
+            } else {
+                "the snapshot has no network card: --net cannot be added".into()
             }));
         }
         let ranges: Vec<(GuestAddress, usize)> = snap

@@ -1,6 +1,8 @@
 //! Shared helpers for tests that boot real guests with the real `skiff-vmm` binary.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

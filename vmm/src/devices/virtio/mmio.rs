@@ -193,6 +193,11 @@ impl MmioTransport {
         self.device.backend_fd()
     }
 
+    /// Whether the backend fd should be watched now (see [`VirtioDevice::backend_wanted`]).
+    pub fn backend_wanted(&self) -> bool {
+        self.device.backend_wanted()
+    }
+
     /// The device's backend fd is ready.
     pub fn process_backend(&mut self) {
         let active = self.active();
@@ -376,11 +381,16 @@ impl MmioDevice for MmioTransport {
     }
 }
 
-/// Serves a transport's queue notifications (ioeventfds) on the event loop thread.
+/// Serves a transport's queue notifications (ioeventfds) and its device's backend fd on the
+/// event loop thread. The backend fd is watched (level-triggered) only while the device
+/// wants it ([`MmioTransport::backend_wanted`], asked after every event), so a readable
+/// fd the device cannot serve (virtio-net without receive buffers) never spins the loop.
 pub struct MmioSubscriber {
     transport: Arc<Mutex<MmioTransport>>,
     queue_evts: Vec<EventFd>,
     backend_fd: Option<std::os::fd::RawFd>,
+    /// Whether the backend fd is watched for input now.
+    backend_armed: bool,
 }
 
 /// Event data that marks the device's backend fd.
@@ -396,7 +406,31 @@ impl MmioSubscriber {
             transport,
             queue_evts,
             backend_fd,
+            backend_armed: false,
         }
+    }
+
+    /// Watches the backend fd, or stops, as the device now wants.
+    fn sync_backend(&mut self, wanted: bool, ops: &mut EventOps) {
+        let Some(fd) = self.backend_fd else {
+            return;
+        };
+        if wanted == self.backend_armed {
+            return;
+        }
+        let set = if wanted {
+            EventSet::IN
+        } else {
+            EventSet::empty()
+        };
+        match ops.modify(Events::with_data_raw(fd, BACKEND_EVENT, set)) {
+            Ok(()) => self.backend_armed = wanted,
+            Err(e) => tracing::error!("cannot change the watch on a virtio backend: {e:?}"),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MmioTransport> {
+        self.transport.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -408,30 +442,54 @@ impl MutEventSubscriber for MmioSubscriber {
             }
         }
         if let Some(fd) = self.backend_fd {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND_EVENT, EventSet::IN)) {
-                tracing::error!("cannot watch a virtio backend: {e:?}");
+            let wanted = self.lock().backend_wanted();
+            let set = if wanted {
+                EventSet::IN
+            } else {
+                EventSet::empty()
+            };
+            match ops.add(Events::with_data_raw(fd, BACKEND_EVENT, set)) {
+                Ok(()) => self.backend_armed = wanted,
+                Err(e) => {
+                    tracing::error!("cannot watch a virtio backend: {e:?}");
+                    self.backend_fd = None;
+                }
             }
         }
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.data() == BACKEND_EVENT {
-            self.transport
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .process_backend();
-            return;
-        }
-        let i = events.data() as usize;
-        let Some(evt) = self.queue_evts.get(i) else {
-            return;
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let wanted = if events.data() == BACKEND_EVENT {
+            if events
+                .event_set()
+                .intersects(EventSet::ERROR | EventSet::HANG_UP)
+            {
+                // A backend that failed (a TAP deleted under us) would report so forever:
+                // stop watching it for good.
+                tracing::warn!("a virtio backend failed; no longer watched");
+                let _ = ops.remove(Events::with_data_raw(
+                    events.fd(),
+                    BACKEND_EVENT,
+                    EventSet::empty(),
+                ));
+                self.backend_fd = None;
+                return;
+            }
+            let mut t = self.lock();
+            t.process_backend();
+            t.backend_wanted()
+        } else {
+            let i = events.data() as usize;
+            let Some(evt) = self.queue_evts.get(i) else {
+                return;
+            };
+            debug_assert_eq!(evt.as_raw_fd(), events.fd());
+            // Drain the counter; several notifies may have been coalesced into one.
+            let _ = evt.read();
+            let mut t = self.lock();
+            t.notify(i);
+            t.backend_wanted()
         };
-        debug_assert_eq!(evt.as_raw_fd(), events.fd());
-        // Drain the counter; several notifies may have been coalesced into one.
-        let _ = evt.read();
-        self.transport
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .notify(i);
+        self.sync_backend(wanted, ops);
     }
 }

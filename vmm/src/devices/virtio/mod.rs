@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod persist;
 pub mod vsock;
 
@@ -113,7 +114,7 @@ pub struct DeviceBroken(pub String);
 
 /// A virtio device behind the MMIO transport.
 pub trait VirtioDevice: Send {
-    /// virtio device ID (2 = block, 19 = vsock).
+    /// virtio device ID (1 = net, 2 = block, 19 = vsock).
     fn device_type(&self) -> u32;
     /// Largest size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
@@ -136,6 +137,12 @@ pub trait VirtioDevice: Send {
     /// A host-side fd (epoll) whose readiness means the device has backend work.
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+    /// Whether the device wants its backend fd watched now (virtio-net does not while the
+    /// guest has given it no receive buffer). The event loop asks after every event of the
+    /// device and stops or resumes watching.
+    fn backend_wanted(&self) -> bool {
+        true
     }
     /// The backend fd is ready. `active` is false before DRIVER_OK or after a failure:
     /// the device may take host events but must not touch the queues.
