@@ -121,6 +121,8 @@ pub enum ConfigError {
     VsockDir(PathBuf),
     #[error("--net: {0}")]
     NetName(String),
+    #[error("--net tap={0}: no such network interface here (create it first, e.g. `ip tuntap add {0} mode tap`)")]
+    NoSuchTap(String),
     #[error("--profile-hz must be between 1 and 10000, got {0}")]
     ProfileHz(u32),
     #[error("cannot read config file {path}: {source}")]
@@ -231,6 +233,9 @@ impl VmConfig {
         }
         if let Some(n) = &self.net {
             crate::devices::virtio::net::check_ifname(&n.tap).map_err(ConfigError::NetName)?;
+            if !crate::devices::virtio::net::interface_exists(&n.tap) {
+                return Err(ConfigError::NoSuchTap(n.tap.clone()));
+            }
         }
         if !(1..=10_000).contains(&self.profile_hz) {
             return Err(ConfigError::ProfileHz(self.profile_hz));

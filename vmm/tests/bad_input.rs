@@ -174,3 +174,45 @@ fn restore_flags_and_files_are_checked_before_any_vm() {
         "snapshot format version 7",
     );
 }
+
+#[test]
+fn bad_net_flags_and_missing_taps() {
+    let k = fake_elf();
+    let k = k.to_str().unwrap();
+    expect_bad_input(
+        &["--kernel", k, "--net", "mac=02:00:00:00:00:01"],
+        "tap=NAME missing",
+    );
+    expect_bad_input(
+        &["--kernel", k, "--net", "tap=t0,mac=02:00:00:00:00"],
+        "bad MAC address",
+    );
+    expect_bad_input(
+        &["--kernel", k, "--net", "tap=t0,mac=01:00:00:00:00:01"],
+        "multicast",
+    );
+    expect_bad_input(
+        &["--kernel", k, "--net", "tap=way-too-long-name0"],
+        "1 to 15 bytes",
+    );
+    expect_bad_input(
+        &["--kernel", k, "--net", "tap=skiffnotap9"],
+        "no such network interface",
+    );
+    let json = scratch(
+        "net.json",
+        format!(r#"{{"kernel": "{k}", "net": {{"tap": "t0", "queues": 2}}}}"#).as_bytes(),
+    );
+    expect_bad_input(
+        &["--config", json.to_str().unwrap()],
+        "unknown field `queues`",
+    );
+    let json = scratch(
+        "net-name.json",
+        format!(r#"{{"kernel": "{k}", "net": {{"tap": "a/b"}}}}"#).as_bytes(),
+    );
+    expect_bad_input(
+        &["--config", json.to_str().unwrap()],
+        "not a valid interface name",
+    );
+}

@@ -42,7 +42,10 @@ fn tx_refuses_short_long_writable_and_offloaded_chains() {
             FrameError::FrameTooShort,
         ),
         (
-            vec![desc(DATA_BASE, 12, 0), desc(DATA_BASE, MAX_FRAME as u32 + 1, 0)],
+            vec![
+                desc(DATA_BASE, 12, 0),
+                desc(DATA_BASE, MAX_FRAME as u32 + 1, 0),
+            ],
             FrameError::FrameTooLong,
         ),
         (
@@ -60,9 +63,7 @@ fn tx_refuses_short_long_writable_and_offloaded_chains() {
     }
     // A header asking for checksum offload (not negotiated).
     mem.write_slice(&[1u8], GuestAddress(DATA_BASE)).unwrap();
-    let chain = q
-        .build_desc_chain(&[desc(DATA_BASE, 12 + 60, 0)])
-        .unwrap();
+    let chain = q.build_desc_chain(&[desc(DATA_BASE, 12 + 60, 0)]).unwrap();
     assert_eq!(tx_packet(&mem, chain, &mut out), Err(FrameError::Offload));
     // The largest frame passes.
     mem.write_slice(&[0u8], GuestAddress(DATA_BASE)).unwrap();

@@ -120,8 +120,10 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                 always(libc::SYS_epoll_ctl),
             ],
         ),
-        // event-manager's epoll; ioeventfds and irqfds (read, write); disks (pread64,
-        // pwrite64, fdatasync); vsock's Unix sockets to and from the host; stdin.
+        // event-manager's epoll (epoll_ctl also stops and resumes watching virtio-net's
+        // TAP); ioeventfds and irqfds (read, write); virtio-net's TAP (read, write: its
+        // set-up ioctls ran before any filter); disks (pread64, pwrite64, fdatasync);
+        // vsock's Unix sockets to and from the host; stdin.
         ThreadKind::EventLoop => (
             &[],
             vec![

@@ -13,6 +13,7 @@ use vmm::initramfs::{write_skeleton, CpioWriter};
 /// A guest that has not ended by then is a failure, never a hang.
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(600);
 
+#[allow(unused_imports)]
 pub use skiff_tests::kvm_available;
 
 pub fn repo_root() -> PathBuf {

@@ -29,6 +29,15 @@ impl NetNs {
         run_ip(&["netns", "add", &name]);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);
+        // No IPv6: its neighbour discovery would put frames of its own on the TAPs.
+        let _ = ns
+            .command("sysctl")
+            .args([
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ])
+            .output();
         ns
     }
 

@@ -12,7 +12,7 @@ mod tap;
 
 pub use config::{check_ifname, MacAddr, NetConfig};
 pub use device::{Net, NetCounters};
-pub use tap::{Tap, TapError};
+pub use tap::{interface_exists, Tap, TapError};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET as ID_NET;
 use virtio_bindings::virtio_net as vn;

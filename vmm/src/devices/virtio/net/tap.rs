@@ -50,6 +50,16 @@ pub enum TapError {
     },
 }
 
+/// Whether a network interface `name` exists in this network namespace.
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads the NUL-terminated string it is given, which lives
+    // until the call returns.
+    unsafe { libc::if_nametoindex(cname.as_ptr()) != 0 }
+}
+
 /// An attached TAP device.
 #[derive(Debug)]
 pub struct Tap {
@@ -73,11 +83,7 @@ impl Tap {
     /// TUNSETIFF would otherwise create one, which is not ours to do.
     pub fn open(name: &str) -> Result<Self, TapError> {
         check_ifname(name).map_err(|e| TapError::Name(name.to_owned(), e))?;
-        let cname = std::ffi::CString::new(name)
-            .map_err(|_| TapError::Name(name.to_owned(), "contains a NUL byte".into()))?;
-        // SAFETY: if_nametoindex reads the NUL-terminated string it is given, which lives
-        // until the call returns.
-        if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
+        if !interface_exists(name) {
             return Err(TapError::NoSuchDevice(name.to_owned()));
         }
         let file = OpenOptions::new()
