@@ -4,7 +4,10 @@
 //! connection and it dials again — to the socket path given at restore — with its
 //! connection count (state carried over), random bytes, its clock and the first line of
 //! /dev/vda (the disk given at restore). A restored VM's own snapshot restores too. Bad
-//! snapshot files are refused with exit code 2.
+//! snapshot files are refused with exit code 2. The guest has a network card: each VMM
+//! runs in a network namespace of the test's own with a TAP of its own (a restore takes a
+//! new TAP, in a new namespace), and the host pings the guest after the boot and after
+//! every restore.
 //! One boot only: each costs 20-60 s on PVM hosts.
 
 mod common;
@@ -15,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::{netns_available, NetNs};
 use common::*;
 
 const PORT: u32 = 5000;
+const GUEST_MAC: &str = "02:5c:1f:00:00:03";
 
 struct Vmm {
     child: Child,
@@ -27,10 +32,12 @@ struct Vmm {
 }
 
 impl Vmm {
-    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
+    /// Starts skiff-vmm inside `ns`.
+    fn start(ns: &NetNs, dir: &Path, name: &str, args: &[&str]) -> Self {
         let console = dir.join(format!("{name}.console"));
         let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(vmm_bin())
+        let child = ns
+            .command(vmm_bin())
             .args(args)
             .arg("--serial-out")
             .arg(&console)
@@ -86,6 +93,39 @@ impl Drop for Vmm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A namespace with TAP `sktap0` (10.200.0.1/24) for one VMM.
+fn net_for(tag: &str) -> NetNs {
+    let ns = NetNs::create(tag);
+    ns.add_tap("sktap0", "10.200.0.1/24");
+    ns
+}
+
+/// The host pings the guest (10.200.0.2) from `ns` until it answers; returns the RTT line.
+fn ping_guest(ns: &NetNs, vmm: &mut Vmm, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = ns
+            .command("busybox")
+            .args(["ping", "-c", "1", "-W", "5", "10.200.0.2"])
+            .output()
+            .expect("run busybox ping");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            return text
+                .lines()
+                .find(|l| l.contains("time="))
+                .unwrap_or_default()
+                .to_owned();
+        }
+        vmm.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "guest did not answer pings within {within:?}: {text}\n{}",
+            vmm.describe()
+        );
     }
 }
 
@@ -187,7 +227,8 @@ fn assert_one_line(stderr: &str, needle: &str) {
 
 #[test]
 fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
-    if !kvm_available("boot_once_snapshot_then_restore_twice_and_refuse_bad_files") {
+    let test = "boot_once_snapshot_then_restore_twice_and_refuse_bad_files";
+    if !kvm_available(test) || !netns_available(test) {
         return;
     }
     let dir = scratch_dir().join(format!("snapshot-{}", std::process::id()));
@@ -203,11 +244,13 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     let kernel = kernel();
     let s = |p: &Path| p.to_str().unwrap().to_owned();
 
-    // 1. Boot once, with disk A.
+    // 1. Boot once, with disk A and a network card.
     let uds0 = dir.join("v0.sock");
     let api0 = dir.join("api0.sock");
     let l0 = listen(&uds0);
+    let ns0 = net_for("snap0");
     let mut vm0 = Vmm::start(
+        &ns0,
         &dir,
         "boot",
         &[
@@ -221,6 +264,8 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
             &format!("cid=3,uds={}", uds0.display()),
             "--api-sock",
             &s(&api0),
+            "--net",
+            &format!("tap=sktap0,mac={GUEST_MAC}"),
             "--cmdline",
             "quiet",
         ],
@@ -229,6 +274,10 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     assert_eq!(field(&hello0, "conn"), "1", "{hello0}");
     assert_eq!(field(&hello0, "disk"), "SKIFF-DISK-A", "{hello0}");
     ping(&mut c0, "boot");
+    eprintln!(
+        "boot: guest answers pings: {}",
+        ping_guest(&ns0, &mut vm0, Duration::from_secs(120))
+    );
 
     // 2. Pause/resume round trip, then the snapshot (it pauses; the VM stays paused).
     assert_eq!(api(&api0, r#"{"action":"pause"}"#)["ok"], true);
@@ -291,8 +340,10 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
         let uds = dir.join(format!("v{}.sock", i + 1));
         let api_sock = dir.join(format!("api{}.sock", i + 1));
         let l = listen(&uds);
+        let ns = net_for(&format!("snap{}", i + 1));
         let t = Instant::now();
         let mut vm = Vmm::start(
+            &ns,
             &dir,
             &format!("restore{}", i + 1),
             &[
@@ -306,6 +357,8 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
                 &format!("cid=3,uds={}", uds.display()),
                 "--api-sock",
                 &s(&api_sock),
+                "--net",
+                "tap=sktap0",
                 "--timings",
             ],
         );
@@ -322,6 +375,12 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
         assert!(field(&hello, "time").parse::<f64>().is_ok(), "{hello}");
         ping(&mut c, &format!("restore{}", i + 1));
         ping(&mut c, "again");
+        // A new TAP in a new namespace: the guest's card works on.
+        eprintln!(
+            "restore {}: guest answers pings on its new TAP: {}",
+            i + 1,
+            ping_guest(&ns, &mut vm, Duration::from_secs(60))
+        );
         let stderr = std::fs::read_to_string(&vm.stderr).unwrap();
         assert!(
             stderr.contains("restored: vCPUs resumed"),
@@ -355,7 +414,9 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     let uds3 = dir.join("v3.sock");
     let api3 = dir.join("api3.sock");
     let l3 = listen(&uds3);
+    let ns3 = net_for("snap3");
     let mut vm3 = Vmm::start(
+        &ns3,
         &dir,
         "restore3",
         &[
@@ -369,6 +430,8 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
             &format!("cid=3,uds={}", uds3.display()),
             "--api-sock",
             &s(&api3),
+            "--net",
+            "tap=sktap0",
         ],
     );
     let (mut c3, hello3) = accept_hello(&l3, &mut vm3, Duration::from_secs(120));
@@ -393,6 +456,8 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
             format!("{},ro", disk_a.display()),
             "--vsock".into(),
             format!("cid=3,uds={}", dir.join("bad.sock").display()),
+            "--net".into(),
+            "tap=sktap0".into(),
         ]
     };
     let run = |args: Vec<String>| run_bad(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -433,6 +498,17 @@ fn boot_once_snapshot_then_restore_twice_and_refuse_bad_files() {
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert_one_line(&err, "the snapshot has 1 disk(s); 0 given");
+
+    let mut no_net = restore_args(&state, &mem);
+    no_net.truncate(no_net.len() - 2);
+    let (code, err) = run(no_net);
+    assert_eq!(code, Some(2), "{err}");
+    assert_one_line(&err, "the snapshot has a network card: give --net tap=NAME");
+    let mut other_mac = restore_args(&state, &mem);
+    *other_mac.last_mut().unwrap() = "tap=sktap0,mac=02:00:00:00:00:99".into();
+    let (code, err) = run(other_mac);
+    assert_eq!(code, Some(2), "{err}");
+    assert_one_line(&err, "the guest keeps");
 
     let _ = std::fs::remove_dir_all(&dir);
 }
