@@ -104,7 +104,11 @@ impl Net {
         q.disable_notification(mem).map_err(broken)?;
         check_avail(q, mem, "virtio-net rx")?;
         let mut frames = 0;
-        while frames < RX_BATCH {
+        // Unusable buffers do not count as frames; a guest that keeps adding them still
+        // meets an end here (the TAP stays readable, so the loop comes back).
+        let mut chains = 0;
+        while frames < RX_BATCH && chains < 2 * QUEUE_SIZE as usize {
+            chains += 1;
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 // Out of buffers: ask to be told when the guest adds some, unless it
                 // already did in the meantime.
