@@ -53,6 +53,8 @@ pub struct ServeArgs {
     /// Memory a VMM may use beyond its guest's before its cgroup kills it, MiB.
     #[arg(long, default_value_t = control_plane::launcher::JailConfig::DEFAULT_OVERHEAD_MIB)]
     vmm_overhead_mib: u64,
+    #[command(flatten)]
+    image_limits: super::limits::LimitArgs,
     /// Always boot task VMs; never start them from snapshots.
     #[arg(long)]
     no_snapshots: bool,
@@ -140,6 +142,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
             insecure: a.insecure_registries,
             ..Default::default()
         },
+        image_limits: a.image_limits.limits(),
         snapshots: !a.no_snapshots,
         max_queued: a.max_queued,
         log_cap_bytes: a.log_cap_mib.max(1) << 20,

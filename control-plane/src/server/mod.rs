@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub kernel: PathBuf,
     pub agent: PathBuf,
     pub registry: RegistryOptions,
+    /// What one image may make the host store and read.
+    pub image_limits: crate::images::Limits,
     /// Start tasks from snapshots of booted VMs (the fast path).
     pub snapshots: bool,
     /// Tasks that may wait (accepted, not yet admitted) at once; beyond it submissions are
@@ -92,7 +94,7 @@ pub struct Server {
     waiting: Arc<AtomicUsize>,
     /// Image preparations (pulls, unpacking, root filesystems) under way at once: their
     /// blocking threads stay few, apart from the launchers' (which capacity bounds).
-    pub prepare_slots: tokio::sync::Semaphore,
+    pub prepare_slots: Arc<tokio::sync::Semaphore>,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -112,7 +114,7 @@ impl Server {
             "restrict the permissions of {}",
             cfg.state_dir.display()
         )))?;
-        let images = ImageStore::open(&cfg.state_dir, None)?;
+        let images = ImageStore::open(&cfg.state_dir, None)?.with_limits(cfg.image_limits);
         let initrd = cfg.state_dir.join("agent.cpio");
         crate::launcher::build_agent_initramfs(&cfg.agent, &initrd).map_err(io_err(format!(
             "build the agent initramfs from {}",
@@ -135,7 +137,7 @@ impl Server {
             initrd,
             live: Mutex::new(HashMap::new()),
             waiting: Arc::new(AtomicUsize::new(0)),
-            prepare_slots: tokio::sync::Semaphore::new(MAX_PREPARES),
+            prepare_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PREPARES)),
             _lock: lock,
         });
         recovery::recover(&srv)?;
