@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Tasks that may wait to start at once; more submissions get 429 until some start.
     #[arg(long, default_value_t = 1000)]
     max_queued: usize,
+    /// How long a stopped task (record, events, output) is kept: 90s, 30m, 24h, 7d; 0 keeps
+    /// stopped tasks for ever.
+    #[arg(long, default_value = "24h", value_parser = parse_retention)]
+    task_retention: std::time::Duration,
     /// A task keeps at most twice this much output (MiB): beyond it the oldest is dropped.
     #[arg(long, default_value_t = control_plane::tasks::logs::DEFAULT_LOG_CAP >> 20)]
     log_cap_mib: u64,
@@ -95,6 +99,30 @@ fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
     Ok((first, count))
 }
 
+/// A duration as digits and a unit: s, m, h or d (`0` alone is allowed: never prune).
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let (num, unit) = t.split_at(t.len().saturating_sub(1));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 90s, 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    }
+    .ok_or_else(|| format!("{s:?}: too long"))?;
+    if secs == 0 {
+        return Err(format!("{s:?}: use 0 to keep stopped tasks for ever"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 pub fn host_memory_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -143,6 +171,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
         image_limits: a.image_limits.limits(),
+        task_retention: (!a.task_retention.is_zero()).then_some(a.task_retention),
         snapshots: !a.no_snapshots,
         max_queued: a.max_queued,
         log_cap_bytes: a.log_cap_mib.max(1) << 20,
@@ -203,5 +232,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retention;
+    use std::time::Duration;
+
+    #[test]
+    fn retentions_parse_with_units_and_zero_means_for_ever() {
+        assert_eq!(parse_retention("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_retention("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_retention("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_retention("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        for bad in ["", "h", "10", "5w", "0s", "-1h", "1.5h"] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -58,7 +58,7 @@ mod tests {
     #[test]
     fn a_cancelled_reader_fails_at_its_next_read_and_drop_cancels() {
         let cancel = Cancel::new();
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         let mut r = CancellableRead {
             inner: &data[..],
             cancel: Some(&cancel),

@@ -8,6 +8,7 @@ mod pipeline;
 pub mod records;
 mod recovery;
 mod report;
+pub mod retention;
 pub mod snapshots;
 mod stop;
 
@@ -41,6 +42,8 @@ pub struct ServeConfig {
     pub kernel: PathBuf,
     pub agent: PathBuf,
     pub registry: RegistryOptions,
+    /// How long stopped tasks are kept (record, events, output); None: for ever.
+    pub task_retention: Option<std::time::Duration>,
     /// What one image may make the host store and read.
     pub image_limits: crate::images::Limits,
     /// Start tasks from snapshots of booted VMs (the fast path).
@@ -141,6 +144,10 @@ impl Server {
             _lock: lock,
         });
         recovery::recover(&srv)?;
+        retention::remove_orphan_dirs(&srv);
+        if let Some(keep) = srv.cfg.task_retention {
+            retention::spawn_pruner(&srv, keep);
+        }
         Ok(srv)
     }
 
