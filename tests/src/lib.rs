@@ -8,6 +8,7 @@ pub mod inject;
 pub mod install;
 pub mod kvm;
 pub mod layers;
+pub mod netns;
 pub mod paths;
 pub mod proxy;
 pub mod registry;
