@@ -105,11 +105,18 @@ fn ping(mac: [u8; 6], dst_mac: [u8; 6], ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u
     f
 }
 
-/// Reads frames from the TAP until `want` accepts one (5 s at most).
-fn await_frame(tap: &mut std::fs::File, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+/// Writes `frame` into the TAP, again every half second (as a guest's ARP and ping do:
+/// a bridge port that has just come up may drop the first), until `want` accepts a frame
+/// read back (5 s at most).
+fn exchange(tap: &mut std::fs::File, frame: &[u8], want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = vec![0u8; 2048];
+    let mut resend = Instant::now();
     loop {
+        if Instant::now() >= resend {
+            tap.write_all(frame).unwrap();
+            resend = Instant::now() + Duration::from_millis(500);
+        }
         match tap.read(&mut buf) {
             Ok(n) if want(&buf[..n]) => return buf[..n].to_vec(),
             Ok(_) => {}
@@ -139,13 +146,11 @@ fn exchange_through_tap(net: &TaskNetwork) -> [u8; 6] {
     };
     in_netns(&net.netns_path(), || {
         let mut tap = open_tap(&net.tap);
-        tap.write_all(&arp_request(mac, ip, gw)).unwrap();
-        let reply = await_frame(&mut tap, |f| {
+        let reply = exchange(&mut tap, &arp_request(mac, ip, gw), |f| {
             f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == gw.octets()
         });
         let gw_mac: [u8; 6] = reply[22..28].try_into().unwrap();
-        tap.write_all(&ping(mac, gw_mac, ip, gw)).unwrap();
-        await_frame(&mut tap, |f| {
+        exchange(&mut tap, &ping(mac, gw_mac, ip, gw), |f| {
             f.len() >= 42
                 && f[12..14] == [8, 0]
                 && f[23] == 1
