@@ -269,6 +269,15 @@ fn the_process_limit_holds() {
     cg.remove().unwrap();
 }
 
+/// Deletes the named network namespace when dropped (also when the test fails).
+struct NetnsGuard<'a>(&'a str);
+
+impl Drop for NetnsGuard<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).output();
+    }
+}
+
 /// `ip ARGS` on the host, which must succeed.
 fn ip(args: &[&str]) {
     let o = Command::new("ip").args(args).output().unwrap();
@@ -284,6 +293,7 @@ fn a_given_network_namespace_is_joined_and_tun_is_there() {
     let ns = format!("skiff-t-jail-{}", std::process::id());
     let _ = Command::new("ip").args(["netns", "del", &ns]).output();
     ip(&["netns", "add", &ns]);
+    let _gone = NetnsGuard(&ns);
     ip(&[
         "-n",
         &ns,
@@ -309,7 +319,6 @@ fn a_given_network_namespace_is_joined_and_tun_is_there() {
     let seen = jailer(&with_netns(spec("t-netns", &dir, "echo /dev/net/*")))
         .output()
         .unwrap();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
     assert!(o.status.success(), "{}", text(&o));
     assert!(links.contains("skiffprobe0"), "{links}");
     assert!(
