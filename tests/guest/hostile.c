@@ -1,7 +1,8 @@
 /*
  * A hostile task for tests/tests/hostile_guest.rs: static, run as root in a Skiff guest.
  *
- *   hostile VSOCK_S HOLD_CONNS HOLD_S FRAMES_S STDOUT_MIB STDOUT_S CONSOLE_S SESSION_S
+ *   hostile VSOCK_S HOLD_CONNS HOLD_S FRAMES_S STDOUT_MIB STDOUT_MIN_MIB STDOUT_S
+ *           CONSOLE_MIN CONSOLE_S SESSION_S
  *
  * Phases, in order (the connections of phase 2 stay open until the program ends):
  *  1. vsock: non-blocking connects to host (CID 2) ports nobody listens on, in batches;
@@ -11,8 +12,8 @@
  *  3. one more connection to the agent's port: a valid hello, then protocol frames as fast
  *     as it takes them for FRAMES_S: `started` messages, a failure message of 1 MiB, a
  *     header announcing a 4 GiB frame, garbage
- *  4. stdout: 1 MiB writes until STDOUT_MIB or STDOUT_S
- *  5. /dev/console: 1 KiB writes for CONSOLE_S
+ *  4. stdout: 1 MiB writes until STDOUT_MIB, or STDOUT_S once STDOUT_MIN_MIB are out
+ *  5. /dev/console: 1 KiB writes for CONSOLE_S and at least CONSOLE_MIN bytes
  *  6. the agent's own connection to the host, taken from PID 1 with pidfd_getfd (what a
  *     hostile guest kernel could do): `started` frames for SESSION_S, then a stderr frame
  *     with this phase's figures and a failure message of almost 1 MiB, which ends the task
@@ -316,14 +317,14 @@ static void frame_flood(double secs)
 }
 
 /* Phase 4. */
-static void stdout_flood(long mib, double secs)
+static void stdout_flood(long mib, long min_mib, double secs)
 {
 	static char buf[1 << 20];
 	for (size_t i = 0; i < sizeof(buf); i++)
 		buf[i] = (i % 128 == 127) ? '\n' : 'o';
 	long long bytes = 0;
 	double t0 = now(), end = t0 + secs;
-	while (bytes < (long long)mib << 20 && now() < end) {
+	while (bytes < (long long)mib << 20 && (now() < end || bytes < (long long)min_mib << 20)) {
 		size_t off = 0;
 		while (off < sizeof(buf)) {
 			ssize_t w = write(1, buf + off, sizeof(buf) - off);
@@ -341,7 +342,7 @@ out:;
 }
 
 /* Phase 5. */
-static void console_flood(double secs)
+static void console_flood(long min_bytes, double secs)
 {
 	char buf[1024];
 	for (size_t i = 0; i < sizeof(buf); i++)
@@ -353,7 +354,7 @@ static void console_flood(double secs)
 	}
 	long long bytes = 0;
 	double t0 = now(), end = t0 + secs;
-	while (now() < end) {
+	while (now() < end || bytes < min_bytes) {
 		ssize_t w = write(fd, buf, sizeof(buf));
 		if (w < 0 && errno == EINTR)
 			continue;
@@ -445,15 +446,17 @@ static void session_flood(double secs)
 
 int main(int argc, char **argv)
 {
-	if (argc != 9) {
+	if (argc != 11) {
 		fprintf(stderr, "usage: hostile VSOCK_S HOLD_CONNS HOLD_S FRAMES_S STDOUT_MIB "
-				"STDOUT_S CONSOLE_S SESSION_S\n");
+				"STDOUT_MIN_MIB STDOUT_S CONSOLE_MIN CONSOLE_S SESSION_S\n");
 		return 2;
 	}
 	double vsock_s = atof(argv[1]), hold_s = atof(argv[3]), frames_s = atof(argv[4]);
 	int hold_conns = atoi(argv[2]);
-	long stdout_mib = atol(argv[5]);
-	double stdout_s = atof(argv[6]), console_s = atof(argv[7]), session_s = atof(argv[8]);
+	long stdout_mib = atol(argv[5]), stdout_min_mib = atol(argv[6]);
+	double stdout_s = atof(argv[7]);
+	long console_min = atol(argv[8]);
+	double console_s = atof(argv[9]), session_s = atof(argv[10]);
 	struct rlimit r = { MAX_FDS + 64, MAX_FDS + 64 };
 	setrlimit(RLIMIT_NOFILE, &r);
 	static int held[MAX_FDS];
@@ -462,8 +465,8 @@ int main(int argc, char **argv)
 	vsock_flood(vsock_s);
 	int nheld = hold_connections(hold_conns, hold_s, held);
 	frame_flood(frames_s);
-	stdout_flood(stdout_mib, stdout_s);
-	console_flood(console_s);
+	stdout_flood(stdout_mib, stdout_min_mib, stdout_s);
+	console_flood(console_min, console_s);
 	/* Let the agent pass on everything written so far before its connection is used. */
 	sleep(2);
 	session_flood(session_s);

@@ -7,6 +7,11 @@
 //! last takes the agent's own connection (`pidfd_getfd` on PID 1, as a hostile guest kernel
 //! could) for a flood of `started` frames and a failure message of almost 1 MiB.
 //!
+//! The launcher stops listening on the agent's port once the agent is connected, so the
+//! program's later connections to it are refused; the test checks that no guest
+//! connection ever waits unaccepted on a host listener (each would hold guest data in the
+//! host's kernel and the VMM).
+//!
 //! Meanwhile an ordinary task (`echo ok`) is submitted and must finish with its output.
 //! Sampled every 0.5 s while the flood runs: the server's peak RSS (VmHWM) and the VMM's
 //! memory outside guest RAM stay under the bounds below. Afterwards: the stored log is at
@@ -33,22 +38,22 @@ const LONG: Duration = Duration::from_secs(300);
 /// What the hostile program does (seconds unless said otherwise); see hostile.c. Every
 /// guest kernel entry is emulated on PVM hosts: stdout runs at about 0.2 MB/s there (1 GiB
 /// would take some 90 minutes), the console at about 3 KB/s, a vsock connect and close at
-/// about 0.5 s. So the program asks for 1 GiB of stdout but stops after STDOUT_S, and
-/// each phase is bounded in time, not in count.
-const VSOCK_S: u32 = 8;
-const HOLD_CONNS: u32 = 1000;
-const HOLD_S: u32 = 8;
-const FRAMES_S: u32 = 4;
-const STDOUT_MIB: u32 = 1024;
-const STDOUT_S: u32 = 20;
-const CONSOLE_S: u32 = 8;
-const SESSION_S: u32 = 4;
+/// about 0.5 s. So the program asks for 1 GiB of stdout but stops after STDOUT_S (once
+/// more than twice the log cap is out), and each phase is bounded in time, not in count.
+const VSOCK_S: u64 = 6;
+const HOLD_CONNS: u64 = 1000;
+const HOLD_S: u64 = 6;
+const FRAMES_S: u64 = 4;
+const STDOUT_MIB: u64 = 1024;
+const STDOUT_S: u64 = 15;
+const CONSOLE_S: u64 = 6;
+const SESSION_S: u64 = 4;
 const HOSTILE_MIB: u64 = 256;
 
 /// The server keeps at most twice this much output per task.
 const LOG_CAP_MIB: u64 = 1;
 /// The console cap given to the VMMs (`--serial-max-bytes`), and the marker line after it.
-const SERIAL_CAP: u64 = 8 << 10;
+const SERIAL_CAP: u64 = 4 << 10;
 const SERIAL_MARKER: u64 = 256;
 
 /// The bounds (measured here: the server's VmHWM 17 MiB and flat, the VMM 7 MiB outside
@@ -243,10 +248,19 @@ fn a_hostile_guest_stays_within_bounds_and_others_still_run() -> anyhow::Result<
     let available_before = mem_available_kib();
 
     let args = [
-        VSOCK_S, HOLD_CONNS, HOLD_S, FRAMES_S, STDOUT_MIB, STDOUT_S, CONSOLE_S, SESSION_S,
+        VSOCK_S,
+        HOLD_CONNS,
+        HOLD_S,
+        FRAMES_S,
+        STDOUT_MIB,
+        3 * LOG_CAP_MIB,
+        STDOUT_S,
+        3 * SERIAL_CAP,
+        CONSOLE_S,
+        SESSION_S,
     ];
     let mut command = vec!["/hostile".to_owned()];
-    command.extend(args.iter().map(u32::to_string));
+    command.extend(args.iter().map(u64::to_string));
     let hostile = srv.submit(&json!({
         "image": image,
         "command": command,
