@@ -7,6 +7,7 @@
  * Phases, in order (the connections of phase 2 stay open until the program ends):
  *  1. vsock: non-blocking connects to host (CID 2) ports nobody listens on, in batches;
  *     every other batch is closed at once, the others after waiting for the host's answer
+ *     (a refusal: the host's RST)
  *  2. HOLD_CONNS connections to the agent's host port, never read from, written to until
  *     they take no more (or HOLD_S passes)
  *  3. one more connection to the agent's port: a valid hello, then protocol frames as fast
@@ -142,7 +143,7 @@ static int settle(int *fds, int n, double secs, int *refused)
 /* Phase 1. */
 static void vsock_flood(double secs)
 {
-	enum { BATCH = 16 };
+	enum { BATCH = 4 };
 	int fds[BATCH];
 	long attempts = 0, socket_errors = 0, batches = 0;
 	int refused = 0, answered = 0;
