@@ -8,6 +8,7 @@ pub mod api;
 pub mod images;
 pub mod install;
 pub mod launcher;
+pub mod network;
 pub mod prepare;
 pub mod scheduler;
 pub mod server;

@@ -43,6 +43,32 @@ pub struct RunSpec {
     /// process starts, so VMs restored from one snapshot never share random state.
     #[serde(default)]
     pub entropy: Vec<u8>,
+    /// The task's network interface, configured by the agent before the process starts
+    /// (absent: loopback only). Snapshots are taken before any spec, so they never hold an
+    /// address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Box<NetworkSpec>>,
+}
+
+/// How the agent sets up the guest's network interface and the container's resolver files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// The guest interface (the VM's virtio-net device), e.g. `eth0`.
+    pub interface: String,
+    /// `aa:bb:cc:dd:ee:ff`: the task interface's MAC on the host side.
+    pub mac: String,
+    /// IPv4 `ADDRESS/PREFIX`.
+    pub address: String,
+    /// The default route's gateway (none: no default route).
+    #[serde(default)]
+    pub gateway: Option<String>,
+    pub mtu: u32,
+    /// For /etc/resolv.conf.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default)]
+    pub search: Vec<String>,
 }
 
 /// Why a run could not start.
@@ -54,6 +80,8 @@ pub enum FailureKind {
     NotExecutable,
     BadUser,
     BadWorkingDir,
+    /// The network interface could not be set up as the spec says.
+    Network,
     Internal,
 }
 

@@ -44,6 +44,7 @@ fn control_messages_encode_as_frozen() {
                 stdin: false,
                 wall_clock_ms: 1_700_000_000_123,
                 entropy: vec![1, 255],
+                network: None,
             }),
             r#"db00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false,"wall_clock_ms":1700000000123,"entropy":[1,255]}"#,
         ),

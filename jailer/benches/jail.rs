@@ -47,6 +47,7 @@ fn main() {
             jail: "/run".into(),
         }],
         devices: vec!["/dev/kvm".into()],
+        netns: None,
         limits: Limits {
             cgroup_parent: "skiff-bench".into(),
             cpus: Some(1),

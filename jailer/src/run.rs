@@ -5,7 +5,8 @@
 //! 3. open the program (it must be static) and note the device numbers to recreate;
 //! 4. `unshare(CLONE_NEWPID)` and fork: the child is pid 1 of a new PID namespace, the
 //!    jailer stays outside as its reaper and ends the way the child ended;
-//! 5. the child unshares mount, IPC, UTS and network namespaces, builds and enters its
+//! 5. the child unshares mount, IPC, UTS and network namespaces (or joins the network
+//!    namespace the spec names, where the VM's TAP is), builds and enters its
 //!    root ([`crate::mounts`]), sets its hostname, drops its privileges
 //!    ([`crate::privileges`]) and executes the program by descriptor with only the spec's
 //!    environment.
@@ -39,6 +40,10 @@ pub fn run(spec: &JailSpec) -> Result<i32, JailError> {
         .iter()
         .map(|d| Device::of(d))
         .collect::<Result<Vec<_>, _>>()?;
+    let netns = match &spec.netns {
+        Some(p) => Some(std::fs::File::open(p).map_err(JailError::path("opening", p))?),
+        None => None,
+    };
     let argv = mounts::c_strings(spec.args.iter().map(|a| a.as_bytes()))?;
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let envp = mounts::c_strings(env.iter().map(|e| e.as_bytes()))?;
@@ -46,7 +51,7 @@ pub fn run(spec: &JailSpec) -> Result<i32, JailError> {
     sys::unshare(libc::CLONE_NEWPID)?;
     let child = sys::fork()?;
     if child == 0 {
-        let e = match enter(spec, &devices) {
+        let e = match enter(spec, &devices, netns.as_ref()) {
             Ok(()) => sys::exec_fd(program.as_raw_fd(), &argv, &envp),
             Err(e) => e,
         };
@@ -55,13 +60,22 @@ pub fn run(spec: &JailSpec) -> Result<i32, JailError> {
         // handlers or flushing buffers it shares with the parent.
         unsafe { libc::_exit(JAIL_FAILED) };
     }
-    drop(program);
+    drop((program, netns));
     Ok(mirror(child))
 }
 
 /// The child's side: namespaces, root, identity.
-fn enter(spec: &JailSpec, devices: &[Device]) -> Result<(), JailError> {
-    sys::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET)?;
+fn enter(
+    spec: &JailSpec,
+    devices: &[Device],
+    netns: Option<&std::fs::File>,
+) -> Result<(), JailError> {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    match netns {
+        Some(ns) => sys::setns(ns.as_raw_fd(), libc::CLONE_NEWNET)?,
+        None => flags |= libc::CLONE_NEWNET,
+    }
+    sys::unshare(flags)?;
     mounts::enter_root(spec, devices)?;
     sys::sethostname(&spec.id)?;
     privileges::drop_privileges(spec)

@@ -65,6 +65,9 @@ pub struct JailSpec {
     pub writable: Vec<Bind>,
     /// Device nodes made at the same path inside, owned by the jail's uid (`/dev/kvm`).
     pub devices: Vec<PathBuf>,
+    /// A network namespace to join (pinned at this path, e.g. `/run/netns/NAME`) instead of
+    /// a new, empty one.
+    pub netns: Option<PathBuf>,
     pub limits: Limits,
     /// The whole environment the program gets.
     pub env: Vec<(String, String)>,
@@ -94,6 +97,9 @@ impl JailSpec {
         }
         for d in &self.devices {
             flag("--dev", d.as_os_str());
+        }
+        if let Some(n) = &self.netns {
+            flag("--netns", n.as_os_str());
         }
         let l = &self.limits;
         flag("--cgroup-parent", l.cgroup_parent.as_ref());
@@ -130,6 +136,7 @@ impl JailSpec {
             read_only: Vec::new(),
             writable: Vec::new(),
             devices: Vec::new(),
+            netns: None,
             limits: Limits::default(),
             env: Vec::new(),
             args: Vec::new(),
@@ -167,6 +174,7 @@ impl JailSpec {
                     list.push(Bind { host, jail });
                 }
                 "--dev" => spec.devices.push(value()?.into()),
+                "--netns" => spec.netns = Some(value()?.into()),
                 "--cgroup-parent" => spec.limits.cgroup_parent = utf8(&name, value()?)?,
                 "--cpus" => spec.limits.cpus = Some(number(&name, value()?)?),
                 "--memory-bytes" => spec.limits.memory_bytes = Some(number(&name, value()?)?),
@@ -213,7 +221,7 @@ impl JailSpec {
         if self.uid == 0 || self.gid == 0 {
             return Err(bad("--uid and --gid must not be 0".into()));
         }
-        for p in [&self.root, &self.exec] {
+        for p in [&self.root, &self.exec].into_iter().chain(&self.netns) {
             if !p.is_absolute() {
                 return Err(bad(format!("{} is not an absolute path", p.display())));
             }
@@ -299,6 +307,7 @@ mod tests {
                 jail: "/run".into(),
             }],
             devices: vec!["/dev/kvm".into()],
+            netns: None,
             limits: Limits {
                 cpus: Some(2),
                 memory_bytes: Some(256 << 20),
@@ -313,7 +322,10 @@ mod tests {
 
     #[test]
     fn arguments_round_trip() {
-        let s = spec();
+        let mut s = spec();
+        assert_eq!(JailSpec::parse(s.to_args()).unwrap(), s);
+        s.netns = Some("/run/netns/skiff-abc".into());
+        s.devices.push("/dev/net/tun".into());
         assert_eq!(JailSpec::parse(s.to_args()).unwrap(), s);
     }
 
@@ -345,6 +357,10 @@ mod tests {
                 Box::new(|s| s.devices[0] = "/kvm".into()),
             ),
             ("relative exec", Box::new(|s| s.exec = "skiff-vmm".into())),
+            (
+                "relative netns",
+                Box::new(|s| s.netns = Some("netns/x".into())),
+            ),
             ("no program", Box::new(|s| s.args.clear())),
             (
                 "twice",

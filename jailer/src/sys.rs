@@ -50,6 +50,13 @@ pub fn unshare(flags: libc::c_int) -> Result<(), JailError> {
     check(unsafe { libc::unshare(flags) }, "unshare")
 }
 
+/// setns(2): joins the namespace of type `nstype` that `fd` refers to.
+pub fn setns(fd: libc::c_int, nstype: libc::c_int) -> Result<(), JailError> {
+    // SAFETY: setns takes a descriptor the caller holds open and a namespace type; the
+    // forked child calling it is single-threaded.
+    check(unsafe { libc::setns(fd, nstype) }, "setns")
+}
+
 /// pivot_root(2) with the same directory twice: the old root is stacked under the new
 /// one and detached right after by the caller.
 pub fn pivot_root_here() -> Result<(), JailError> {

@@ -62,6 +62,7 @@ fn applet(id: &str, dir: &Path, args: &[&str]) -> JailSpec {
             jail: "/run".into(),
         }],
         devices: vec!["/dev/null".into(), "/dev/zero".into()],
+        netns: None,
         limits: Limits {
             cgroup_parent: "skiff-test".into(),
             cpus: Some(1),
@@ -264,6 +265,77 @@ fn the_process_limit_holds() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("can't fork"), "{}", text(&o));
     let cg = cgroup("t-pids");
+    cg.kill();
+    cg.remove().unwrap();
+}
+
+/// Deletes the named network namespace when dropped (also when the test fails).
+struct NetnsGuard<'a>(&'a str);
+
+impl Drop for NetnsGuard<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).output();
+    }
+}
+
+/// `ip ARGS` on the host, which must succeed.
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().unwrap();
+    assert!(o.status.success(), "ip {args:?}: {}", text(&o));
+}
+
+#[test]
+fn a_given_network_namespace_is_joined_and_tun_is_there() {
+    if !ready() {
+        return;
+    }
+    let dir = scratch("netns");
+    let ns = format!("skiff-t-jail-{}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    ip(&["netns", "add", &ns]);
+    let _gone = NetnsGuard(&ns);
+    ip(&[
+        "-n",
+        &ns,
+        "link",
+        "add",
+        "skiffprobe0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "skiffprobe1",
+    ]);
+    let with_netns = |mut s: JailSpec| {
+        s.netns = Some(Path::new("/run/netns").join(&ns));
+        s.devices.push("/dev/net/tun".into());
+        s
+    };
+    // busybox's `ip` (netlink, no /proc needed) sees the namespace's links.
+    let o = jailer(&with_netns(applet("t-netns", &dir, &["ip", "link"])))
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&o.stdout).into_owned();
+    let seen = jailer(&with_netns(spec("t-netns", &dir, "echo /dev/net/*")))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(links.contains("skiffprobe0"), "{links}");
+    assert!(
+        String::from_utf8_lossy(&seen.stdout).contains("/dev/net/tun"),
+        "{}",
+        text(&seen)
+    );
+    // Without one, the jail's namespace is new and empty: loopback only.
+    let o = jailer(&applet("t-netns", &dir, &["ip", "link"]))
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !links.contains("skiffprobe0") && links.contains("lo:"),
+        "{links}"
+    );
+    let cg = cgroup("t-netns");
     cg.kill();
     cg.remove().unwrap();
 }

@@ -21,6 +21,8 @@ pub struct ProxyOptions {
     pub stall: bool,
     /// Remove `Range` headers from requests.
     pub strip_range: bool,
+    /// Pause this long after each 16 KiB of response (a slow registry).
+    pub pace: Option<std::time::Duration>,
 }
 
 pub struct CutProxy {
@@ -59,6 +61,7 @@ impl CutProxy {
                 cut_after,
                 stall: false,
                 strip_range: false,
+                pace: None,
             },
         )
     }
@@ -149,6 +152,9 @@ impl CutProxy {
                         served.fetch_add(chunk.len() as u64, Ordering::SeqCst);
                         if c_out.write_all(chunk).is_err() {
                             break;
+                        }
+                        if let Some(pause) = opts.pace {
+                            std::thread::sleep(pause);
                         }
                     }
                     let _ = c_out.shutdown(Shutdown::Write);

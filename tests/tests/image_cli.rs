@@ -392,3 +392,59 @@ fn credentials_come_from_the_auth_file_and_a_wrong_password_is_named() -> Result
     assert!(ls_row(state.path(), &reference).is_some());
     Ok(())
 }
+
+#[test]
+fn limit_flags_lower_the_caps_and_bad_sizes_are_refused() -> Result<()> {
+    let reg = Registry::start()?;
+    reg.push_image(
+        "app",
+        "v1",
+        OCI_MANIFEST,
+        &app_layers(),
+        json!({"Cmd": ["/bin/app"]}),
+    )?;
+    let state = tempfile::tempdir()?;
+    let r = format!("{}/app:v1", reg.addr);
+    let pull = |extra: &[&str]| {
+        let mut args = vec!["image", "pull", "--insecure", &reg.addr, &r];
+        args.extend_from_slice(extra);
+        skiff(state.path(), &args)
+    };
+    // The manifest is a few hundred bytes: a 100-byte cap refuses it, naming the cap.
+    let run = pull(&["--max-manifest-size", "100"]);
+    assert_one_line_error(&run, "larger than 100 bytes");
+    // Two files and a folder are more than 2 entries: the root filesystem is refused.
+    // (After the pull's progress lines: the layers themselves were fetched.)
+    let run = pull(&["--max-image-entries", "2"]);
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        run.code != 0
+            && run.code != 101
+            && last.starts_with("skiff: ")
+            && last.contains("limit of 2 entries"),
+        "{run}"
+    );
+    assert!(
+        ls_row(state.path(), &r).is_some(),
+        "the image itself stays pulled: {run}"
+    );
+    let run = pull(&["--max-image-size", "1X"]);
+    assert!(
+        run.code == 2 && run.stderr.contains("unknown unit"),
+        "{run}"
+    );
+    // Raised or default limits pull it whole.
+    ok(
+        state.path(),
+        &[
+            "image",
+            "pull",
+            "--insecure",
+            &reg.addr,
+            "--max-image-size",
+            "1G",
+            &r,
+        ],
+    );
+    Ok(())
+}

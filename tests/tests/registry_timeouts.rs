@@ -39,6 +39,7 @@ fn a_stalled_download_times_out_and_is_resumed() -> Result<()> {
             cut_after: 300_000,
             stall: true,
             strip_range: false,
+            pace: None,
         },
     )?;
     let client = RegistryClient::new(RegistryOptions {

@@ -130,6 +130,7 @@ fn the_next_pull_after_a_killed_one_resumes_from_its_partial_file() -> Result<()
             cut_after: 3_500_000,
             stall: true,
             strip_range: false,
+            pace: None,
         },
     )?;
     let mut child = Command::new(skiff_tests::paths::skiff())
@@ -205,6 +206,7 @@ fn a_registry_that_ignores_range_sends_the_whole_blob_and_it_still_verifies() ->
             cut_after: 1_000_000,
             stall: false,
             strip_range: true,
+            pace: None,
         },
     )?;
     let r: Reference = format!("{}/resume/c:v1", proxy.addr).parse()?;

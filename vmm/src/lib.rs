@@ -19,6 +19,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod host;
 pub mod layout;
+pub mod log_cap;
 pub mod persist;
 pub mod profile;
 pub mod seccomp;

@@ -84,6 +84,10 @@ struct Args {
     /// on stderr and exits 31: for finding a missing syscall), off (no filters).
     #[arg(long, value_name = "kill|trap|off")]
     seccomp: Option<SeccompMode>,
+    /// Write at most N bytes of the VMM's own log (SKIFF_LOG lines on stderr; default
+    /// 4 MiB); beyond, lines are dropped after one marker line.
+    #[arg(long, value_name = "N", default_value_t = vmm::log_cap::DEFAULT_LOG_MAX_BYTES)]
+    log_max_bytes: u64,
 }
 
 fn config_from(args: Args) -> Result<VmConfig, String> {
@@ -189,13 +193,6 @@ fn finish(result: Result<vmm::ExitReason, vmm::VmError>) -> ExitCode {
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if e.use_stderr() => {
@@ -219,6 +216,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    tracing_subscriber::fmt()
+        .with_writer(vmm::log_cap::CappedLog::new(
+            args.log_max_bytes,
+            std::io::stderr,
+        ))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     // Console and snapshot writes past RLIMIT_FSIZE fail with EFBIG instead of killing us.
     vmm::exit::ignore_sigxfsz();
     if let Err(e) = vmm::exit::install_stop_handlers() {

@@ -1,6 +1,7 @@
 //! The guest's console is a file the guest fills: it is capped (`--serial-max-bytes`), and a
 //! write error (here `EFBIG` past RLIMIT_FSIZE, as in a jail) never ends the VM. In both
-//! cases the kernel's panic is still seen in the bytes that were dropped.
+//! cases the kernel's panic is still seen in the bytes that were dropped. The VMM's own log
+//! is capped too (`--log-max-bytes`), its exit line kept after the cap.
 
 mod common;
 
@@ -23,6 +24,7 @@ fn boot_panicking(console: &Path, extra: &[&str], fsize: Option<u64>) -> Output 
         .arg("--serial-out")
         .arg(console)
         .args(extra)
+        .env("SKIFF_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -65,7 +67,11 @@ fn console_is_capped_and_write_errors_never_end_the_vm() {
 
     // A cap well below what a non-quiet boot prints: one marker, then nothing.
     let capped = dir.join("capped.log");
-    let out = boot_panicking(&capped, &["--serial-max-bytes", "3000"], None);
+    let out = boot_panicking(
+        &capped,
+        &["--serial-max-bytes", "3000", "--log-max-bytes", "1000"],
+        None,
+    );
     let text = std::fs::read_to_string(&capped).unwrap();
     let d = format!("{}\n--- console\n{text}", describe(&out));
     assert_eq!(out.status.code(), Some(vmm::exit::code::GUEST_PANIC), "{d}");
@@ -74,6 +80,13 @@ fn console_is_capped_and_write_errors_never_end_the_vm() {
     assert!(text.ends_with(marker), "{d}");
     assert_eq!(text.len(), 3000 + 1 + marker.len(), "{d}");
     assert!(!text.contains("Kernel panic"), "{d}");
+    // The VMM's debug log: 1000 bytes at most, the marker, then only the exit line.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let log_marker = "skiff-vmm: log capped at 1000 bytes; later lines are dropped\n";
+    let (kept, after) = log.split_once(log_marker).expect(&d);
+    assert!(kept.len() <= 1000, "{d}");
+    assert_eq!(after.lines().count(), 1, "{d}");
+    assert!(after.contains("panic"), "{d}");
 
     // A file size limit (SIGXFSZ is ignored by the VMM): writes fail with EFBIG, the
     // output is given up, the guest runs to its end.

@@ -21,6 +21,8 @@ pub enum ImageCmd {
         /// Extra CA certificates (PEM).
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        limits: super::limits::LimitArgs,
     },
     /// List stored images.
     Ls,
@@ -67,7 +69,9 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
             reference,
             insecure,
             ca_file,
+            limits,
         } => {
+            let st = st.with_limits(limits.limits());
             let r: Reference = reference.parse().map_err(|e| anyhow!("{reference}: {e}"))?;
             let opts = RegistryOptions {
                 insecure,

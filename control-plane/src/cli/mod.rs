@@ -5,6 +5,7 @@ pub mod bench_chart;
 pub mod bench_density;
 pub mod image;
 pub mod info;
+pub mod limits;
 pub mod remote;
 pub mod run;
 pub mod run_local;

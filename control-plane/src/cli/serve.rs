@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Tasks that may wait to start at once; more submissions get 429 until some start.
     #[arg(long, default_value_t = 1000)]
     max_queued: usize,
+    /// How long a stopped task (record, events, output) is kept: 90s, 30m, 24h, 7d; 0 keeps
+    /// stopped tasks for ever.
+    #[arg(long, default_value = "24h", value_parser = parse_retention)]
+    task_retention: std::time::Duration,
     /// A task keeps at most twice this much output (MiB): beyond it the oldest is dropped.
     #[arg(long, default_value_t = control_plane::tasks::logs::DEFAULT_LOG_CAP >> 20)]
     log_cap_mib: u64,
@@ -53,6 +57,8 @@ pub struct ServeArgs {
     /// Memory a VMM may use beyond its guest's before its cgroup kills it, MiB.
     #[arg(long, default_value_t = control_plane::launcher::JailConfig::DEFAULT_OVERHEAD_MIB)]
     vmm_overhead_mib: u64,
+    #[command(flatten)]
+    image_limits: super::limits::LimitArgs,
     /// Always boot task VMs; never start them from snapshots.
     #[arg(long)]
     no_snapshots: bool,
@@ -91,6 +97,19 @@ fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
         return Err("the range must be non-empty, above uid 0 and below 2^32".into());
     }
     Ok((first, count))
+}
+
+/// A duration as humantime reads it (`90s`, `30m`, `24h`, `7d`, `1h 30m`); `0` keeps stopped
+/// tasks for ever.
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("{s:?}: use 0 to keep stopped tasks for ever")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{s:?}: {e} (e.g. 90s, 30m, 24h, 7d)")),
+    }
 }
 
 pub fn host_memory_mib() -> u64 {
@@ -140,6 +159,8 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
             insecure: a.insecure_registries,
             ..Default::default()
         },
+        image_limits: a.image_limits.limits(),
+        task_retention: (!a.task_retention.is_zero()).then_some(a.task_retention),
         snapshots: !a.no_snapshots,
         max_queued: a.max_queued,
         log_cap_bytes: a.log_cap_mib.max(1) << 20,
@@ -200,5 +221,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retention;
+    use std::time::Duration;
+
+    #[test]
+    fn retentions_parse_with_units_and_zero_means_for_ever() {
+        assert_eq!(parse_retention("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_retention("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_retention("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_retention("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        for bad in ["", "h", "10", "5x", "0s", "-1h"] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+        }
     }
 }

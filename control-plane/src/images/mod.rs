@@ -11,6 +11,7 @@
 //! - `import`: OCI layouts, `docker save` archives and the bundled busybox;
 //! - `run`: a task's command from the image config; `source`: where a run's image comes from.
 
+pub mod cancel;
 pub mod digest;
 pub mod error_text;
 pub mod import;

@@ -238,6 +238,7 @@ impl VmJail {
                 jail: RUN_DIR.into(),
             }],
             devices: vec!["/dev/kvm".into()],
+            netns: None,
             limits,
             env,
             args,

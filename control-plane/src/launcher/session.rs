@@ -60,7 +60,11 @@ struct Session<'a> {
     control: &'a TaskControl,
     on_event: &'a mut dyn FnMut(TaskEvent<'_>),
     jail: VmJail,
-    agent: AgentListener,
+    /// Where the agent dials in; closed once it has said hello. Left listening, it would
+    /// queue every later guest connection to the agent's port, unaccepted and unread, each
+    /// holding a socket buffer of guest data in the host's kernel and up to a connection's
+    /// buffer in the VMM, for as long as the task runs.
+    agent: Option<AgentListener>,
     start: Instant,
     timings: Timings,
 }
@@ -84,7 +88,7 @@ pub fn run_task(
         cfg,
         control,
         on_event,
-        agent: AgentListener::bind(&jail)?,
+        agent: Some(AgentListener::bind(&jail)?),
         jail,
         start: Instant::now(),
         timings: Timings::default(),
@@ -111,6 +115,11 @@ impl Session<'_> {
     /// Starting → Connected; a failed restore → Starting(boot); ended on request → Ending.
     fn starting(&mut self, from: StartFrom<'_>) -> Result<Phase<'static>, LaunchError> {
         let restoring = matches!(from, StartFrom::Snapshot(_));
+        let Some(agent) = &self.agent else {
+            return Err(LaunchError::Connection(
+                "the agent's listener was closed before a start".into(),
+            ));
+        };
         let patience = if restoring {
             RESTORE_PATIENCE
         } else {
@@ -120,7 +129,7 @@ impl Session<'_> {
             self.cfg,
             &mut self.jail,
             from,
-            &self.agent,
+            agent,
             self.control,
             &mut *self.on_event,
             patience,
@@ -156,6 +165,8 @@ impl Session<'_> {
     /// (a VM restored from a snapshot would otherwise run with the snapshot's).
     fn connected(&mut self, c: Connected, spec: &RunSpec) -> Result<Phase<'static>, LaunchError> {
         let Connected { mut conn, guest } = c;
+        // The agent is connected: nothing else may dial the host.
+        self.agent = None;
         self.timings.agent_ready_ms = self.ms();
         self.timings.guest = guest;
         (self.on_event)(TaskEvent::AgentReady);

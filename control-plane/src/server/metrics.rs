@@ -30,6 +30,8 @@ pub struct StopLabel {
 pub struct Metrics {
     registry: Registry,
     pub submitted: Counter,
+    /// Stopped tasks pruned after their retention.
+    pub pruned: Counter,
     stopped: Family<StopLabel, Counter>,
     tasks: Family<StateLabel, Gauge>,
     phases: Family<PhaseLabel, Histogram>,
@@ -69,6 +71,12 @@ impl Metrics {
             Gauge::default(),
         );
         registry.register("tasks_submitted", "Tasks accepted", submitted.clone());
+        let pruned = Counter::default();
+        registry.register(
+            "tasks_pruned",
+            "Stopped tasks deleted after their retention",
+            pruned.clone(),
+        );
         registry.register(
             "tasks_stopped",
             "Tasks stopped, by stop code",
@@ -110,6 +118,7 @@ impl Metrics {
         Self {
             registry,
             submitted,
+            pruned,
             stopped,
             tasks,
             phases,

@@ -8,6 +8,7 @@ mod pipeline;
 pub mod records;
 mod recovery;
 mod report;
+pub mod retention;
 pub mod snapshots;
 mod stop;
 
@@ -41,6 +42,10 @@ pub struct ServeConfig {
     pub kernel: PathBuf,
     pub agent: PathBuf,
     pub registry: RegistryOptions,
+    /// How long stopped tasks are kept (record, events, output); None: for ever.
+    pub task_retention: Option<std::time::Duration>,
+    /// What one image may make the host store and read.
+    pub image_limits: crate::images::Limits,
     /// Start tasks from snapshots of booted VMs (the fast path).
     pub snapshots: bool,
     /// Tasks that may wait (accepted, not yet admitted) at once; beyond it submissions are
@@ -92,7 +97,7 @@ pub struct Server {
     waiting: Arc<AtomicUsize>,
     /// Image preparations (pulls, unpacking, root filesystems) under way at once: their
     /// blocking threads stay few, apart from the launchers' (which capacity bounds).
-    pub prepare_slots: tokio::sync::Semaphore,
+    pub prepare_slots: Arc<tokio::sync::Semaphore>,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -112,7 +117,7 @@ impl Server {
             "restrict the permissions of {}",
             cfg.state_dir.display()
         )))?;
-        let images = ImageStore::open(&cfg.state_dir, None)?;
+        let images = ImageStore::open(&cfg.state_dir, None)?.with_limits(cfg.image_limits);
         let initrd = cfg.state_dir.join("agent.cpio");
         crate::launcher::build_agent_initramfs(&cfg.agent, &initrd).map_err(io_err(format!(
             "build the agent initramfs from {}",
@@ -135,10 +140,14 @@ impl Server {
             initrd,
             live: Mutex::new(HashMap::new()),
             waiting: Arc::new(AtomicUsize::new(0)),
-            prepare_slots: tokio::sync::Semaphore::new(MAX_PREPARES),
+            prepare_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PREPARES)),
             _lock: lock,
         });
         recovery::recover(&srv)?;
+        retention::remove_orphan_dirs(&srv);
+        if let Some(keep) = srv.cfg.task_retention {
+            retention::spawn_pruner(&srv, keep);
+        }
         Ok(srv)
     }
 

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{events, report, Live, Server, ServerError, WaitingSlot};
+use crate::images::cancel::{Cancel, CancelOnDrop};
+use crate::images::registry::RegistryOptions;
 use crate::images::run::RunOverrides;
 use crate::launcher::LaunchConfig;
 use crate::prepare::{prepare, Prepared, RootSource, TaskInput};
@@ -117,18 +119,29 @@ fn input(task: &Task) -> Result<TaskInput, String> {
     })
 }
 
-/// Prepares off the async workers; the image is recorded for `GET /v1/images`.
+/// Prepares off the async workers; the image is recorded for `GET /v1/images`. Dropping
+/// this future (the task was stopped) cancels a pull in progress; the preparation slot
+/// stays taken until the blocking work has really ended, so stopped tasks cannot make
+/// more pulls run at once than the bound allows.
 async fn prepare_task(srv: &Arc<Server>, task: &Task) -> Result<Prepared, String> {
-    let _slot = srv
+    let slot = srv
         .prepare_slots
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|e| format!("image preparation: {e}"))?;
+    let cancel = Cancel::new();
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let (srv, task) = (srv.clone(), task.clone());
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let input = input(&task)?;
+        let registry = RegistryOptions {
+            cancel: Some(cancel),
+            ..srv.cfg.registry.clone()
+        };
         let prepared =
-            prepare(&srv.images, &srv.cfg.registry, &input, &|_| {}).map_err(|e| e.to_string())?;
+            prepare(&srv.images, &registry, &input, &|_| {}).map_err(|e| e.to_string())?;
         if let (RootSource::Image(r), Some(d)) = (&input.root, &prepared.image_digest) {
             let _ = srv.records.store.record_image(&r.to_string(), d, now_ms());
         }

@@ -172,6 +172,38 @@ impl TaskStore {
             .collect())
     }
 
+    /// Deletes up to `limit` STOPPED tasks that stopped before `cutoff_ms`, with their
+    /// events, in one transaction; returns their ids (oldest first) so their files can go.
+    pub fn prune_stopped(&self, cutoff_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let ids = {
+            let mut stmt = tx.prepare(
+                "SELECT id FROM tasks WHERE state = 'STOPPED'
+                 AND json_extract(doc, '$.phases.stoppedMs') < ?1 ORDER BY seq ASC LIMIT ?2",
+            )?;
+            let ids = stmt
+                .query_map(params![cutoff_ms as i64, limit as i64], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            ids
+        };
+        for id in &ids {
+            tx.execute("DELETE FROM events WHERE task_id = ?1", [id])?;
+            tx.execute("DELETE FROM tasks WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Whether a task with this id is recorded.
+    pub fn contains(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db()
+            .query_row("SELECT 1 FROM tasks WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     pub fn add_event(&self, task_id: &str, time_ms: u64, message: &str) -> Result<(), StoreError> {
         self.db().execute(
             "INSERT INTO events (task_id, time_ms, message) VALUES (?1, ?2, ?3)",
@@ -230,6 +262,40 @@ mod tests {
             1,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn prune_removes_only_tasks_stopped_before_the_cutoff_with_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TaskStore::open(&dir.path().join("tasks.db")).unwrap();
+        for (i, stopped_at) in [Some(100), Some(200), None, Some(300)].iter().enumerate() {
+            let id = format!("t{i}");
+            let mut t = task(&id, "a");
+            if let Some(at) = stopped_at {
+                t.apply(
+                    crate::tasks::Transition::Stopped(crate::tasks::Ending::new(
+                        crate::tasks::StopCode::UserInitiated,
+                        "stopped",
+                    )),
+                    *at,
+                )
+                .unwrap();
+            }
+            s.insert(&t).unwrap();
+            s.add_event(&id, 1, "accepted").unwrap();
+        }
+        // Stopped before 250: t0 and t1, oldest first; t2 runs, t3 stopped later.
+        assert_eq!(s.prune_stopped(250, 1).unwrap(), ["t0"]);
+        assert_eq!(s.prune_stopped(250, 10).unwrap(), ["t1"]);
+        assert!(s.prune_stopped(250, 10).unwrap().is_empty());
+        for gone in ["t0", "t1"] {
+            assert!(!s.contains(gone).unwrap());
+            assert!(s.events(gone).unwrap().is_empty());
+        }
+        for kept in ["t2", "t3"] {
+            assert!(s.contains(kept).unwrap());
+            assert_eq!(s.events(kept).unwrap().len(), 1);
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod cgroup;
 mod conn;
+mod network;
 mod process;
 mod rootfs;
 mod system;
@@ -10,7 +11,7 @@ mod user;
 
 use std::time::Duration;
 
-use guest_agent::{BootTimings, Frame, Message, RunSpec, HOST_PORT, PROTOCOL_VERSION};
+use guest_agent::{BootTimings, FailureKind, Frame, Message, RunSpec, HOST_PORT, PROTOCOL_VERSION};
 
 use conn::Conn;
 use process::Outcome;
@@ -45,6 +46,18 @@ pub fn run() -> Result<(), String> {
     }
     if !spec.hostname.is_empty() {
         system::set_hostname(&spec.hostname);
+    }
+    if let Some(net) = &spec.network {
+        if let Err(message) = network::plan(net).and_then(|p| network::apply(&p)) {
+            let kind = FailureKind::Network;
+            let failed = Message::Failed {
+                kind,
+                exit_code: kind.exit_code(),
+                message: format!("network: {message}"),
+            };
+            conn.send(&Frame::Control(failed)).map_err(io)?;
+            return Ok(());
+        }
     }
     let report = match process::run(&spec, &mut conn).map_err(io)? {
         Outcome::Failed(kind, message) => Message::Failed {

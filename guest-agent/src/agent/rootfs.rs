@@ -128,13 +128,23 @@ pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
     } else {
         &spec.hostname
     };
+    // The task's own address names it; without a network, a loopback one does.
+    let own = spec
+        .network
+        .as_ref()
+        .and_then(|n| n.address.split('/').next())
+        .unwrap_or("127.0.1.1");
+    let resolv = match &spec.network {
+        Some(n) => super::network::resolv_conf(n),
+        None => "# no network in this task\n".to_owned(),
+    };
     let files = [
         ("etc/hostname", format!("{hostname}\n")),
         (
             "etc/hosts",
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n"),
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{own}\t{hostname}\n"),
         ),
-        ("etc/resolv.conf", "# no network in this task\n".to_owned()),
+        ("etc/resolv.conf", resolv),
     ];
     for (path, text) in files {
         let p = format!("{ROOT}/{path}");

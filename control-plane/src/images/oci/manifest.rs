@@ -22,9 +22,6 @@ pub const ACCEPTED: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
-/// The largest manifest we read into memory.
-pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-
 /// A manifest that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

@@ -26,8 +26,9 @@ use tracing::{debug, info};
 use super::auth::{parse_challenge, Challenge, Credentials};
 use super::auth_file::{self, AuthFileError};
 use super::reference::{Reference, DOCKER_HUB};
+use crate::images::cancel::{Cancel, CancellableRead};
 use crate::images::digest::Digest;
-use crate::images::oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
+use crate::images::oci::manifest::ACCEPTED;
 
 /// A download target that may already hold the first bytes of the blob.
 pub trait ResumableWrite: Write {
@@ -86,14 +87,20 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("registry {registry}: manifest of {what} is larger than {MAX_MANIFEST_BYTES} bytes")]
-    ManifestTooLarge { registry: String, what: String },
+    #[error("registry {registry}: manifest of {what} is larger than {limit} bytes (the limit)")]
+    ManifestTooLarge {
+        registry: String,
+        what: String,
+        limit: u64,
+    },
     #[error("registry {registry}: manifest digest mismatch: asked for {expected}, got {actual}")]
     ManifestDigest {
         registry: String,
         expected: Digest,
         actual: Digest,
     },
+    #[error("pull from registry {registry} cancelled")]
+    Cancelled { registry: String },
     #[error("transfer from registry {registry} failed: {source}")]
     Transfer {
         registry: String,
@@ -137,6 +144,9 @@ pub struct RegistryOptions {
     /// The registry auth file (Docker's `config.json` format); None: the usual places
     /// (`auth_file::default_path`).
     pub auth_file: Option<PathBuf>,
+    /// Set for one pull: when cancelled, the next request or blob read fails with
+    /// [`RegistryError::Cancelled`] (never retried).
+    pub cancel: Option<Cancel>,
 }
 
 /// A manifest as fetched, with the digest of its exact bytes.
@@ -271,11 +281,13 @@ impl RegistryClient {
         Ok(chosen)
     }
 
-    /// Fetches the manifest `reference` (tag or digest) of `r`'s repository.
+    /// Fetches the manifest `reference` (tag or digest) of `r`'s repository, refusing one
+    /// longer than `max_bytes`.
     pub fn manifest(
         &self,
         r: &Reference,
         reference: &str,
+        max_bytes: u64,
     ) -> Result<FetchedManifest, RegistryError> {
         let url = format!(
             "{}/v2/{}/manifests/{}",
@@ -301,16 +313,17 @@ impl RegistryClient {
             .unwrap_or("")
             .to_string();
         let mut bytes = Vec::new();
-        resp.take(MAX_MANIFEST_BYTES + 1)
+        resp.take(max_bytes.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|source| RegistryError::Transfer {
                 registry: r.registry.clone(),
                 source,
             })?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        if bytes.len() as u64 > max_bytes {
             return Err(RegistryError::ManifestTooLarge {
                 registry: r.registry.clone(),
                 what,
+                limit: max_bytes,
             });
         }
         let digest = Digest::of(&bytes);
@@ -353,7 +366,7 @@ impl RegistryClient {
             debug!(%digest, offset, "range refused; fetching the whole blob");
             resp = self.get(r, &url, None, None)?;
         }
-        let mut resp = self.check(r, resp, &url, || RegistryError::BlobUnknown {
+        let resp = self.check(r, resp, &url, || RegistryError::BlobUnknown {
             digest: digest.clone(),
             registry: r.registry.clone(),
             repository: r.repository.clone(),
@@ -381,7 +394,23 @@ impl RegistryClient {
             debug!(%digest, offset, "the registry sends the whole blob; starting over");
             out.restart().map_err(transfer)?;
         }
-        io::copy(&mut resp, out).map_err(transfer)
+        let mut body = CancellableRead {
+            inner: resp,
+            cancel: self.opts.cancel.as_ref(),
+        };
+        io::copy(&mut body, out).map_err(|e| {
+            if self.cancelled() {
+                RegistryError::Cancelled {
+                    registry: r.registry.clone(),
+                }
+            } else {
+                transfer(e)
+            }
+        })
+    }
+
+    fn cancelled(&self) -> bool {
+        self.opts.cancel.as_ref().is_some_and(Cancel::is_cancelled)
     }
 
     fn check(
@@ -429,6 +458,11 @@ impl RegistryClient {
         let key = r.name();
         let creds = self.opts.credentials.get(&r.registry);
         for attempt in 0..2 {
+            if self.cancelled() {
+                return Err(RegistryError::Cancelled {
+                    registry: r.registry.clone(),
+                });
+            }
             let mut req = self.http.get(url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);

@@ -219,12 +219,16 @@ impl ImageStore {
             }
         }
         let _gc = writer_lock(&self.state_dir)?;
-        let top = client.manifest(r, &r.manifest_ref())?;
+        let top = client.manifest(r, &r.manifest_ref(), self.limits.max_manifest_bytes)?;
         let (manifest, fetched) = match Manifest::parse(&top.bytes, &top.content_type)? {
             Manifest::Image(m) => (m, top),
             Manifest::Index(index) => {
                 let entry = index.pick_linux_amd64()?;
-                let inner = client.manifest(r, &entry.digest.to_string())?;
+                let inner = client.manifest(
+                    r,
+                    &entry.digest.to_string(),
+                    self.limits.max_manifest_bytes,
+                )?;
                 self.blobs.put_bytes(&top.bytes)?;
                 match Manifest::parse(&inner.bytes, &inner.content_type)? {
                     Manifest::Image(m) => (m, inner),

@@ -1,0 +1,101 @@
+//! The iproute2 commands Skiff runs on the host: named network namespaces (`ip netns`,
+//! so that `ip netns ls` shows a task's), the VM's TAP (created persistent, owned by the
+//! VM's uid so the jailed VMM can open it without privileges, with the virtio-net header),
+//! and the tc redirect that joins the TAP and the task's CNI interface both ways. Run as
+//! commands rather than through a netlink crate: each is one well-known line, and an
+//! operator can read and replay what Skiff did.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+#[error("`{command}` failed: {why}")]
+pub struct IpError {
+    pub command: String,
+    pub why: String,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, IpError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .map_err(|e| IpError {
+            command: command.clone(),
+            why: e.to_string(),
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(IpError {
+            command,
+            why: err.trim().chars().take(300).collect(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `/run/netns/NAME`, where `ip netns add NAME` pins the namespace.
+pub fn netns_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/run/netns").join(name)
+}
+
+pub fn netns_add(name: &str) -> Result<(), IpError> {
+    run("ip", &["netns", "add", name]).map(drop)
+}
+
+/// Deletes the namespace; one already gone is not an error.
+pub fn netns_del(name: &str) -> Result<(), IpError> {
+    if !netns_path(name).exists() {
+        return Ok(());
+    }
+    run("ip", &["netns", "del", name]).map(drop)
+}
+
+/// A link's MAC and MTU inside namespace `ns`.
+pub fn link_info(ns: &str, dev: &str) -> Result<(String, u32), IpError> {
+    let out = run("ip", &["-n", ns, "-j", "link", "show", "dev", dev])?;
+    let bad = |why: &str| IpError {
+        command: format!("ip -n {ns} -j link show dev {dev}"),
+        why: why.to_owned(),
+    };
+    let v: Value = serde_json::from_str(&out).map_err(|_| bad("not JSON"))?;
+    let link = v.get(0).ok_or_else(|| bad("no such link"))?;
+    let mac = link["address"].as_str().ok_or_else(|| bad("no address"))?;
+    let mtu = link["mtu"].as_u64().ok_or_else(|| bad("no mtu"))?;
+    Ok((mac.to_owned(), mtu as u32))
+}
+
+/// Creates TAP `tap` in namespace `ns`, owned by `uid`/`gid`, with `IFF_VNET_HDR`, up,
+/// with `mtu`.
+pub fn tap_add(ns: &str, tap: &str, uid: u32, gid: u32, mtu: u32) -> Result<(), IpError> {
+    let (uid, gid, mtu) = (uid.to_string(), gid.to_string(), mtu.to_string());
+    run(
+        "ip",
+        &[
+            "-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", "user", &uid, "group", &gid,
+            "vnet_hdr",
+        ],
+    )?;
+    run(
+        "ip",
+        &["-n", ns, "link", "set", "dev", tap, "mtu", &mtu, "up"],
+    )
+    .map(drop)
+}
+
+/// Everything arriving on `from` leaves through `to`, unchanged (an ingress qdisc and a
+/// mirred redirect, as containerd's tc-redirect-tap does).
+pub fn redirect(ns: &str, from: &str, to: &str) -> Result<(), IpError> {
+    run("tc", &["-n", ns, "qdisc", "add", "dev", from, "ingress"])?;
+    run(
+        "tc",
+        &[
+            "-n", ns, "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
+            "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+        ],
+    )
+    .map(drop)
+}

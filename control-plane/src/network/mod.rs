@@ -1,0 +1,215 @@
+//! A task's network (issue 14, host side): a network namespace of its own set up by the CNI
+//! reference plugins, and a TAP in it for the VM, joined to the CNI interface by a tc
+//! redirect both ways. The VMM runs in that namespace and opens the TAP (owned by the VM's
+//! uid); the guest takes the CNI interface's MAC, address, gateway and MTU
+//! ([`GuestNet`]), so from the outside the VM is the task's `eth0`.
+//!
+//! - [`cni`]: the plugin runner (ADD in order with `prevResult`, DEL in reverse);
+//! - [`result`]: the CNI result types;
+//! - [`ip`]: the iproute2 commands (namespaces, TAP, tc redirect).
+
+pub mod cni;
+pub mod ip;
+pub mod result;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use cni::{Attachment, CniError, CniRunner, NetConfList};
+use ip::IpError;
+use result::CniResult;
+
+/// Where Debian's containernetworking-plugins are.
+pub const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/cni";
+/// The task's interface as CNI makes it, inside the task's namespace.
+const CNI_IFNAME: &str = "eth0";
+/// The VM's TAP, beside it.
+const TAP_NAME: &str = "tap0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Ip(#[from] IpError),
+    #[error("network {network}: the CNI result has no {what}")]
+    Incomplete { network: String, what: &'static str },
+}
+
+/// What the guest's `eth0` is given (the agent applies it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestNet {
+    pub mac: String,
+    /// `ADDRESS/PREFIX`.
+    pub address: String,
+    pub gateway: Option<IpAddr>,
+    pub mtu: u32,
+    pub nameservers: Vec<String>,
+}
+
+/// A task's attached network, as recorded for its teardown (also after a crash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskNetwork {
+    /// The namespace's name (`/run/netns/NAME`).
+    pub netns: String,
+    pub tap: String,
+    pub container_id: String,
+    /// CNI's `portMappings`, given again on DEL as the spec asks.
+    #[serde(default)]
+    pub port_mappings: Vec<Value>,
+    pub result: CniResult,
+    pub guest: GuestNet,
+}
+
+impl TaskNetwork {
+    pub fn netns_path(&self) -> PathBuf {
+        ip::netns_path(&self.netns)
+    }
+}
+
+/// Attaches tasks to one CNI network.
+pub struct Networks {
+    runner: CniRunner,
+}
+
+/// Skiff's default network: a bridge `skiff0` that is the tasks' gateway with outbound
+/// NAT, host-local addresses from `subnet` (leases under `ipam_dir`), published ports
+/// (portmap) and the firewall plugin's forwarding rules.
+pub fn default_conf(subnet: &str, ipam_dir: &Path) -> NetConfList {
+    NetConfList {
+        cni_version: "1.0.0".into(),
+        name: "skiff".into(),
+        plugins: vec![
+            json!({
+                "type": "bridge",
+                "bridge": "skiff0",
+                "isGateway": true,
+                "ipMasq": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": ipam_dir,
+                },
+            }),
+            json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+            json!({"type": "firewall", "backend": "iptables"}),
+        ],
+    }
+}
+
+fn runtime_config(port_mappings: &[Value]) -> serde_json::Map<String, Value> {
+    let mut rc = serde_json::Map::new();
+    if !port_mappings.is_empty() {
+        rc.insert("portMappings".into(), Value::Array(port_mappings.to_vec()));
+    }
+    rc
+}
+
+impl Networks {
+    pub fn new(plugin_dir: &Path, conf: NetConfList) -> Result<Self, NetError> {
+        Ok(Self {
+            runner: CniRunner::new(plugin_dir, conf)?,
+        })
+    }
+
+    /// The namespace name of task `task_id`.
+    pub fn netns_name(task_id: &str) -> String {
+        format!("skiff-{}", &task_id[..task_id.len().min(16)])
+    }
+
+    /// Gives task `task_id` its namespace, CNI interface and a TAP owned by `uid`/`gid`.
+    /// `port_mappings` is CNI's `portMappings` runtime value (may be empty). On failure
+    /// nothing is left behind.
+    pub fn attach(
+        &self,
+        task_id: &str,
+        uid: u32,
+        gid: u32,
+        port_mappings: Vec<Value>,
+    ) -> Result<TaskNetwork, NetError> {
+        let netns = Self::netns_name(task_id);
+        ip::netns_add(&netns)?;
+        let attachment = Attachment {
+            container_id: task_id.to_owned(),
+            netns: ip::netns_path(&netns),
+            ifname: CNI_IFNAME.into(),
+            runtime_config: runtime_config(&port_mappings),
+        };
+        let result = match self.runner.add(&attachment) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ip::netns_del(&netns);
+                return Err(e.into());
+            }
+        };
+        let net = TaskNetwork {
+            netns,
+            tap: TAP_NAME.into(),
+            container_id: task_id.to_owned(),
+            port_mappings,
+            guest: GuestNet {
+                mac: String::new(),
+                address: String::new(),
+                gateway: None,
+                mtu: 0,
+                nameservers: result.dns.nameservers.clone(),
+            },
+            result,
+        };
+        match self.finish(net.clone(), uid, gid) {
+            Ok(net) => Ok(net),
+            Err(e) => {
+                if let Err(d) = self.detach(&net) {
+                    tracing::warn!(task = task_id, "undoing a failed attach: {d}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the guest's settings from the CNI result and the interface, and adds the TAP.
+    fn finish(&self, mut net: TaskNetwork, uid: u32, gid: u32) -> Result<TaskNetwork, NetError> {
+        let incomplete = |what| NetError::Incomplete {
+            network: self.runner.network().to_owned(),
+            what,
+        };
+        let path = net.netns_path().display().to_string();
+        let (index, _) = net
+            .result
+            .sandbox_interface(CNI_IFNAME, &path)
+            .ok_or_else(|| incomplete("interface in the task's namespace"))?;
+        let (cidr, gateway) = net
+            .result
+            .ipv4_of(index)
+            .ok_or_else(|| incomplete("IPv4 address"))?;
+        let (mac, mtu) = ip::link_info(&net.netns, CNI_IFNAME)?;
+        ip::tap_add(&net.netns, &net.tap, uid, gid, mtu)?;
+        ip::redirect(&net.netns, CNI_IFNAME, &net.tap)?;
+        ip::redirect(&net.netns, &net.tap, CNI_IFNAME)?;
+        net.guest.mac = mac;
+        net.guest.address = cidr.to_string();
+        net.guest.gateway = gateway;
+        net.guest.mtu = mtu;
+        Ok(net)
+    }
+
+    /// Undoes [`Networks::attach`]: CNI DEL with the ADD's result (frees the address and
+    /// the port mappings), then the namespace (with the TAP in it). Safe to repeat.
+    pub fn detach(&self, net: &TaskNetwork) -> Result<(), NetError> {
+        let attachment = Attachment {
+            container_id: net.container_id.clone(),
+            netns: net.netns_path(),
+            ifname: CNI_IFNAME.into(),
+            runtime_config: runtime_config(&net.port_mappings),
+        };
+        let del = self.runner.del(&attachment, Some(&net.result));
+        ip::netns_del(&net.netns)?;
+        Ok(del?)
+    }
+}
