@@ -1,7 +1,7 @@
 //! A task's network, host side (issue 14), with Debian's real CNI plugins: inside a test
 //! host namespace of its own, `Networks::attach` gives a task a namespace with the bridge
-//! plugin's `eth0` (address from host-local), a TAP owned by the VM's uid, and the tc
-//! redirect between them. Frames written into the TAP, as the VM would send them, reach
+//! plugin's `eth0` (address from host-local), and `plug_vm` a TAP owned by the VM's uid
+//! with the tc redirect between them. Frames written into the TAP, as the VM would send them, reach
 //! the bridge: an ARP request for the gateway and a ping of it are answered back through
 //! the TAP. `detach` frees the address and removes the namespace. No VM is needed.
 
@@ -182,9 +182,8 @@ fn a_task_network_carries_frames_between_its_tap_and_the_bridge() {
     )
     .unwrap();
     host.run(|| {
-        let net = nets
-            .attach("0123456789abcdef", VM_UID, VM_UID, vec![])
-            .unwrap();
+        let net = nets.attach("0123456789abcdef", vec![]).unwrap();
+        Networks::plug_vm(&net, VM_UID, VM_UID).unwrap();
         assert!(net.netns_path().exists());
         assert!(net.guest.address.starts_with("10.89.0."), "{:?}", net.guest);
         assert!(net.guest.address.ends_with("/24"), "{:?}", net.guest);
@@ -228,7 +227,7 @@ fn a_plugin_failure_is_named_and_leaves_nothing_behind() {
     .unwrap();
     host.run(|| {
         let e = nets
-            .attach("fedcba9876543210", VM_UID, VM_UID, vec![])
+            .attach("fedcba9876543210", vec![])
             .unwrap_err()
             .to_string();
         assert!(e.contains("bridge"), "{e}");

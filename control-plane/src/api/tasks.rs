@@ -31,6 +31,7 @@ pub async fn create(
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
                 .retry_after(QUEUE_FULL_RETRY_AFTER_SECS)
         }
+        ServerError::NoNetwork(_) => ApiError::bad_request(e.to_string()),
         e => ApiError::internal(e),
     })?;
     Ok((StatusCode::ACCEPTED, Json(task)))

@@ -184,6 +184,7 @@ pub fn run(api: &Api, a: RunArgs) -> anyhow::Result<i32> {
         "stopTimeoutSeconds": a.stop_timeout,
         "env": env_map(&a.env, "-e")?,
         "labels": env_map(&a.labels, "--label")?,
+        "networkMode": a.network,
     });
     if !cmd.is_empty() {
         body["command"] = json!(cmd);

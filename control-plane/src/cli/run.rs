@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Label KEY=VALUE (repeatable; server runs).
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
+    /// The task's network: none (loopback only; the default) or bridge (an address on the
+    /// server's default network). Server runs.
+    #[arg(long, default_value = "none", value_parser = ["none", "bridge"])]
+    pub network: String,
     /// Print the phase timings to stderr when the task ends.
     #[arg(long)]
     pub timings: bool,

@@ -22,6 +22,12 @@ use super::tempdir_in;
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
 pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
+    if a.network != "none" {
+        return Err(anyhow!(
+            "--network {} works only through skiff serve so far",
+            a.network
+        ));
+    }
     let (image_arg, cmd) = a.image_and_command()?;
     let root = match (a.rootfs.clone(), image_arg) {
         (Some(r), _) => RootSource::Disk(r),
@@ -63,6 +69,7 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
         stop_timeout: Duration::from_secs(a.stop_timeout),
         boot_timeout: Duration::from_secs(600),
         snapshot: None,
+        net: None,
     };
     let spec = prepared.spec;
     let control = TaskControl::new();

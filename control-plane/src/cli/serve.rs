@@ -59,6 +59,12 @@ pub struct ServeArgs {
     vmm_overhead_mib: u64,
     #[command(flatten)]
     image_limits: super::limits::LimitArgs,
+    /// The subnet of the default task network (tasks with `networkMode: bridge`).
+    #[arg(long, default_value = "10.89.0.0/16")]
+    network_subnet: String,
+    /// Where the CNI plugins are.
+    #[arg(long, default_value = control_plane::network::DEFAULT_PLUGIN_DIR)]
+    cni_plugin_dir: PathBuf,
     /// Always boot task VMs; never start them from snapshots.
     #[arg(long)]
     no_snapshots: bool,
@@ -160,6 +166,10 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
         image_limits: a.image_limits.limits(),
+        network: control_plane::server::networking::NetworkOptions {
+            plugin_dir: a.cni_plugin_dir.clone(),
+            subnet: a.network_subnet.clone(),
+        },
         task_retention: (!a.task_retention.is_zero()).then_some(a.task_retention),
         snapshots: !a.no_snapshots,
         max_queued: a.max_queued,

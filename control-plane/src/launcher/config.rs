@@ -28,6 +28,9 @@ pub struct LaunchConfig {
     /// Start from this snapshot (of a booted VM of the same shape whose agent waits for
     /// work) instead of booting; a restore that fails falls back to a boot.
     pub snapshot: Option<Snapshot>,
+    /// The task's network ([`crate::network`]): the VMM joins its namespace and gets a
+    /// virtio-net device on its TAP (made here, owned by the VM's uid). None: no device.
+    pub net: Option<crate::network::TaskNetwork>,
 }
 
 /// A snapshot's two files.

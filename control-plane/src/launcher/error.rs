@@ -26,4 +26,6 @@ pub enum LaunchError {
     Protocol { agent: u32, ours: u32 },
     #[error("agent connection: {0}")]
     Connection(String),
+    #[error("cannot plug the VM into its network: {0}")]
+    Network(#[from] crate::network::NetError),
 }

@@ -122,6 +122,8 @@ pub struct VmJail {
     /// `<work>/jail`: empty on the host; the jail's root is mounted on it inside.
     root_dir: PathBuf,
     cgroup: Option<Cgroup>,
+    /// A network namespace to join (the task's), else a new empty one.
+    netns: Option<PathBuf>,
 }
 
 /// The jail id (cgroup name) of the VM working in `work_dir`: its directory name, made
@@ -174,7 +176,14 @@ impl VmJail {
             run_dir,
             root_dir,
             cgroup: None,
+            netns: None,
         })
+    }
+
+    /// Runs the VMM in this network namespace (a task's, holding its TAP) instead of a
+    /// new empty one, with `/dev/net/tun` in the jail.
+    pub fn join_netns(&mut self, path: PathBuf) {
+        self.netns = Some(path);
     }
 
     pub fn jailer_path(&self) -> &Path {
@@ -237,8 +246,10 @@ impl VmJail {
                 host: self.run_dir.clone(),
                 jail: RUN_DIR.into(),
             }],
-            devices: vec!["/dev/kvm".into()],
-            netns: None,
+            devices: std::iter::once("/dev/kvm".into())
+                .chain(self.netns.as_ref().map(|_| "/dev/net/tun".into()))
+                .collect(),
+            netns: self.netns.clone(),
             limits,
             env,
             args,

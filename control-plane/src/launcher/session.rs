@@ -83,7 +83,11 @@ pub fn run_task(
         source,
     };
     std::fs::create_dir_all(&cfg.work_dir).map_err(wd)?;
-    let jail = VmJail::new(&cfg.jail, &cfg.work_dir)?;
+    let mut jail = VmJail::new(&cfg.jail, &cfg.work_dir)?;
+    if let Some(net) = &cfg.net {
+        crate::network::Networks::plug_vm(net, jail.uid(), jail.uid())?;
+        jail.join_netns(net.netns_path());
+    }
     let mut s = Session {
         cfg,
         control,

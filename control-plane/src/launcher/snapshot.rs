@@ -74,6 +74,7 @@ pub fn build_snapshot(
         rootfs: placeholder.clone(),
         work_dir: work.clone(),
         snapshot: None,
+        net: None,
         ..cfg.clone()
     };
     let mut jail = VmJail::new(&cfg.jail, &work)?;

@@ -93,6 +93,10 @@ pub(super) fn spawn(
     arg(&format!("cid=3,uds={}", jail_run(VSOCK)));
     arg("--serial-out");
     arg(&jail_run(CONSOLE));
+    if let Some(net) = &cfg.net {
+        arg("--net");
+        arg(&format!("tap={},mac={}", net.tap, net.guest.mac));
+    }
     let mut cmd = jail.command(&cfg.vmm, read_only, cfg.vcpus, cfg.memory_mib, args)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

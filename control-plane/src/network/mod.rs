@@ -123,14 +123,13 @@ impl Networks {
         format!("skiff-{}", &task_id[..task_id.len().min(16)])
     }
 
-    /// Gives task `task_id` its namespace, CNI interface and a TAP owned by `uid`/`gid`.
-    /// `port_mappings` is CNI's `portMappings` runtime value (may be empty). On failure
-    /// nothing is left behind.
+    /// Gives task `task_id` its namespace and CNI interface, and reads what its guest
+    /// takes from them. `port_mappings` is CNI's `portMappings` runtime value (may be
+    /// empty). On failure nothing is left behind. The VM's TAP comes with
+    /// [`Networks::plug_vm`], once the VM's uid is known.
     pub fn attach(
         &self,
         task_id: &str,
-        uid: u32,
-        gid: u32,
         port_mappings: Vec<Value>,
     ) -> Result<TaskNetwork, NetError> {
         let netns = Self::netns_name(task_id);
@@ -162,7 +161,7 @@ impl Networks {
             },
             result,
         };
-        match self.finish(net.clone(), uid, gid) {
+        match self.guest_settings(net.clone()) {
             Ok(net) => Ok(net),
             Err(e) => {
                 if let Err(d) = self.detach(&net) {
@@ -173,8 +172,8 @@ impl Networks {
         }
     }
 
-    /// Reads the guest's settings from the CNI result and the interface, and adds the TAP.
-    fn finish(&self, mut net: TaskNetwork, uid: u32, gid: u32) -> Result<TaskNetwork, NetError> {
+    /// Reads the guest's settings from the CNI result and the interface.
+    fn guest_settings(&self, mut net: TaskNetwork) -> Result<TaskNetwork, NetError> {
         let incomplete = |what| NetError::Incomplete {
             network: self.runner.network().to_owned(),
             what,
@@ -189,14 +188,24 @@ impl Networks {
             .ipv4_of(index)
             .ok_or_else(|| incomplete("IPv4 address"))?;
         let (mac, mtu) = ip::link_info(&net.netns, CNI_IFNAME)?;
-        ip::tap_add(&net.netns, &net.tap, uid, gid, mtu)?;
-        ip::redirect(&net.netns, CNI_IFNAME, &net.tap)?;
-        ip::redirect(&net.netns, &net.tap, CNI_IFNAME)?;
         net.guest.mac = mac;
         net.guest.address = cidr.to_string();
         net.guest.gateway = gateway;
         net.guest.mtu = mtu;
         Ok(net)
+    }
+
+    /// Adds the VM's TAP to an attached network, owned by `uid`/`gid` (the VM's, so the
+    /// jailed VMM can open it), and joins it to the CNI interface both ways. A TAP already
+    /// there (a boot after a failed restore) is kept.
+    pub fn plug_vm(net: &TaskNetwork, uid: u32, gid: u32) -> Result<(), NetError> {
+        if ip::link_info(&net.netns, &net.tap).is_ok() {
+            return Ok(());
+        }
+        ip::tap_add(&net.netns, &net.tap, uid, gid, net.guest.mtu)?;
+        ip::redirect(&net.netns, CNI_IFNAME, &net.tap)?;
+        ip::redirect(&net.netns, &net.tap, CNI_IFNAME)?;
+        Ok(())
     }
 
     /// Undoes [`Networks::attach`]: CNI DEL with the ADD's result (frees the address and

@@ -4,6 +4,7 @@
 mod events;
 mod live;
 pub mod metrics;
+pub mod networking;
 mod pipeline;
 pub mod records;
 mod recovery;
@@ -42,6 +43,8 @@ pub struct ServeConfig {
     pub kernel: PathBuf,
     pub agent: PathBuf,
     pub registry: RegistryOptions,
+    /// How the default task network is made.
+    pub network: networking::NetworkOptions,
     /// How long stopped tasks are kept (record, events, output); None: for ever.
     pub task_retention: Option<std::time::Duration>,
     /// What one image may make the host store and read.
@@ -75,6 +78,8 @@ pub enum ServerError {
     Listen(#[from] ListenError),
     #[error("{0} tasks are already waiting to start (the server's --max-queued); try again later")]
     QueueFull(usize),
+    #[error("networkMode: bridge networking is not available on this server: {0}")]
+    NoNetwork(String),
 }
 
 pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -98,6 +103,8 @@ pub struct Server {
     /// Image preparations (pulls, unpacking, root filesystems) under way at once: their
     /// blocking threads stay few, apart from the launchers' (which capacity bounds).
     pub prepare_slots: Arc<tokio::sync::Semaphore>,
+    /// The default task network, or why this server has none.
+    pub networks: Result<crate::network::Networks, String>,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -131,6 +138,10 @@ impl Server {
             &initrd,
         )
         .map_err(io_err("prepare the snapshot dir"))?;
+        let networks = networking::open(&cfg.network, &cfg.state_dir);
+        if let Err(why) = &networks {
+            tracing::warn!("tasks cannot have networks: {why}");
+        }
         let srv = Arc::new(Self {
             snapshots: Arc::new(snapshots),
             sched: Scheduler::new(cfg.capacity),
@@ -141,9 +152,11 @@ impl Server {
             live: Mutex::new(HashMap::new()),
             waiting: Arc::new(AtomicUsize::new(0)),
             prepare_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PREPARES)),
+            networks,
             _lock: lock,
         });
         recovery::recover(&srv)?;
+        networking::recover(&srv);
         retention::remove_orphan_dirs(&srv);
         if let Some(keep) = srv.cfg.task_retention {
             retention::spawn_pruner(&srv, keep);
@@ -161,6 +174,11 @@ impl Server {
 
     /// Stores a new task and starts its life.
     pub fn submit(self: &Arc<Self>, task: Task) -> Result<Task, ServerError> {
+        if task.network_mode == crate::tasks::NetworkMode::Bridge {
+            if let Err(why) = &self.networks {
+                return Err(ServerError::NoNetwork(why.clone()));
+            }
+        }
         let max = self.cfg.max_queued;
         let slot =
             WaitingSlot::take(&self.waiting, Some(max)).ok_or(ServerError::QueueFull(max))?;

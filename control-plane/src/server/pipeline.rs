@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{events, report, Live, Server, ServerError, WaitingSlot};
+use super::{events, networking, report, Live, Server, ServerError, WaitingSlot};
 use crate::images::cancel::{Cancel, CancelOnDrop};
 use crate::images::registry::RegistryOptions;
 use crate::images::run::RunOverrides;
 use crate::launcher::LaunchConfig;
 use crate::prepare::{prepare, Prepared, RootSource, TaskInput};
-use crate::tasks::{now_ms, Ending, StopCode, Task, Transition};
+use crate::tasks::{now_ms, Ending, NetworkMode, StopCode, Task, Transition};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -76,16 +76,35 @@ async fn run(
         () = live.stop_requested() => return Ok(stopped_before_start()),
     };
     drop(slot);
+    // The task's network (bridge tasks): attached before the VM, detached after it.
+    let net = match task.network_mode {
+        NetworkMode::None => None,
+        NetworkMode::Bridge => match networking::attach(srv, id).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                return Ok(Ending::new(
+                    StopCode::TaskFailedToStart,
+                    format!("network: {e}"),
+                ))
+            }
+        },
+    };
     // Launch.
-    let cfg = launch_config(srv, &task, &prepared);
-    let (srv2, live2, id2, spec) = (srv.clone(), live.clone(), id.to_owned(), prepared.spec);
+    let cfg = launch_config(srv, &task, &prepared, net.clone());
+    let mut spec = prepared.spec;
+    spec.network = net.as_ref().map(|n| Box::new(networking::guest_spec(n)));
+    let (srv2, live2, id2) = (srv.clone(), live.clone(), id.to_owned());
     let result =
         tokio::task::spawn_blocking(move || events::launch(&srv2, &live2, &id2, &cfg, &spec))
             .await
             .map_err(|e| ServerError::Io {
                 what: "launcher thread".into(),
                 source: std::io::Error::other(e.to_string()),
-            })?;
+            });
+    if let Some(n) = net {
+        networking::detach(srv, id, n).await;
+    }
+    let result = result?;
     drop(lease);
     // Report.
     let task = srv.records.get(id)?;
@@ -151,7 +170,12 @@ async fn prepare_task(srv: &Arc<Server>, task: &Task) -> Result<Prepared, String
     .map_err(|e| format!("image preparation failed: {e}"))?
 }
 
-fn launch_config(srv: &Server, task: &Task, prepared: &Prepared) -> LaunchConfig {
+fn launch_config(
+    srv: &Server,
+    task: &Task,
+    prepared: &Prepared,
+    net: Option<crate::network::TaskNetwork>,
+) -> LaunchConfig {
     let cfg = LaunchConfig {
         vmm: srv.cfg.vmm.clone(),
         jail: srv.cfg.jail.clone(),
@@ -165,7 +189,12 @@ fn launch_config(srv: &Server, task: &Task, prepared: &Prepared) -> LaunchConfig
         stop_timeout: Duration::from_secs(task.stop_timeout_seconds),
         boot_timeout: BOOT_TIMEOUT,
         snapshot: None,
+        net,
     };
+    // Snapshots hold no network device yet: a task with a network boots.
+    if cfg.net.is_some() {
+        return cfg;
+    }
     LaunchConfig {
         snapshot: srv.snapshots.for_shape(&cfg),
         ..cfg

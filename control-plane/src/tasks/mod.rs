@@ -7,7 +7,8 @@ pub mod request;
 pub mod store;
 
 pub use model::{
-    Ending, InvalidTransition, Phases, StartMode, StopCode, Task, TaskState, Transition, Usage,
+    Ending, InvalidTransition, NetworkInterface, NetworkMode, Phases, StartMode, StopCode, Task,
+    TaskState, Transition, Usage,
 };
 pub use request::{Limits, TaskRequest, ValidationError};
 pub use store::{ListQuery, StoreError, TaskStore};

@@ -78,6 +78,28 @@ pub enum StartMode {
     Snapshot,
 }
 
+/// Which network a task's VM gets (`networkMode`, as ECS and Docker name it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Loopback only (for now the default: such tasks can start from snapshots).
+    #[default]
+    None,
+    /// A namespace of its own on Skiff's default bridge network: an address, outbound
+    /// NAT, reachable from the host.
+    Bridge,
+}
+
+/// The task's network interface as the API shows it (ECS's `networkInterfaces` names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInterface {
+    pub private_ipv4_address: String,
+    pub mac_address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
 /// When each phase was reached (ms since the Unix epoch).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -149,6 +171,11 @@ pub struct Task {
     /// The `skiff-vmm` process while the VM runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_pid: Option<u32>,
+    #[serde(default)]
+    pub network_mode: NetworkMode,
+    /// Set once the task's network is attached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<NetworkInterface>,
 }
 
 impl Task {

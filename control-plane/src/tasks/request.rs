@@ -27,6 +27,9 @@ pub struct TaskRequest {
     pub stop_timeout_seconds: Option<u64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `none` (the default: loopback only) or `bridge`.
+    #[serde(default)]
+    pub network_mode: super::model::NetworkMode,
 }
 
 /// The largest task this host can ever run (its capacity).
@@ -189,6 +192,8 @@ impl TaskRequest {
             },
             start_mode: None,
             vmm_pid: None,
+            network_mode: self.network_mode,
+            network_interfaces: Vec::new(),
         })
     }
 }

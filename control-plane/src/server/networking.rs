@@ -1,0 +1,154 @@
+//! Task networks in the server: a `bridge` task's network is attached once it is admitted
+//! (CNI ADD, on a blocking thread), recorded in `<task>/network.json` before the VM starts,
+//! and detached when the VM is gone (CNI DEL, the namespace removed). A record left by a
+//! crash is detached at the next start, so addresses and port rules never leak.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use guest_agent::NetworkSpec;
+
+use super::Server;
+use crate::network::{cni::NetConfList, default_conf, NetError, Networks, TaskNetwork};
+use crate::tasks::NetworkInterface;
+
+/// Where a task's attached network is recorded.
+const RECORD: &str = "network.json";
+
+/// How the server's default network is made (`skiff serve --network-subnet`,
+/// `--cni-plugin-dir`).
+#[derive(Debug, Clone)]
+pub struct NetworkOptions {
+    pub plugin_dir: PathBuf,
+    pub subnet: String,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        Self {
+            plugin_dir: crate::network::DEFAULT_PLUGIN_DIR.into(),
+            subnet: "10.89.0.0/16".into(),
+        }
+    }
+}
+
+/// The plugins the default network uses.
+const PLUGINS: [&str; 4] = ["bridge", "host-local", "portmap", "firewall"];
+
+/// The server's networks, or why there are none (told to whoever asks for one).
+pub fn open(opts: &NetworkOptions, state_dir: &Path) -> Result<Networks, String> {
+    for p in PLUGINS {
+        if !opts.plugin_dir.join(p).is_file() {
+            return Err(format!(
+                "the CNI plugin {p} is not in {} (install containernetworking-plugins)",
+                opts.plugin_dir.display()
+            ));
+        }
+    }
+    let conf: NetConfList = default_conf(&opts.subnet, &state_dir.join("cni/ipam"));
+    Networks::new(&opts.plugin_dir, conf).map_err(|e| e.to_string())
+}
+
+fn record_path(srv: &Server, id: &str) -> PathBuf {
+    srv.task_dir(id).join(RECORD)
+}
+
+/// Attaches task `id` to the default network and records it (durably) before returning.
+pub async fn attach(srv: &Arc<Server>, id: &str) -> Result<TaskNetwork, String> {
+    let (srv2, id2) = (srv.clone(), id.to_owned());
+    let net = tokio::task::spawn_blocking(move || -> Result<TaskNetwork, String> {
+        let nets = srv2.networks.as_ref().map_err(Clone::clone)?;
+        let net = nets.attach(&id2, Vec::new()).map_err(|e| e.to_string())?;
+        if let Err(e) = write_record(&record_path(&srv2, &id2), &net) {
+            let _ = nets.detach(&net);
+            return Err(format!("cannot record the task's network: {e}"));
+        }
+        Ok(net)
+    })
+    .await
+    .map_err(|e| format!("network attach: {e}"))??;
+    let iface = NetworkInterface {
+        private_ipv4_address: net.guest.address.split('/').next().unwrap_or("").into(),
+        mac_address: net.guest.mac.clone(),
+        gateway: net.guest.gateway.map(|g| g.to_string()),
+    };
+    let _ = srv
+        .records
+        .update(id, |t| t.network_interfaces = vec![iface]);
+    srv.records.event(
+        id,
+        &format!("network attached: {} ({})", net.guest.address, net.netns),
+    );
+    Ok(net)
+}
+
+/// Detaches a task's network and drops its record; failures are logged and kept in the
+/// record for the next start to retry.
+pub async fn detach(srv: &Arc<Server>, id: &str, net: TaskNetwork) {
+    let (srv2, id2) = (srv.clone(), id.to_owned());
+    let done = tokio::task::spawn_blocking(move || detach_recorded(&srv2, &id2, &net)).await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => srv
+            .records
+            .event(id, &format!("network detach failed: {e}")),
+        Err(e) => tracing::warn!(task = id, "network detach: {e}"),
+    }
+}
+
+fn detach_recorded(srv: &Server, id: &str, net: &TaskNetwork) -> Result<(), NetError> {
+    if let Ok(nets) = &srv.networks {
+        nets.detach(net)?;
+    } else {
+        // No plugins now: the namespace at least goes.
+        crate::network::ip::netns_del(&net.netns)?;
+    }
+    let _ = std::fs::remove_file(record_path(srv, id));
+    Ok(())
+}
+
+/// At start-up (no VM of ours runs): detaches every network a previous run left recorded.
+pub fn recover(srv: &Server) {
+    let Ok(dirs) = std::fs::read_dir(srv.cfg.state_dir.join("tasks")) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let path = d.path().join(RECORD);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let id = d.file_name().to_string_lossy().into_owned();
+        match serde_json::from_str::<TaskNetwork>(&text) {
+            Ok(net) => match detach_recorded(srv, &id, &net) {
+                Ok(()) => tracing::info!(task = id, "detached a network left from the last run"),
+                Err(e) => tracing::warn!(task = id, "cannot detach its network: {e}"),
+            },
+            Err(e) => tracing::warn!(task = id, "unreadable {}: {e}", path.display()),
+        }
+    }
+}
+
+fn write_record(path: &Path, net: &TaskNetwork) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(net).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What the agent is told about the task's interface.
+pub fn guest_spec(net: &TaskNetwork) -> NetworkSpec {
+    NetworkSpec {
+        interface: "eth0".into(),
+        mac: net.guest.mac.clone(),
+        address: net.guest.address.clone(),
+        gateway: net.guest.gateway.map(|g| g.to_string()),
+        mtu: net.guest.mtu,
+        nameservers: net.guest.nameservers.clone(),
+        search: Vec::new(),
+    }
+}
