@@ -155,8 +155,9 @@ impl Server {
             networks,
             _lock: lock,
         });
-        recovery::recover(&srv)?;
+        // Networks first: a task re-run below attaches a new one under the same name.
         networking::recover(&srv);
+        recovery::recover(&srv)?;
         retention::remove_orphan_dirs(&srv);
         if let Some(keep) = srv.cfg.task_retention {
             retention::spawn_pruner(&srv, keep);
