@@ -28,6 +28,26 @@ impl TestNetns {
         TestNetns { name }
     }
 
+    /// Joins this namespace and `peer` with a veth pair (`NAME` here, `NAME` there too),
+    /// addressed `mine`/`theirs` (CIDR), both up.
+    pub fn link(&self, peer: &TestNetns, name: &str, mine: &str, theirs: &str) {
+        ip(&[
+            "-n", &self.name, "link", "add", name, "type", "veth", "peer", "name", name, "netns",
+            &peer.name,
+        ]);
+        ip(&["-n", &self.name, "addr", "add", mine, "dev", name]);
+        ip(&["-n", &peer.name, "addr", "add", theirs, "dev", name]);
+        ip(&["-n", &self.name, "link", "set", name, "up"]);
+        ip(&["-n", &peer.name, "link", "set", name, "up"]);
+    }
+
+    /// Runs `ip -n NAME ARGS…`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }

@@ -6,12 +6,12 @@
 //! the TAP. `detach` frees the address and removes the namespace. No VM is needed.
 
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use control_plane::network::{default_conf, Networks, TaskNetwork};
+use control_plane::network::{default_conf, firewall, Networks, TaskNetwork};
 use skiff_tests::netns::{in_netns, TestNetns};
 
 const VM_UID: u32 = 900_123;
@@ -179,6 +179,8 @@ fn a_task_network_carries_frames_between_its_tap_and_the_bridge() {
     let nets = Networks::new(
         Path::new(control_plane::network::DEFAULT_PLUGIN_DIR),
         default_conf("10.89.0.0/24", ipam.path()),
+        control_plane::network::DEFAULT_BRIDGE,
+        true,
     )
     .unwrap();
     host.run(|| {
@@ -200,6 +202,14 @@ fn a_task_network_carries_frames_between_its_tap_and_the_bridge() {
         let tap = String::from_utf8_lossy(&tap.stdout);
         assert!(tap.contains(&format!("user {VM_UID}")), "{tap}");
         assert!(tap.contains("vnet_hdr"), "{tap}");
+        // Its bridge port on the host is isolated from other tasks'.
+        let port = net.result.host_ports("skiff0").next().unwrap().to_owned();
+        let link = std::process::Command::new("ip")
+            .args(["-d", "link", "show", "dev", &port])
+            .output()
+            .unwrap();
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(link.contains("isolated on"), "{link}");
 
         let gw_mac = exchange_through_tap(&net);
         eprintln!(
@@ -223,6 +233,8 @@ fn a_plugin_failure_is_named_and_leaves_nothing_behind() {
     let nets = Networks::new(
         Path::new(control_plane::network::DEFAULT_PLUGIN_DIR),
         default_conf("10.89.1.0/33", ipam.path()),
+        control_plane::network::DEFAULT_BRIDGE,
+        true,
     )
     .unwrap();
     host.run(|| {
@@ -235,4 +247,159 @@ fn a_plugin_failure_is_named_and_leaves_nothing_behind() {
             .join(Networks::netns_name("fedcba9876543210"))
             .exists());
     });
+}
+
+/// Accepts on `listener` until the test ends, answering each connection with the peer's
+/// address as the listener saw it.
+fn echo_peer(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let peer = c
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = c.write_all(peer.as_bytes());
+        }
+    });
+}
+
+/// Connects to `addr` from the current thread's namespace: what the far end says, or None
+/// when nothing answers within 2 s (dropped) or the connection is refused.
+fn try_connect(addr: &str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Issue 14's isolation, performed against the real rules with the tasks' own CNI
+/// interfaces (no VM is needed to send from a task's namespace): inside a test "host"
+/// joined to a test "internet", with Skiff's nftables table installed, a task reaches the
+/// internet through NAT, and nothing else: not another task on the default network, not a
+/// service of the host on any of its addresses, not a link-local metadata address. The
+/// host reaches the tasks, and a published port answers on the host's address and on
+/// 127.0.0.1. Without the table and the port isolation, every one of these attempts
+/// succeeds (the first version of this test showed it).
+#[test]
+fn a_task_reaches_the_internet_and_nothing_else() {
+    let host = TestNetns::new("isohost");
+    let inet = TestNetns::new("isoinet");
+    host.link(&inet, "uplink", "10.200.0.1/24", "10.200.0.2/24");
+    // A metadata service at the usual link-local address, beyond the uplink.
+    inet.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"]);
+    host.ip(&["route", "add", "169.254.169.254/32", "via", "10.200.0.2"]);
+    let ipam = tempfile::tempdir().unwrap();
+    let nets = Networks::new(
+        Path::new(control_plane::network::DEFAULT_PLUGIN_DIR),
+        default_conf("10.89.3.0/24", ipam.path()),
+        control_plane::network::DEFAULT_BRIDGE,
+        true,
+    )
+    .unwrap();
+    let published = serde_json::json!({"hostPort": 18088, "containerPort": 80, "protocol": "tcp"});
+    let pid = std::process::id();
+    let mut tasks = host.run(|| {
+        host_sysctl_forwarding();
+        firewall::install().unwrap();
+        let mut tasks = Attached {
+            nets: &nets,
+            host: host.path(),
+            list: Vec::new(),
+        };
+        for (id, ports) in [
+            (format!("a{pid:015}"), vec![published.clone()]),
+            (format!("b{pid:015}"), vec![]),
+        ] {
+            tasks.list.push(nets.attach(&id, ports).unwrap());
+        }
+        echo_peer(TcpListener::bind("0.0.0.0:18081").unwrap());
+        tasks
+    });
+    let (a, b) = (tasks.list[0].clone(), tasks.list[1].clone());
+    echo_peer(inet.run(|| TcpListener::bind("0.0.0.0:18080").unwrap()));
+    echo_peer(inet.run(|| TcpListener::bind("169.254.169.254:80").unwrap()));
+    echo_peer(in_netns(&a.netns_path(), || {
+        TcpListener::bind("0.0.0.0:80").unwrap()
+    }));
+    let ip_of = |n: &TaskNetwork| n.guest.address.split('/').next().unwrap().to_owned();
+    let a_ip = ip_of(&a);
+
+    in_netns(&b.netns_path(), || {
+        // The internet, through NAT: the far end sees the host's uplink address.
+        assert_eq!(
+            try_connect("10.200.0.2:18080").as_deref(),
+            Some("10.200.0.1")
+        );
+        for (what, addr) in [
+            ("another task", format!("{a_ip}:80")),
+            ("the host, on the gateway", "10.89.3.1:18081".to_owned()),
+            ("the host, on its uplink", "10.200.0.1:18081".to_owned()),
+            (
+                "a link-local metadata address",
+                "169.254.169.254:80".to_owned(),
+            ),
+        ] {
+            assert_eq!(try_connect(&addr), None, "task B reached {what} at {addr}");
+        }
+    });
+    host.run(|| {
+        assert_eq!(
+            try_connect(&format!("{a_ip}:80")).as_deref(),
+            Some("10.89.3.1")
+        );
+        // A's published port, on 127.0.0.1 too.
+        assert!(try_connect("127.0.0.1:18088").is_some(), "127.0.0.1:18088");
+        assert!(
+            try_connect("10.200.0.1:18088").is_some(),
+            "10.200.0.1:18088"
+        );
+    });
+    inet.run(|| {
+        assert!(
+            try_connect("10.200.0.1:18088").is_some(),
+            "from the internet"
+        );
+    });
+    host.run(|| {
+        tasks.detach();
+        // The published port's rules went with A.
+        assert_eq!(try_connect("127.0.0.1:18088"), None);
+    });
+    assert!(leases(ipam.path()).is_empty());
+}
+
+/// Attached task networks, detached on drop (also when an assertion fails).
+struct Attached<'a> {
+    nets: &'a Networks,
+    /// The test host's namespace, where the plugins must run.
+    host: std::path::PathBuf,
+    list: Vec<TaskNetwork>,
+}
+
+impl Attached<'_> {
+    fn detach(&mut self) {
+        for n in self.list.drain(..) {
+            self.nets.detach(&n).unwrap();
+        }
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        let list: Vec<_> = self.list.drain(..).collect();
+        let nets = self.nets;
+        in_netns(&self.host, || {
+            for n in list {
+                let _ = nets.detach(&n);
+            }
+        });
+    }
+}
+
+/// A namespace starts with forwarding off; the bridge plugin turns it on for its gateway,
+/// but the uplink must forward too.
+fn host_sysctl_forwarding() {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
 }

@@ -32,6 +32,9 @@ pub async fn create(
                 .retry_after(QUEUE_FULL_RETRY_AFTER_SECS)
         }
         ServerError::NoNetwork(_) => ApiError::bad_request(e.to_string()),
+        ServerError::PortTaken(_) => {
+            ApiError::new(StatusCode::CONFLICT, "port_taken", e.to_string())
+        }
         e => ApiError::internal(e),
     })?;
     Ok((StatusCode::ACCEPTED, Json(task)))

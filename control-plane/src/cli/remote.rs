@@ -184,8 +184,24 @@ pub fn run(api: &Api, a: RunArgs) -> anyhow::Result<i32> {
         "stopTimeoutSeconds": a.stop_timeout,
         "env": env_map(&a.env, "-e")?,
         "labels": env_map(&a.labels, "--label")?,
-        "networkMode": a.network,
+        "networkMode": if a.network == "none" && !a.publish.is_empty() { "default" } else { a.network.as_str() },
     });
+    if !a.publish.is_empty() {
+        body["portMappings"] = a
+            .publish
+            .iter()
+            .map(|p| {
+                let mut m = json!({"containerPort": p.container_port, "hostPort": p.host_port});
+                if let Some(proto) = &p.protocol {
+                    m["protocol"] = json!(proto);
+                }
+                if let Some(ip) = &p.host_ip {
+                    m["hostIp"] = json!(ip);
+                }
+                m
+            })
+            .collect();
+    }
     if !cmd.is_empty() {
         body["command"] = json!(cmd);
     }

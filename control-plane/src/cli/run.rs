@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use clap::Args;
 
+use control_plane::tasks::ports::{parse_publish, PortMappingRequest};
+
 #[derive(Args)]
 pub struct RunArgs {
     /// Run here, in a microVM started by this command, without a server (like podman).
@@ -47,10 +49,15 @@ pub struct RunArgs {
     /// Label KEY=VALUE (repeatable; server runs).
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
-    /// The task's network: none (loopback only; the default) or bridge (an address on the
-    /// server's default network). Server runs.
-    #[arg(long, default_value = "none", value_parser = ["none", "bridge"])]
+    /// The task's network: none (loopback only; the default) or default (an address on the
+    /// server's default network, outbound access, isolated from other tasks and the host;
+    /// `bridge` is the same). Server runs.
+    #[arg(long, default_value = "none", value_parser = ["none", "default", "bridge"])]
     pub network: String,
+    /// Publish a port on the host: [HOSTIP:]HOSTPORT:CONTAINERPORT[/udp] (repeatable;
+    /// implies --network default). Server runs.
+    #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
+    pub publish: Vec<PortMappingRequest>,
     /// Print the phase timings to stderr when the task ends.
     #[arg(long)]
     pub timings: bool,

@@ -22,7 +22,7 @@ use super::tempdir_in;
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
 pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
-    if a.network != "none" {
+    if a.network != "none" || !a.publish.is_empty() {
         return Err(anyhow!(
             "--network {} works only through skiff serve so far",
             a.network

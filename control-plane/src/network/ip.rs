@@ -68,6 +68,25 @@ pub fn link_info(ns: &str, dev: &str) -> Result<(String, u32), IpError> {
     Ok((mac.to_owned(), mtu as u32))
 }
 
+/// Makes bridge port `dev` (on the host) isolated: the bridge forwards no frame between
+/// two isolated ports, so the tasks behind them cannot reach each other.
+pub fn isolate_port(dev: &str) -> Result<(), IpError> {
+    run(
+        "ip",
+        &[
+            "link",
+            "set",
+            "dev",
+            dev,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "on",
+        ],
+    )
+    .map(drop)
+}
+
 /// Creates TAP `tap` in namespace `ns`, owned by `uid`/`gid`, with `IFF_VNET_HDR`, up,
 /// with `mtu`.
 pub fn tap_add(ns: &str, tap: &str, uid: u32, gid: u32, mtu: u32) -> Result<(), IpError> {

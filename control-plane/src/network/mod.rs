@@ -6,9 +6,11 @@
 //!
 //! - [`cni`]: the plugin runner (ADD in order with `prevResult`, DEL in reverse);
 //! - [`result`]: the CNI result types;
-//! - [`ip`]: the iproute2 commands (namespaces, TAP, tc redirect).
+//! - [`ip`]: the iproute2 commands (namespaces, TAP, tc redirect);
+//! - [`firewall`]: Skiff's nftables tables that isolate tasks.
 
 pub mod cni;
+pub mod firewall;
 pub mod ip;
 pub mod result;
 
@@ -28,6 +30,8 @@ pub const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/cni";
 const CNI_IFNAME: &str = "eth0";
 /// The VM's TAP, beside it.
 const TAP_NAME: &str = "tap0";
+/// The default network's bridge on the host.
+pub const DEFAULT_BRIDGE: &str = "skiff0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -75,11 +79,16 @@ impl TaskNetwork {
 /// Attaches tasks to one CNI network.
 pub struct Networks {
     runner: CniRunner,
+    /// The network's bridge on the host.
+    bridge: String,
+    /// Its tasks may not reach each other (their bridge ports are isolated).
+    isolate_tasks: bool,
 }
 
 /// Skiff's default network: a bridge `skiff0` that is the tasks' gateway with outbound
 /// NAT, host-local addresses from `subnet` (leases under `ipam_dir`), published ports
-/// (portmap) and the firewall plugin's forwarding rules.
+/// (portmap) and the firewall plugin's forwarding rules. What tasks may not reach is
+/// dropped by [`firewall`]'s tables.
 pub fn default_conf(subnet: &str, ipam_dir: &Path) -> NetConfList {
     NetConfList {
         cni_version: "1.0.0".into(),
@@ -87,7 +96,7 @@ pub fn default_conf(subnet: &str, ipam_dir: &Path) -> NetConfList {
         plugins: vec![
             json!({
                 "type": "bridge",
-                "bridge": "skiff0",
+                "bridge": DEFAULT_BRIDGE,
                 "isGateway": true,
                 "ipMasq": true,
                 "ipam": {
@@ -112,9 +121,18 @@ fn runtime_config(port_mappings: &[Value]) -> serde_json::Map<String, Value> {
 }
 
 impl Networks {
-    pub fn new(plugin_dir: &Path, conf: NetConfList) -> Result<Self, NetError> {
+    /// A network whose bridge is `bridge`; with `isolate_tasks`, its tasks' bridge ports
+    /// are isolated from each other.
+    pub fn new(
+        plugin_dir: &Path,
+        conf: NetConfList,
+        bridge: &str,
+        isolate_tasks: bool,
+    ) -> Result<Self, NetError> {
         Ok(Self {
             runner: CniRunner::new(plugin_dir, conf)?,
+            bridge: bridge.to_owned(),
+            isolate_tasks,
         })
     }
 
@@ -161,7 +179,10 @@ impl Networks {
             },
             result,
         };
-        match self.guest_settings(net.clone()) {
+        let settled = self
+            .isolate(&net)
+            .and_then(|()| self.guest_settings(net.clone()));
+        match settled {
             Ok(net) => Ok(net),
             Err(e) => {
                 if let Err(d) = self.detach(&net) {
@@ -170,6 +191,24 @@ impl Networks {
                 Err(e)
             }
         }
+    }
+
+    /// Isolates the task's bridge ports, if this network's tasks must not reach each other.
+    fn isolate(&self, net: &TaskNetwork) -> Result<(), NetError> {
+        if !self.isolate_tasks {
+            return Ok(());
+        }
+        let mut ports = net.result.host_ports(&self.bridge).peekable();
+        if ports.peek().is_none() {
+            return Err(NetError::Incomplete {
+                network: self.runner.network().to_owned(),
+                what: "bridge port on the host",
+            });
+        }
+        for port in ports {
+            ip::isolate_port(port)?;
+        }
+        Ok(())
     }
 
     /// Reads the guest's settings from the CNI result and the interface.

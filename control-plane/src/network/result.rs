@@ -69,6 +69,17 @@ impl Dns {
     }
 }
 
+impl CniResult {
+    /// The names of the interfaces the result put on the host (no sandbox), other than
+    /// `bridge`: a task's bridge ports (the host ends of its veths).
+    pub fn host_ports<'a>(&'a self, bridge: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.interfaces
+            .iter()
+            .filter(move |i| i.sandbox.is_empty() && i.name != bridge)
+            .map(|i| i.name.as_str())
+    }
+}
+
 /// An address with its prefix length, e.g. `10.89.0.5/16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -138,6 +149,7 @@ mod tests {
         let (cidr, gw) = r.ipv4_of(idx).unwrap();
         assert_eq!(cidr.to_string(), "10.89.0.5/16");
         assert_eq!(gw, Some("10.89.0.1".parse().unwrap()));
+        assert_eq!(r.host_ports("skiff0").collect::<Vec<_>>(), ["veth1234"]);
         // It survives being stored and read back (it is handed to DEL as prevResult).
         let again: CniResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(again, r);

@@ -6,6 +6,7 @@ mod live;
 pub mod metrics;
 pub mod networking;
 mod pipeline;
+pub mod ports;
 pub mod records;
 mod recovery;
 mod report;
@@ -78,8 +79,10 @@ pub enum ServerError {
     Listen(#[from] ListenError),
     #[error("{0} tasks are already waiting to start (the server's --max-queued); try again later")]
     QueueFull(usize),
-    #[error("networkMode: bridge networking is not available on this server: {0}")]
+    #[error("networkMode: task networks are not available on this server: {0}")]
     NoNetwork(String),
+    #[error(transparent)]
+    PortTaken(#[from] ports::PortTaken),
 }
 
 pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -105,6 +108,8 @@ pub struct Server {
     pub prepare_slots: Arc<tokio::sync::Semaphore>,
     /// The default task network, or why this server has none.
     pub networks: Result<crate::network::Networks, String>,
+    /// Host ports held for tasks that publish them.
+    pub ports: ports::PortReservations,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -153,6 +158,7 @@ impl Server {
             waiting: Arc::new(AtomicUsize::new(0)),
             prepare_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PREPARES)),
             networks,
+            ports: ports::PortReservations::default(),
             _lock: lock,
         });
         // Networks first: a task re-run below attaches a new one under the same name.
@@ -175,7 +181,7 @@ impl Server {
 
     /// Stores a new task and starts its life.
     pub fn submit(self: &Arc<Self>, task: Task) -> Result<Task, ServerError> {
-        if task.network_mode == crate::tasks::NetworkMode::Bridge {
+        if task.network_mode != crate::tasks::NetworkMode::None {
             if let Err(why) = &self.networks {
                 return Err(ServerError::NoNetwork(why.clone()));
             }
@@ -183,7 +189,11 @@ impl Server {
         let max = self.cfg.max_queued;
         let slot =
             WaitingSlot::take(&self.waiting, Some(max)).ok_or(ServerError::QueueFull(max))?;
-        self.records.store.insert(&task)?;
+        self.ports.reserve(&task.id, &task.port_mappings)?;
+        if let Err(e) = self.records.store.insert(&task) {
+            self.ports.release(&task.id);
+            return Err(e.into());
+        }
         self.records
             .event(&task.id, &format!("accepted (image {})", task.image));
         self.records.metrics.submitted.inc();
@@ -197,6 +207,7 @@ impl Server {
         let srv = self.clone();
         tokio::spawn(async move {
             pipeline::supervise(&srv, &id, &live, slot).await;
+            srv.ports.release(&id);
             srv.live_map().remove(&id);
             live.mark_done();
         });

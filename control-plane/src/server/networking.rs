@@ -1,4 +1,4 @@
-//! Task networks in the server: a `bridge` task's network is attached once it is admitted
+//! Task networks in the server: a task's's network is attached once it is admitted
 //! (CNI ADD, on a blocking thread), recorded in `<task>/network.json` before the VM starts,
 //! and detached when the VM is gone (CNI DEL, the namespace removed). A record left by a
 //! crash is detached at the next start, so addresses and port rules never leak.
@@ -9,8 +9,10 @@ use std::sync::Arc;
 use guest_agent::NetworkSpec;
 
 use super::Server;
-use crate::network::{cni::NetConfList, default_conf, NetError, Networks, TaskNetwork};
-use crate::tasks::NetworkInterface;
+use crate::network::{
+    cni::NetConfList, default_conf, firewall, NetError, Networks, TaskNetwork, DEFAULT_BRIDGE,
+};
+use crate::tasks::{NetworkInterface, Task};
 
 /// Where a task's attached network is recorded.
 const RECORD: &str = "network.json";
@@ -46,19 +48,29 @@ pub fn open(opts: &NetworkOptions, state_dir: &Path) -> Result<Networks, String>
         }
     }
     let conf: NetConfList = default_conf(&opts.subnet, &state_dir.join("cni/ipam"));
-    Networks::new(&opts.plugin_dir, conf).map_err(|e| e.to_string())
+    let nets =
+        Networks::new(&opts.plugin_dir, conf, DEFAULT_BRIDGE, true).map_err(|e| e.to_string())?;
+    firewall::install().map_err(|e| e.to_string())?;
+    Ok(nets)
 }
 
 fn record_path(srv: &Server, id: &str) -> PathBuf {
     srv.task_dir(id).join(RECORD)
 }
 
-/// Attaches task `id` to the default network and records it (durably) before returning.
-pub async fn attach(srv: &Arc<Server>, id: &str) -> Result<TaskNetwork, String> {
+/// Attaches `task` to the default network with its published ports and records it
+/// (durably) before returning.
+pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, String> {
+    let id = task.id.as_str();
+    // Held since the submission, unless the task is re-run after a restart.
+    srv.ports
+        .reserve(id, &task.port_mappings)
+        .map_err(|e| e.to_string())?;
+    let ports: Vec<_> = task.port_mappings.iter().map(|m| m.cni_value()).collect();
     let (srv2, id2) = (srv.clone(), id.to_owned());
     let net = tokio::task::spawn_blocking(move || -> Result<TaskNetwork, String> {
         let nets = srv2.networks.as_ref().map_err(Clone::clone)?;
-        let net = nets.attach(&id2, Vec::new()).map_err(|e| e.to_string())?;
+        let net = nets.attach(&id2, ports).map_err(|e| e.to_string())?;
         if let Err(e) = write_record(&record_path(&srv2, &id2), &net) {
             let _ = nets.detach(&net);
             return Err(format!("cannot record the task's network: {e}"));
@@ -75,9 +87,18 @@ pub async fn attach(srv: &Arc<Server>, id: &str) -> Result<TaskNetwork, String> 
     let _ = srv
         .records
         .update(id, |t| t.network_interfaces = vec![iface]);
+    let published: Vec<String> = task.port_mappings.iter().map(|m| m.to_string()).collect();
+    let published = if published.is_empty() {
+        String::new()
+    } else {
+        format!("; published {}", published.join(", "))
+    };
     srv.records.event(
         id,
-        &format!("network attached: {} ({})", net.guest.address, net.netns),
+        &format!(
+            "network attached: {} ({}){published}",
+            net.guest.address, net.netns
+        ),
     );
     Ok(net)
 }

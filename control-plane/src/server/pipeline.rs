@@ -76,10 +76,10 @@ async fn run(
         () = live.stop_requested() => return Ok(stopped_before_start()),
     };
     drop(slot);
-    // The task's network (bridge tasks): attached before the VM, detached after it.
+    // The task's network (unless networkMode none): attached before the VM, detached after it.
     let net = match task.network_mode {
         NetworkMode::None => None,
-        NetworkMode::Bridge => match networking::attach(srv, id).await {
+        NetworkMode::Default => match networking::attach(srv, &task).await {
             Ok(n) => Some(n),
             Err(e) => {
                 return Ok(Ending::new(

@@ -3,6 +3,7 @@
 
 pub mod logs;
 pub mod model;
+pub mod ports;
 pub mod request;
 pub mod store;
 
@@ -10,6 +11,7 @@ pub use model::{
     Ending, InvalidTransition, NetworkInterface, NetworkMode, Phases, StartMode, StopCode, Task,
     TaskState, Transition, Usage,
 };
+pub use ports::{PortMapping, Protocol};
 pub use request::{Limits, TaskRequest, ValidationError};
 pub use store::{ListQuery, StoreError, TaskStore};
 

@@ -85,9 +85,11 @@ pub enum NetworkMode {
     /// Loopback only (for now the default: such tasks can start from snapshots).
     #[default]
     None,
-    /// A namespace of its own on Skiff's default bridge network: an address, outbound
-    /// NAT, reachable from the host.
-    Bridge,
+    /// A namespace of its own on Skiff's default network (a bridge): an address,
+    /// outbound NAT, reachable from the host and its published ports, isolated from other
+    /// tasks and the host. `bridge` is read as this too.
+    #[serde(alias = "bridge")]
+    Default,
 }
 
 /// The task's network interface as the API shows it (ECS's `networkInterfaces` names).
@@ -173,6 +175,9 @@ pub struct Task {
     pub vmm_pid: Option<u32>,
     #[serde(default)]
     pub network_mode: NetworkMode,
+    /// Published ports (checked; only with a network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<super::ports::PortMapping>,
     /// Set once the task's network is attached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_interfaces: Vec<NetworkInterface>,

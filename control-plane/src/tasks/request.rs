@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::model::{Phases, Task, TaskState};
+use super::model::{NetworkMode, Phases, Task, TaskState};
 use crate::images::Reference;
 
 /// What a user submits. Unknown fields are refused.
@@ -27,9 +27,12 @@ pub struct TaskRequest {
     pub stop_timeout_seconds: Option<u64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// `none` (the default: loopback only) or `bridge`.
+    /// `none` (the default: loopback only) or `default`.
     #[serde(default)]
     pub network_mode: super::model::NetworkMode,
+    /// Ports published on the host (needs a network).
+    #[serde(default)]
+    pub port_mappings: Vec<super::ports::PortMappingRequest>,
 }
 
 /// The largest task this host can ever run (its capacity).
@@ -166,6 +169,13 @@ impl TaskRequest {
                 ));
             }
         }
+        let port_mappings = super::ports::check(&self.port_mappings)?;
+        if !port_mappings.is_empty() && self.network_mode == NetworkMode::None {
+            return Err(bad(
+                "portMappings",
+                "publishing ports needs a network: give networkMode \"default\"",
+            ));
+        }
         Ok(Task {
             id,
             state: TaskState::Provisioning,
@@ -193,6 +203,7 @@ impl TaskRequest {
             start_mode: None,
             vmm_pid: None,
             network_mode: self.network_mode,
+            port_mappings,
             network_interfaces: Vec::new(),
         })
     }
@@ -240,6 +251,14 @@ mod tests {
             (r#"{"image":"b","env":{"A=B":"c"}}"#, "env:"),
             (r#"{"image":"b","workingDir":"rel"}"#, "workingDir:"),
             (r#"{"image":"b","command":["a\u0000b"]}"#, "command[0]:"),
+            (
+                r#"{"image":"b","portMappings":[{"containerPort":80}]}"#,
+                "portMappings:",
+            ),
+            (
+                r#"{"image":"b","networkMode":"default","portMappings":[{"containerPort":99999}]}"#,
+                "portMappings[0].containerPort:",
+            ),
         ] {
             let e = check(json).unwrap_err();
             assert!(e.starts_with(field), "{json}: {e}");
