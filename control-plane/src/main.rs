@@ -79,6 +79,9 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Manage task networks (through the server).
+    #[command(subcommand)]
+    Network(cli::network::NetworkCmd),
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
                     Cmd::Inspect { ids } => remote::inspect(&api, &ids),
                     Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
                     Cmd::Stop { ids } => remote::stop(&api, &ids),
+                    Cmd::Network(c) => cli::network::network(&api, c),
                     Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) | Cmd::Info => {
                         unreachable!("handled above")
                     }

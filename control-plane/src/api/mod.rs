@@ -5,6 +5,7 @@ mod error;
 mod images;
 pub mod listen;
 mod logs;
+mod networks;
 mod tasks;
 
 use std::sync::Arc;
@@ -34,6 +35,11 @@ pub fn router(srv: Arc<Server>) -> Router {
         .route("/v1/tasks/{id}/stop", post(tasks::stop))
         .route("/v1/tasks/{id}/logs", get(logs::logs))
         .route("/v1/images", post(images::pull).get(images::list))
+        .route("/v1/networks", post(networks::create).get(networks::list))
+        .route(
+            "/v1/networks/{name}",
+            get(networks::get_one).delete(networks::remove),
+        )
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(srv.clone(), auth));

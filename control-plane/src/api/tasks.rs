@@ -31,7 +31,9 @@ pub async fn create(
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
                 .retry_after(QUEUE_FULL_RETRY_AFTER_SECS)
         }
-        ServerError::NoNetwork(_) => ApiError::bad_request(e.to_string()),
+        ServerError::NoNetwork(_) | ServerError::UnknownNetwork(_) => {
+            ApiError::bad_request(e.to_string())
+        }
         ServerError::PortTaken(_) => {
             ApiError::new(StatusCode::CONFLICT, "port_taken", e.to_string())
         }

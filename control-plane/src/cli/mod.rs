@@ -6,6 +6,7 @@ pub mod bench_density;
 pub mod image;
 pub mod info;
 pub mod limits;
+pub mod network;
 pub mod remote;
 pub mod run;
 pub mod run_local;

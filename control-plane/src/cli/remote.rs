@@ -113,6 +113,11 @@ impl Api {
         self.json(self.req(reqwest::Method::POST, path).json(body))
     }
 
+    /// DELETE; the answer's body is not read.
+    pub fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.req(reqwest::Method::DELETE, path)).map(drop)
+    }
+
     /// A text answer (e.g. /metrics).
     pub fn text(&self, path: &str) -> anyhow::Result<String> {
         self.send(self.req(reqwest::Method::GET, path))?
@@ -213,6 +218,9 @@ pub fn run(api: &Api, a: RunArgs) -> anyhow::Result<i32> {
     }
     if let Some(u) = a.user {
         body["user"] = json!(u);
+    }
+    if let Some(n) = a.name {
+        body["name"] = json!(n);
     }
     if let Some(t) = a.timeout {
         body["timeoutSeconds"] = json!(t);

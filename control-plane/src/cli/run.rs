@@ -49,11 +49,14 @@ pub struct RunArgs {
     /// Label KEY=VALUE (repeatable; server runs).
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
-    /// The task's network: none (loopback only; the default) or default (an address on the
+    /// The task's network: none (loopback only; the default), default (an address on the
     /// server's default network, outbound access, isolated from other tasks and the host;
-    /// `bridge` is the same). Server runs.
-    #[arg(long, default_value = "none", value_parser = ["none", "default", "bridge"])]
+    /// `bridge` is the same), or a network made with `skiff network create`. Server runs.
+    #[arg(long, default_value = "none")]
     pub network: String,
+    /// The task's name, which other tasks on its network resolve. Server runs.
+    #[arg(long)]
+    pub name: Option<String>,
     /// Publish a port on the host: [HOSTIP:]HOSTPORT:CONTAINERPORT[/udp] (repeatable;
     /// implies --network default). Server runs.
     #[arg(short = 'p', long = "publish", value_parser = parse_publish)]

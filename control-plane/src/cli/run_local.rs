@@ -22,9 +22,9 @@ use super::tempdir_in;
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
 pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
-    if a.network != "none" || !a.publish.is_empty() {
+    if a.network != "none" || !a.publish.is_empty() || a.name.is_some() {
         return Err(anyhow!(
-            "--network {} works only through skiff serve so far",
+            "--network {}, -p and --name work only through skiff serve so far",
             a.network
         ));
     }

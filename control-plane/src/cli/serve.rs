@@ -59,9 +59,16 @@ pub struct ServeArgs {
     vmm_overhead_mib: u64,
     #[command(flatten)]
     image_limits: super::limits::LimitArgs,
-    /// The subnet of the default task network (tasks with `networkMode: bridge`).
+    /// The subnet of the default task network (tasks with `networkMode: default`).
     #[arg(long, default_value = "10.89.0.0/16")]
     network_subnet: String,
+    /// Where named networks (`skiff network create`) take their /24 subnets from.
+    #[arg(long, default_value = "10.90.0.0/16")]
+    network_pool: String,
+    /// A resolver the tasks' resolvers forward names to, IP:PORT (repeatable; the host's
+    /// /etc/resolv.conf nameservers when not given).
+    #[arg(long)]
+    dns_upstream: Vec<std::net::SocketAddr>,
     /// Where the CNI plugins are.
     #[arg(long, default_value = control_plane::network::DEFAULT_PLUGIN_DIR)]
     cni_plugin_dir: PathBuf,
@@ -169,6 +176,8 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         network: control_plane::server::networking::NetworkOptions {
             plugin_dir: a.cni_plugin_dir.clone(),
             subnet: a.network_subnet.clone(),
+            pool: a.network_pool.clone(),
+            dns_upstreams: a.dns_upstream.clone(),
         },
         task_retention: (!a.task_retention.is_zero()).then_some(a.task_retention),
         snapshots: !a.no_snapshots,

@@ -4,7 +4,7 @@
 //! the two never have to agree on order:
 //!
 //! - `inet skiff` `input`: from a task bridge, only replies to the host's own connections
-//!   (and, once a resolver listens there, DNS to the gateway) reach the host: no host
+//!   and DNS to Skiff's resolvers (on the networks' gateways) reach the host: no host
 //!   service, on any of the host's addresses, is open to tasks; IPv6 included.
 //! - `inet skiff` `forward`: routed traffic from a task to another task bridge, or to
 //!   link-local addresses (cloud metadata services), is dropped; replies, and connections
@@ -17,6 +17,7 @@
 //! The table is replaced whole, in one transaction, each time the server starts.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 /// Every task bridge's name starts with this (`skiff0` is the default network's).
@@ -31,8 +32,19 @@ pub enum FirewallError {
 }
 
 /// The ruleset text (`nft -f` syntax) for the task bridges.
-pub fn ruleset() -> String {
+/// `resolvers`: the gateway addresses where Skiff's resolvers listen (DNS from tasks to
+/// them is let through).
+pub fn ruleset(resolvers: &[Ipv4Addr]) -> String {
     let tasks = format!("\"{BRIDGE_PREFIX}*\"");
+    let dns = if resolvers.is_empty() {
+        String::new()
+    } else {
+        let set: Vec<String> = resolvers.iter().map(|r| r.to_string()).collect();
+        format!(
+            "    iifname {tasks} ip daddr {{ {} }} meta l4proto {{ udp, tcp }} th dport 53 accept comment \"Skiff's resolvers\"\n",
+            set.join(", ")
+        )
+    };
     let mut out = String::new();
     // Declaring a table before deleting it makes the delete succeed when it is absent.
     out.push_str("table inet skiff\ndelete table inet skiff\n");
@@ -41,7 +53,7 @@ pub fn ruleset() -> String {
   chain input {{
     type filter hook input priority filter - 10; policy accept;
     iifname {tasks} ct state established,related accept
-    iifname {tasks} counter drop comment \"tasks do not reach the host\"
+{dns}    iifname {tasks} counter drop comment \"tasks do not reach the host\"
   }}
   chain forward {{
     type filter hook forward priority filter - 10; policy accept;
@@ -83,13 +95,13 @@ fn nft(args: &[&str], rules: &str) -> Result<(), FirewallError> {
 }
 
 /// Replaces Skiff's table with its rules, in one transaction.
-pub fn install() -> Result<(), FirewallError> {
-    nft(&["-f", "-"], &ruleset())
+pub fn install(resolvers: &[Ipv4Addr]) -> Result<(), FirewallError> {
+    nft(&["-f", "-"], &ruleset(resolvers))
 }
 
 /// Checks the rules with nft without applying them.
-pub fn check() -> Result<(), FirewallError> {
-    nft(&["--check", "-f", "-"], &ruleset())
+pub fn check(resolvers: &[Ipv4Addr]) -> Result<(), FirewallError> {
+    nft(&["--check", "-f", "-"], &ruleset(resolvers))
 }
 
 #[cfg(test)]
@@ -98,7 +110,14 @@ mod tests {
 
     #[test]
     fn the_rules_drop_what_tasks_must_not_do() {
-        let r = ruleset();
+        let r = ruleset(&["10.89.0.1".parse().unwrap(), "10.90.1.1".parse().unwrap()]);
+        assert!(
+            r.contains(
+                "ip daddr { 10.89.0.1, 10.90.1.1 } meta l4proto { udp, tcp } th dport 53 accept"
+            ),
+            "{r}"
+        );
+        assert!(!ruleset(&[]).contains("dport 53"));
         assert!(r.contains("iifname \"skiff*\" counter drop"), "{r}");
         assert!(
             r.contains("iifname \"skiff*\" oifname \"skiff*\" counter drop"),
@@ -117,6 +136,7 @@ mod tests {
             eprintln!("skipped: nft is missing (scripts/setup.sh installs nftables)");
             return;
         }
-        check().unwrap();
+        check(&[]).unwrap();
+        check(&["10.89.0.1".parse().unwrap()]).unwrap();
     }
 }

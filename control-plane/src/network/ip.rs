@@ -68,6 +68,28 @@ pub fn link_info(ns: &str, dev: &str) -> Result<(String, u32), IpError> {
     Ok((mac.to_owned(), mtu as u32))
 }
 
+/// Makes bridge `name` with address `gateway` (CIDR) on the host, up, unless it is there:
+/// the bridge plugin finds it ready (it adds the same address only when it is missing), and
+/// the network's resolver can listen on the gateway before the first task.
+pub fn bridge_ensure(name: &str, gateway: &str) -> Result<(), IpError> {
+    if run("ip", &["link", "show", "dev", name]).is_err() {
+        run("ip", &["link", "add", name, "type", "bridge"])?;
+    }
+    let addrs = run("ip", &["-o", "addr", "show", "dev", name])?;
+    if !addrs.split_whitespace().any(|w| w == gateway) {
+        run("ip", &["addr", "add", gateway, "dev", name])?;
+    }
+    run("ip", &["link", "set", "dev", name, "up"]).map(drop)
+}
+
+/// Deletes link `name` on the host; one already gone is not an error.
+pub fn link_del(name: &str) -> Result<(), IpError> {
+    if run("ip", &["link", "show", "dev", name]).is_err() {
+        return Ok(());
+    }
+    run("ip", &["link", "del", "dev", name]).map(drop)
+}
+
 /// Makes bridge port `dev` (on the host) isolated: the bridge forwards no frame between
 /// two isolated ports, so the tasks behind them cannot reach each other.
 pub fn isolate_port(dev: &str) -> Result<(), IpError> {

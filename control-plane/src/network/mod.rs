@@ -6,19 +6,24 @@
 //!
 //! - [`cni`]: the plugin runner (ADD in order with `prevResult`, DEL in reverse);
 //! - [`result`]: the CNI result types;
-//! - [`ip`]: the iproute2 commands (namespaces, TAP, tc redirect);
-//! - [`firewall`]: Skiff's nftables tables that isolate tasks.
+//! - [`ip`]: the iproute2 commands (namespaces, TAP, tc redirect, bridges);
+//! - [`firewall`]: Skiff's nftables table that isolates tasks;
+//! - [`named`]: named networks; [`registry`]: the server's networks;
+//! - [`dns`]: the resolver each network has on its gateway.
 
 pub mod cni;
+pub mod dns;
 pub mod firewall;
 pub mod ip;
+pub mod named;
+pub mod registry;
 pub mod result;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use cni::{Attachment, CniError, CniRunner, NetConfList};
 use ip::IpError;
@@ -59,6 +64,9 @@ pub struct GuestNet {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskNetwork {
+    /// The Skiff network (`default` or a named one).
+    #[serde(default = "default_network_name")]
+    pub network: String,
     /// The namespace's name (`/run/netns/NAME`).
     pub netns: String,
     pub tap: String,
@@ -70,6 +78,13 @@ pub struct TaskNetwork {
     pub guest: GuestNet,
 }
 
+fn default_network_name() -> String {
+    DEFAULT_NETWORK.into()
+}
+
+/// The default network's name in the API (`networkMode: "default"`).
+pub const DEFAULT_NETWORK: &str = "default";
+
 impl TaskNetwork {
     pub fn netns_path(&self) -> PathBuf {
         ip::netns_path(&self.netns)
@@ -78,7 +93,11 @@ impl TaskNetwork {
 
 /// Attaches tasks to one CNI network.
 pub struct Networks {
+    /// The Skiff network's name (`default` or a named one).
+    name: String,
     runner: CniRunner,
+    /// Where the network's resolver listens: the tasks' nameserver (else CNI's DNS).
+    resolver: Option<std::net::Ipv4Addr>,
     /// The network's bridge on the host.
     bridge: String,
     /// Its tasks may not reach each other (their bridge ports are isolated).
@@ -88,28 +107,9 @@ pub struct Networks {
 /// Skiff's default network: a bridge `skiff0` that is the tasks' gateway with outbound
 /// NAT, host-local addresses from `subnet` (leases under `ipam_dir`), published ports
 /// (portmap) and the firewall plugin's forwarding rules. What tasks may not reach is
-/// dropped by [`firewall`]'s tables.
+/// dropped by [`firewall`]'s table.
 pub fn default_conf(subnet: &str, ipam_dir: &Path) -> NetConfList {
-    NetConfList {
-        cni_version: "1.0.0".into(),
-        name: "skiff".into(),
-        plugins: vec![
-            json!({
-                "type": "bridge",
-                "bridge": DEFAULT_BRIDGE,
-                "isGateway": true,
-                "ipMasq": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": subnet}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": ipam_dir,
-                },
-            }),
-            json!({"type": "portmap", "capabilities": {"portMappings": true}}),
-            json!({"type": "firewall", "backend": "iptables"}),
-        ],
-    }
+    named::conf("skiff", DEFAULT_BRIDGE, subnet, ipam_dir)
 }
 
 fn runtime_config(port_mappings: &[Value]) -> serde_json::Map<String, Value> {
@@ -130,10 +130,32 @@ impl Networks {
         isolate_tasks: bool,
     ) -> Result<Self, NetError> {
         Ok(Self {
+            name: DEFAULT_NETWORK.into(),
             runner: CniRunner::new(plugin_dir, conf)?,
+            resolver: None,
             bridge: bridge.to_owned(),
             isolate_tasks,
         })
+    }
+
+    /// The same, as Skiff network `name`.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+
+    /// The same, with tasks told to use the resolver at `addr`.
+    pub fn with_resolver(mut self, addr: std::net::Ipv4Addr) -> Self {
+        self.resolver = Some(addr);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.bridge
     }
 
     /// The namespace name of task `task_id`.
@@ -165,7 +187,12 @@ impl Networks {
                 return Err(e.into());
             }
         };
+        let nameservers = match self.resolver {
+            Some(r) => vec![r.to_string()],
+            None => result.dns.nameservers.clone(),
+        };
         let net = TaskNetwork {
+            network: self.name.clone(),
             netns,
             tap: TAP_NAME.into(),
             container_id: task_id.to_owned(),
@@ -175,7 +202,7 @@ impl Networks {
                 address: String::new(),
                 gateway: None,
                 mtu: 0,
-                nameservers: result.dns.nameservers.clone(),
+                nameservers,
             },
             result,
         };

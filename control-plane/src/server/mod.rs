@@ -4,6 +4,7 @@
 mod events;
 mod live;
 pub mod metrics;
+pub mod named_networks;
 pub mod networking;
 mod pipeline;
 pub mod ports;
@@ -83,6 +84,8 @@ pub enum ServerError {
     NoNetwork(String),
     #[error(transparent)]
     PortTaken(#[from] ports::PortTaken),
+    #[error("networkMode: no network named {0:?} (skiff network ls lists them)")]
+    UnknownNetwork(String),
 }
 
 pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -107,7 +110,7 @@ pub struct Server {
     /// blocking threads stay few, apart from the launchers' (which capacity bounds).
     pub prepare_slots: Arc<tokio::sync::Semaphore>,
     /// The default task network, or why this server has none.
-    pub networks: Result<crate::network::Networks, String>,
+    pub networks: Result<crate::network::registry::NetworkRegistry, String>,
     /// Host ports held for tasks that publish them.
     pub ports: ports::PortReservations,
     /// Held for the server's life: one `skiff serve` per state dir.
@@ -143,7 +146,7 @@ impl Server {
             &initrd,
         )
         .map_err(io_err("prepare the snapshot dir"))?;
-        let networks = networking::open(&cfg.network, &cfg.state_dir);
+        let networks = networking::open(&cfg.network, &cfg.state_dir, &store);
         if let Err(why) = &networks {
             tracing::warn!("tasks cannot have networks: {why}");
         }
@@ -181,9 +184,13 @@ impl Server {
 
     /// Stores a new task and starts its life.
     pub fn submit(self: &Arc<Self>, task: Task) -> Result<Task, ServerError> {
-        if task.network_mode != crate::tasks::NetworkMode::None {
-            if let Err(why) = &self.networks {
-                return Err(ServerError::NoNetwork(why.clone()));
+        if let Some(name) = networking::network_name(&task.network_mode) {
+            match &self.networks {
+                Err(why) => return Err(ServerError::NoNetwork(why.clone())),
+                Ok(reg) if reg.get(name).is_none() => {
+                    return Err(ServerError::UnknownNetwork(name.to_owned()))
+                }
+                Ok(_) => {}
             }
         }
         let max = self.cfg.max_queued;

@@ -1,28 +1,34 @@
-//! Task networks in the server: a task's's network is attached once it is admitted
+//! Task networks in the server: a task's network is attached once it is admitted
 //! (CNI ADD, on a blocking thread), recorded in `<task>/network.json` before the VM starts,
 //! and detached when the VM is gone (CNI DEL, the namespace removed). A record left by a
 //! crash is detached at the next start, so addresses and port rules never leak.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use guest_agent::NetworkSpec;
 
 use super::Server;
-use crate::network::{
-    cni::NetConfList, default_conf, firewall, NetError, Networks, TaskNetwork, DEFAULT_BRIDGE,
-};
-use crate::tasks::{NetworkInterface, Task};
+use crate::network::dns::upstreams_from_resolv_conf;
+use crate::network::registry::{NetworkRegistry, RegistryOptions};
+use crate::network::{NetError, TaskNetwork, DEFAULT_NETWORK};
+use crate::tasks::{NetworkInterface, NetworkMode, Task, TaskStore};
 
 /// Where a task's attached network is recorded.
 const RECORD: &str = "network.json";
 
-/// How the server's default network is made (`skiff serve --network-subnet`,
-/// `--cni-plugin-dir`).
+/// How the server's networks are made (`skiff serve --network-subnet`, `--network-pool`,
+/// `--dns-upstream`, `--cni-plugin-dir`).
 #[derive(Debug, Clone)]
 pub struct NetworkOptions {
     pub plugin_dir: PathBuf,
+    /// The default network's subnet.
     pub subnet: String,
+    /// Where named networks' subnets come from.
+    pub pool: String,
+    /// The resolvers' upstreams; the host's /etc/resolv.conf nameservers when empty.
+    pub dns_upstreams: Vec<SocketAddr>,
 }
 
 impl Default for NetworkOptions {
@@ -30,28 +36,48 @@ impl Default for NetworkOptions {
         Self {
             plugin_dir: crate::network::DEFAULT_PLUGIN_DIR.into(),
             subnet: "10.89.0.0/16".into(),
+            pool: "10.90.0.0/16".into(),
+            dns_upstreams: Vec::new(),
         }
     }
 }
 
-/// The plugins the default network uses.
-const PLUGINS: [&str; 4] = ["bridge", "host-local", "portmap", "firewall"];
-
 /// The server's networks, or why there are none (told to whoever asks for one).
-pub fn open(opts: &NetworkOptions, state_dir: &Path) -> Result<Networks, String> {
-    for p in PLUGINS {
-        if !opts.plugin_dir.join(p).is_file() {
-            return Err(format!(
-                "the CNI plugin {p} is not in {} (install containernetworking-plugins)",
-                opts.plugin_dir.display()
-            ));
-        }
+pub fn open(
+    opts: &NetworkOptions,
+    state_dir: &Path,
+    store: &TaskStore,
+) -> Result<NetworkRegistry, String> {
+    let parse = |flag: &str, s: &str| {
+        s.parse::<ipnet::Ipv4Net>()
+            .map(|n| n.trunc())
+            .map_err(|_| format!("{flag} {s}: not an IPv4 subnet"))
+    };
+    let upstreams = if opts.dns_upstreams.is_empty() {
+        upstreams_from_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+    } else {
+        opts.dns_upstreams.clone()
+    };
+    let stored = store.networks().map_err(|e| e.to_string())?;
+    NetworkRegistry::open(
+        RegistryOptions {
+            plugin_dir: opts.plugin_dir.clone(),
+            subnet: parse("--network-subnet", &opts.subnet)?,
+            pool: parse("--network-pool", &opts.pool)?,
+            upstreams,
+            ipam_dir: state_dir.join("cni/ipam"),
+        },
+        stored,
+    )
+}
+
+/// The network a task's `networkMode` names (none for `none`).
+pub fn network_name(mode: &NetworkMode) -> Option<&str> {
+    match mode {
+        NetworkMode::None => None,
+        NetworkMode::Default => Some(DEFAULT_NETWORK),
+        NetworkMode::Named(n) => Some(n),
     }
-    let conf: NetConfList = default_conf(&opts.subnet, &state_dir.join("cni/ipam"));
-    let nets =
-        Networks::new(&opts.plugin_dir, conf, DEFAULT_BRIDGE, true).map_err(|e| e.to_string())?;
-    firewall::install().map_err(|e| e.to_string())?;
-    Ok(nets)
 }
 
 fn record_path(srv: &Server, id: &str) -> PathBuf {
@@ -67,9 +93,15 @@ pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, Strin
         .reserve(id, &task.port_mappings)
         .map_err(|e| e.to_string())?;
     let ports: Vec<_> = task.port_mappings.iter().map(|m| m.cni_value()).collect();
+    let name = network_name(&task.network_mode)
+        .ok_or("the task has no network")?
+        .to_owned();
     let (srv2, id2) = (srv.clone(), id.to_owned());
     let net = tokio::task::spawn_blocking(move || -> Result<TaskNetwork, String> {
-        let nets = srv2.networks.as_ref().map_err(Clone::clone)?;
+        let reg = srv2.networks.as_ref().map_err(Clone::clone)?;
+        let nets = reg
+            .get(&name)
+            .ok_or_else(|| format!("networkMode: no network named {name:?}"))?;
         let net = nets.attach(&id2, ports).map_err(|e| e.to_string())?;
         if let Err(e) = write_record(&record_path(&srv2, &id2), &net) {
             let _ = nets.detach(&net);
@@ -84,6 +116,14 @@ pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, Strin
         mac_address: net.guest.mac.clone(),
         gateway: net.guest.gateway.map(|g| g.to_string()),
     };
+    // On a named network, the task answers to its name, id and hostname.
+    if let (Ok(reg), NetworkMode::Named(_)) = (&srv.networks, &task.network_mode) {
+        if let Ok(ip) = iface.private_ipv4_address.parse() {
+            let mut names = vec![id.to_owned(), id.chars().take(12).collect()];
+            names.extend(task.name.clone());
+            reg.names.add(&net.network, id, ip, &names);
+        }
+    }
     let _ = srv
         .records
         .update(id, |t| t.network_interfaces = vec![iface]);
@@ -118,11 +158,14 @@ pub async fn detach(srv: &Arc<Server>, id: &str, net: TaskNetwork) {
 }
 
 fn detach_recorded(srv: &Server, id: &str, net: &TaskNetwork) -> Result<(), NetError> {
-    if let Ok(nets) = &srv.networks {
-        nets.detach(net)?;
-    } else {
-        // No plugins now: the namespace at least goes.
-        crate::network::ip::netns_del(&net.netns)?;
+    let nets = srv.networks.as_ref().ok().and_then(|reg| {
+        reg.names.remove_task(&net.network, id);
+        reg.get(&net.network)
+    });
+    match nets {
+        Some(nets) => nets.detach(net)?,
+        // No plugins or no such network now: the namespace at least goes.
+        None => crate::network::ip::netns_del(&net.netns)?,
     }
     let _ = std::fs::remove_file(record_path(srv, id));
     Ok(())

@@ -79,15 +79,17 @@ async fn run(
     // The task's network (unless networkMode none): attached before the VM, detached after it.
     let net = match task.network_mode {
         NetworkMode::None => None,
-        NetworkMode::Default => match networking::attach(srv, &task).await {
-            Ok(n) => Some(n),
-            Err(e) => {
-                return Ok(Ending::new(
-                    StopCode::TaskFailedToStart,
-                    format!("network: {e}"),
-                ))
+        NetworkMode::Default | NetworkMode::Named(_) => {
+            match networking::attach(srv, &task).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    return Ok(Ending::new(
+                        StopCode::TaskFailedToStart,
+                        format!("network: {e}"),
+                    ))
+                }
             }
-        },
+        }
     };
     // Launch.
     let cfg = launch_config(srv, &task, &prepared, net.clone());

@@ -78,18 +78,48 @@ pub enum StartMode {
     Snapshot,
 }
 
-/// Which network a task's VM gets (`networkMode`, as ECS and Docker name it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Which network a task's VM gets (`networkMode`, as ECS and Docker name it): `"none"`,
+/// `"default"` (`"bridge"` is read as it too) or the name of a network made with
+/// `POST /v1/networks`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum NetworkMode {
-    /// Loopback only (for now the default: such tasks can start from snapshots).
+    /// Loopback only, no network device (for now the default: such tasks can start from
+    /// snapshots).
     #[default]
     None,
     /// A namespace of its own on Skiff's default network (a bridge): an address,
     /// outbound NAT, reachable from the host and its published ports, isolated from other
-    /// tasks and the host. `bridge` is read as this too.
-    #[serde(alias = "bridge")]
+    /// tasks and the host.
     Default,
+    /// A named network: like the default one, but its tasks reach each other, by name too.
+    Named(String),
+}
+
+impl NetworkMode {
+    pub fn as_str(&self) -> &str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Default => "default",
+            NetworkMode::Named(n) => n,
+        }
+    }
+}
+
+impl Serialize for NetworkMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for NetworkMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "none" => NetworkMode::None,
+            "default" | "bridge" => NetworkMode::Default,
+            _ => NetworkMode::Named(s),
+        })
+    }
 }
 
 /// The task's network interface as the API shows it (ECS's `networkInterfaces` names).
@@ -175,6 +205,9 @@ pub struct Task {
     pub vmm_pid: Option<u32>,
     #[serde(default)]
     pub network_mode: NetworkMode,
+    /// The name it has on its network (DNS), if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Published ports (checked; only with a network).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_mappings: Vec<super::ports::PortMapping>,

@@ -27,9 +27,11 @@ pub struct TaskRequest {
     pub stop_timeout_seconds: Option<u64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// `none` (the default: loopback only) or `default`.
+    /// `none` (the default: loopback only), `default`, or a named network.
     #[serde(default)]
-    pub network_mode: super::model::NetworkMode,
+    pub network_mode: NetworkMode,
+    /// A name other tasks on its network resolve (a DNS label).
+    pub name: Option<String>,
     /// Ports published on the host (needs a network).
     #[serde(default)]
     pub port_mappings: Vec<super::ports::PortMappingRequest>,
@@ -169,6 +171,12 @@ impl TaskRequest {
                 ));
             }
         }
+        if let NetworkMode::Named(n) = &self.network_mode {
+            crate::network::named::check_network_name(n).map_err(|m| bad("networkMode", m))?;
+        }
+        if let Some(n) = &self.name {
+            crate::network::named::check_label(n).map_err(|m| bad("name", m))?;
+        }
         let port_mappings = super::ports::check(&self.port_mappings)?;
         if !port_mappings.is_empty() && self.network_mode == NetworkMode::None {
             return Err(bad(
@@ -203,6 +211,7 @@ impl TaskRequest {
             start_mode: None,
             vmm_pid: None,
             network_mode: self.network_mode,
+            name: self.name,
             port_mappings,
             network_interfaces: Vec::new(),
         })

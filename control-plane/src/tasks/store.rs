@@ -8,6 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::model::{Task, TaskState};
+use crate::network::named::NamedNetwork;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -23,6 +24,10 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_task ON events(task_id);
+CREATE TABLE IF NOT EXISTS networks (
+    name TEXT PRIMARY KEY,
+    doc  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS images (
     reference TEXT PRIMARY KEY,
     digest    TEXT NOT NULL,
@@ -225,6 +230,33 @@ impl TaskStore {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// Stores a named network.
+    pub fn insert_network(&self, n: &NamedNetwork) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO networks (name, doc) VALUES (?1, ?2)",
+            params![n.name, serde_json::to_string(n)?],
+        )?;
+        Ok(())
+    }
+
+    /// The stored named networks, by name.
+    pub fn networks(&self) -> Result<Vec<NamedNetwork>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT doc FROM networks ORDER BY name")?;
+        let docs = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        docs.iter()
+            .map(|d| serde_json::from_str(d).map_err(StoreError::from))
+            .collect()
+    }
+
+    pub fn delete_network(&self, name: &str) -> Result<(), StoreError> {
+        self.db()
+            .execute("DELETE FROM networks WHERE name = ?1", [name])?;
+        Ok(())
     }
 
     /// Notes that `reference` was pulled (or resolved) as `digest`.
