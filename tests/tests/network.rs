@@ -298,11 +298,29 @@ fn a_task_reaches_the_internet_and_nothing_else() {
         true,
     )
     .unwrap();
+    // A named network beside it (its tasks may reach each other).
+    let named = Networks::new(
+        Path::new(control_plane::network::DEFAULT_PLUGIN_DIR),
+        control_plane::network::named::conf("skiff-web", "skiff1", "10.90.3.0/24", ipam.path()),
+        "skiff1",
+        false,
+    )
+    .unwrap();
     let published = serde_json::json!({"hostPort": 18088, "containerPort": 80, "protocol": "tcp"});
     let pid = std::process::id();
-    let mut tasks = host.run(|| {
+    let (mut tasks, mut on_web) = host.run(|| {
         host_sysctl_forwarding();
-        firewall::install().unwrap();
+        firewall::install(&[
+            firewall::TaskBridge {
+                bridge: control_plane::network::DEFAULT_BRIDGE.into(),
+                gateway: "10.89.3.1".parse().unwrap(),
+            },
+            firewall::TaskBridge {
+                bridge: "skiff1".into(),
+                gateway: "10.90.3.1".parse().unwrap(),
+            },
+        ])
+        .unwrap();
         let mut tasks = Attached {
             nets: &nets,
             host: host.path(),
@@ -314,10 +332,19 @@ fn a_task_reaches_the_internet_and_nothing_else() {
         ] {
             tasks.list.push(nets.attach(&id, ports).unwrap());
         }
+        let mut on_web = Attached {
+            nets: &named,
+            host: host.path(),
+            list: Vec::new(),
+        };
+        for id in [format!("c{pid:015}"), format!("d{pid:015}")] {
+            on_web.list.push(named.attach(&id, vec![]).unwrap());
+        }
         echo_peer(TcpListener::bind("0.0.0.0:18081").unwrap());
-        tasks
+        (tasks, on_web)
     });
     let (a, b) = (tasks.list[0].clone(), tasks.list[1].clone());
+    let (c, d) = (on_web.list[0].clone(), on_web.list[1].clone());
     echo_peer(inet.run(|| TcpListener::bind("0.0.0.0:18080").unwrap()));
     echo_peer(inet.run(|| TcpListener::bind("169.254.169.254:80").unwrap()));
     echo_peer(in_netns(&a.netns_path(), || {
@@ -325,6 +352,20 @@ fn a_task_reaches_the_internet_and_nothing_else() {
     }));
     let ip_of = |n: &TaskNetwork| n.guest.address.split('/').next().unwrap().to_owned();
     let a_ip = ip_of(&a);
+    echo_peer(in_netns(&d.netns_path(), || {
+        TcpListener::bind("0.0.0.0:80").unwrap()
+    }));
+    let (c_ip, d_ip) = (ip_of(&c), ip_of(&d));
+    // On the named network, C reaches D (this host has br_netfilter: the traffic between
+    // two ports of one bridge passes the IP forward hook too); not A on the default one,
+    // nor does B reach D.
+    in_netns(&c.netns_path(), || {
+        assert_eq!(try_connect(&format!("{d_ip}:80")), Some(c_ip.clone()));
+        assert_eq!(try_connect(&format!("{a_ip}:80")), None, "C reached A");
+    });
+    in_netns(&b.netns_path(), || {
+        assert_eq!(try_connect(&format!("{d_ip}:80")), None, "B reached D");
+    });
 
     in_netns(&b.netns_path(), || {
         // The internet, through NAT: the far end sees the host's uplink address.
@@ -364,6 +405,7 @@ fn a_task_reaches_the_internet_and_nothing_else() {
     });
     host.run(|| {
         tasks.detach();
+        on_web.detach();
         // The published port's rules went with A.
         assert_eq!(try_connect("127.0.0.1:18088"), None);
     });

@@ -6,7 +6,10 @@
 //! of the host, and serves requests on its own address and on its published port
 //! (127.0.0.1 on the host, the host's uplink address from the internet); the port is held
 //! for it (a second task asking for it gets 409). A second task on the network fetches
-//! the first one's page by its name. When the tasks stop, their namespaces, address
+//! the first one's page by its name. A third task restores the snapshot of a VM with a
+//! network card that the first one's start built, and serves its own published port with
+//! its own MAC and address. The server is killed while that task runs; the next start
+//! tears its network down and keeps the named network. When the tasks stop, their namespaces, address
 //! leases and port rules are gone, and the network can be removed with its bridge. A
 //! server without the CNI plugins refuses such tasks with a 400 that says why.
 //! (`tests/tests/network.rs` checks the default network's isolation with the tasks' own
@@ -60,6 +63,18 @@ fn get_in(ns: &TestNetns, addr: &str, path: &str, deadline: Instant) -> String {
     })
 }
 
+/// Whether the server's snapshot of a VM with a network card is there.
+fn net_snapshot_ready(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir.join("snapshots"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                e.file_name().to_string_lossy().ends_with("-net")
+                    && e.path().join("vm.state").exists()
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// A DNS server on the test internet (our own resolver, standing for the world's):
 /// `name` is `ip`.
 fn internet_resolver(inet: &TestNetns, at: &str, name: &str, ip: &str) {
@@ -96,18 +111,13 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
     host.link(&inet, "uplink", "10.200.1.1/24", "10.200.1.2/24");
     internet_resolver(&inet, "10.200.1.2:53", "example.test", "10.200.1.2");
     let dir = state_dir("network");
-    let srv = host.run(|| {
-        Serve::start(
-            &dir,
-            &[
-                "--no-snapshots",
-                "--network-subnet",
-                "10.89.7.0/24",
-                "--dns-upstream",
-                "10.200.1.2:53",
-            ],
-        )
-    });
+    let serve_args = [
+        "--network-subnet",
+        "10.89.7.0/24",
+        "--dns-upstream",
+        "10.200.1.2:53",
+    ];
+    let mut srv = host.run(|| Serve::start(&dir, &serve_args));
     answer_forever(
         inet.run(|| TcpListener::bind("0.0.0.0:18080").unwrap()),
         "hello from the internet",
@@ -225,11 +235,65 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
     assert_eq!(c["exitCode"], 0, "{c:#}\n{client_out}");
     assert!(client_out.contains("served by the task"), "{client_out}");
 
+    // The first task's start built a snapshot of a VM with a network card: a third task
+    // restores it, gets its own MAC and address, and serves its own published port.
+    let snap_deadline = Instant::now() + LONG;
+    while !net_snapshot_ready(&dir) {
+        assert!(
+            Instant::now() < snap_deadline,
+            "no snapshot with a network card"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let again = "ip -o link show eth0; mkdir /www && echo restored > /www/index.html && \
+                 exec httpd -f -p 80 -h /www";
+    let again_id = srv.submit(&json!({
+        "image": "local/busybox",
+        "command": ["sh", "-c", again],
+        "networkMode": "web",
+        "portMappings": [{"containerPort": 80, "hostPort": 18089, "hostIp": "127.0.0.1"}],
+        "memoryMiB": 128,
+    }));
+    let t = srv.wait_task(&again_id, "running", LONG, |t| {
+        t["state"] == "RUNNING" || t["state"] == "STOPPED"
+    });
+    assert_eq!(t["state"], "RUNNING", "{t:#}");
+    assert_eq!(t["startMode"], "snapshot", "{t:#}");
+    let answer = get_in(
+        &host,
+        "127.0.0.1:18089",
+        "/index.html",
+        Instant::now() + LONG,
+    );
+    assert!(answer.contains("restored"), "{answer}");
+    let mac = t["networkInterfaces"][0]["macAddress"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = String::from_utf8(srv.logs(&again_id).0).unwrap();
+    assert!(out.contains(&format!("link/ether {mac}")), "{mac}: {out}");
+
     let (status, v) = srv.request("POST", &format!("/v1/tasks/{id}/stop"), None);
     assert!(status.is_success(), "{v}");
     srv.wait_stopped(&id, LONG);
-    // The tasks' namespaces, address leases and records are gone.
-    for task in [&id, &client_id] {
+    // The server dies with the third task running; the next one tears its network down
+    // and keeps the named network.
+    srv.kill();
+    let srv = host.run(|| Serve::start(&dir, &serve_args));
+    let t = srv.wait_stopped(&again_id, LONG);
+    assert_eq!(t["stopCode"], "ControlPlaneRestarted", "{t:#}");
+    let (status, v) = srv.request("GET", "/v1/networks/web", None);
+    assert_eq!(status.as_u16(), 200, "{v}");
+    assert_eq!(v["bridge"], bridge.as_str(), "{v}");
+    // The tasks' namespaces, address leases and records are gone, and the snapshot
+    // build's namespace too.
+    let left = std::process::Command::new("ip")
+        .args(["netns", "ls"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains("skiff-snap-"), "{left}");
+    for task in [&id, &client_id, &again_id] {
         let ns = format!("/run/netns/skiff-{}", &task[..16.min(task.len())]);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::path::Path::new(&ns).exists() {
@@ -251,8 +315,12 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
             .output()
             .unwrap();
         let rules = String::from_utf8_lossy(&rules.stdout);
-        assert!(!rules.contains("18088"), "{rules}");
+        assert!(
+            !rules.contains("18088") && !rules.contains("18089"),
+            "{rules}"
+        );
         TcpListener::bind("0.0.0.0:18088").unwrap();
+        TcpListener::bind("127.0.0.1:18089").unwrap();
     });
     // Unused now, the network goes, with its bridge and lease directory.
     let (status, v) = srv.request("DELETE", "/v1/networks/web", None);

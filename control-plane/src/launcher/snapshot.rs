@@ -17,6 +17,7 @@ use super::error::LaunchError;
 use super::jail::{JailSetupError, VmJail};
 use super::start::{start_vm, AgentListener, NoAgent};
 use super::vmm_process::{StartFrom, API_SOCK};
+use crate::network::TaskNetwork;
 
 /// The snapshot's files (as [`Snapshot::in_dir`] finds them).
 const STATE_FILE: &str = "vm.state";
@@ -51,8 +52,8 @@ impl From<JailSetupError> for SnapshotError {
     }
 }
 
-/// Boots a VM shaped like `cfg` (its `rootfs`, `snapshot` and `timeout` are ignored),
-/// waits for the agent, snapshots it into `dir` (replaced atomically) and ends the VM.
+/// Boots a VM shaped like `cfg` (its `rootfs`, `snapshot` and `timeout` are ignored; a
+/// `net` asks for a network card, on a TAP of the build's own), waits for the agent, snapshots it into `dir` (replaced atomically) and ends the VM.
 /// `control` can end the VM from another thread (e.g. at shutdown).
 pub fn build_snapshot(
     cfg: &LaunchConfig,
@@ -70,7 +71,8 @@ pub fn build_snapshot(
     std::fs::File::create(&placeholder)
         .and_then(|f| f.set_len(PLACEHOLDER_DISK_BYTES))
         .map_err(io(&placeholder))?;
-    let cfg = LaunchConfig {
+    let with_card = cfg.net.is_some();
+    let mut cfg = LaunchConfig {
         rootfs: placeholder.clone(),
         work_dir: work.clone(),
         snapshot: None,
@@ -78,6 +80,18 @@ pub fn build_snapshot(
         ..cfg.clone()
     };
     let mut jail = VmJail::new(&cfg.jail, &work)?;
+    // A shape with a network card: the card's TAP in a namespace of its own, gone with
+    // the build however it ends.
+    let _card = if with_card {
+        let name = snapshot_netns_name(dir);
+        let net = TaskNetwork::for_snapshot(&name, jail.uid(), jail.uid())
+            .map_err(|e| SnapshotError::Control(format!("the network card's TAP: {e}")))?;
+        jail.join_netns(net.netns_path());
+        cfg.net = Some(net);
+        Some(NetnsOnDrop(name))
+    } else {
+        None
+    };
     let agent = AgentListener::bind(&jail)?;
     let _finish = FinishOnDrop(control);
     let t0 = Instant::now();
@@ -135,6 +149,24 @@ pub fn build_snapshot(
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&work, dir).map_err(io(dir))?;
     Snapshot::in_dir(dir).ok_or_else(|| SnapshotError::Control("the VMM wrote no files".into()))
+}
+
+/// The namespace of a snapshot VM's card: `skiff-snap-` and a hash of the snapshot's dir.
+fn snapshot_netns_name(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    format!("skiff-snap-{}", hex::encode(&h[..6]))
+}
+
+/// Deletes a named network namespace when dropped.
+struct NetnsOnDrop(String);
+
+impl Drop for NetnsOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = crate::network::ip::netns_del(&self.0) {
+            tracing::warn!("removing the snapshot VM's namespace: {e}");
+        }
+    }
 }
 
 /// Takes a file the jailed VMM wrote out of its reach, once the VMM is gone: opened without

@@ -51,6 +51,7 @@ pub(super) fn spawn(
     let mut read_only = Vec::new();
     let mut args: Vec<OsString> = vec!["skiff-vmm".into()];
     let mut arg = |a: &str| args.push(a.into());
+    let restoring = matches!(from, StartFrom::Snapshot(_));
     match from {
         StartFrom::Boot { api_sock } => {
             read_only.push(ro(&cfg.kernel, KERNEL));
@@ -94,8 +95,14 @@ pub(super) fn spawn(
     arg("--serial-out");
     arg(&jail_run(CONSOLE));
     if let Some(net) = &cfg.net {
+        // A restored card keeps the snapshot's MAC; the agent gives the guest's interface
+        // the task's.
         arg("--net");
-        arg(&format!("tap={},mac={}", net.tap, net.guest.mac));
+        if restoring {
+            arg(&format!("tap={}", net.tap));
+        } else {
+            arg(&format!("tap={},mac={}", net.tap, net.guest.mac));
+        }
     }
     let mut cmd = jail.command(&cfg.vmm, read_only, cfg.vcpus, cfg.memory_mib, args)?;
     cmd.stdin(Stdio::null())

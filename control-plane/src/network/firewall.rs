@@ -6,7 +6,7 @@
 //! - `inet skiff` `input`: from a task bridge, only replies to the host's own connections
 //!   and DNS to Skiff's resolvers (on the networks' gateways) reach the host: no host
 //!   service, on any of the host's addresses, is open to tasks; IPv6 included.
-//! - `inet skiff` `forward`: routed traffic from a task to another task bridge, or to
+//! - `inet skiff` `forward`: traffic from a task to another task bridge, or to
 //!   link-local addresses (cloud metadata services), is dropped; replies, and connections
 //!   to a port another task published on the host (DNAT), pass.
 //!
@@ -32,19 +32,38 @@ pub enum FirewallError {
 }
 
 /// The ruleset text (`nft -f` syntax) for the task bridges.
-/// `resolvers`: the gateway addresses where Skiff's resolvers listen (DNS from tasks to
-/// them is let through).
-pub fn ruleset(resolvers: &[Ipv4Addr]) -> String {
+/// A task network as the rules see it.
+#[derive(Debug, Clone)]
+pub struct TaskBridge {
+    pub bridge: String,
+    /// Where its resolver listens (DNS from tasks to it is let through).
+    pub gateway: Ipv4Addr,
+}
+
+/// The ruleset for these task networks. A packet is only compared with its own bridge:
+/// where `br_netfilter` is loaded, traffic between two ports of one bridge passes the IP
+/// layer's forward hook too, with the bridge as both its in and out interface, and must
+/// not be taken for traffic between networks.
+pub fn ruleset(nets: &[TaskBridge]) -> String {
     let tasks = format!("\"{BRIDGE_PREFIX}*\"");
-    let dns = if resolvers.is_empty() {
+    let dns = if nets.is_empty() {
         String::new()
     } else {
-        let set: Vec<String> = resolvers.iter().map(|r| r.to_string()).collect();
+        let set: Vec<String> = nets.iter().map(|n| n.gateway.to_string()).collect();
         format!(
             "    iifname {tasks} ip daddr {{ {} }} meta l4proto {{ udp, tcp }} th dport 53 accept comment \"Skiff's resolvers\"\n",
             set.join(", ")
         )
     };
+    let between: String = nets
+        .iter()
+        .map(|n| {
+            format!(
+                "    iifname \"{b}\" oifname {tasks} oifname != \"{b}\" counter drop comment \"tasks do not reach other networks\"\n",
+                b = n.bridge
+            )
+        })
+        .collect();
     let mut out = String::new();
     // Declaring a table before deleting it makes the delete succeed when it is absent.
     out.push_str("table inet skiff\ndelete table inet skiff\n");
@@ -59,8 +78,7 @@ pub fn ruleset(resolvers: &[Ipv4Addr]) -> String {
     type filter hook forward priority filter - 10; policy accept;
     iifname {tasks} ct state established,related accept
     iifname {tasks} ct status dnat accept comment \"a port another task published\"
-    iifname {tasks} oifname {tasks} counter drop comment \"tasks do not reach other networks\"
-    iifname {tasks} ip daddr 169.254.0.0/16 counter drop comment \"no link-local (metadata) addresses\"
+{between}    iifname {tasks} ip daddr 169.254.0.0/16 counter drop comment \"no link-local (metadata) addresses\"
     iifname {tasks} ip6 daddr fe80::/10 counter drop
   }}
 }}
@@ -95,35 +113,48 @@ fn nft(args: &[&str], rules: &str) -> Result<(), FirewallError> {
 }
 
 /// Replaces Skiff's table with its rules, in one transaction.
-pub fn install(resolvers: &[Ipv4Addr]) -> Result<(), FirewallError> {
-    nft(&["-f", "-"], &ruleset(resolvers))
+pub fn install(nets: &[TaskBridge]) -> Result<(), FirewallError> {
+    nft(&["-f", "-"], &ruleset(nets))
 }
 
 /// Checks the rules with nft without applying them.
-pub fn check(resolvers: &[Ipv4Addr]) -> Result<(), FirewallError> {
-    nft(&["--check", "-f", "-"], &ruleset(resolvers))
+pub fn check(nets: &[TaskBridge]) -> Result<(), FirewallError> {
+    nft(&["--check", "-f", "-"], &ruleset(nets))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn nets() -> Vec<TaskBridge> {
+        vec![
+            TaskBridge {
+                bridge: "skiff0".into(),
+                gateway: "10.89.0.1".parse().unwrap(),
+            },
+            TaskBridge {
+                bridge: "skiff1".into(),
+                gateway: "10.90.1.1".parse().unwrap(),
+            },
+        ]
+    }
+
     #[test]
     fn the_rules_drop_what_tasks_must_not_do() {
-        let r = ruleset(&["10.89.0.1".parse().unwrap(), "10.90.1.1".parse().unwrap()]);
+        let r = ruleset(&nets());
         assert!(
             r.contains(
                 "ip daddr { 10.89.0.1, 10.90.1.1 } meta l4proto { udp, tcp } th dport 53 accept"
             ),
             "{r}"
         );
-        assert!(!ruleset(&[]).contains("dport 53"));
         assert!(r.contains("iifname \"skiff*\" counter drop"), "{r}");
         assert!(
-            r.contains("iifname \"skiff*\" oifname \"skiff*\" counter drop"),
+            r.contains("iifname \"skiff1\" oifname \"skiff*\" oifname != \"skiff1\" counter drop"),
             "{r}"
         );
         assert!(r.contains("169.254.0.0/16"), "{r}");
+        assert!(!ruleset(&[]).contains("dport 53"));
     }
 
     /// nft itself accepts the rules (a check: nothing is applied).
@@ -137,6 +168,6 @@ mod tests {
             return;
         }
         check(&[]).unwrap();
-        check(&["10.89.0.1".parse().unwrap()]).unwrap();
+        check(&nets()).unwrap();
     }
 }

@@ -85,7 +85,39 @@ fn default_network_name() -> String {
 /// The default network's name in the API (`networkMode: "default"`).
 pub const DEFAULT_NETWORK: &str = "default";
 
+/// The MAC a snapshot VM's card is booted with (locally administered); every restored
+/// guest's interface is given its task's MAC by the agent.
+pub const SNAPSHOT_MAC: &str = "02:5f:00:00:00:01";
+
 impl TaskNetwork {
+    /// A namespace `name` holding only a TAP for a VM of uid/gid that is booted to be
+    /// snapshotted: its card needs a backend, but it never sends anything anywhere (the
+    /// guest's interface stays down until a restored task's agent sets it up).
+    pub fn for_snapshot(name: &str, uid: u32, gid: u32) -> Result<TaskNetwork, NetError> {
+        let _ = ip::netns_del(name);
+        ip::netns_add(name)?;
+        let net = TaskNetwork {
+            network: String::new(),
+            netns: name.to_owned(),
+            tap: TAP_NAME.into(),
+            container_id: String::new(),
+            port_mappings: Vec::new(),
+            result: CniResult::default(),
+            guest: GuestNet {
+                mac: SNAPSHOT_MAC.into(),
+                address: String::new(),
+                gateway: None,
+                mtu: 1500,
+                nameservers: Vec::new(),
+            },
+        };
+        if let Err(e) = ip::tap_add(name, TAP_NAME, uid, gid, 1500) {
+            let _ = ip::netns_del(name);
+            return Err(e.into());
+        }
+        Ok(net)
+    }
+
     pub fn netns_path(&self) -> PathBuf {
         ip::netns_path(&self.netns)
     }

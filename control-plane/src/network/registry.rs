@@ -267,9 +267,15 @@ impl NetworkRegistry {
     }
 
     fn install_firewall(&self) -> Result<(), firewall::FirewallError> {
-        let mut resolvers = vec![self.default_gateway];
-        resolvers.extend(self.map().values().map(|e| e.record.gateway));
-        firewall::install(&resolvers)
+        let mut nets = vec![firewall::TaskBridge {
+            bridge: DEFAULT_BRIDGE.into(),
+            gateway: self.default_gateway,
+        }];
+        nets.extend(self.map().values().map(|e| firewall::TaskBridge {
+            bridge: e.record.bridge.clone(),
+            gateway: e.record.gateway,
+        }));
+        firewall::install(&nets)
     }
 }
 

@@ -131,6 +131,16 @@ impl Metrics {
         }
     }
 
+    /// Records one phase that the task's timestamps do not show (`network_attach`,
+    /// `network_detach`).
+    pub fn observe_phase(&self, phase: &str, seconds: f64) {
+        self.phases
+            .get_or_create(&PhaseLabel {
+                phase: phase.into(),
+            })
+            .observe(seconds);
+    }
+
     /// Records a stopped task's phase durations and stop code.
     pub fn observe_stopped(&self, t: &Task) {
         if let Some(code) = t.stop_code {

@@ -97,6 +97,7 @@ pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, Strin
         .ok_or("the task has no network")?
         .to_owned();
     let (srv2, id2) = (srv.clone(), id.to_owned());
+    let t0 = std::time::Instant::now();
     let net = tokio::task::spawn_blocking(move || -> Result<TaskNetwork, String> {
         let reg = srv2.networks.as_ref().map_err(Clone::clone)?;
         let nets = reg
@@ -111,6 +112,10 @@ pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, Strin
     })
     .await
     .map_err(|e| format!("network attach: {e}"))??;
+    let took = t0.elapsed();
+    srv.records
+        .metrics
+        .observe_phase("network_attach", took.as_secs_f64());
     let iface = NetworkInterface {
         private_ipv4_address: net.guest.address.split('/').next().unwrap_or("").into(),
         mac_address: net.guest.mac.clone(),
@@ -136,8 +141,11 @@ pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, Strin
     srv.records.event(
         id,
         &format!(
-            "network attached: {} ({}){published}",
-            net.guest.address, net.netns
+            "network attached in {} ms: {} on {} ({}){published}",
+            took.as_millis(),
+            net.guest.address,
+            net.network,
+            net.netns
         ),
     );
     Ok(net)
@@ -147,9 +155,17 @@ pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, Strin
 /// record for the next start to retry.
 pub async fn detach(srv: &Arc<Server>, id: &str, net: TaskNetwork) {
     let (srv2, id2) = (srv.clone(), id.to_owned());
+    let t0 = std::time::Instant::now();
     let done = tokio::task::spawn_blocking(move || detach_recorded(&srv2, &id2, &net)).await;
     match done {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            let took = t0.elapsed();
+            srv.records
+                .metrics
+                .observe_phase("network_detach", took.as_secs_f64());
+            srv.records
+                .event(id, &format!("network detached in {} ms", took.as_millis()));
+        }
         Ok(Err(e)) => srv
             .records
             .event(id, &format!("network detach failed: {e}")),

@@ -193,10 +193,7 @@ fn launch_config(
         snapshot: None,
         net,
     };
-    // Snapshots hold no network device yet: a task with a network boots.
-    if cfg.net.is_some() {
-        return cfg;
-    }
+    // A task with a network restores a snapshot with a network card.
     LaunchConfig {
         snapshot: srv.snapshots.for_shape(&cfg),
         ..cfg

@@ -1,5 +1,5 @@
-//! The server's snapshots, one per VM shape (vCPUs × MiB), under
-//! `<state>/snapshots/<fingerprint>-<vcpus>x<mib>/`. The fingerprint hashes the VMM, kernel
+//! The server's snapshots, one per VM shape (vCPUs × MiB × with or without a network
+//! card), under `<state>/snapshots/<fingerprint>-<vcpus>x<mib>[-net]/`. The fingerprint hashes the VMM, kernel
 //! and agent initramfs, so a change to any of them makes new snapshots (old ones are
 //! deleted at start). A shape's snapshot is built in the background the first time a task
 //! of that shape runs; until it is ready such tasks boot.
@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::launcher::{build_snapshot, LaunchConfig, Snapshot, TaskControl};
+
+/// vCPUs, MiB, and whether the VM has a network card.
+type ShapeKey = (u32, u64, bool);
 
 #[derive(Debug, Clone)]
 enum Shape {
@@ -24,7 +27,7 @@ pub struct Snapshots {
     root: PathBuf,
     fingerprint: String,
     enabled: bool,
-    shapes: Mutex<HashMap<(u32, u64), Shape>>,
+    shapes: Mutex<HashMap<ShapeKey, Shape>>,
     /// The VMs being booted to be snapshotted, so shutdown can end them.
     builders: Mutex<Vec<TaskControl>>,
 }
@@ -73,12 +76,13 @@ impl Snapshots {
         })
     }
 
-    fn dir(&self, vcpus: u32, mib: u64) -> PathBuf {
+    fn dir(&self, (vcpus, mib, net): ShapeKey) -> PathBuf {
+        let card = if net { "-net" } else { "" };
         self.root
-            .join(format!("{}-{vcpus}x{mib}", self.fingerprint))
+            .join(format!("{}-{vcpus}x{mib}{card}", self.fingerprint))
     }
 
-    fn shapes(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), Shape>> {
+    fn shapes(&self) -> std::sync::MutexGuard<'_, HashMap<ShapeKey, Shape>> {
         self.shapes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -96,14 +100,14 @@ impl Snapshots {
         if !self.enabled {
             return None;
         }
-        let key = (base.vcpus, base.memory_mib);
+        let key = (base.vcpus, base.memory_mib, base.net.is_some());
         let mut shapes = self.shapes();
         match shapes.get(&key) {
             Some(Shape::Ready(s)) => return Some(s.clone()),
             Some(Shape::Building | Shape::Failed) => return None,
             None => {}
         }
-        if let Some(s) = Snapshot::in_dir(&self.dir(key.0, key.1)) {
+        if let Some(s) = Snapshot::in_dir(&self.dir(key)) {
             shapes.insert(key, Shape::Ready(s.clone()));
             return Some(s);
         }
@@ -116,7 +120,7 @@ impl Snapshots {
             .unwrap_or_else(|p| p.into_inner())
             .push(control.clone());
         std::thread::spawn(move || {
-            let dir = me.dir(key.0, key.1);
+            let dir = me.dir(key);
             let shape = match build_snapshot(&cfg, &dir, &control) {
                 Ok(s) => {
                     tracing::info!(
