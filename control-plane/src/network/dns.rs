@@ -26,10 +26,13 @@ const MAX_IN_FLIGHT: usize = 128;
 /// The TTL of the answers for tasks' names: short, as tasks come and go.
 const TASK_TTL: u32 = 5;
 
-/// The tasks' names per network: name → (task id, address).
+/// One network's names: name → the (task id, address) pairs that answer to it.
+type NetworkNames = HashMap<String, Vec<(String, Ipv4Addr)>>;
+
+/// The tasks' names per network.
 #[derive(Default)]
 pub struct NameTable {
-    inner: RwLock<HashMap<String, HashMap<String, Vec<(String, Ipv4Addr)>>>>,
+    inner: RwLock<HashMap<String, NetworkNames>>,
 }
 
 impl NameTable {
