@@ -84,8 +84,8 @@ fn record_path(srv: &Server, id: &str) -> PathBuf {
     srv.task_dir(id).join(RECORD)
 }
 
-/// Attaches `task` to the default network with its published ports and records it
-/// (durably) before returning.
+/// Attaches `task` to the network its `networkMode` names, with its published ports, and
+/// records it (durably) before returning.
 pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, String> {
     let id = task.id.as_str();
     // Held since the submission, unless the task is re-run after a restart.
