@@ -2,6 +2,7 @@
 //! stored in the task database, so that they come back after a restart. A network that
 //! unfinished tasks use cannot be removed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -36,40 +37,49 @@ pub enum NetworksError {
 
 impl Server {
     fn tasks_on(&self, name: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .records
-            .store
-            .unfinished()?
-            .into_iter()
-            .filter(|t| super::networking::network_name(&t.network_mode) == Some(name))
-            .map(|t| t.id)
-            .collect())
+        Ok(self.tasks_by_network()?.remove(name).unwrap_or_default())
     }
 
-    fn view(&self, network: NamedNetwork, builtin: bool) -> Result<NetworkView, StoreError> {
-        let tasks = self.tasks_on(&network.name)?;
-        Ok(NetworkView {
-            network,
-            builtin,
-            tasks,
-        })
+    /// The unfinished tasks per network, from one read of the store.
+    fn tasks_by_network(&self) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let mut by = HashMap::<String, Vec<String>>::new();
+        for t in self.records.store.unfinished()? {
+            if let Some(n) = super::networking::network_name(&t.network_mode) {
+                by.entry(n.to_owned()).or_default().push(t.id);
+            }
+        }
+        Ok(by)
     }
 
     /// The default network first, then the named ones by name.
     pub fn networks(&self) -> Result<Vec<NetworkView>, NetworksError> {
         let reg = self.registry()?;
-        let mut out = vec![self.view(reg.default_network(), true)?];
-        for n in reg.list() {
-            out.push(self.view(n, false)?);
-        }
+        let mut tasks = self.tasks_by_network()?;
+        let mut view = |network: NamedNetwork, builtin| NetworkView {
+            tasks: tasks.remove(&network.name).unwrap_or_default(),
+            network,
+            builtin,
+        };
+        let mut out = vec![view(reg.default_network(), true)];
+        out.extend(reg.list().into_iter().map(|n| view(n, false)));
         Ok(out)
     }
 
     pub fn network(&self, name: &str) -> Result<Option<NetworkView>, NetworksError> {
-        Ok(self
-            .networks()?
-            .into_iter()
-            .find(|n| n.network.name == name))
+        let reg = self.registry()?;
+        let (network, builtin) = if name == crate::network::DEFAULT_NETWORK {
+            (reg.default_network(), true)
+        } else {
+            match reg.list().into_iter().find(|n| n.name == name) {
+                Some(n) => (n, false),
+                None => return Ok(None),
+            }
+        };
+        Ok(Some(NetworkView {
+            tasks: self.tasks_on(name)?,
+            network,
+            builtin,
+        }))
     }
 
     fn registry(&self) -> Result<&crate::network::registry::NetworkRegistry, NetworksError> {
@@ -93,7 +103,11 @@ impl Server {
                 return Err(e.into());
             }
             tracing::info!(network = name, subnet = %n.subnet, bridge = n.bridge, "network created");
-            Ok(srv.view(n, false)?)
+            Ok(NetworkView {
+                network: n,
+                builtin: false,
+                tasks: Vec::new(),
+            })
         })
         .await
         .map_err(|e| NetworksError::Unavailable(e.to_string()))?

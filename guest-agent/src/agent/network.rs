@@ -118,17 +118,42 @@ fn ioctl<T>(sock: &OwnedFd, request: libc::Ioctl, arg: &mut T, what: &str) -> Re
     Ok(())
 }
 
-/// Applies `plan`: MAC and MTU while the interface is down, then the address, up, and the
-/// default route.
-pub fn apply(plan: &Plan) -> Result<(), String> {
+/// A socket to address the interface ioctls to.
+fn inet_socket() -> Result<OwnedFd, String> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    let s = socket(
+    socket(
         AddressFamily::Inet,
         SockType::Datagram,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| format!("socket: {e}"))?;
+    .map_err(|e| format!("socket: {e}"))
+}
+
+/// Sets `dev` up (and running), keeping its other flags.
+fn bring_up(s: &OwnedFd, dev: &str) -> Result<(), String> {
+    let mut req = ifreq(dev);
+    ioctl(
+        s,
+        libc::SIOCGIFFLAGS,
+        &mut req,
+        &format!("read the flags of {dev}"),
+    )?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    ioctl(s, libc::SIOCSIFFLAGS, &mut req, &format!("bring {dev} up"))
+}
+
+/// Brings interface `dev` up (the agent's loopback at start).
+pub fn link_up(dev: &str) -> Result<(), String> {
+    bring_up(&inet_socket()?, dev)
+}
+
+/// Applies `plan`: MAC and MTU while the interface is down, then the address, up, and the
+/// default route.
+pub fn apply(plan: &Plan) -> Result<(), String> {
+    let s = inet_socket()?;
     let dev = &plan.interface;
 
     let mut req = ifreq(dev);
@@ -171,17 +196,7 @@ pub fn apply(plan: &Plan) -> Result<(), String> {
         &format!("set the netmask of {dev}"),
     )?;
 
-    let mut req = ifreq(dev);
-    ioctl(
-        &s,
-        libc::SIOCGIFFLAGS,
-        &mut req,
-        &format!("read the flags of {dev}"),
-    )?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    ioctl(&s, libc::SIOCSIFFLAGS, &mut req, &format!("bring {dev} up"))?;
+    bring_up(&s, dev)?;
 
     if let Some(gw) = plan.gateway {
         // SAFETY: rtentry is a C struct of integers, sockaddrs and pointers; all-zero is
@@ -293,6 +308,9 @@ mod tests {
             ]);
             ip(&["link", "set", "peer0", "up"]);
             apply(&plan(&spec()).unwrap()).unwrap();
+            link_up("lo").unwrap();
+            let lo = ip(&["-o", "link", "show", "lo"]);
+            assert!(lo.contains(",UP"), "{lo}");
             let link = ip(&["-o", "link", "show", "eth0"]);
             assert!(link.contains("02:1a:6a:e7:2a:ba"), "{link}");
             assert!(link.contains("mtu 1500") && link.contains(",UP"), "{link}");

@@ -65,36 +65,9 @@ pub fn mount_basics() -> Result<(), String> {
     Ok(())
 }
 
-/// Brings the loopback interface up (SIOCSIFFLAGS with IFF_UP).
+/// Brings the loopback interface up.
 pub fn loopback_up() -> Result<(), String> {
-    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    use std::os::fd::AsRawFd;
-    let s = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
-    let mut req: libc::ifreq = unsafe_zeroed_ifreq();
-    for (i, b) in b"lo".iter().enumerate() {
-        req.ifr_name[i] = *b as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags =
-        (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
-    // SAFETY: `req` is a valid, initialised ifreq naming "lo" that lives across the call,
-    // and SIOCSIFFLAGS only reads it.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    if r < 0 {
-        return Err(format!("bring lo up: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn unsafe_zeroed_ifreq() -> libc::ifreq {
-    // SAFETY: ifreq is a C struct of integers, byte arrays and a union of such; all-zero
-    // bytes are a valid value of each.
-    unsafe { std::mem::zeroed() }
+    super::network::link_up("lo")
 }
 
 pub fn set_hostname(name: &str) {
