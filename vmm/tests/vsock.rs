@@ -1,4 +1,4 @@
-//! virtio-vsock with the hybrid Unix-socket backend, in a real guest: 64 MiB each way at
+//! virtio-vsock with the hybrid Unix-socket backend, in a real guest: 8 MiB each way at
 //! once on a guest-initiated connection and on a host-initiated one (checksums on both
 //! ends), then 50 guest connections open at the same time.
 
@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const BYTES: u64 = 64 << 20;
+/// 32 times the 256 KiB credit window each way, so credit updates, stalls on a full
+/// window and wrap-around all happen many times. Bigger transfers are the device
+/// benchmark's job (`cargo bench --bench devices -- --vsock-mib N`): every MiB costs
+/// seconds of emulated guest kernel on a PVM host.
+const BYTES: u64 = 8 << 20;
 
 /// Sends the pattern and reads until EOF at the same time; returns (bytes read, FNV).
 fn exchange(s: UnixStream) -> (u64, u64) {
@@ -77,8 +81,8 @@ fn connect_to_guest(base: &Path, port: u32, deadline: Instant) -> UnixStream {
 }
 
 #[test]
-fn sixty_four_mib_each_way_both_directions_and_fifty_connections() {
-    if !kvm_available("sixty_four_mib_each_way_both_directions_and_fifty_connections") {
+fn eight_mib_each_way_both_directions_and_fifty_connections() {
+    if !kvm_available("eight_mib_each_way_both_directions_and_fifty_connections") {
         return;
     }
     let dir = scratch_dir().join(format!("vsock-{}", std::process::id()));
