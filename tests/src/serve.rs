@@ -36,11 +36,21 @@ impl Serve {
         Self::start_with(state_dir, args, &[])
     }
 
+    /// Tasks that name no network get none unless `args` give `--default-network`: test
+    /// servers run side by side in the host's namespace, where they must not share the
+    /// default network's bridge and addresses (the network tests run theirs in namespaces
+    /// of their own).
     pub fn start_with(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let default_network: &[&str] = if args.contains(&"--default-network") {
+            &[]
+        } else {
+            &["--default-network", "none"]
+        };
         let mut child = Command::new(crate::paths::skiff())
             .arg("--state-dir")
             .arg(state_dir)
             .arg("serve")
+            .args(default_network)
             .args(args)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())

@@ -112,6 +112,8 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
     internet_resolver(&inet, "10.200.1.2:53", "example.test", "10.200.1.2");
     let dir = state_dir("network");
     let serve_args = [
+        "--default-network",
+        "default",
         "--network-subnet",
         "10.89.7.0/24",
         "--dns-upstream",
@@ -172,12 +174,13 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
         "portMappings": [{"containerPort": 80, "hostPort": 18088}],
         "memoryMiB": 128,
     }));
-    // The host port is the task's now: a second task cannot publish it.
+    // The host port is the task's now: a second task cannot publish it (that one names no
+    // network: it gets the server's default, which can publish ports).
     let (status, v) = srv.request(
         "POST",
         "/v1/tasks",
         Some(
-            &json!({"image": "local/busybox", "networkMode": "default",
+            &json!({"image": "local/busybox",
                     "portMappings": [{"containerPort": 80, "hostPort": 18088}]})
             .to_string(),
         ),
@@ -344,17 +347,27 @@ fn without_the_plugins_networked_tasks_are_refused_with_the_reason() {
     let dir = state_dir("network-none");
     let srv = Serve::start(
         &dir,
-        &["--no-snapshots", "--cni-plugin-dir", "/nonexistent"],
+        &[
+            "--no-snapshots",
+            "--cni-plugin-dir",
+            "/nonexistent",
+            "--default-network",
+            "default",
+        ],
     );
+    // A task that names no network gets the default one, which this server cannot make:
+    // the refusal says why and how to do without.
     let (status, v) = srv.request(
         "POST",
         "/v1/tasks",
-        Some(&json!({"image": "local/busybox", "networkMode": "default"}).to_string()),
+        Some(&json!({"image": "local/busybox"}).to_string()),
     );
     assert_eq!(status.as_u16(), 400, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains("networkMode") && msg.contains("/nonexistent"),
+        msg.starts_with("networkMode:")
+            && msg.contains("/nonexistent")
+            && msg.contains("--default-network none"),
         "{msg}"
     );
     let (status, v) = srv.request(
@@ -371,7 +384,8 @@ fn without_the_plugins_networked_tasks_are_refused_with_the_reason() {
             "portMappings[0].containerPort",
         ),
         (
-            json!({"image": "local/busybox", "portMappings": [{"containerPort": 80}]}),
+            json!({"image": "local/busybox", "networkMode": "none",
+                   "portMappings": [{"containerPort": 80}]}),
             "portMappings",
         ),
     ] {

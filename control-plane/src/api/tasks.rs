@@ -24,7 +24,12 @@ pub async fn create(
     let body = body?;
     let req: TaskRequest = parse_json(&body)?;
     let task = req
-        .validate(&srv.limits(), new_task_id(), now_ms())
+        .validate(
+            &srv.limits(),
+            &srv.cfg.default_network,
+            new_task_id(),
+            now_ms(),
+        )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let task = srv.submit(task).map_err(|e| match e {
         ServerError::QueueFull(_) => {

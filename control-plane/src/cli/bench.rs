@@ -36,6 +36,10 @@ pub struct ColdStartArgs {
     cpu: u32,
     #[arg(long, default_value_t = 128)]
     memory: u64,
+    /// The tasks' networkMode (none, default or a named network); without it the server's
+    /// default (`default` for the servers this benchmark starts).
+    #[arg(long)]
+    network: Option<String>,
     /// Use this running server (its own start mode) instead of starting one per mode.
     #[arg(long)]
     server: Option<String>,
@@ -53,6 +57,12 @@ const PHASES: [(&str, &str); 4] = [
     ("submit_to_agent_ready_ms", "agentReadyMs"),
     ("submit_to_exec_ms", "processStartedMs"),
     ("submit_to_stopped_ms", "stoppedMs"),
+];
+
+/// Durations measured, as (name in the output, field of the task's `networkTimings`).
+const NETWORK: [(&str, &str); 2] = [
+    ("network_attach_ms", "attachMs"),
+    ("network_detach_ms", "detachMs"),
 ];
 
 /// A `skiff serve` this benchmark started; stopped when dropped.
@@ -118,7 +128,12 @@ pub(super) fn start_server(
 }
 
 fn task_body(a: &ColdStartArgs) -> Value {
-    json!({"image": a.image, "command": ["true"], "cpu": a.cpu, "memoryMiB": a.memory})
+    let mut body =
+        json!({"image": a.image, "command": ["true"], "cpu": a.cpu, "memoryMiB": a.memory});
+    if let Some(n) = &a.network {
+        body["networkMode"] = json!(n);
+    }
+    body
 }
 
 /// Submits one task, follows it to the end, returns its record.
@@ -216,6 +231,9 @@ fn run_mode(api: &Api, a: &ColdStartArgs, snapshot: bool) -> anyhow::Result<Valu
         for (name, field) in PHASES {
             s[name] = json!(p[field].as_u64().map(|v| v.saturating_sub(t0)));
         }
+        for (name, field) in NETWORK {
+            s[name] = json!(t["networkTimings"][field].as_u64());
+        }
         samples.push(s);
     }
     let mut out = json!({
@@ -225,8 +243,12 @@ fn run_mode(api: &Api, a: &ColdStartArgs, snapshot: bool) -> anyhow::Result<Valu
         "tasks_per_second": a.n as f64 / wall,
         "tasks_not_in_this_mode": mismatched,
     });
-    for (name, _) in PHASES {
+    for name in PHASES.iter().chain(&NETWORK).map(|(n, _)| *n) {
         let mut v: Vec<f64> = samples.iter().filter_map(|s| s[name].as_f64()).collect();
+        if v.is_empty() {
+            // No network (networkMode none): no such figures.
+            continue;
+        }
         v.sort_by(f64::total_cmp);
         out[name] = json!({
             "p50": percentile(&v, 50.0),
@@ -265,8 +287,8 @@ pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
         Mode::Snapshot => vec![true],
         Mode::Both => vec![false, true],
     };
-    let mut report =
-        json!({"host": host, "image": a.image, "cpu": a.cpu, "memoryMiB": a.memory, "modes": {}});
+    let mut report = json!({"host": host, "image": a.image, "cpu": a.cpu, "memoryMiB": a.memory,
+        "networkMode": a.network.as_deref().unwrap_or("server default"), "modes": {}});
     for snapshot in modes {
         let name = if snapshot { "snapshot" } else { "boot" };
         let (own, api) = match &a.server {
@@ -304,7 +326,7 @@ fn print_report(r: &Value) {
     crate::outln!(
         "{:<9} {:<26} {:>10} {:>10} {:>10} {:>10}",
         "mode",
-        "phase (ms from submit)",
+        "phase (ms)",
         "p50",
         "p90",
         "p99",
@@ -312,8 +334,11 @@ fn print_report(r: &Value) {
     );
     let modes = r["modes"].as_object().cloned().unwrap_or_default();
     for (mode, m) in &modes {
-        for (name, _) in PHASES {
+        for name in PHASES.iter().chain(&NETWORK).map(|(n, _)| *n) {
             let p = &m[name];
+            if p.is_null() {
+                continue;
+            }
             let f = |k: &str| p[k].as_f64().map_or("-".into(), |v| format!("{v:.0}"));
             crate::outln!(
                 "{:<9} {:<26} {:>10} {:>10} {:>10} {:>10}",

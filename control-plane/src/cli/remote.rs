@@ -189,8 +189,11 @@ pub fn run(api: &Api, a: RunArgs) -> anyhow::Result<i32> {
         "stopTimeoutSeconds": a.stop_timeout,
         "env": env_map(&a.env, "-e")?,
         "labels": env_map(&a.labels, "--label")?,
-        "networkMode": if a.network == "none" && !a.publish.is_empty() { "default" } else { a.network.as_str() },
     });
+    // Without --network the server's default applies (`skiff serve --default-network`).
+    if let Some(n) = &a.network {
+        body["networkMode"] = json!(n);
+    }
     if !a.publish.is_empty() {
         body["portMappings"] = a
             .publish

@@ -49,16 +49,18 @@ pub struct RunArgs {
     /// Label KEY=VALUE (repeatable; server runs).
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
-    /// The task's network: none (loopback only; the default), default (an address on the
-    /// server's default network, outbound access, isolated from other tasks and the host;
-    /// `bridge` is the same), or a network made with `skiff network create`. Server runs.
-    #[arg(long, default_value = "none")]
-    pub network: String,
+    /// The task's network: default (an address on the server's default network, outbound
+    /// access, isolated from other tasks and the host; `bridge` is the same), none
+    /// (loopback only), or a network made with `skiff network create`. Without it: the
+    /// server's default (`skiff serve --default-network`, itself `default`). Server runs;
+    /// --local runs have loopback only.
+    #[arg(long)]
+    pub network: Option<String>,
     /// The task's name, which other tasks on its network resolve. Server runs.
     #[arg(long)]
     pub name: Option<String>,
-    /// Publish a port on the host: [HOSTIP:]HOSTPORT:CONTAINERPORT[/udp] (repeatable;
-    /// implies --network default). Server runs.
+    /// Publish a port on the host: [HOSTIP:]HOSTPORT:CONTAINERPORT[/udp] (repeatable; needs
+    /// a network: the server's default one unless --network names another). Server runs.
     #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
     pub publish: Vec<PortMappingRequest>,
     /// Print the phase timings to stderr when the task ends.

@@ -22,10 +22,10 @@ use super::tempdir_in;
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
 pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
-    if a.network != "none" || !a.publish.is_empty() || a.name.is_some() {
+    let networked = a.network.as_deref().is_some_and(|n| n != "none");
+    if networked || !a.publish.is_empty() || a.name.is_some() {
         return Err(anyhow!(
-            "--network {}, -p and --name work only through skiff serve so far",
-            a.network
+            "--local runs have loopback only: --network, -p and --name need skiff serve"
         ));
     }
     let (image_arg, cmd) = a.image_and_command()?;

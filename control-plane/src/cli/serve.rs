@@ -59,6 +59,10 @@ pub struct ServeArgs {
     vmm_overhead_mib: u64,
     #[command(flatten)]
     image_limits: super::limits::LimitArgs,
+    /// The network of tasks that name none: default (Skiff's default network), none
+    /// (loopback only) or a network made with `skiff network create`.
+    #[arg(long, default_value = "default", value_parser = parse_network_mode)]
+    default_network: control_plane::tasks::NetworkMode,
     /// The subnet of the default task network (tasks with `networkMode: default`).
     #[arg(long, default_value = "10.89.0.0/16")]
     network_subnet: String,
@@ -114,6 +118,14 @@ fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
 
 /// A duration as humantime reads it (`90s`, `30m`, `24h`, `7d`, `1h 30m`); `0` keeps stopped
 /// tasks for ever.
+fn parse_network_mode(s: &str) -> Result<control_plane::tasks::NetworkMode, String> {
+    let mode = control_plane::tasks::NetworkMode::from_name(s);
+    if let control_plane::tasks::NetworkMode::Named(n) = &mode {
+        control_plane::network::named::check_network_name(n)?;
+    }
+    Ok(mode)
+}
+
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
     if s.trim() == "0" {
         return Ok(std::time::Duration::ZERO);
@@ -179,6 +191,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
             pool: a.network_pool.clone(),
             dns_upstreams: a.dns_upstream.clone(),
         },
+        default_network: a.default_network.clone(),
         task_retention: (!a.task_retention.is_zero()).then_some(a.task_retention),
         snapshots: !a.no_snapshots,
         max_queued: a.max_queued,

@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub registry: RegistryOptions,
     /// How the default task network is made.
     pub network: networking::NetworkOptions,
+    /// The network of a task that names none (`--default-network`).
+    pub default_network: crate::tasks::NetworkMode,
     /// How long stopped tasks are kept (record, events, output); None: for ever.
     pub task_retention: Option<std::time::Duration>,
     /// What one image may make the host store and read.
@@ -80,7 +82,7 @@ pub enum ServerError {
     Listen(#[from] ListenError),
     #[error("{0} tasks are already waiting to start (the server's --max-queued); try again later")]
     QueueFull(usize),
-    #[error("networkMode: task networks are not available on this server: {0}")]
+    #[error("networkMode: task networks are not available on this server: {0} (a task may still ask for networkMode \"none\"; `skiff serve --default-network none` makes that the default)")]
     NoNetwork(String),
     #[error(transparent)]
     PortTaken(#[from] ports::PortTaken),
@@ -149,6 +151,12 @@ impl Server {
         let networks = networking::open(&cfg.network, &cfg.state_dir, &store);
         if let Err(why) = &networks {
             tracing::warn!("tasks cannot have networks: {why}");
+            if cfg.default_network != crate::tasks::NetworkMode::None {
+                tracing::warn!(
+                    "tasks that name no network get {:?} (--default-network) and will be refused",
+                    cfg.default_network.as_str()
+                );
+            }
         }
         let srv = Arc::new(Self {
             snapshots: Arc::new(snapshots),

@@ -13,7 +13,7 @@ use super::Server;
 use crate::network::dns::upstreams_from_resolv_conf;
 use crate::network::registry::{NetworkRegistry, RegistryOptions};
 use crate::network::{NetError, TaskNetwork, DEFAULT_NETWORK};
-use crate::tasks::{NetworkInterface, NetworkMode, Task, TaskStore};
+use crate::tasks::{NetworkInterface, NetworkMode, NetworkTimings, Task, TaskStore};
 
 /// Where a task's attached network is recorded.
 const RECORD: &str = "network.json";
@@ -129,9 +129,13 @@ pub async fn attach(srv: &Arc<Server>, task: &Task) -> Result<TaskNetwork, Strin
             reg.names.add(&net.network, id, ip, &names);
         }
     }
-    let _ = srv
-        .records
-        .update(id, |t| t.network_interfaces = vec![iface]);
+    let _ = srv.records.update(id, |t| {
+        t.network_interfaces = vec![iface];
+        t.network_timings = Some(NetworkTimings {
+            attach_ms: took.as_millis() as u64,
+            detach_ms: None,
+        });
+    });
     let published: Vec<String> = task.port_mappings.iter().map(|m| m.to_string()).collect();
     let published = if published.is_empty() {
         String::new()
@@ -163,6 +167,11 @@ pub async fn detach(srv: &Arc<Server>, id: &str, net: TaskNetwork) {
             srv.records
                 .metrics
                 .observe_phase("network_detach", took.as_secs_f64());
+            let _ = srv.records.update(id, |t| {
+                if let Some(n) = t.network_timings.as_mut() {
+                    n.detach_ms = Some(took.as_millis() as u64);
+                }
+            });
             srv.records
                 .event(id, &format!("network detached in {} ms", took.as_millis()));
         }

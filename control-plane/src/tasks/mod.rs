@@ -8,7 +8,7 @@ pub mod request;
 pub mod store;
 
 pub use model::{
-    Ending, InvalidTransition, NetworkInterface, NetworkMode, Phases, StartMode, StopCode, Task,
+    Ending, InvalidTransition, NetworkInterface, NetworkMode, NetworkTimings, Phases, StartMode, StopCode, Task,
     TaskState, Transition, Usage,
 };
 pub use ports::{PortMapping, Protocol};

@@ -83,8 +83,8 @@ pub enum StartMode {
 /// `POST /v1/networks`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum NetworkMode {
-    /// Loopback only, no network device (for now the default: such tasks can start from
-    /// snapshots).
+    /// Loopback only, no network device. (Also what a stored record without the field
+    /// means: it predates task networks; a request without it gets the server's default.)
     #[default]
     None,
     /// A namespace of its own on Skiff's default network (a bridge): an address,
@@ -96,6 +96,15 @@ pub enum NetworkMode {
 }
 
 impl NetworkMode {
+    /// `none`, `default` (or `bridge`), else a network's name (checked where it is used).
+    pub fn from_name(s: &str) -> Self {
+        match s {
+            "none" => NetworkMode::None,
+            "default" | "bridge" => NetworkMode::Default,
+            _ => NetworkMode::Named(s.to_owned()),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match self {
             NetworkMode::None => "none",
@@ -113,12 +122,7 @@ impl Serialize for NetworkMode {
 
 impl<'de> Deserialize<'de> for NetworkMode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Ok(match s.as_str() {
-            "none" => NetworkMode::None,
-            "default" | "bridge" => NetworkMode::Default,
-            _ => NetworkMode::Named(s),
-        })
+        Ok(Self::from_name(&String::deserialize(d)?))
     }
 }
 
@@ -214,6 +218,19 @@ pub struct Task {
     /// Set once the task's network is attached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_interfaces: Vec<NetworkInterface>,
+    /// How long the task's network took to set up and to tear down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_timings: Option<NetworkTimings>,
+}
+
+/// Durations of a task's network set-up and teardown, ms (the CNI plugin chain, the TAP
+/// and its redirect, the firewall; the guest's own configuration is part of agent start).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkTimings {
+    pub attach_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detach_ms: Option<u64>,
 }
 
 impl Task {

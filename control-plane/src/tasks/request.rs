@@ -27,9 +27,9 @@ pub struct TaskRequest {
     pub stop_timeout_seconds: Option<u64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// `none` (the default: loopback only), `default`, or a named network.
-    #[serde(default)]
-    pub network_mode: NetworkMode,
+    /// `none` (loopback only), `default`, or a named network; when absent, the server's
+    /// default (`skiff serve --default-network`, itself `default` unless set).
+    pub network_mode: Option<NetworkMode>,
     /// A name other tasks on its network resolve (a DNS label).
     pub name: Option<String>,
     /// Ports published on the host (needs a network).
@@ -83,13 +83,19 @@ fn argv(field: &str, v: Option<Vec<String>>) -> Result<Option<Vec<String>>, Vali
 }
 
 impl TaskRequest {
-    /// Checks every field against `limits` and makes the task record.
+    /// Checks every field against `limits` and makes the task record; a task that names no
+    /// network gets `default_network`.
     pub fn validate(
         self,
         limits: &Limits,
+        default_network: &NetworkMode,
         id: String,
         now_ms: u64,
     ) -> Result<Task, ValidationError> {
+        let network_mode = self
+            .network_mode
+            .clone()
+            .unwrap_or_else(|| default_network.clone());
         let image = self.image.trim().to_owned();
         if image.is_empty() {
             return Err(bad("image", "must not be empty"));
@@ -171,18 +177,20 @@ impl TaskRequest {
                 ));
             }
         }
-        if let NetworkMode::Named(n) = &self.network_mode {
+        if let NetworkMode::Named(n) = &network_mode {
             crate::network::named::check_network_name(n).map_err(|m| bad("networkMode", m))?;
         }
         if let Some(n) = &self.name {
             crate::network::named::check_label(n).map_err(|m| bad("name", m))?;
         }
         let port_mappings = super::ports::check(&self.port_mappings)?;
-        if !port_mappings.is_empty() && self.network_mode == NetworkMode::None {
-            return Err(bad(
-                "portMappings",
-                "publishing ports needs a network: give networkMode \"default\"",
-            ));
+        if !port_mappings.is_empty() && network_mode == NetworkMode::None {
+            let why = if self.network_mode.is_some() {
+                "publishing ports needs a network, and networkMode is \"none\""
+            } else {
+                "publishing ports needs a network, and this server's default is none: give networkMode \"default\""
+            };
+            return Err(bad("portMappings", why));
         }
         Ok(Task {
             id,
@@ -210,10 +218,11 @@ impl TaskRequest {
             },
             start_mode: None,
             vmm_pid: None,
-            network_mode: self.network_mode,
+            network_mode,
             name: self.name,
             port_mappings,
             network_interfaces: Vec::new(),
+            network_timings: None,
         })
     }
 }
@@ -229,7 +238,7 @@ mod tests {
 
     fn check(json: &str) -> Result<Task, String> {
         let r: TaskRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        r.validate(&LIMITS, "t1".into(), 5)
+        r.validate(&LIMITS, &NetworkMode::None, "t1".into(), 5)
             .map_err(|e| e.to_string())
     }
 
@@ -239,6 +248,34 @@ mod tests {
         assert_eq!((t.cpu, t.memory_mib, t.stop_timeout_seconds), (1, 256, 10));
         assert_eq!(t.state, TaskState::Provisioning);
         assert_eq!(t.phases.accepted_ms, 5);
+    }
+
+    #[test]
+    fn a_task_without_a_network_mode_gets_the_servers_default() {
+        let req = |json: &str| serde_json::from_str::<TaskRequest>(json).unwrap();
+        let on = |r: TaskRequest, default: &NetworkMode| {
+            r.validate(&LIMITS, default, "t1".into(), 5)
+                .map(|t| t.network_mode)
+                .map_err(|e| e.to_string())
+        };
+        let web = NetworkMode::Named("web".into());
+        assert_eq!(on(req(r#"{"image":"b"}"#), &NetworkMode::Default), Ok(NetworkMode::Default));
+        assert_eq!(on(req(r#"{"image":"b"}"#), &web), Ok(web.clone()));
+        assert_eq!(
+            on(req(r#"{"image":"b","networkMode":"none"}"#), &NetworkMode::Default),
+            Ok(NetworkMode::None)
+        );
+        assert_eq!(
+            on(req(r#"{"image":"b","networkMode":"bridge"}"#), &NetworkMode::None),
+            Ok(NetworkMode::Default)
+        );
+        // Ports with no network: the message says where the none came from.
+        let ports = r#"{"image":"b","portMappings":[{"containerPort":80}]"#;
+        let absent = on(req(&format!("{ports}}}")), &NetworkMode::None).unwrap_err();
+        assert!(absent.contains("this server's default is none"), "{absent}");
+        let given = on(req(&format!(r#"{ports},"networkMode":"none"}}"#)), &NetworkMode::Default)
+            .unwrap_err();
+        assert!(given.contains("networkMode is \"none\""), "{given}");
     }
 
     #[test]

@@ -290,6 +290,7 @@ mod tests {
                 max_cpu: 2,
                 max_memory_mib: 1024,
             },
+            &crate::tasks::NetworkMode::None,
             id.into(),
             1,
         )
