@@ -25,4 +25,4 @@ done
 [ -n "$api" ] || { echo "skiff serve did not start:" >&2; cat "$log" >&2; exit 1; }
 echo "skiff serve is up at $api; running a task (a full guest boot: on PVM hosts expect ~30 s)" >&2
 "$skiff" --state-dir "$state" run --timings --cpu 1 --memory 256 local/busybox -- \
-    sh -c 'echo "Hello from a Skiff microVM!"; echo "  kernel: $(uname -sr)"; echo "  user:   $(id)"; echo "  cpus:   $(grep -c ^processor /proc/cpuinfo)"; echo "  memory: $(grep MemTotal /proc/meminfo)"'
+    sh -c 'echo "Hello from a Skiff microVM!"; echo "  kernel: $(uname -sr)"; echo "  user:   $(id)"; echo "  cpus:   $(grep -c ^processor /proc/cpuinfo)"; echo "  memory: $(grep MemTotal /proc/meminfo)"; echo "  network: $(ip -4 -o addr show dev eth0 | awk "{print \$4}") via $(ip route | awk "/^default/ {print \$3}")"'
