@@ -2,10 +2,14 @@
 //! card), under `<state>/snapshots/<fingerprint>-<vcpus>x<mib>[-net]/`. The fingerprint hashes the VMM, kernel
 //! and agent initramfs, so a change to any of them makes new snapshots (old ones are
 //! deleted at start). A shape's snapshot is built in the background the first time a task
-//! of that shape runs; until it is ready such tasks boot.
+//! of that shape runs; until it is ready such tasks boot. Builds run one at a time: a
+//! builder's VM is not counted against the capacity, and two guest boots beside a full
+//! load of tasks starve everything on a small host (seen on a 2-core PVM host: five VMs
+//! booting at once, none said hello within 10 minutes).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -30,6 +34,10 @@ pub struct Snapshots {
     shapes: Mutex<HashMap<ShapeKey, Shape>>,
     /// The VMs being booted to be snapshotted, so shutdown can end them.
     builders: Mutex<Vec<TaskControl>>,
+    /// Held by the one build under way.
+    build_turn: Mutex<()>,
+    /// Set at shutdown: builds still waiting for their turn do not start.
+    stopping: AtomicBool,
 }
 
 /// sha256 over the files' bytes, in order.
@@ -73,6 +81,8 @@ impl Snapshots {
             enabled,
             shapes: Mutex::new(HashMap::new()),
             builders: Mutex::new(Vec::new()),
+            build_turn: Mutex::new(()),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -120,6 +130,11 @@ impl Snapshots {
             .unwrap_or_else(|p| p.into_inner())
             .push(control.clone());
         std::thread::spawn(move || {
+            let _turn = me.build_turn.lock().unwrap_or_else(|p| p.into_inner());
+            if me.stopping.load(Ordering::SeqCst) {
+                me.shapes().insert(key, Shape::Failed);
+                return;
+            }
             let dir = me.dir(key);
             let shape = match build_snapshot(&cfg, &dir, &control) {
                 Ok(s) => {
@@ -145,8 +160,10 @@ impl Snapshots {
         None
     }
 
-    /// Ends the VMs still booting to be snapshotted (at shutdown).
+    /// Ends the VMs still booting to be snapshotted, and keeps waiting builds from
+    /// starting (at shutdown).
     pub fn stop_builders(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         for c in self
             .builders
             .lock()
