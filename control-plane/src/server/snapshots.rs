@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::{Duration, Instant};
+
 use sha2::{Digest, Sha256};
 
 use crate::launcher::{build_snapshot, LaunchConfig, Snapshot, TaskControl};
@@ -23,9 +25,13 @@ type ShapeKey = (u32, u64, bool);
 enum Shape {
     Building,
     Ready(Snapshot),
-    /// Not retried until the server restarts (the reason is logged).
-    Failed,
+    /// The build failed then (the reason is logged); tried again after
+    /// [`RETRY_FAILED_BUILD`], as a failure under load may not last.
+    Failed(Instant),
 }
+
+/// How long tasks of a shape whose snapshot build failed boot before the next try.
+const RETRY_FAILED_BUILD: Duration = Duration::from_secs(600);
 
 pub struct Snapshots {
     root: PathBuf,
@@ -114,8 +120,9 @@ impl Snapshots {
         let mut shapes = self.shapes();
         match shapes.get(&key) {
             Some(Shape::Ready(s)) => return Some(s.clone()),
-            Some(Shape::Building | Shape::Failed) => return None,
-            None => {}
+            Some(Shape::Building) => return None,
+            Some(Shape::Failed(at)) if at.elapsed() < RETRY_FAILED_BUILD => return None,
+            Some(Shape::Failed(_)) | None => {}
         }
         if let Some(s) = Snapshot::in_dir(&self.dir(key)) {
             shapes.insert(key, Shape::Ready(s.clone()));
@@ -132,7 +139,7 @@ impl Snapshots {
         std::thread::spawn(move || {
             let _turn = me.build_turn.lock().unwrap_or_else(|p| p.into_inner());
             if me.stopping.load(Ordering::SeqCst) {
-                me.shapes().insert(key, Shape::Failed);
+                me.shapes().insert(key, Shape::Failed(Instant::now()));
                 return;
             }
             let dir = me.dir(key);
@@ -148,11 +155,13 @@ impl Snapshots {
                 }
                 Err(e) => {
                     tracing::warn!(
-                        "cannot build a snapshot for {}x{} MiB: {e}; tasks of that shape boot",
+                        "cannot build a snapshot for {}x{} MiB: {e}; tasks of that shape boot (next try in {} s)",
                         key.0,
-                        key.1
+                        key.1,
+                        RETRY_FAILED_BUILD.as_secs()
                     );
-                    Shape::Failed
+                    let _ = std::fs::remove_dir_all(dir.with_extension("building"));
+                    Shape::Failed(Instant::now())
                 }
             };
             me.shapes().insert(key, shape);
