@@ -160,7 +160,8 @@ fn twenty_tasks_with_capacity_for_three() {
         .unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains("veth"), "{links}");
-    for net in ["skiff-default", "skiff-cap"] {
+    // The default network's CNI name is `skiff`, a named one's `skiff-NAME`.
+    for net in ["skiff", "skiff-cap"] {
         let leases: Vec<_> = std::fs::read_dir(dir.join("cni/ipam").join(net))
             .unwrap()
             .flatten()
@@ -170,7 +171,9 @@ fn twenty_tasks_with_capacity_for_three() {
         assert!(leases.is_empty(), "{net}: {leases:?}");
     }
     host.run(|| {
-        let rules = std::process::Command::new("iptables-save").output().unwrap();
+        let rules = std::process::Command::new("iptables-save")
+            .output()
+            .unwrap();
         let rules = String::from_utf8_lossy(&rules.stdout);
         assert!(!rules.contains("CNI-DN-"), "{rules}");
         // The published ports have no rule and are free again.

@@ -8,8 +8,8 @@ pub mod request;
 pub mod store;
 
 pub use model::{
-    Ending, InvalidTransition, NetworkInterface, NetworkMode, NetworkTimings, Phases, StartMode, StopCode, Task,
-    TaskState, Transition, Usage,
+    Ending, InvalidTransition, NetworkInterface, NetworkMode, NetworkTimings, Phases, StartMode,
+    StopCode, Task, TaskState, Transition, Usage,
 };
 pub use ports::{PortMapping, Protocol};
 pub use request::{Limits, TaskRequest, ValidationError};

@@ -259,22 +259,34 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         let web = NetworkMode::Named("web".into());
-        assert_eq!(on(req(r#"{"image":"b"}"#), &NetworkMode::Default), Ok(NetworkMode::Default));
+        assert_eq!(
+            on(req(r#"{"image":"b"}"#), &NetworkMode::Default),
+            Ok(NetworkMode::Default)
+        );
         assert_eq!(on(req(r#"{"image":"b"}"#), &web), Ok(web.clone()));
         assert_eq!(
-            on(req(r#"{"image":"b","networkMode":"none"}"#), &NetworkMode::Default),
+            on(
+                req(r#"{"image":"b","networkMode":"none"}"#),
+                &NetworkMode::Default
+            ),
             Ok(NetworkMode::None)
         );
         assert_eq!(
-            on(req(r#"{"image":"b","networkMode":"bridge"}"#), &NetworkMode::None),
+            on(
+                req(r#"{"image":"b","networkMode":"bridge"}"#),
+                &NetworkMode::None
+            ),
             Ok(NetworkMode::Default)
         );
         // Ports with no network: the message says where the none came from.
         let ports = r#"{"image":"b","portMappings":[{"containerPort":80}]"#;
         let absent = on(req(&format!("{ports}}}")), &NetworkMode::None).unwrap_err();
         assert!(absent.contains("this server's default is none"), "{absent}");
-        let given = on(req(&format!(r#"{ports},"networkMode":"none"}}"#)), &NetworkMode::Default)
-            .unwrap_err();
+        let given = on(
+            req(&format!(r#"{ports},"networkMode":"none"}}"#)),
+            &NetworkMode::Default,
+        )
+        .unwrap_err();
         assert!(given.contains("networkMode is \"none\""), "{given}");
     }
 
