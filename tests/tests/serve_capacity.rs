@@ -1,9 +1,10 @@
 //! Through a real `skiff serve` with real VMs: 20 tasks of every network kind (none, the
 //! default network, a named one, published TCP and UDP ports) submitted at once with
-//! capacity for 3 all finish with their own output and exit code, and no more than 3
-//! ever ran at once (checked from the tasks' phase timestamps). After them and a server
-//! restart, nothing of their networks is left: no namespace, veth, address lease, port
-//! rule or network record. The server runs in a test "host" namespace of the test's own.
+//! capacity for 3 all finish with their own output and exit code (`none` has loopback
+//! only, the others `eth0` too), and no more than 3 ever ran at once (checked from the
+//! tasks' phase timestamps). After them and a server restart, nothing of their networks
+//! is left: no namespace, veth, address lease, port rule or network record. The server
+//! runs in a test "host" namespace of the test's own.
 
 use skiff_tests::serve as harness;
 
@@ -16,6 +17,8 @@ use skiff_tests::kvm_available;
 use skiff_tests::netns::TestNetns;
 
 const TASKS: usize = 20;
+/// Prints the VM's network interfaces on one line (`links: eth0 lo`, sorted).
+const LINKS: &str = "echo links: $(ls /sys/class/net)";
 /// Host ports published by tasks 3, 7, 11, …: `PORT_BASE + i`.
 const PORT_BASE: u16 = 18100;
 
@@ -79,7 +82,7 @@ fn twenty_tasks_with_capacity_for_three() {
                 s.spawn(move || {
                     let mut body = json!({
                         "image": "local/busybox",
-                        "command": ["sh", "-c", format!("echo out-{i}; echo err-{i} >&2; exit {}", i % 7)],
+                        "command": ["sh", "-c", format!("echo out-{i}; {LINKS}; echo err-{i} >&2; exit {}", i % 7)],
                         "memoryMiB": 256,
                         "labels": {"batch": "capacity", "n": i.to_string()},
                     });
@@ -99,7 +102,12 @@ fn twenty_tasks_with_capacity_for_three() {
         assert_eq!(t["stopCode"], "EssentialContainerExited", "{t:#}");
         assert_eq!(t["exitCode"], (i % 7) as i64, "{t:#}");
         let (out, err) = srv.logs(id);
-        assert_eq!(String::from_utf8_lossy(&out), format!("out-{i}\n"));
+        // A task without a network has loopback only; the others have eth0 too.
+        let links = if i % 4 == 0 { "lo" } else { "eth0 lo" };
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("out-{i}\nlinks: {links}\n")
+        );
         assert_eq!(String::from_utf8_lossy(&err), format!("err-{i}\n"));
         // Each got the network it asked for (or the server's default), timed.
         let (mode, subnet) = match i % 4 {

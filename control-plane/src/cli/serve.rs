@@ -116,8 +116,8 @@ fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
     Ok((first, count))
 }
 
-/// A duration as humantime reads it (`90s`, `30m`, `24h`, `7d`, `1h 30m`); `0` keeps stopped
-/// tasks for ever.
+/// `default` (or `bridge`), `none`, else a network name that must be a valid one (whether
+/// it exists is checked when a task asks for it).
 fn parse_network_mode(s: &str) -> Result<control_plane::tasks::NetworkMode, String> {
     let mode = control_plane::tasks::NetworkMode::from_name(s);
     if let control_plane::tasks::NetworkMode::Named(n) = &mode {
@@ -126,6 +126,8 @@ fn parse_network_mode(s: &str) -> Result<control_plane::tasks::NetworkMode, Stri
     Ok(mode)
 }
 
+/// A duration as humantime reads it (`90s`, `30m`, `24h`, `7d`, `1h 30m`); `0` keeps stopped
+/// tasks for ever.
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
     if s.trim() == "0" {
         return Ok(std::time::Duration::ZERO);
