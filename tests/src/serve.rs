@@ -217,6 +217,17 @@ impl Drop for Serve {
 }
 
 /// NDJSON log lines → (stdout, stderr) bytes.
+/// The address leases host-local holds for CNI network `cni_network` (the default network
+/// is `skiff`, a named one `skiff-NAME`) in a server's state dir.
+pub fn leases(state_dir: &Path, cni_network: &str) -> Vec<String> {
+    std::fs::read_dir(state_dir.join("cni/ipam").join(cni_network))
+        .unwrap_or_else(|e| panic!("lease folder of {cni_network}: {e}"))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect()
+}
+
 pub fn split_logs(text: &str) -> (Vec<u8>, Vec<u8>) {
     use base64::Engine;
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -170,12 +170,7 @@ fn twenty_tasks_with_capacity_for_three() {
     assert!(!links.contains("veth"), "{links}");
     // The default network's CNI name is `skiff`, a named one's `skiff-NAME`.
     for net in ["skiff", "skiff-cap"] {
-        let leases: Vec<_> = std::fs::read_dir(dir.join("cni/ipam").join(net))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("10."))
-            .collect();
+        let leases = harness::leases(&dir, net);
         assert!(leases.is_empty(), "{net}: {leases:?}");
     }
     host.run(|| {

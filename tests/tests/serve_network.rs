@@ -305,12 +305,7 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
         }
         assert!(!dir.join("tasks").join(task).join("network.json").exists());
     }
-    let leases: Vec<_> = std::fs::read_dir(dir.join("cni/ipam/skiff-web"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("10."))
-        .collect();
+    let leases = skiff_tests::serve::leases(&dir, "skiff-web");
     assert!(leases.is_empty(), "{leases:?}");
     // Nor are the published port's rules, and the host port is free again.
     host.run(|| {

@@ -27,16 +27,7 @@ struct Sample {
 }
 
 fn initramfs(dir: &Path) -> PathBuf {
-    let init = dir.join("test-init");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/test-init.c");
-    let ok = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&init)
-        .arg(src)
-        .status()
-        .expect("run cc")
-        .success();
-    assert!(ok, "cc failed");
+    let init = common::static_guest_program(dir, "test-init");
     let path = dir.join("bench.cpio");
     let mut w = CpioWriter::new(std::fs::File::create(&path).unwrap());
     write_skeleton(&mut w).unwrap();

@@ -15,18 +15,6 @@ use vmm::initramfs::{write_skeleton, CpioWriter};
 mod common;
 use common::{kernel, qemu_microvm};
 
-fn guest_tool(dir: &Path) -> PathBuf {
-    let out = dir.join("vsock-test");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock-test.c");
-    let ok = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status();
-    assert!(ok.map(|s| s.success()).unwrap_or(false), "cc failed");
-    out
-}
-
 fn initramfs(dir: &Path, name: &str, script: &str, tool: &Path) -> PathBuf {
     let path = dir.join(format!("{name}.cpio"));
     let mut w = CpioWriter::new(std::fs::File::create(&path).unwrap());
@@ -78,7 +66,7 @@ fn main() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("devices-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = kernel();
-    let tool = guest_tool(&dir);
+    let tool = common::static_guest_program(&dir, "vsock-test");
     let disk = dir.join("disk.img");
     let data: Vec<u8> = (0..(1u64 << 20)).map(|i| (i * 13 % 251) as u8).collect();
     let mut f = std::fs::File::create(&disk).unwrap();

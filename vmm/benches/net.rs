@@ -116,23 +116,6 @@ impl Options {
 
 // ---- the guest -----------------------------------------------------------------------
 
-/// tests/guest/net-test.c, static, so it runs under the busybox initramfs.
-fn guest_program(dir: &Path) -> PathBuf {
-    let out = dir.join("net-test");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/net-test.c");
-    let st = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status();
-    assert!(
-        st.map(|s| s.success()).unwrap_or(false),
-        "cc -static {} failed (a C compiler and static libc are needed)",
-        src.display()
-    );
-    out
-}
-
 /// Busybox as the shell, eth0 addressed by `ip`, then net-test, then a reset that ends
 /// either VMM.
 fn initramfs(dir: &Path, tool: &Path, opts: &Options) -> PathBuf {
@@ -527,7 +510,7 @@ fn main() {
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("net-bench");
     std::fs::create_dir_all(&dir).expect("create the bench directory");
-    let tool = guest_program(&dir);
+    let tool = common::static_guest_program(&dir, "net-test");
     let vmms = plan(&opts);
     let kernel = if opts.host_only {
         PathBuf::new()

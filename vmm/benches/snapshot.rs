@@ -30,16 +30,7 @@ use common::kernel;
 const PORT: u32 = 5000;
 
 fn guest_initramfs(dir: &Path) -> PathBuf {
-    let init = dir.join("snapshot-test");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/snapshot-test.c");
-    let ok = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&init)
-        .arg(src)
-        .status()
-        .expect("run cc")
-        .success();
-    assert!(ok, "cc failed");
+    let init = common::static_guest_program(dir, "snapshot-test");
     let path = dir.join("snapshot-bench.cpio");
     let mut w = CpioWriter::new(std::fs::File::create(&path).unwrap());
     write_skeleton(&mut w).unwrap();

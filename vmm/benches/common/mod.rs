@@ -64,6 +64,24 @@ pub fn qemu_microvm(kernel: &Path, initrd: &Path, mem_mib: u64) -> Command {
     c
 }
 
+/// Compiles `tests/guest/NAME.c` into a static binary in `dir` (it runs under a busybox
+/// initramfs or as init, with no libc of the guest's).
+pub fn static_guest_program(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/guest/{name}.c"));
+    let st = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status();
+    assert!(
+        st.map(|s| s.success()).unwrap_or(false),
+        "cc -static {} failed (a C compiler and static libc are needed)",
+        src.display()
+    );
+    out
+}
+
 pub fn qemu_available() -> bool {
     Command::new("qemu-system-x86_64")
         .arg("--version")
