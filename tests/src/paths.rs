@@ -44,6 +44,22 @@ pub fn skiff_vmm() -> PathBuf {
 }
 
 /// Scratch space for tests: `target/tmp` beside the profile directories.
+/// A path under [`tmp_dir`] for a state dir named after `name`, padded to 90 bytes: deep
+/// enough that the sockets of tasks and snapshot builds under it pass the 107 bytes a Unix
+/// socket address holds (as they do on a machine whose checkout is deeper than ours), and
+/// shallow enough that the server's own `skiff.sock` still fits.
+pub fn deep_state_dir(name: &str) -> PathBuf {
+    const LEN: usize = 90;
+    let mut d = tmp_dir()
+        .join(format!("{name}-{}", std::process::id()))
+        .into_os_string();
+    if d.len() + 1 < LEN {
+        d.push("-");
+        d.push("s".repeat(LEN - d.len()));
+    }
+    PathBuf::from(d)
+}
+
 pub fn tmp_dir() -> PathBuf {
     let d = bin_dir()
         .parent()

@@ -13,10 +13,15 @@ use serde_json::Value;
 
 /// A fresh state dir for one test.
 pub fn state_dir(name: &str) -> PathBuf {
-    let d = crate::paths::tmp_dir().join(format!("serve-{name}-{}", std::process::id()));
+    let d = crate::paths::deep_state_dir(&format!("serve-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The snapshot dir the test servers of a run share (servers lock each shape's build).
+pub fn shared_snapshots() -> PathBuf {
+    crate::paths::tmp_dir().join("snapshots")
 }
 
 pub struct Serve {
@@ -27,6 +32,8 @@ pub struct Serve {
     /// of `SKIFF_API` for the CLI.
     pub listening: String,
     pub state_dir: PathBuf,
+    /// Where this server keeps its snapshots.
+    pub snapshot_dir: PathBuf,
     client: Client,
 }
 
@@ -40,17 +47,31 @@ impl Serve {
     /// servers run side by side in the host's namespace, where they must not share the
     /// default network's bridge and addresses (the network tests run theirs in namespaces
     /// of their own).
+    ///
+    /// Unless `args` say otherwise, test servers share one snapshot dir ([`shared_snapshots`]),
+    /// so each VM shape is booted for a snapshot once per run instead of once per server.
     pub fn start_with(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
         let default_network: &[&str] = if args.contains(&"--default-network") {
             &[]
         } else {
             &["--default-network", "none"]
         };
+        let snapshot_dir = match args.iter().position(|a| *a == "--snapshot-dir") {
+            Some(i) => PathBuf::from(args[i + 1]),
+            None if args.contains(&"--no-snapshots") => state_dir.join("snapshots"),
+            None => shared_snapshots(),
+        };
+        let snapshot_arg: Vec<&std::ffi::OsStr> = if args.contains(&"--snapshot-dir") {
+            vec![]
+        } else {
+            vec!["--snapshot-dir".as_ref(), snapshot_dir.as_os_str()]
+        };
         let mut child = Command::new(crate::paths::skiff())
             .arg("--state-dir")
             .arg(state_dir)
             .arg("serve")
             .args(default_network)
+            .args(snapshot_arg)
             .args(args)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
@@ -84,6 +105,7 @@ impl Serve {
             url,
             listening,
             state_dir: state_dir.to_owned(),
+            snapshot_dir,
             client: builder.build().unwrap(),
         }
     }

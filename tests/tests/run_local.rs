@@ -14,7 +14,7 @@ use skiff_tests::kvm_available;
 fn state_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = skiff_tests::paths::tmp_dir().join(format!("run-local-{}", std::process::id()));
+        let d = skiff_tests::paths::deep_state_dir("run-local");
         std::fs::create_dir_all(&d).unwrap();
         // Make the bundled image and its root filesystem once, before tests run in parallel.
         let out = skiff(&["image", "pull", "local/busybox:latest"]);
@@ -24,7 +24,7 @@ fn state_dir() -> &'static PathBuf {
 }
 
 fn skiff(args: &[&str]) -> Output {
-    let dir = skiff_tests::paths::tmp_dir().join(format!("run-local-{}", std::process::id()));
+    let dir = skiff_tests::paths::deep_state_dir("run-local");
     skiff_in(&dir, args)
 }
 
@@ -240,7 +240,7 @@ fn stdin_and_signals_reach_the_task() {
     }
     use std::io::{BufRead, BufReader, Write};
     state_dir();
-    let dir = skiff_tests::paths::tmp_dir().join(format!("run-local-{}", std::process::id()));
+    let dir = skiff_tests::paths::deep_state_dir("run-local");
     // Reads one line and 1 MiB, then stops reading stdin and waits for SIGINT.
     let script = "trap 'echo got INT; exit 3' INT; read line; echo \"line:$line\"; \
                   echo \"md5:$(head -c 1048576 | md5sum)\"; echo ready; \

@@ -63,12 +63,13 @@ fn get_in(ns: &TestNetns, addr: &str, path: &str, deadline: Instant) -> String {
     })
 }
 
-/// Whether the server's snapshot of a VM with a network card is there.
+/// Whether the snapshot of the shape of the tasks here (1 vCPU, 128 MiB, a network card)
+/// is there.
 fn net_snapshot_ready(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir.join("snapshots"))
+    std::fs::read_dir(dir)
         .map(|d| {
             d.flatten().any(|e| {
-                e.file_name().to_string_lossy().ends_with("-net")
+                e.file_name().to_string_lossy().ends_with("-1x128-net")
                     && e.path().join("vm.state").exists()
             })
         })
@@ -238,10 +239,11 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
     assert_eq!(c["exitCode"], 0, "{c:#}\n{client_out}");
     assert!(client_out.contains("served by the task"), "{client_out}");
 
-    // The first task's start built a snapshot of a VM with a network card: a third task
-    // restores it, gets its own MAC and address, and serves its own published port.
+    // The first task's start built a snapshot of a VM with a network card (unless a server
+    // before this one did, in the shared snapshot dir): a third task restores it, gets its
+    // own MAC and address, and serves its own published port.
     let snap_deadline = Instant::now() + LONG;
-    while !net_snapshot_ready(&dir) {
+    while !net_snapshot_ready(&srv.snapshot_dir) {
         assert!(
             Instant::now() < snap_deadline,
             "no snapshot with a network card"

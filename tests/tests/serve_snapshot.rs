@@ -194,7 +194,19 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
         return;
     }
     let dir = state_dir("snapshot");
-    let srv = Serve::start(&dir, &["--cpus", "2", "--memory-mib", "1024"]);
+    // Its own snapshot dir: this test watches the build and then damages the snapshot.
+    let own = dir.join("snapshots");
+    let srv = Serve::start(
+        &dir,
+        &[
+            "--cpus",
+            "2",
+            "--memory-mib",
+            "1024",
+            "--snapshot-dir",
+            own.to_str().unwrap(),
+        ],
+    );
     let (booted, boot_out) = run(&srv);
     assert_eq!(booted["startMode"], "boot", "{booted:#}");
     // The server builds the snapshot of this shape in the background.

@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// Always boot task VMs; never start them from snapshots.
     #[arg(long)]
     no_snapshots: bool,
+    /// Where snapshots are kept (default: STATE_DIR/snapshots). Servers on one host that
+    /// run the same VMM, kernel and agent may share one: each shape is built once, under a
+    /// lock, and restored by all of them.
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
     /// Guest kernel (default: SKIFF_KERNEL, else the installed one).
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -196,6 +201,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         default_network: a.default_network.clone(),
         task_retention: (!a.task_retention.is_zero()).then_some(a.task_retention),
         snapshots: !a.no_snapshots,
+        snapshot_dir: a.snapshot_dir.clone(),
         max_queued: a.max_queued,
         log_cap_bytes: a.log_cap_mib.max(1) << 20,
     };

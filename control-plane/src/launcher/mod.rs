@@ -18,6 +18,7 @@ pub mod jail;
 mod result;
 mod session;
 mod snapshot;
+mod socket_path;
 mod start;
 mod vmm_process;
 

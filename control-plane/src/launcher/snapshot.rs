@@ -5,7 +5,6 @@
 //! vsock reset and gets the clock and fresh entropy with its run spec.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -196,7 +195,7 @@ fn control_request(api: &Path, req: &Request) -> Result<Reply, SnapshotError> {
             api.display()
         )));
     }
-    let mut s = UnixStream::connect(api).map_err(err)?;
+    let mut s = super::socket_path::connect(api).map_err(err)?;
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(err)?;
     s.write_all(format!("{}\n", req.to_line()).as_bytes())

@@ -33,7 +33,7 @@ impl AgentListener {
             path: path.clone(),
             source,
         };
-        let listener = UnixListener::bind(&path).map_err(wd)?;
+        let listener = super::socket_path::bind(&path).map_err(wd)?;
         listener.set_nonblocking(true).map_err(wd)?;
         jail.give(&path)?;
         Ok(Self { listener, path })

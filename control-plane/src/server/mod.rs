@@ -55,6 +55,9 @@ pub struct ServeConfig {
     pub image_limits: crate::images::Limits,
     /// Start tasks from snapshots of booted VMs (the fast path).
     pub snapshots: bool,
+    /// Where the snapshots are kept (`<state>/snapshots` when not given); servers of the
+    /// same VMM, kernel and agent may share one.
+    pub snapshot_dir: Option<PathBuf>,
     /// Tasks that may wait (accepted, not yet admitted) at once; beyond it submissions are
     /// refused (429) until some start.
     pub max_queued: usize,
@@ -141,7 +144,9 @@ impl Server {
             cfg.agent.display()
         )))?;
         let snapshots = snapshots::Snapshots::open(
-            &cfg.state_dir.join("snapshots"),
+            &cfg.snapshot_dir
+                .clone()
+                .unwrap_or_else(|| cfg.state_dir.join("snapshots")),
             cfg.snapshots,
             &cfg.vmm,
             &cfg.kernel,

@@ -1,13 +1,19 @@
 //! The server's snapshots, one per VM shape (vCPUs × MiB × with or without a network
-//! card), under `<state>/snapshots/<fingerprint>-<vcpus>x<mib>[-net]/`. The fingerprint hashes the VMM, kernel
-//! and agent initramfs, so a change to any of them makes new snapshots (old ones are
-//! deleted at start). A shape's snapshot is built in the background the first time a task
-//! of that shape runs; until it is ready such tasks boot. Builds run one at a time: a
-//! builder's VM is not counted against the capacity, and two guest boots beside a full
-//! load of tasks starve everything on a small host (seen on a 2-core PVM host: five VMs
-//! booting at once, none said hello within 10 minutes).
+//! card), under `<snapshots>/<fingerprint>-<vcpus>x<mib>[-net]/` (`<snapshots>` is
+//! `<state>/snapshots` unless `--snapshot-dir` says otherwise). The fingerprint hashes the
+//! VMM, kernel and agent initramfs, so a change to any of them makes new snapshots (old
+//! ones are deleted at start). A shape's snapshot is built in the background the first
+//! time a task of that shape runs; until it is ready such tasks boot. Builds run one at a
+//! time: a builder's VM is not counted against the capacity, and two guest boots beside a
+//! full load of tasks starve everything on a small host (seen on a 2-core PVM host: five
+//! VMs booting at once, none said hello within 10 minutes).
+//!
+//! Servers may share the directory: a build holds an `flock` on `<shape dir>.lock`, so a
+//! shape is built by one server at a time and the others find it ready; a `.building`
+//! directory is swept at start only when its lock is free (its builder is gone).
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,14 +75,23 @@ impl Snapshots {
             String::new()
         };
         std::fs::create_dir_all(root)?;
-        end_leftover_builders(root);
-        // Snapshots of another VMM, kernel or agent are of no use any more.
         for e in std::fs::read_dir(root)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !enabled
-                || !name.starts_with(&format!("{fingerprint}-"))
-                || name.ends_with(".building")
-            {
+            let ours = enabled && name.starts_with(&format!("{fingerprint}-"));
+            if let Some(shape) = name.strip_suffix(".building") {
+                // A build left by a server that is gone (its lock is free).
+                if let Ok(Some(_lock)) = BuildLock::try_take(&root.join(shape)) {
+                    end_leftover_builders(&e.path());
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            } else if let Some(shape) = name.strip_suffix(".lock") {
+                if !ours {
+                    if let Ok(Some(_lock)) = BuildLock::try_take(&root.join(shape)) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            } else if !ours {
+                // Snapshots of another VMM, kernel or agent are of no use any more.
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -142,6 +157,26 @@ impl Snapshots {
                 return;
             }
             let dir = me.dir(key);
+            let lock = match me.wait_for_build_lock(&dir) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    me.shapes().insert(key, Shape::Failed(Instant::now()));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot lock {}: {e}; tasks of that shape boot",
+                        dir.display()
+                    );
+                    me.shapes().insert(key, Shape::Failed(Instant::now()));
+                    return;
+                }
+            };
+            // Another server sharing the directory may have built it meanwhile.
+            if let Some(s) = Snapshot::in_dir(&dir) {
+                me.shapes().insert(key, Shape::Ready(s));
+                return;
+            }
             let shape = match build_snapshot(&cfg, &dir, &control) {
                 Ok(s) => {
                     tracing::info!(
@@ -164,8 +199,23 @@ impl Snapshots {
                 }
             };
             me.shapes().insert(key, shape);
+            drop(lock);
         });
         None
+    }
+
+    /// Waits for the build lock of the shape in `dir`, which another server sharing the
+    /// directory may hold while it builds; `None` when this server is stopping meanwhile.
+    fn wait_for_build_lock(&self, dir: &Path) -> std::io::Result<Option<BuildLock>> {
+        loop {
+            if let Some(lock) = BuildLock::try_take(dir)? {
+                return Ok(Some(lock));
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Ends the VMs still booting to be snapshotted, and keeps waiting builds from
@@ -192,10 +242,33 @@ impl Snapshots {
     }
 }
 
-/// Kills `skiff-vmm` processes a previous server left booting for a snapshot under `root`
+/// The `flock` a build of one shape holds on `<shape dir>.lock` (released when dropped,
+/// or when its server dies).
+struct BuildLock {
+    _file: File,
+}
+
+impl BuildLock {
+    /// The lock of the shape whose snapshot goes in `dir`, if no one holds it.
+    fn try_take(dir: &Path) -> std::io::Result<Option<Self>> {
+        use rustix::fs::{flock, FlockOperation};
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.with_extension("lock"))?;
+        match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(Self { _file: f })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Kills `skiff-vmm` processes a previous server left booting for a snapshot in `work`
 /// (their command line names a path under it).
-fn end_leftover_builders(root: &Path) {
-    let needle = root.to_string_lossy().into_owned();
+fn end_leftover_builders(work: &Path) {
+    let needle = work.to_string_lossy().into_owned();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
