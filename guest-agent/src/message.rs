@@ -108,8 +108,15 @@ pub enum Message {
     },
     /// Host → agent: run this.
     Run(RunSpec),
-    /// Agent → host: the process was exec'd.
-    Started { pid: u32, exec_ms: u64 },
+    /// Agent → host: the process was exec'd. Guest times (ms since the kernel started) of
+    /// the run spec's arrival, of the root filesystem and cgroup being ready, and of the
+    /// exec: where the guest spent the time between the spec and the process.
+    Started {
+        pid: u32,
+        spec_ms: u64,
+        prepared_ms: u64,
+        exec_ms: u64,
+    },
     /// Host → agent: deliver this signal to the process.
     Signal { signal: i32 },
     /// Agent → host: this many more stdin bytes went to the process (or were dropped

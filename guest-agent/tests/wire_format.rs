@@ -11,8 +11,8 @@ fn wire(f: &Frame) -> String {
 }
 
 #[test]
-fn protocol_version_is_2() {
-    assert_eq!(PROTOCOL_VERSION, 2);
+fn protocol_version_is_3() {
+    assert_eq!(PROTOCOL_VERSION, 3);
     assert_eq!(STDIN_WINDOW, 1 << 20);
     assert_eq!(HOST_PORT, 1024);
 }
@@ -51,9 +51,11 @@ fn control_messages_encode_as_frozen() {
         (
             Message::Started {
                 pid: 42,
+                spec_ms: 5,
+                prepared_ms: 7,
                 exec_ms: 9,
             },
-            r#"2800000000 {"type":"started","pid":42,"exec_ms":9}"#,
+            r#"4400000000 {"type":"started","pid":42,"spec_ms":5,"prepared_ms":7,"exec_ms":9}"#,
         ),
         (
             Message::Signal { signal: 15 },

@@ -214,15 +214,19 @@ impl Session<'_> {
             Frame::Stdout(b) => (self.on_event)(TaskEvent::Output(Output::Stdout, &b)),
             Frame::Stderr(b) => (self.on_event)(TaskEvent::Output(Output::Stderr, &b)),
             Frame::Control(Message::StdinConsumed { bytes }) => self.control.stdin_consumed(bytes),
-            Frame::Control(Message::Started { exec_ms, .. }) => {
+            Frame::Control(Message::Started {
+                spec_ms,
+                prepared_ms,
+                exec_ms,
+                ..
+            }) => {
                 if self.timings.process_started_ms.is_some() {
                     tracing::debug!("ignoring a repeated `started` from the agent");
                     return Phase::Running(r);
                 }
                 tracing::debug!(
-                    "agent: hello at guest {} ms, exec at guest {exec_ms} ms ({} ms in the guest)",
+                    "agent: hello at guest {} ms, spec at {spec_ms} ms, root filesystem and cgroup ready at {prepared_ms} ms, exec at {exec_ms} ms",
                     self.timings.guest.connected_ms,
-                    exec_ms.saturating_sub(self.timings.guest.connected_ms)
                 );
                 self.timings.process_started_ms = Some(self.ms());
                 (self.on_event)(TaskEvent::ProcessStarted);

@@ -32,6 +32,7 @@ pub fn run() -> Result<(), String> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(HOST_PORT);
     let (mut conn, spec) = wait_for_work(port, agent_start_ms, setup_done_ms)?;
+    let spec_ms = system::boot_ms();
     let io = |e: guest_agent::FrameError| format!("host connection: {e}");
     // A VM restored from a snapshot carries the snapshot's clock and random state.
     if spec.wall_clock_ms != 0 {
@@ -59,7 +60,7 @@ pub fn run() -> Result<(), String> {
             return Ok(());
         }
     }
-    let report = match process::run(&spec, &mut conn).map_err(io)? {
+    let report = match process::run(&spec, spec_ms, &mut conn).map_err(io)? {
         Outcome::Failed(kind, message) => Message::Failed {
             kind,
             exit_code: kind.exit_code(),

@@ -118,8 +118,12 @@ impl Block {
         self.capacity_sectors
     }
 
-    fn config_bytes(&self) -> [u8; 8] {
-        self.capacity_sectors.to_le_bytes()
+    /// `virtio_blk_config` up to `seg_max`: capacity, size_max (not offered: 0), seg_max.
+    fn config_bytes(&self) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..8].copy_from_slice(&self.capacity_sectors.to_le_bytes());
+        c[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        c
     }
 }
 
@@ -133,7 +137,7 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_BLK_F_FLUSH | VIRTIO_RING_F_EVENT_IDX;
+        let mut f = VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | VIRTIO_RING_F_EVENT_IDX;
         if self.read_only {
             f |= VIRTIO_BLK_F_RO;
         }
