@@ -61,11 +61,12 @@ impl Serve {
             None if args.contains(&"--no-snapshots") => state_dir.join("snapshots"),
             None => shared_snapshots(),
         };
-        let snapshot_arg: Vec<&std::ffi::OsStr> = if args.contains(&"--snapshot-dir") {
-            vec![]
-        } else {
-            vec!["--snapshot-dir".as_ref(), snapshot_dir.as_os_str()]
-        };
+        let snapshot_arg: Vec<&std::ffi::OsStr> =
+            if args.contains(&"--snapshot-dir") || args.contains(&"--no-snapshots") {
+                vec![]
+            } else {
+                vec!["--snapshot-dir".as_ref(), snapshot_dir.as_os_str()]
+            };
         let mut child = Command::new(crate::paths::skiff())
             .arg("--state-dir")
             .arg(state_dir)

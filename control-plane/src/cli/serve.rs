@@ -82,7 +82,7 @@ pub struct ServeArgs {
     /// Where snapshots are kept (default: STATE_DIR/snapshots). Servers on one host that
     /// run the same VMM, kernel and agent may share one: each shape is built once, under a
     /// lock, and restored by all of them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_snapshots")]
     snapshot_dir: Option<PathBuf>,
     /// Guest kernel (default: SKIFF_KERNEL, else the installed one).
     #[arg(long)]
