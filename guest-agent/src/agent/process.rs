@@ -106,11 +106,18 @@ fn spawn(spec: &RunSpec, cgroup: Option<RawFd>) -> Result<Child, (FailureKind, S
     // Identity changes come after chroot (which needs root), so they are done here rather
     // than with Command::uid/gid, which std applies before pre_exec closures.
     // SAFETY: the closure runs in the forked child before exec and only makes system calls
-    // (write to the cgroup.procs fd the parent keeps open, chroot, chdir, setgroups,
-    // setgid, setuid) that are async-signal-safe; the write reads 1 byte of a static
-    // string; the agent is single-threaded, so no lock can be held across the fork.
+    // (sigprocmask, write to the cgroup.procs fd the parent keeps open, chroot, chdir,
+    // setgroups, setgid, setuid) that are async-signal-safe; the write reads 1 byte of a
+    // static string; the agent is single-threaded, so no lock can be held across the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // The agent blocks SIGCHLD (it reads it from a signalfd); std's spawn keeps the
+            // parent's mask, and the task must start with none blocked.
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&SigSet::empty()),
+                None,
+            )?;
             if let Some(fd) = cgroup {
                 // Joining may fail (no memory controller): the task then runs unaccounted.
                 let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
@@ -250,7 +257,7 @@ const ORPHAN_GRACE_MS: u64 = 2000;
 
 /// SIGCHLD as a readable descriptor, so that the loop sleeps in `poll` until output, a host
 /// frame or a child's end wakes it. SIGCHLD is blocked in the agent (pending signals wait
-/// for the descriptor); std's spawn gives the child an empty signal mask again. Measured
+/// for the descriptor); the spawned child empties its mask before it execs. Measured
 /// on PVM: a 50 ms poll timeout instead kept the guest's one vCPU busy all the time the
 /// task ran (every wake-up is emulated kernel work), which slowed the task itself.
 fn child_exits() -> Option<SignalFd> {
