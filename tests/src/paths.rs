@@ -43,7 +43,6 @@ pub fn skiff_vmm() -> PathBuf {
     bin("skiff-vmm")
 }
 
-/// Scratch space for tests: `target/tmp` beside the profile directories.
 /// A path under [`tmp_dir`] for a state dir named after `name`, padded to 90 bytes: deep
 /// enough that the sockets of tasks and snapshot builds under it pass the 107 bytes a Unix
 /// socket address holds (as they do on a machine whose checkout is deeper than ours), and
@@ -60,6 +59,7 @@ pub fn deep_state_dir(name: &str) -> PathBuf {
     PathBuf::from(d)
 }
 
+/// Scratch space for tests: `target/tmp` beside the profile directories.
 pub fn tmp_dir() -> PathBuf {
     let d = bin_dir()
         .parent()

@@ -1,9 +1,9 @@
 //! Unix sockets at any depth of the state dir. `sockaddr_un` holds at most 107 bytes of
-//! path, and a task's or snapshot build's sockets (`<state>/snapshots/<key>.building/vm/
-//! v.sock_1024`) pass that as soon as the state dir is some 45 bytes deep. A longer path
-//! is reached through the directory's descriptor instead: `/proc/self/fd/N/NAME`, which
-//! the kernel resolves to the same directory. Written here because it is a few lines and
-//! no crate on our list offers it.
+//! path, and the sockets of tasks and snapshot builds, such as
+//! `<state>/snapshots/<key>.building/vm/v.sock_1024`, pass that as soon as the state dir
+//! is some 45 bytes deep. A longer path is reached through the directory's descriptor
+//! instead: `/proc/self/fd/N/NAME`, which the kernel resolves to the same directory.
+//! Written here because it is a few lines and no crate on our list offers it.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
