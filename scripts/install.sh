@@ -18,5 +18,8 @@ for b in skiff skiff-jailer skiff-initramfs; do
 done
 install -m 0755 "$root/target/skiff-vmm" "$bin/skiff-vmm"
 install -m 0644 "$kernel" "$data/vmlinux"
+# The kernel's symbols, for guest profiles (`--profile-out`); absent from older caches.
+map="$(dirname "$kernel")/System.map"
+[ ! -f "$map" ] || install -m 0644 "$map" "$data/System.map"
 install -m 0755 "$root/target/skiff-agent" "$data/skiff-agent"
 echo "install: $bin/{skiff,skiff-vmm,skiff-jailer,skiff-initramfs}, $data/{vmlinux,skiff-agent}" >&2

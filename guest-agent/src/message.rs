@@ -16,6 +16,30 @@ pub struct BootTimings {
     pub connected_ms: u64,
 }
 
+/// Host → agent, in place of a run spec, while a per-image warm snapshot is made: mount
+/// this image's root, make the task's cgroup, fork the exec helper into both, and read
+/// these files into the page cache; then answer [`Message::Prepared`] and wait for the run
+/// spec (which comes after the snapshot is restored).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSpec {
+    /// The host's name for the image's root filesystem; a later run spec must name the same.
+    pub image_id: String,
+    /// As in [`RunSpec::image_disk`].
+    pub image_disk: String,
+    /// As in [`RunSpec::upper_size_mib`]; a run spec that asks for another size gets the
+    /// upper layer resized.
+    pub upper_size_mib: u64,
+    /// Programs (found through `path` if they have no `/`) whose files, and the ELF
+    /// interpreter they name, are read ahead. At most [`MAX_WARM_FILES`] of them.
+    pub warm_programs: Vec<String>,
+    /// The `PATH` used to find them.
+    pub path: String,
+}
+
+/// Most programs a [`PrepareSpec`] may name.
+pub const MAX_WARM_FILES: usize = 8;
+
 /// What to run, sent by the host after Hello.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +67,10 @@ pub struct RunSpec {
     /// process starts, so VMs restored from one snapshot never share random state.
     #[serde(default)]
     pub entropy: Vec<u8>,
+    /// The host's name for the image (see [`PrepareSpec::image_id`]): a VM prepared for
+    /// one image refuses a spec for another. Empty when the VM was not prepared.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
     /// The task's network interface, configured by the agent before the process starts
     /// (absent: loopback only). Snapshots are taken before any spec, so they never hold an
     /// address.
@@ -105,9 +133,17 @@ pub enum Message {
         protocol_version: u32,
         agent_version: String,
         timings: BootTimings,
+        /// The image this VM's root is already mounted for (a restored warm snapshot).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prepared_image: Option<String>,
     },
     /// Host → agent: run this.
     Run(RunSpec),
+    /// Host → agent: get ready for tasks of one image (a warm snapshot is taken next).
+    Prepare(PrepareSpec),
+    /// Agent → host: ready as [`Message::Prepare`] asked: the guest time it took, and the
+    /// bytes read ahead.
+    Prepared { prepare_ms: u64, warmed_bytes: u64 },
     /// Agent → host: the process was exec'd. Guest times (ms since the kernel started) of
     /// the run spec's arrival, of the root filesystem and cgroup being ready, and of the
     /// exec: where the guest spent the time between the spec and the process.
@@ -138,6 +174,8 @@ impl Message {
         match self {
             Message::Hello { .. } => "hello",
             Message::Run(_) => "run",
+            Message::Prepare(_) => "prepare",
+            Message::Prepared { .. } => "prepared",
             Message::Started { .. } => "started",
             Message::Signal { .. } => "signal",
             Message::StdinConsumed { .. } => "stdin_consumed",

@@ -11,8 +11,8 @@ fn wire(f: &Frame) -> String {
 }
 
 #[test]
-fn protocol_version_is_3() {
-    assert_eq!(PROTOCOL_VERSION, 3);
+fn protocol_version_is_4() {
+    assert_eq!(PROTOCOL_VERSION, 4);
     assert_eq!(STDIN_WINDOW, 1 << 20);
     assert_eq!(HOST_PORT, 1024);
 }
@@ -29,6 +29,7 @@ fn control_messages_encode_as_frozen() {
                     setup_done_ms: 2,
                     connected_ms: 3,
                 },
+                prepared_image: None,
             },
             r#"8000000000 {"type":"hello","protocol_version":1,"agent_version":"0.1.0","timings":{"agent_start_ms":1,"setup_done_ms":2,"connected_ms":3}}"#,
         ),
@@ -44,9 +45,36 @@ fn control_messages_encode_as_frozen() {
                 stdin: false,
                 wall_clock_ms: 1_700_000_000_123,
                 entropy: vec![1, 255],
+                image_id: String::new(),
                 network: None,
             }),
             r#"db00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false,"wall_clock_ms":1700000000123,"entropy":[1,255]}"#,
+        ),
+        (
+            Message::Hello {
+                protocol_version: 4,
+                agent_version: "0.1.0".into(),
+                timings: BootTimings::default(),
+                prepared_image: Some("0011223344556677".into()),
+            },
+            r#"a400000000 {"type":"hello","protocol_version":4,"agent_version":"0.1.0","timings":{"agent_start_ms":0,"setup_done_ms":0,"connected_ms":0},"prepared_image":"0011223344556677"}"#,
+        ),
+        (
+            Message::Prepare(PrepareSpec {
+                image_id: "0011223344556677".into(),
+                image_disk: "/dev/vda".into(),
+                upper_size_mib: 32,
+                warm_programs: vec!["sh".into()],
+                path: "/bin".into(),
+            }),
+            r#"8200000000 {"type":"prepare","image_id":"0011223344556677","image_disk":"/dev/vda","upper_size_mib":32,"warm_programs":["sh"],"path":"/bin"}"#,
+        ),
+        (
+            Message::Prepared {
+                prepare_ms: 1200,
+                warmed_bytes: 4096,
+            },
+            r#"3a00000000 {"type":"prepared","prepare_ms":1200,"warmed_bytes":4096}"#,
         ),
         (
             Message::Started {

@@ -5,7 +5,9 @@
 //! VMM killed by its cgroup's memory limit or by its seccomp filter (a forbidden call
 //! injected into it) stops its task with that reason
 //! while the server carries on; a damaged snapshot is refused and the task still runs (by
-//! a full boot). One server, one boot plus the snapshot's: the rest are restores.
+//! a full boot). Once a task of the image has restored the base snapshot, the server makes
+//! the image's warm snapshot, and later tasks restore that one, with the same guarantees.
+//! One server, one boot plus the snapshot's: the rest are restores.
 
 use skiff_tests::serve as harness;
 
@@ -181,6 +183,60 @@ fn vmm_killed_by_seccomp(srv: &Serve) {
     assert!(reason.contains("seccomp"), "{reason}");
 }
 
+fn events(t: &Value) -> Vec<String> {
+    t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_for_metric(srv: &Serve, line: &str) {
+    let deadline = Instant::now() + LONG;
+    while !srv.get_text("/metrics").contains(line) {
+        assert!(Instant::now() < deadline, "no {line} after {LONG:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Tasks restored from the warm snapshot (whose exec helper was forked as root before the
+/// snapshot) still run as the user and in the directory they ask for, and a program that
+/// is not there fails as on a boot.
+fn warm_tasks_get_their_own_user_and_errors(srv: &Serve) {
+    let id = srv.submit(&json!({
+        "image": "local/busybox",
+        "command": ["sh", "-c", "id -u; id -g; pwd; cat /proc/self/status | grep -E '^(SigBlk|CapEff)'"],
+        "user": "65534:65533",
+        "workingDir": "/tmp",
+        "memoryMiB": 128,
+    }));
+    let t = srv.wait_stopped(&id, LONG);
+    assert_eq!(t["exitCode"], 0, "{t:#}");
+    assert!(
+        events(&t).iter().any(|e| e.contains("warm snapshot")),
+        "{t:#}"
+    );
+    let out = String::from_utf8(srv.logs(&id).0).unwrap();
+    assert_eq!(
+        out,
+        "65534\n65533\n/tmp\nSigBlk:\t0000000000000000\nCapEff:\t0000000000000000\n"
+    );
+    let id = srv.submit(&json!({
+        "image": "local/busybox",
+        "command": ["no-such-program"],
+        "memoryMiB": 128,
+    }));
+    let t = srv.wait_stopped(&id, LONG);
+    assert_eq!(t["exitCode"], 127, "{t:#}");
+    assert!(
+        t["stoppedReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no-such-program: command not found")),
+        "{t:#}"
+    );
+}
+
 fn now_s() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -219,14 +275,38 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
         assert!(Instant::now() < deadline, "no snapshot after {LONG:?}");
         std::thread::sleep(Duration::from_secs(1));
     }
+    // a restores the shape's base snapshot; the server then makes the image's warm one
+    // from it (root mounted, exec helper forked, program read ahead), which b restores.
     let (a, a_out) = run(&srv);
     let host_after_a = now_s();
+    wait_for_metric(&srv, "skiff_warm_snapshots 1");
     let (b, b_out) = run(&srv);
     let host_after_b = now_s();
     for t in [&a, &b] {
         assert_eq!(t["startMode"], "snapshot", "{t:#}");
         assert_eq!(t["stopCode"], "EssentialContainerExited");
     }
+    assert!(
+        events(&a)
+            .iter()
+            .any(|e| e.contains("restoring a snapshot")),
+        "{a:#}"
+    );
+    assert!(
+        events(&b)
+            .iter()
+            .any(|e| e.contains("restoring the image's warm snapshot")),
+        "{b:#}"
+    );
+    let m = srv.get_text("/metrics");
+    for want in [
+        "skiff_warm_snapshot_hits_total 1",
+        "skiff_warm_snapshot_misses_total 1",
+        "skiff_warm_snapshot_builds_total 1",
+    ] {
+        assert!(m.contains(want), "no {want} in the metrics:\n{m}");
+    }
+    warm_tasks_get_their_own_user_and_errors(&srv);
     // Same program, same output as the booted task.
     assert_eq!(a_out[0], "same output");
     assert_eq!(a_out[0], boot_out[0]);
@@ -250,12 +330,13 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
 
     // Damage the snapshot: the restore is refused, the task boots instead and succeeds,
     // and the damaged snapshot is dropped.
+    // The image's warm snapshot is the one its tasks restore now: damage that one.
     let snap_dir = std::fs::read_dir(dir.join("snapshots"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.join("vm.state").exists())
-        .expect("a snapshot dir");
+        .find(|p| p.join("vm.state").exists() && p.to_string_lossy().contains("-img-"))
+        .expect("a warm snapshot dir");
     let state = snap_dir.join("vm.state");
     let mut bytes = std::fs::read(&state).unwrap();
     let mid = bytes.len() / 2;
@@ -264,12 +345,7 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
     let (c, c_out) = run(&srv);
     assert_eq!(c["startMode"], "boot", "{c:#}");
     assert_eq!(c_out[0], "same output");
-    let events: Vec<String> = c["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect();
+    let events = events(&c);
     let refused = events
         .iter()
         .find(|e| e.contains("snapshot restore failed"))

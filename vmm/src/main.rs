@@ -70,7 +70,6 @@ struct Args {
     /// --disk, --vsock and --net name this VM's disks, socket and TAP).
     #[arg(long, requires = "memory_file", conflicts_with_all = [
         "config", "kernel", "initrd", "cmdline", "vcpus", "memory_mib", "quirks",
-        "profile_out", "profile_symbols", "profile_hz",
     ])]
     restore: Option<PathBuf>,
     /// The snapshot's guest-memory file (mapped copy-on-write, paged in lazily).
@@ -171,6 +170,10 @@ fn restore(args: Args, started: std::time::Instant) -> ExitCode {
         }
     };
     vm.set_api_sock(args.api_sock);
+    if let Some(out) = args.profile_out {
+        // A restore has no kernel beside which System.map would be found.
+        vm.set_profile(out, args.profile_symbols, args.profile_hz);
+    }
     vm.set_print_timings(args.timings);
     vm.set_seccomp(args.seccomp.unwrap_or_default());
     finish(vm.run())

@@ -71,7 +71,11 @@ async fn metrics(State(srv): State<Arc<Server>>) -> Result<Response, ApiError> {
         srv.sched.capacity(),
         srv.sched.in_use(),
         srv.waiting(),
-        srv.snapshots.ready(),
+        crate::server::metrics::SnapshotFigures {
+            ready: srv.snapshots.ready(),
+            warm: srv.snapshots.warm_usage(),
+            warm_budget: srv.snapshots.warm_budget(),
+        },
     );
     Ok((
         [(

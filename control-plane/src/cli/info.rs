@@ -78,15 +78,6 @@ fn jail_status() -> String {
     }
 }
 
-fn count_dirs(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| {
-        d.flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter(|e| !e.file_name().to_string_lossy().ends_with(".building"))
-            .count()
-    })
-}
-
 pub fn info(state_dir: &Path) -> anyhow::Result<i32> {
     outln!("{:<14}{}", "version", env!("CARGO_PKG_VERSION"));
     piece("vmm", binary(install::vmm(), "skiff-vmm"));
@@ -109,10 +100,18 @@ pub fn info(state_dir: &Path) -> anyhow::Result<i32> {
         0
     };
     outln!("{:<14}{images}", "images");
+    let snaps = control_plane::server::snapshots::summarize(&state_dir.join("snapshots"));
+    let warm_bytes: u64 = snaps.warm.iter().map(|(_, _, b)| b).sum();
     outln!(
-        "{:<14}{}",
+        "{:<14}{} base, {} warm ({} MiB)",
         "snapshots",
-        count_dirs(&state_dir.join("snapshots"))
+        snaps.base,
+        snaps.warm.len(),
+        warm_bytes >> 20
     );
+    for (dir, image, bytes) in &snaps.warm {
+        let shape = dir.split('-').nth(1).unwrap_or("?");
+        outln!("{:<14}{image}, {shape}, {} MiB", "  warm", bytes >> 20);
+    }
     Ok(0)
 }

@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// lock, and restored by all of them.
     #[arg(long, conflicts_with = "no_snapshots")]
     snapshot_dir: Option<PathBuf>,
+    /// Disk (MiB) the per-image warm snapshots may take; 0 makes none. A warm snapshot
+    /// holds a VM with one image's root already mounted and its program read ahead; the
+    /// least recently used go when a new one does not fit.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    warm_snapshot_budget: u64,
     /// Guest kernel (default: SKIFF_KERNEL, else the installed one).
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -202,6 +207,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         task_retention: (!a.task_retention.is_zero()).then_some(a.task_retention),
         snapshots: !a.no_snapshots,
         snapshot_dir: a.snapshot_dir.clone(),
+        warm_snapshot_budget_mib: a.warm_snapshot_budget,
         max_queued: a.max_queued,
         log_cap_bytes: a.log_cap_mib.max(1) << 20,
     };

@@ -38,6 +38,8 @@ pub struct LaunchConfig {
 pub struct Snapshot {
     pub state: PathBuf,
     pub memory: PathBuf,
+    /// A per-image warm snapshot (its agent has one image's root ready), not a shape's base.
+    pub warm: bool,
 }
 
 impl Snapshot {
@@ -46,6 +48,7 @@ impl Snapshot {
         let s = Snapshot {
             state: dir.join("vm.state"),
             memory: dir.join("vm.mem"),
+            warm: false,
         };
         (s.state.is_file() && s.memory.is_file()).then_some(s)
     }

@@ -29,4 +29,4 @@ pub use error::LaunchError;
 pub use jail::JailConfig;
 pub use result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};
 pub use session::run_task;
-pub use snapshot::{build_snapshot, SnapshotError};
+pub use snapshot::{build_snapshot, build_warm_snapshot, SnapshotError, WarmBuilt};

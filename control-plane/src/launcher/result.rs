@@ -28,6 +28,8 @@ pub enum TaskEvent<'a> {
     VmStarted {
         pid: u32,
         from_snapshot: bool,
+        /// The snapshot is the image's warm one.
+        warm: bool,
     },
     /// The snapshot could not be restored; a full boot follows. `bad_snapshot`: the VMM
     /// refused the snapshot files themselves (damaged, foreign), so they should go.

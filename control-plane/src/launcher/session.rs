@@ -98,7 +98,10 @@ pub fn run_task(
         timings: Timings::default(),
     };
     let mut phase = Phase::Starting(match &cfg.snapshot {
-        Some(snap) => StartFrom::Snapshot(snap),
+        Some(snap) => StartFrom::Snapshot {
+            snap,
+            api_sock: false,
+        },
         None => StartFrom::Boot { api_sock: false },
     });
     loop {
@@ -118,7 +121,7 @@ impl Session<'_> {
 
     /// Starting → Connected; a failed restore → Starting(boot); ended on request → Ending.
     fn starting(&mut self, from: StartFrom<'_>) -> Result<Phase<'static>, LaunchError> {
-        let restoring = matches!(from, StartFrom::Snapshot(_));
+        let restoring = matches!(from, StartFrom::Snapshot { .. });
         let Some(agent) = &self.agent else {
             return Err(LaunchError::Connection(
                 "the agent's listener was closed before a start".into(),
@@ -232,6 +235,7 @@ impl Session<'_> {
                 (self.on_event)(TaskEvent::ProcessStarted);
             }
             Frame::Control(Message::Exited(report)) => {
+                tracing::debug!("agent: process exited at guest {} ms", report.exited_ms);
                 self.timings.process_exited_ms = Some(self.ms());
                 (self.on_event)(TaskEvent::ProcessExited);
                 return Phase::Ending(if r.timed_out {
@@ -306,7 +310,7 @@ impl Session<'_> {
 const MAX_MESSAGE: usize = 4096;
 
 /// `message` cut to [`MAX_MESSAGE`] bytes (at a character boundary).
-fn bounded(mut message: String) -> String {
+pub(super) fn bounded(mut message: String) -> String {
     if message.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
         while !message.is_char_boundary(cut) {

@@ -3,18 +3,23 @@
 //! keep the state and memory files. Tasks of that shape restore from them in a new VMM
 //! with their own image disk and vsock socket; the agent redials after the restore's
 //! vsock reset and gets the clock and fresh entropy with its run spec.
+//!
+//! A warm snapshot goes one step further for one image: a base snapshot is restored with
+//! the image's disk, its agent mounts the root, forks the exec helper and reads the
+//! image's programs ahead, and that VM is snapshotted (see the server's warm snapshots).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use guest_agent::{Frame, Message, PrepareSpec};
 use vmm_api::{Reply, Request};
 
 use super::config::{LaunchConfig, Snapshot};
 use super::control::{FinishOnDrop, TaskControl};
 use super::error::LaunchError;
 use super::jail::{JailSetupError, VmJail};
-use super::start::{start_vm, AgentListener, NoAgent};
+use super::start::{start_vm, AgentListener, Connected, NoAgent};
 use super::vmm_process::{StartFrom, API_SOCK};
 use crate::network::TaskNetwork;
 
@@ -52,13 +57,66 @@ impl From<JailSetupError> for SnapshotError {
 }
 
 /// Boots a VM shaped like `cfg` (its `rootfs`, `snapshot` and `timeout` are ignored; a
-/// `net` asks for a network card, on a TAP of the build's own), waits for the agent, snapshots it into `dir` (replaced atomically) and ends the VM.
-/// `control` can end the VM from another thread (e.g. at shutdown).
+/// `net` asks for a network card, on a TAP of the build's own), waits for the agent,
+/// snapshots it into `dir` (replaced atomically) and ends the VM. `control` can end the VM
+/// from another thread (e.g. at shutdown).
 pub fn build_snapshot(
     cfg: &LaunchConfig,
     dir: &Path,
     control: &TaskControl,
 ) -> Result<Snapshot, SnapshotError> {
+    build(cfg, dir, control, Kind::Base).map(|(s, _)| s)
+}
+
+/// What a warm snapshot's agent did before it was taken.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmBuilt {
+    /// Guest time to mount the root, make the cgroup, fork the helper and read ahead.
+    pub prepare_ms: u64,
+    pub warmed_bytes: u64,
+    /// Host time of the whole build, restore to files.
+    pub build_ms: u64,
+}
+
+/// Restores `base` (a snapshot of `cfg`'s shape) with `cfg.rootfs` as its disk, has the
+/// agent prepare that image's root as `prepare` says, and snapshots the VM into `dir`: a
+/// per-image warm snapshot, which only tasks of that image (the same disk file) may restore.
+pub fn build_warm_snapshot(
+    cfg: &LaunchConfig,
+    base: &Snapshot,
+    prepare: &PrepareSpec,
+    dir: &Path,
+    control: &TaskControl,
+) -> Result<(Snapshot, WarmBuilt), SnapshotError> {
+    let (snap, built) = build(cfg, dir, control, Kind::Warm { base, prepare })?;
+    built
+        .map(|b| (snap, b))
+        .ok_or_else(|| SnapshotError::Control("the agent did not prepare the root".into()))
+}
+
+/// The VM a snapshot is taken of.
+enum Kind<'a> {
+    /// Booted with a placeholder disk; its agent waits for work after its hello.
+    Base,
+    /// Restored from `base` with the image's disk; its agent prepares the root first.
+    Warm {
+        base: &'a Snapshot,
+        prepare: &'a PrepareSpec,
+    },
+}
+
+/// How long the agent of a warm snapshot's VM may take to prepare the root.
+const PREPARE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// How long a restored VM has to say hello (as for tasks).
+const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
+
+fn build(
+    cfg: &LaunchConfig,
+    dir: &Path,
+    control: &TaskControl,
+    kind: Kind<'_>,
+) -> Result<(Snapshot, Option<WarmBuilt>), SnapshotError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| SnapshotError::Io { path, source }
@@ -67,12 +125,18 @@ pub fn build_snapshot(
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io(&work))?;
     let placeholder = work.join("placeholder.img");
-    std::fs::File::create(&placeholder)
-        .and_then(|f| f.set_len(PLACEHOLDER_DISK_BYTES))
-        .map_err(io(&placeholder))?;
+    let rootfs = match kind {
+        Kind::Base => {
+            std::fs::File::create(&placeholder)
+                .and_then(|f| f.set_len(PLACEHOLDER_DISK_BYTES))
+                .map_err(io(&placeholder))?;
+            placeholder.clone()
+        }
+        Kind::Warm { .. } => cfg.rootfs.clone(),
+    };
     let with_card = cfg.net.is_some();
     let mut cfg = LaunchConfig {
-        rootfs: placeholder.clone(),
+        rootfs,
         work_dir: work.clone(),
         snapshot: None,
         net: None,
@@ -96,7 +160,16 @@ pub fn build_snapshot(
     let t0 = Instant::now();
     // The agent's connection stays open while the snapshot is taken: the agent is then
     // waiting for its run spec, which is where every restored VM picks up.
-    let from = StartFrom::Boot { api_sock: true };
+    let (from, patience) = match kind {
+        Kind::Base => (StartFrom::Boot { api_sock: true }, cfg.boot_timeout),
+        Kind::Warm { base, .. } => (
+            StartFrom::Snapshot {
+                snap: base,
+                api_sock: true,
+            },
+            RESTORE_PATIENCE,
+        ),
+    };
     let started = start_vm(
         &cfg,
         &mut jail,
@@ -104,14 +177,18 @@ pub fn build_snapshot(
         &agent,
         control,
         &mut |_| {},
-        cfg.boot_timeout,
+        patience,
     );
-    let _agent_conn = match started {
+    let mut agent_conn = match started {
         Ok(c) => c,
         Err(NoAgent::Killed) => return Err(SnapshotError::Ended),
         Err(NoAgent::Failed(e)) => return Err(e.into()),
     };
     let booted = t0.elapsed();
+    let warm = match kind {
+        Kind::Base => None,
+        Kind::Warm { prepare, .. } => Some(prepare_root(&mut agent_conn, prepare, control)?),
+    };
     // The VMM writes the files in its own directory, as its own uid; they are then taken
     // over by root, made read-only and moved beside it, so that no VMM (this one
     // included) can change the snapshot later tasks restore.
@@ -132,12 +209,20 @@ pub fn build_snapshot(
     let _ = control_request(&api, &Request::Shutdown {});
     control.finish();
     drop(jail);
-    tracing::info!(
-        "snapshot of a {} vCPU / {} MiB VM taken after a {:.1} s boot",
-        cfg.vcpus,
-        cfg.memory_mib,
-        booted.as_secs_f64()
-    );
+    match &warm {
+        None => tracing::info!(
+            "snapshot of a {} vCPU / {} MiB VM taken after a {:.1} s boot",
+            cfg.vcpus,
+            cfg.memory_mib,
+            booted.as_secs_f64()
+        ),
+        Some((prepare_ms, warmed)) => tracing::info!(
+            "warm snapshot of a {} vCPU / {} MiB VM taken: restored in {:.1} s, root prepared in {prepare_ms} ms (guest), {warmed} bytes read ahead",
+            cfg.vcpus,
+            cfg.memory_mib,
+            booted.as_secs_f64()
+        ),
+    }
     drop(agent);
     for name in [STATE_FILE, MEMORY_FILE] {
         let (from, to) = (work.join("vm").join(name), work.join(name));
@@ -147,7 +232,46 @@ pub fn build_snapshot(
     let _ = std::fs::remove_dir_all(work.join("vm"));
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&work, dir).map_err(io(dir))?;
-    Snapshot::in_dir(dir).ok_or_else(|| SnapshotError::Control("the VMM wrote no files".into()))
+    let snap = Snapshot::in_dir(dir)
+        .ok_or_else(|| SnapshotError::Control("the VMM wrote no files".into()))?;
+    let built = warm.map(|(prepare_ms, warmed_bytes)| WarmBuilt {
+        prepare_ms,
+        warmed_bytes,
+        build_ms: t0.elapsed().as_millis() as u64,
+    });
+    Ok((snap, built))
+}
+
+/// Sends the prepare request and waits for the agent's answer: its guest time and the
+/// bytes it read ahead.
+fn prepare_root(
+    c: &mut Connected,
+    prepare: &PrepareSpec,
+    control: &TaskControl,
+) -> Result<(u64, u64), SnapshotError> {
+    let err = |e: &dyn std::fmt::Display| SnapshotError::Control(format!("the agent: {e}"));
+    c.conn
+        .send(&Frame::Control(Message::Prepare(prepare.clone())))
+        .map_err(|e| err(&e))?;
+    let deadline = Instant::now() + PREPARE_PATIENCE;
+    match c.conn.recv(Some(deadline)) {
+        Ok(Frame::Control(Message::Prepared {
+            prepare_ms,
+            warmed_bytes,
+        })) => Ok((prepare_ms, warmed_bytes)),
+        Ok(Frame::Control(Message::Failed { message, .. })) => {
+            Err(SnapshotError::Control(format!(
+                "the agent could not prepare the root: {}",
+                super::session::bounded(message)
+            )))
+        }
+        Ok(other) => Err(err(&format!(
+            "expected prepared, got {}",
+            other.kind_name()
+        ))),
+        Err(_) if control.was_killed() => Err(SnapshotError::Ended),
+        Err(e) => Err(err(&e)),
+    }
 }
 
 /// The namespace of a snapshot VM's card: `skiff-snap-` and a hash of the snapshot's dir.

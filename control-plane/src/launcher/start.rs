@@ -103,7 +103,8 @@ pub(super) fn start_vm(
     let child = vmm_process::spawn(cfg, jail, from, vmm_log).map_err(LaunchError::from)?;
     on_event(TaskEvent::VmStarted {
         pid: child.id(),
-        from_snapshot: matches!(from, StartFrom::Snapshot(_)),
+        from_snapshot: matches!(from, StartFrom::Snapshot { .. }),
+        warm: matches!(from, StartFrom::Snapshot { snap, .. } if snap.warm),
     });
     control.attach_child(child);
     // The agent dials us when it is ready: wait for that connection, the VM's end, or

@@ -17,17 +17,18 @@ const INITRD: &str = "/initrd";
 const DISK: &str = "/disk";
 const SNAPSHOT_STATE: &str = "/snapshot/vm.state";
 const SNAPSHOT_MEMORY: &str = "/snapshot/vm.mem";
+const SYSTEM_MAP: &str = "/System.map";
 
 /// SIGSYS: what a seccomp filter's kill looks like from outside.
 const SIGSYS: i32 = 31;
 const SIGKILL: i32 = 9;
 
-/// How the VM comes to life: a full boot (with the control socket when a snapshot is to
-/// be taken), or a restore of a snapshot.
+/// How the VM comes to life: a full boot or a restore of a snapshot, with the control
+/// socket when a snapshot is to be taken of it.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum StartFrom<'a> {
     Boot { api_sock: bool },
-    Snapshot(&'a Snapshot),
+    Snapshot { snap: &'a Snapshot, api_sock: bool },
 }
 
 /// The VMM's files in its `/run`: the vsock socket, the console, the control socket.
@@ -51,7 +52,7 @@ pub(super) fn spawn(
     let mut read_only = Vec::new();
     let mut args: Vec<OsString> = vec!["skiff-vmm".into()];
     let mut arg = |a: &str| args.push(a.into());
-    let restoring = matches!(from, StartFrom::Snapshot(_));
+    let restoring = matches!(from, StartFrom::Snapshot { .. });
     match from {
         StartFrom::Boot { api_sock } => {
             read_only.push(ro(&cfg.kernel, KERNEL));
@@ -70,11 +71,9 @@ pub(super) fn spawn(
                 arg("--api-sock");
                 arg(&jail_run(API_SOCK));
             }
-            if let Ok(extra) = std::env::var("SKIFF_VMM_BOOT_ARGS") {
-                extra.split_whitespace().for_each(&mut arg);
-            }
+            extra_args("SKIFF_VMM_BOOT_ARGS", cfg, &mut read_only, &mut arg);
         }
-        StartFrom::Snapshot(snap) => {
+        StartFrom::Snapshot { snap, api_sock } => {
             read_only.push(ro(&snap.state, SNAPSHOT_STATE));
             read_only.push(ro(&snap.memory, SNAPSHOT_MEMORY));
             for a in [
@@ -85,6 +84,11 @@ pub(super) fn spawn(
             ] {
                 arg(a);
             }
+            if api_sock {
+                arg("--api-sock");
+                arg(&jail_run(API_SOCK));
+            }
+            extra_args("SKIFF_VMM_RESTORE_ARGS", cfg, &mut read_only, &mut arg);
         }
     }
     read_only.push(ro(&cfg.rootfs, DISK));
@@ -115,6 +119,25 @@ pub(super) fn spawn(
             path: jail.jailer_path().to_owned(),
             source,
         })
+}
+
+/// Flags for every boot (or restore) from the environment variable `var`, for looking inside
+/// guests (e.g. `--profile-out /run/prof.txt`); a profile gets the kernel's `System.map`
+/// (beside it) in the jail as `/System.map` to name its symbols.
+fn extra_args(var: &str, cfg: &LaunchConfig, read_only: &mut Vec<Bind>, arg: &mut dyn FnMut(&str)) {
+    let Ok(extra) = std::env::var(var) else {
+        return;
+    };
+    extra.split_whitespace().for_each(&mut *arg);
+    let map = cfg.kernel.with_file_name("System.map");
+    if extra.contains("--profile-out") && !extra.contains("--profile-symbols") && map.is_file() {
+        read_only.push(Bind {
+            host: map,
+            jail: SYSTEM_MAP.into(),
+        });
+        arg("--profile-symbols");
+        arg(SYSTEM_MAP);
+    }
 }
 
 /// `/dev/kvm` is PVM (the `kvm_pvm` module is loaded): guests need its quirks.

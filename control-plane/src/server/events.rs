@@ -48,7 +48,11 @@ fn on_event(
 ) {
     let rec = &srv.records;
     match ev {
-        TaskEvent::VmStarted { pid, from_snapshot } => {
+        TaskEvent::VmStarted {
+            pid,
+            from_snapshot,
+            warm,
+        } => {
             live.set_vm_started();
             let mode = if from_snapshot {
                 StartMode::Snapshot
@@ -63,10 +67,10 @@ fn on_event(
                     t.start_mode = Some(mode);
                 }),
             );
-            let how = if from_snapshot {
-                "restoring a snapshot"
-            } else {
-                "booting"
+            let how = match (from_snapshot, warm) {
+                (true, true) => "restoring the image's warm snapshot",
+                (true, false) => "restoring a snapshot",
+                (false, _) => "booting",
             };
             rec.event(id, &format!("VM started (skiff-vmm pid {pid}, {how})"));
         }

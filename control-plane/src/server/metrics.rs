@@ -9,7 +9,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::snapshots::{WarmCounters, WarmUsage};
 use crate::scheduler::{Capacity, InUse};
+
+/// The snapshots' gauges at one moment.
+pub struct SnapshotFigures {
+    /// Shapes with a base snapshot ready.
+    pub ready: usize,
+    pub warm: WarmUsage,
+    pub warm_budget: u64,
+}
 use crate::tasks::{Task, TaskState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +50,9 @@ pub struct Metrics {
     used_memory: Gauge,
     queued: Gauge,
     snapshots: Gauge,
+    warm_snapshots: Gauge,
+    warm_snapshot_bytes: Gauge,
+    warm_snapshot_budget: Gauge,
 }
 
 impl Default for Metrics {
@@ -115,6 +127,23 @@ impl Metrics {
             "VM shapes with a snapshot ready for the fast path",
             snapshots.clone(),
         );
+        let (warm_snapshots, warm_snapshot_bytes, warm_snapshot_budget) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register(
+            "warm_snapshots",
+            "Per-image warm snapshots on disk",
+            warm_snapshots.clone(),
+        );
+        registry.register(
+            "warm_snapshot_bytes",
+            "Disk the warm snapshots take (blocks in use)",
+            warm_snapshot_bytes.clone(),
+        );
+        registry.register(
+            "warm_snapshot_budget_bytes",
+            "Disk the warm snapshots may take (--warm-snapshot-budget)",
+            warm_snapshot_budget.clone(),
+        );
         Self {
             registry,
             submitted,
@@ -128,7 +157,40 @@ impl Metrics {
             used_memory,
             queued,
             snapshots,
+            warm_snapshots,
+            warm_snapshot_bytes,
+            warm_snapshot_budget,
         }
+    }
+
+    /// Adds the warm snapshots' counters (kept by the snapshots themselves).
+    pub fn register_warm(&mut self, c: &WarmCounters) {
+        let r = &mut self.registry;
+        r.register(
+            "warm_snapshot_hits",
+            "Tasks started from their image's warm snapshot",
+            c.hits.clone(),
+        );
+        r.register(
+            "warm_snapshot_misses",
+            "Tasks started from a base snapshot because their image had no warm one yet",
+            c.misses.clone(),
+        );
+        r.register(
+            "warm_snapshot_builds",
+            "Warm snapshots built",
+            c.builds.clone(),
+        );
+        r.register(
+            "warm_snapshot_build_failures",
+            "Warm snapshot builds that failed",
+            c.build_failures.clone(),
+        );
+        r.register(
+            "warm_snapshot_evictions",
+            "Warm snapshots deleted to keep within the disk budget",
+            c.evictions.clone(),
+        );
     }
 
     /// Records one phase that the task's timestamps do not show (`network_attach`,
@@ -178,9 +240,12 @@ impl Metrics {
         capacity: Capacity,
         used: InUse,
         queued: usize,
-        snapshots_ready: usize,
+        snapshots: SnapshotFigures,
     ) -> String {
-        self.snapshots.set(snapshots_ready as i64);
+        self.snapshots.set(snapshots.ready as i64);
+        self.warm_snapshots.set(snapshots.warm.count as i64);
+        self.warm_snapshot_bytes.set(snapshots.warm.bytes as i64);
+        self.warm_snapshot_budget.set(snapshots.warm_budget as i64);
         for (state, n) in counts {
             self.tasks
                 .get_or_create(&StateLabel {

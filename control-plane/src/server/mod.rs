@@ -58,6 +58,8 @@ pub struct ServeConfig {
     /// Where the snapshots are kept (`<state>/snapshots` when not given); servers of the
     /// same VMM, kernel and agent may share one.
     pub snapshot_dir: Option<PathBuf>,
+    /// Disk the per-image warm snapshots may take, MiB (0: none).
+    pub warm_snapshot_budget_mib: u64,
     /// Tasks that may wait (accepted, not yet admitted) at once; beyond it submissions are
     /// refused (429) until some start.
     pub max_queued: usize,
@@ -148,6 +150,7 @@ impl Server {
                 .clone()
                 .unwrap_or_else(|| cfg.state_dir.join("snapshots")),
             cfg.snapshots,
+            cfg.warm_snapshot_budget_mib << 20,
             &cfg.vmm,
             &cfg.kernel,
             &initrd,
@@ -163,10 +166,12 @@ impl Server {
                 );
             }
         }
+        let mut metrics = metrics::Metrics::new();
+        metrics.register_warm(snapshots.warm_counters());
         let srv = Arc::new(Self {
             snapshots: Arc::new(snapshots),
             sched: Scheduler::new(cfg.capacity),
-            records: TaskRecords::new(store, metrics::Metrics::new()),
+            records: TaskRecords::new(store, metrics),
             cfg,
             images,
             initrd,

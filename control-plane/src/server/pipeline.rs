@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::snapshots::{image_key, WarmRequest};
 use super::{events, networking, report, Live, Server, ServerError, WaitingSlot};
 use crate::images::cancel::{Cancel, CancelOnDrop};
 use crate::images::registry::RegistryOptions;
@@ -14,6 +15,7 @@ use crate::images::run::RunOverrides;
 use crate::launcher::LaunchConfig;
 use crate::prepare::{prepare, Prepared, RootSource, TaskInput};
 use crate::tasks::{now_ms, Ending, NetworkMode, StopCode, Task, Transition};
+use guest_agent::RunSpec;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -92,8 +94,7 @@ async fn run(
         }
     };
     // Launch.
-    let cfg = launch_config(srv, &task, &prepared, net.clone());
-    let mut spec = prepared.spec;
+    let (cfg, mut spec) = launch_config(srv, &task, prepared, net.clone());
     spec.network = net.as_ref().map(|n| Box::new(networking::guest_spec(n)));
     let (srv2, live2, id2) = (srv.clone(), live.clone(), id.to_owned());
     let result =
@@ -172,12 +173,14 @@ async fn prepare_task(srv: &Arc<Server>, task: &Task) -> Result<Prepared, String
     .map_err(|e| format!("image preparation failed: {e}"))?
 }
 
+/// The launch and the run spec: from the image's warm snapshot when one is ready, else
+/// from the shape's base snapshot (see [`crate::server::snapshots`]).
 fn launch_config(
-    srv: &Server,
+    srv: &Arc<Server>,
     task: &Task,
-    prepared: &Prepared,
+    prepared: Prepared,
     net: Option<crate::network::TaskNetwork>,
-) -> LaunchConfig {
+) -> (LaunchConfig, RunSpec) {
     let cfg = LaunchConfig {
         vmm: srv.cfg.vmm.clone(),
         jail: srv.cfg.jail.clone(),
@@ -193,9 +196,31 @@ fn launch_config(
         snapshot: None,
         net,
     };
+    let mut spec = prepared.spec;
+    // The image's key tells the agent of a warm snapshot that the spec is for its image.
+    let key = image_key(&prepared.rootfs, prepared.image_digest.as_deref());
+    let snapshot = match key {
+        Ok(image_key) => {
+            spec.image_id = image_key.clone();
+            let warm = WarmRequest {
+                image_key,
+                image_name: format!(
+                    "{} ({})",
+                    task.image,
+                    prepared.image_digest.as_deref().unwrap_or("no digest")
+                ),
+                spec: spec.clone(),
+            };
+            srv.snapshots.for_task(&cfg, warm)
+        }
+        Err(e) => {
+            tracing::warn!(
+                task = task.id,
+                "no warm snapshot: the image's root filesystem: {e}"
+            );
+            srv.snapshots.for_shape(&cfg)
+        }
+    };
     // A task with a network restores a snapshot with a network card.
-    LaunchConfig {
-        snapshot: srv.snapshots.for_shape(&cfg),
-        ..cfg
-    }
+    (LaunchConfig { snapshot, ..cfg }, spec)
 }

@@ -3,8 +3,10 @@
 
 mod cgroup;
 mod conn;
+mod helper;
 mod network;
 mod process;
+mod readahead;
 mod rootfs;
 mod system;
 mod user;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use guest_agent::{BootTimings, FailureKind, Frame, Message, RunSpec, HOST_PORT, PROTOCOL_VERSION};
 
 use conn::Conn;
-use process::Outcome;
+use process::{Outcome, ReadyRoot};
 
 /// Runs the agent; the error is one line for the console.
 pub fn run() -> Result<(), String> {
@@ -31,9 +33,28 @@ pub fn run() -> Result<(), String> {
     let port = system::cmdline_value("skiff.port")
         .and_then(|p| p.parse().ok())
         .unwrap_or(HOST_PORT);
-    let (mut conn, spec) = wait_for_work(port, agent_start_ms, setup_done_ms)?;
+    let (mut conn, spec, prepared) = wait_for_work(port, agent_start_ms, setup_done_ms)?;
     let spec_ms = system::boot_ms();
     let io = |e: guest_agent::FrameError| format!("host connection: {e}");
+    // A VM prepared for one image (a warm snapshot's) runs tasks of that image only: its
+    // page cache holds that disk's blocks.
+    let ready = match prepared {
+        Some(p) if p.image_id == spec.image_id => Some(p.root),
+        Some(p) => {
+            let kind = FailureKind::ImageDisk;
+            let failed = Message::Failed {
+                kind,
+                exit_code: kind.exit_code(),
+                message: format!(
+                    "this VM was prepared for image {:?}, the run spec is for {:?}",
+                    p.image_id, spec.image_id
+                ),
+            };
+            conn.send(&Frame::Control(failed)).map_err(io)?;
+            return Ok(());
+        }
+        None => None,
+    };
     // A VM restored from a snapshot carries the snapshot's clock and random state.
     if spec.wall_clock_ms != 0 {
         if let Err(e) = system::set_wall_clock(spec.wall_clock_ms) {
@@ -60,7 +81,7 @@ pub fn run() -> Result<(), String> {
             return Ok(());
         }
     }
-    let report = match process::run(&spec, spec_ms, &mut conn).map_err(io)? {
+    let report = match process::run(&spec, spec_ms, ready, &mut conn).map_err(io)? {
         Outcome::Failed(kind, message) => Message::Failed {
             kind,
             exit_code: kind.exit_code(),
@@ -72,36 +93,84 @@ pub fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// A root made for one image on the host's [`Message::Prepare`].
+struct Prepared {
+    image_id: String,
+    root: ReadyRoot,
+}
+
 /// Dials the host, says hello and waits for the run spec. A connection that breaks before
 /// the spec arrives is dialled again: that is what a VM restored from a snapshot sees (the
-/// restore resets every vsock connection, and the new host listens on a new socket).
+/// restore resets every vsock connection, and the new host listens on a new socket). A
+/// host making a warm snapshot first asks for a prepared root; the spec comes after the
+/// restore, and the hello then names the image the root is prepared for.
 fn wait_for_work(
     port: u32,
     agent_start_ms: u64,
     setup_done_ms: u64,
-) -> Result<(Conn, RunSpec), String> {
+) -> Result<(Conn, RunSpec, Option<Prepared>), String> {
     let io = |e: guest_agent::FrameError| format!("host connection: {e}");
     let mut redials = 0;
-    loop {
+    let mut prepared: Option<Prepared> = None;
+    'dial: loop {
         let mut conn = conn::dial(port, Duration::from_secs(10))?;
         let timings = BootTimings {
             agent_start_ms,
             setup_done_ms,
             connected_ms: system::boot_ms(),
         };
-        let said_hello = conn.send(&Frame::Control(Message::Hello {
+        let mut said_hello = conn.send(&Frame::Control(Message::Hello {
             protocol_version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             timings,
+            prepared_image: prepared.as_ref().map(|p| p.image_id.clone()),
         }));
-        match said_hello.and_then(|()| conn.recv(None)) {
-            Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, spec)),
-            Ok(other) => return Err(format!("expected a run spec from the host, got {other:?}")),
-            Err(e) if redials < MAX_REDIALS => {
-                redials += 1;
-                eprintln!("skiff-agent: {}; dialling the host again", io(e));
+        loop {
+            let e = match said_hello.and_then(|()| conn.recv(None)) {
+                Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, spec, prepared)),
+                Ok(Frame::Control(Message::Prepare(p))) if prepared.is_none() => {
+                    let start = system::boot_ms();
+                    let warm = helper::Warm {
+                        programs: &p.warm_programs,
+                        path: &p.path,
+                    };
+                    match ReadyRoot::make(&p.image_disk, p.upper_size_mib, &warm) {
+                        Ok((root, warmed_bytes)) => {
+                            prepared = Some(Prepared {
+                                image_id: p.image_id,
+                                root,
+                            });
+                            said_hello = conn.send(&Frame::Control(Message::Prepared {
+                                prepare_ms: system::boot_ms() - start,
+                                warmed_bytes,
+                            }));
+                            continue;
+                        }
+                        Err((kind, message)) => {
+                            let failed = Message::Failed {
+                                kind,
+                                exit_code: kind.exit_code(),
+                                message: format!("preparing the root: {message}"),
+                            };
+                            conn.send(&Frame::Control(failed)).map_err(io)?;
+                            return Err(format!("preparing the root: {message}"));
+                        }
+                    }
+                }
+                Ok(other) => {
+                    return Err(format!(
+                        "expected a run spec from the host, got {}",
+                        other.kind_name()
+                    ))
+                }
+                Err(e) => e,
+            };
+            if redials >= MAX_REDIALS {
+                return Err(io(e));
             }
-            Err(e) => return Err(io(e)),
+            redials += 1;
+            eprintln!("skiff-agent: {}; dialling the host again", io(e));
+            continue 'dial;
         }
     }
 }

@@ -1,12 +1,12 @@
-//! Runs the container process: chroot into the prepared root, user and working directory,
-//! environment, stdio as pipes; then one poll loop that streams stdout and stderr to the
+//! Runs the container process: the exec helper (already chrooted into the prepared root,
+//! see `helper`) gets the user, working directory and environment and execs, with stdio
+//! on pipes; then one poll loop that streams stdout and stderr to the
 //! host as raw frames, passes stdin and signals from the host, reaps every child (PID 1's
 //! duty), and reports how the process ended once its output is drained.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, RawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
 
 use guest_agent::{
     ExitReport, FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK, STDIN_WINDOW,
@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 
 use super::cgroup;
 use super::conn::Conn;
+use super::helper::{ExecRequest, Helper, Warm};
 use super::rootfs::{self, ROOT};
 use super::system::boot_ms;
 use super::user;
@@ -45,10 +46,37 @@ pub enum Outcome {
     Exited(Message),
 }
 
-fn spawn(spec: &RunSpec, cgroup: Option<RawFd>) -> Result<Child, (FailureKind, String)> {
-    let Some(program) = spec.argv.first() else {
+/// A container root mounted and an exec helper waiting in it: made when the run spec
+/// arrives, or before a warm snapshot (then restored with the VM).
+pub struct ReadyRoot {
+    helper: Helper,
+    cgroup: Option<cgroup::TaskCgroup>,
+}
+
+impl ReadyRoot {
+    /// Mounts the image on `disk` as the root, makes the task's cgroup and forks the exec
+    /// helper into both (reading `warm` ahead); returns the bytes read ahead too.
+    pub fn make(
+        disk: &str,
+        upper_size_mib: u64,
+        warm: &Warm,
+    ) -> Result<(ReadyRoot, u64), (FailureKind, String)> {
+        rootfs::mount_root(disk, upper_size_mib)?;
+        let cgroup = cgroup::TaskCgroup::create()
+            .map_err(|e| eprintln!("skiff-agent: {e}; OOM kills will not be reported"))
+            .ok();
+        let procs = cgroup.as_ref().map(cgroup::TaskCgroup::procs_fd);
+        let (helper, warmed) = Helper::fork(procs, warm)?;
+        Ok((ReadyRoot { helper, cgroup }, warmed))
+    }
+}
+
+/// What the helper is to exec for `spec`: its user resolved against the image, its working
+/// directory checked, its environment completed.
+fn exec_request(spec: &RunSpec) -> Result<ExecRequest, (FailureKind, String)> {
+    if spec.argv.first().is_none_or(|p| p.is_empty()) {
         return Err((FailureKind::CommandNotFound, "no command given".into()));
-    };
+    }
     let ids = user::resolve(
         &spec.user,
         &rootfs::read_root_file("/etc/passwd"),
@@ -66,85 +94,27 @@ fn spawn(spec: &RunSpec, cgroup: Option<RawFd>) -> Result<Child, (FailureKind, S
             format!("working directory {cwd} does not exist in the image"),
         ));
     }
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut has_path = false;
-    for kv in &spec.env {
-        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-        has_path |= k == "PATH";
-        env.push((k.to_owned(), v.to_owned()));
+    let mut env: Vec<String> = spec.env.clone();
+    let has = |env: &[String], key: &str| {
+        env.iter()
+            .any(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) == key)
+    };
+    if !has(&env, "PATH") {
+        env.push(DEFAULT_PATH.to_owned());
     }
-    if !has_path {
-        let (k, v) = DEFAULT_PATH.split_once('=').unwrap_or_default();
-        env.push((k.to_owned(), v.to_owned()));
+    if pvm_host() && !has(&env, "GLIBC_TUNABLES") {
+        env.push(PVM_GLIBC_TUNABLES.to_owned());
     }
-    if pvm_host() && !env.iter().any(|(k, _)| k == "GLIBC_TUNABLES") {
-        let (k, v) = PVM_GLIBC_TUNABLES.split_once('=').unwrap_or_default();
-        env.push((k.to_owned(), v.to_owned()));
+    if !has(&env, "HOME") {
+        env.push(if ids.uid == 0 { "HOME=/root" } else { "HOME=/" }.to_owned());
     }
-    if !env.iter().any(|(k, _)| k == "HOME") {
-        env.push((
-            "HOME".into(),
-            if ids.uid == 0 {
-                "/root".into()
-            } else {
-                "/".into()
-            },
-        ));
-    }
-    let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .envs(env)
-        .stdin(if spec.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let cwd = cwd.to_owned();
-    // Identity changes come after chroot (which needs root), so they are done here rather
-    // than with Command::uid/gid, which std applies before pre_exec closures.
-    // SAFETY: the closure runs in the forked child before exec and only makes system calls
-    // (sigprocmask, write to the cgroup.procs fd the parent keeps open, chroot, chdir,
-    // setgroups, setgid, setuid) that are async-signal-safe; the write reads 1 byte of a
-    // static string; the agent is single-threaded, so no lock can be held across the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The agent blocks SIGCHLD (it reads it from a signalfd); std's spawn keeps the
-            // parent's mask, and the task must start with none blocked.
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&SigSet::empty()),
-                None,
-            )?;
-            if let Some(fd) = cgroup {
-                // Joining may fail (no memory controller): the task then runs unaccounted.
-                let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
-            }
-            nix::unistd::chroot(ROOT)?;
-            nix::unistd::chdir(cwd.as_str())?;
-            let gid = nix::unistd::Gid::from_raw(ids.gid);
-            nix::unistd::setgroups(&[gid])?;
-            nix::unistd::setgid(gid)?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(ids.uid))?;
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|e| match e.kind() {
-        ErrorKind::NotFound => (
-            FailureKind::CommandNotFound,
-            format!("{program}: command not found"),
-        ),
-        ErrorKind::PermissionDenied => (
-            FailureKind::NotExecutable,
-            format!("{program}: permission denied"),
-        ),
-        _ if e.raw_os_error() == Some(libc::ENOEXEC) => (
-            FailureKind::NotExecutable,
-            format!("{program}: exec format error"),
-        ),
-        _ => (FailureKind::Internal, format!("{program}: {e}")),
+    Ok(ExecRequest {
+        argv: spec.argv.clone(),
+        env,
+        cwd: cwd.to_owned(),
+        uid: ids.uid,
+        gid: ids.gid,
+        stdin: spec.stdin,
     })
 }
 
@@ -152,7 +122,7 @@ fn spawn(spec: &RunSpec, cgroup: Option<RawFd>) -> Result<Child, (FailureKind, S
 /// process that does not read its stdin never blocks the agent's loop. The host sends at
 /// most [`STDIN_WINDOW`] bytes ahead of what we report consumed, which bounds `pending`.
 struct StdinPipe {
-    pipe: Option<std::process::ChildStdin>,
+    pipe: Option<std::fs::File>,
     pending: std::collections::VecDeque<u8>,
     close_when_drained: bool,
     /// Bytes written to the pipe (or dropped) and not yet reported to the host.
@@ -167,7 +137,7 @@ const STDIN_BACKLOG: usize = STDIN_WINDOW as usize;
 const CONSUMED_REPORT_STEP: u64 = 64 * 1024;
 
 impl StdinPipe {
-    fn new(pipe: Option<std::process::ChildStdin>) -> Self {
+    fn new(pipe: Option<std::fs::File>) -> Self {
         if let Some(p) = &pipe {
             set_nonblocking(p);
         }
@@ -269,31 +239,41 @@ fn child_exits() -> Option<SignalFd> {
         .ok()
 }
 
-/// Runs the spec (which arrived at guest time `spec_ms`) to the end, streaming over `conn`.
-pub fn run(spec: &RunSpec, spec_ms: u64, conn: &mut Conn) -> Result<Outcome, FrameError> {
-    if let Err((kind, msg)) = rootfs::prepare(spec) {
-        return Ok(Outcome::Failed(kind, msg));
-    }
+/// Runs the spec (which arrived at guest time `spec_ms`) to the end, streaming over `conn`,
+/// in `ready` (a warm snapshot's root) or in a root made now.
+pub fn run(
+    spec: &RunSpec,
+    spec_ms: u64,
+    ready: Option<ReadyRoot>,
+    conn: &mut Conn,
+) -> Result<Outcome, FrameError> {
+    let made = match ready {
+        Some(r) => rootfs::resize_upper(spec.upper_size_mib).map(|()| r),
+        None => {
+            ReadyRoot::make(&spec.image_disk, spec.upper_size_mib, &Warm::default()).map(|(r, _)| r)
+        }
+    };
+    let ReadyRoot { helper, cgroup } =
+        match made.and_then(|r| rootfs::personalize(spec).map(|()| r)) {
+            Ok(r) => r,
+            Err((kind, msg)) => return Ok(Outcome::Failed(kind, msg)),
+        };
     let exits = child_exits();
-    let cgroup = cgroup::TaskCgroup::create()
-        .map_err(|e| eprintln!("skiff-agent: {e}; OOM kills will not be reported"))
-        .ok();
     let prepared_ms = boot_ms();
-    let mut child = match spawn(spec, cgroup.as_ref().map(cgroup::TaskCgroup::procs_fd)) {
+    let spawned = match exec_request(spec).and_then(|req| helper.exec(&req)) {
         Ok(c) => c,
         Err((kind, msg)) => return Ok(Outcome::Failed(kind, msg)),
     };
-    let pid = child.id();
+    let pid = spawned.pid;
     conn.send(&Frame::Control(Message::Started {
         pid,
         spec_ms,
         prepared_ms,
         exec_ms: boot_ms(),
     }))?;
-    let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
-    let mut stdout = child.stdout.take().map(|s| file(s.into()));
-    let mut stderr = child.stderr.take().map(|s| file(s.into()));
-    let mut stdin = StdinPipe::new(child.stdin.take());
+    let mut stdout = Some(spawned.stdout);
+    let mut stderr = Some(spawned.stderr);
+    let mut stdin = StdinPipe::new(spawned.stdin);
     for f in stdout.iter().chain(stderr.iter()) {
         set_nonblocking(f);
     }

@@ -33,9 +33,10 @@ fn fail(kind: FailureKind, message: String) -> (FailureKind, String) {
     (kind, message)
 }
 
-/// Builds the root at [`ROOT`]; the error says which step failed and why.
-pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
-    let disk = spec.image_disk.as_str();
+/// Builds the root at [`ROOT`] from the image on `disk`, with an upper layer of
+/// `upper_size_mib`; the error says which step failed and why. The task's own files go in
+/// later ([`personalize`]), so a warm snapshot can hold a root mounted this far.
+pub fn mount_root(disk: &str, upper_size_mib: u64) -> Result<(), (FailureKind, String)> {
     if !std::path::Path::new(disk).exists() {
         return Err(fail(
             FailureKind::ImageDisk,
@@ -65,7 +66,7 @@ pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
             format!("cannot mount image disk {disk} read-only as EROFS or ext4 ({last})"),
         ));
     }
-    let size = format!("size={}m,mode=0755", spec.upper_size_mib.max(1));
+    let size = format!("size={}m,mode=0755", upper_size_mib.max(1));
     mount(
         Some("upper"),
         RW,
@@ -121,7 +122,30 @@ pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
         Some("mode=1777"),
     )
     .map_err(|e| fail(FailureKind::Internal, format!("tmpfs /tmp: {e}")))?;
+    let _ = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    Ok(())
+}
 
+/// Gives the upper layer of a root mounted earlier (a warm snapshot's) the size a task asks.
+pub fn resize_upper(upper_size_mib: u64) -> Result<(), (FailureKind, String)> {
+    let size = format!("size={}m", upper_size_mib.max(1));
+    mount(
+        None::<&str>,
+        RW,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(size.as_str()),
+    )
+    .map_err(|e| {
+        fail(
+            FailureKind::Internal,
+            format!("resize the upper layer: {e}"),
+        )
+    })
+}
+
+/// Writes the task's own files into the root: its hostname, hosts and resolver.
+pub fn personalize(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
     mkdir_all(&format!("{ROOT}/etc")).map_err(|m| fail(FailureKind::Internal, m))?;
     let hostname = if spec.hostname.is_empty() {
         "skiff"
@@ -151,7 +175,6 @@ pub fn prepare(spec: &RunSpec) -> Result<(), (FailureKind, String)> {
         std::fs::write(&p, text)
             .map_err(|e| fail(FailureKind::Internal, format!("write {p}: {e}")))?;
     }
-    let _ = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     Ok(())
 }
 

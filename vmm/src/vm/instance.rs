@@ -49,6 +49,20 @@ impl Vm {
         self.options.api_sock = path;
     }
 
+    /// Samples the guest's instruction pointer into `out` (per symbol of `symbols`).
+    pub fn set_profile(
+        &mut self,
+        out: std::path::PathBuf,
+        symbols: Option<std::path::PathBuf>,
+        hz: Option<u32>,
+    ) {
+        self.options.profile_out = Some(out);
+        self.options.profile_symbols = symbols;
+        if let Some(hz) = hz {
+            self.options.profile_hz = hz;
+        }
+    }
+
     /// What a system call outside a thread's seccomp filter does (default: kill).
     pub fn set_seccomp(&mut self, mode: crate::seccomp::SeccompMode) {
         self.options.seccomp = mode;

@@ -11,6 +11,12 @@
 //! Servers may share the directory: a build holds an `flock` on `<shape dir>.lock`, so a
 //! shape is built by one server at a time and the others find it ready; a `.building`
 //! directory is swept at start only when its lock is free (its builder is gone).
+//!
+//! Beside them, per-image warm snapshots ([`warm`]).
+
+mod warm;
+
+pub use warm::{image_key, summarize, DirSummary, WarmCounters, WarmRequest, WarmUsage};
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -49,6 +55,11 @@ pub struct Snapshots {
     build_turn: Mutex<()>,
     /// Set at shutdown: builds still waiting for their turn do not start.
     stopping: AtomicBool,
+    /// Disk bytes the warm snapshots may take; 0: none are made.
+    warm_budget: u64,
+    /// Warm snapshot dirs being built (None) or whose build failed then.
+    warm_builds: Mutex<HashMap<PathBuf, Option<Instant>>>,
+    warm_counters: WarmCounters,
 }
 
 /// sha256 over the files' bytes, in order.
@@ -65,6 +76,7 @@ impl Snapshots {
     pub fn open(
         root: &Path,
         enabled: bool,
+        warm_budget: u64,
         vmm: &Path,
         kernel: &Path,
         initrd: &Path,
@@ -103,6 +115,9 @@ impl Snapshots {
             builders: Mutex::new(Vec::new()),
             build_turn: Mutex::new(()),
             stopping: AtomicBool::new(false),
+            warm_budget,
+            warm_builds: Mutex::new(HashMap::new()),
+            warm_counters: WarmCounters::default(),
         })
     }
 
