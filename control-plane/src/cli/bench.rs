@@ -1,5 +1,6 @@
 //! `skiff bench cold-start`: submits tasks over HTTP and measures, per start mode (full
-//! boot, snapshot restore), submit → VM started, → agent ready, → process exec, → task
+//! boot, restore of the shape's base snapshot, restore of the image's warm snapshot) and
+//! per concurrency level, submit → VM started, → agent ready, → process exec, → task
 //! STOPPED, and tasks per second; writes the samples as JSON and a CDF chart as SVG.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +16,32 @@ use super::remote::Api;
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     Boot,
+    /// The shape's base snapshot (the server makes no warm snapshots).
     Snapshot,
+    /// The image's warm snapshot.
+    Warm,
+    /// Boot and snapshot.
     Both,
+    /// Boot, snapshot and warm.
+    All,
+}
+
+/// How the measured tasks start.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Start {
+    Boot,
+    Snapshot,
+    Warm,
+}
+
+impl Start {
+    fn name(self) -> &'static str {
+        match self {
+            Start::Boot => "boot",
+            Start::Snapshot => "snapshot",
+            Start::Warm => "warm",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -24,10 +49,10 @@ pub struct ColdStartArgs {
     /// Tasks per mode.
     #[arg(short = 'n', default_value_t = 10)]
     n: usize,
-    /// Tasks in flight at once.
-    #[arg(short = 'c', default_value_t = 1)]
-    concurrency: usize,
-    #[arg(long, value_enum, default_value = "both")]
+    /// Tasks in flight at once; a list (`1,2,4`) runs each mode at each level in turn.
+    #[arg(short = 'c', default_value = "1", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    #[arg(long, value_enum, default_value = "all")]
     mode: Mode,
     #[arg(long, default_value = "local/busybox")]
     image: String,
@@ -81,8 +106,13 @@ impl Drop for OwnServer {
     }
 }
 
+/// Starts a server with room for `concurrency` tasks of `cpu` × `memory`: booting only
+/// (`snapshots` false), or with snapshots (in `snapshot_dir` when given, so that servers of
+/// one benchmark share them) and warm ones when `warm`.
 pub(super) fn start_server(
     snapshots: bool,
+    warm: bool,
+    snapshot_dir: Option<&Path>,
     cpu: u32,
     memory: u64,
     concurrency: usize,
@@ -101,6 +131,13 @@ pub(super) fn start_server(
         .stderr(std::fs::File::create(&log)?);
     if !snapshots {
         cmd.arg("--no-snapshots");
+    } else {
+        if let Some(d) = snapshot_dir {
+            cmd.arg("--snapshot-dir").arg(d);
+        }
+        if !warm {
+            cmd.args(["--warm-snapshot-budget", "0"]);
+        }
     }
     let mut child = cmd.spawn().context("cannot start skiff serve")?;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -160,7 +197,7 @@ fn one_task(api: &Api, body: &Value) -> anyhow::Result<Value> {
 
 /// Waits until the server reports a snapshot ready (after a first task triggered it).
 pub(super) fn wait_for_snapshot(api: &Api, body: &Value) -> anyhow::Result<()> {
-    eprintln!("snapshot mode: a first task boots and the server snapshots a VM of this shape…");
+    eprintln!("waiting for this shape's snapshot (a first task boots while the server makes it, unless it is there)…");
     one_task(api, body)?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
@@ -181,6 +218,41 @@ pub(super) fn wait_for_snapshot(api: &Api, body: &Value) -> anyhow::Result<()> {
     }
 }
 
+/// After [`wait_for_snapshot`]: waits until a task restores its image's warm snapshot.
+fn wait_for_warm_snapshot(api: &Api, body: &Value) -> anyhow::Result<()> {
+    eprintln!("warm mode: the server snapshots a VM with this image's root ready…");
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let m = api.text("/metrics")?;
+        if m.lines()
+            .any(|l| l.starts_with("skiff_warm_snapshots ") && !l.ends_with(" 0"))
+        {
+            let t = one_task(api, body)?;
+            if started_as(&t) == Start::Warm {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no warm snapshot became ready within 30 minutes");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// How a finished task started, from its start mode and events.
+fn started_as(t: &Value) -> Start {
+    let warm = t["events"].as_array().into_iter().flatten().any(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("warm snapshot"))
+    });
+    match (t["startMode"].as_str(), warm) {
+        (Some("snapshot"), true) => Start::Warm,
+        (Some("snapshot"), false) => Start::Snapshot,
+        _ => Start::Boot,
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -189,21 +261,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn run_mode(api: &Api, a: &ColdStartArgs, snapshot: bool) -> anyhow::Result<Value> {
+/// Runs `a.n` tasks, `concurrency` at a time, in a server ready for `start`.
+fn run_mode(
+    api: &Api,
+    a: &ColdStartArgs,
+    start: Start,
+    concurrency: usize,
+) -> anyhow::Result<Value> {
     let body = task_body(a);
-    if snapshot {
-        wait_for_snapshot(api, &body)?;
-    }
-    eprintln!(
-        "{}: {} tasks, {} at a time…",
-        if snapshot { "snapshot" } else { "boot" },
-        a.n,
-        a.concurrency
-    );
+    eprintln!("{}: {} tasks, {concurrency} at a time…", start.name(), a.n,);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let t0 = Instant::now();
     let results: Vec<anyhow::Result<Value>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..a.concurrency)
+        let workers: Vec<_> = (0..concurrency)
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
@@ -221,13 +291,12 @@ fn run_mode(api: &Api, a: &ColdStartArgs, snapshot: bool) -> anyhow::Result<Valu
     });
     let wall = t0.elapsed().as_secs_f64();
     let tasks: Vec<Value> = results.into_iter().collect::<anyhow::Result<_>>()?;
-    let want = if snapshot { "snapshot" } else { "boot" };
-    let mismatched = tasks.iter().filter(|t| t["startMode"] != want).count();
+    let mismatched = tasks.iter().filter(|t| started_as(t) != start).count();
     let mut samples = Vec::new();
     for t in &tasks {
         let p = &t["phases"];
         let t0 = p["acceptedMs"].as_u64().unwrap_or(0);
-        let mut s = json!({"id": t["id"], "startMode": t["startMode"]});
+        let mut s = json!({"id": t["id"], "startedAs": started_as(t).name()});
         for (name, field) in PHASES {
             s[name] = json!(p[field].as_u64().map(|v| v.saturating_sub(t0)));
         }
@@ -238,7 +307,7 @@ fn run_mode(api: &Api, a: &ColdStartArgs, snapshot: bool) -> anyhow::Result<Valu
     }
     let mut out = json!({
         "n": a.n,
-        "concurrency": a.concurrency,
+        "concurrency": concurrency,
         "wall_seconds": wall,
         "tasks_per_second": a.n as f64 / wall,
         "tasks_not_in_this_mode": mismatched,
@@ -278,34 +347,56 @@ pub(super) fn host_facts() -> Value {
 }
 
 pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
-    if a.n == 0 || a.concurrency == 0 {
-        bail!("-n and -c must be at least 1");
+    if a.n == 0 || a.concurrency.is_empty() || a.concurrency.contains(&0) {
+        bail!("-n and every -c level must be at least 1");
     }
     let host = host_facts();
-    let modes: Vec<bool> = match a.mode {
-        Mode::Boot => vec![false],
-        Mode::Snapshot => vec![true],
-        Mode::Both => vec![false, true],
+    let starts: Vec<Start> = match a.mode {
+        Mode::Boot => vec![Start::Boot],
+        Mode::Snapshot => vec![Start::Snapshot],
+        Mode::Warm => vec![Start::Warm],
+        Mode::Both => vec![Start::Boot, Start::Snapshot],
+        Mode::All => vec![Start::Boot, Start::Snapshot, Start::Warm],
     };
+    let most = a.concurrency.iter().copied().max().unwrap_or(1);
+    // The servers of the snapshot modes share their snapshots: the warm mode's server
+    // finds the base snapshot the snapshot mode's made.
+    let shared = tempfile::tempdir().context("cannot make a snapshot dir")?;
     let mut report = json!({"host": host, "image": a.image, "cpu": a.cpu, "memoryMiB": a.memory,
         "networkMode": a.network.as_deref().unwrap_or("server default"), "modes": {}});
-    for snapshot in modes {
-        let name = if snapshot { "snapshot" } else { "boot" };
+    for start in starts {
         let (own, api) = match &a.server {
             Some(url) => (
                 None,
                 Api::new(Some(url.clone()), None, std::path::Path::new("/"))?,
             ),
             None => {
-                let s = start_server(snapshot, a.cpu, a.memory, a.concurrency)?;
+                let s = start_server(
+                    start != Start::Boot,
+                    start == Start::Warm,
+                    Some(shared.path()),
+                    a.cpu,
+                    a.memory,
+                    most,
+                )?;
                 let api = Api::new(Some(s.url.clone()), None, std::path::Path::new("/"))?;
                 (Some(s), api)
             }
         };
-        report["modes"][name] = run_mode(&api, &a, snapshot)?;
+        let body = task_body(&a);
+        if start != Start::Boot {
+            wait_for_snapshot(&api, &body)?;
+        }
+        if start == Start::Warm {
+            wait_for_warm_snapshot(&api, &body)?;
+        }
+        for &c in &a.concurrency {
+            let key = mode_key(start, c, a.concurrency.len());
+            report["modes"][key] = run_mode(&api, &a, start, c)?;
+        }
         drop(own);
     }
-    print_report(&report);
+    print_report(&report, a.concurrency[0], a.concurrency.len());
     std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", a.json.display()))?;
     std::fs::write(&a.svg, super::bench_chart::cdf_svg(&report))
@@ -314,7 +405,16 @@ pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn print_report(r: &Value) {
+/// A mode's key in the report: its name, and its concurrency when several are measured.
+fn mode_key(start: Start, concurrency: usize, levels: usize) -> String {
+    if levels > 1 {
+        format!("{} c={concurrency}", start.name())
+    } else {
+        start.name().to_owned()
+    }
+}
+
+fn print_report(r: &Value, first_level: usize, levels: usize) {
     let h = &r["host"];
     crate::outln!(
         "host: {} ({} cores), kernel {}, {}",
@@ -324,7 +424,7 @@ fn print_report(r: &Value) {
         h["kvm"].as_str().unwrap_or("")
     );
     crate::outln!(
-        "{:<9} {:<26} {:>10} {:>10} {:>10} {:>10}",
+        "{:<12} {:<26} {:>10} {:>10} {:>10} {:>10}",
         "mode",
         "phase (ms)",
         "p50",
@@ -341,7 +441,7 @@ fn print_report(r: &Value) {
             }
             let f = |k: &str| p[k].as_f64().map_or("-".into(), |v| format!("{v:.0}"));
             crate::outln!(
-                "{:<9} {:<26} {:>10} {:>10} {:>10} {:>10}",
+                "{:<12} {:<26} {:>10} {:>10} {:>10} {:>10}",
                 mode,
                 name.trim_end_matches("_ms"),
                 f("p50"),
@@ -351,24 +451,27 @@ fn print_report(r: &Value) {
             );
         }
         crate::outln!(
-            "{:<9} {:.2} tasks/s ({} tasks, concurrency {})",
+            "{:<12} {:.2} tasks/s ({} tasks, concurrency {})",
             mode,
             m["tasks_per_second"].as_f64().unwrap_or(0.0),
             m["n"],
             m["concurrency"]
         );
     }
-    if let (Some(b), Some(s)) = (
+    let p50 = |start: Start| {
         modes
-            .get("boot")
-            .and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64()),
-        modes
-            .get("snapshot")
-            .and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64()),
-    ) {
-        crate::outln!(
-            "submit → exec p50: snapshot is {:.0}× faster than a full boot",
-            b / s.max(1.0)
-        );
+            .get(&mode_key(start, first_level, levels))
+            .and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64())
+    };
+    if let Some(b) = p50(Start::Boot) {
+        for start in [Start::Snapshot, Start::Warm] {
+            if let Some(s) = p50(start) {
+                crate::outln!(
+                    "submit → exec p50: {} is {:.0}× faster than a full boot",
+                    start.name(),
+                    b / s.max(1.0)
+                );
+            }
+        }
     }
 }

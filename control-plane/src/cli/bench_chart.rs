@@ -9,7 +9,9 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
-const COLORS: [&str; 2] = ["#d62728", "#1f77b4"];
+const COLORS: [&str; 6] = [
+    "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+];
 
 pub fn cdf_svg(report: &Value) -> String {
     let modes = report["modes"].as_object().cloned().unwrap_or_default();

@@ -64,7 +64,7 @@ pub fn density(a: DensityArgs) -> anyhow::Result<i32> {
     if a.n == 0 {
         bail!("-n must be at least 1");
     }
-    let server = start_server(true, 1, a.memory, a.n + 1)?;
+    let server = start_server(true, true, None, 1, a.memory, a.n + 1)?;
     let api = Api::new(Some(server.url.clone()), None, std::path::Path::new("/"))?;
     let probe = json!({"image": a.image, "command": ["true"], "cpu": 1, "memoryMiB": a.memory});
     wait_for_snapshot(&api, &probe)?;

@@ -14,12 +14,22 @@ const MAX_BYTES: u64 = 64 << 20;
 /// Longest ELF interpreter path taken from a program header.
 const MAX_INTERP: u64 = 256;
 
-/// Reads `programs` (found through `path` when they have no `/`) and their interpreters;
-/// returns the bytes read. Files that are missing or unreadable are skipped: this only
-/// warms a cache.
+/// Files every run spec makes the agent read (to resolve the user).
+const ALWAYS: [&str; 2] = ["/etc/passwd", "/etc/group"];
+
+/// Reads `programs` (found through `path` when they have no `/`), their interpreters and
+/// [`ALWAYS`]; returns the bytes read. Nothing when no program is named (a start without a
+/// warm snapshot). Files that are missing or unreadable are skipped: this only warms a
+/// cache.
 pub fn programs(programs: &[String], path: &str) -> u64 {
+    if programs.is_empty() {
+        return 0;
+    }
     let mut budget = MAX_BYTES;
     let mut seen: Vec<String> = Vec::new();
+    for f in ALWAYS {
+        let _ = read_file(f, &mut budget, &mut seen);
+    }
     for p in programs.iter().take(MAX_WARM_FILES) {
         let Some(file) = find(p, path) else { continue };
         let interp = read_file(&file, &mut budget, &mut seen).unwrap_or(None);
