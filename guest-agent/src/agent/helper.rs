@@ -59,7 +59,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 impl Helper {
     /// Forks the helper into the root at [`ROOT`] and the cgroup whose `cgroup.procs` is
     /// open as `cgroup`, and waits until it is set up there. It reads `warm` ahead first
-    /// (see [`read_ahead`]); the answer holds the bytes it read. The agent must be
+    /// (see `readahead::programs`); the answer holds the bytes it read. The agent must be
     /// single-threaded (it is).
     pub fn fork(
         cgroup: Option<RawFd>,
