@@ -71,6 +71,28 @@ impl ReadyRoot {
     }
 }
 
+fn key_of(kv: &str) -> &str {
+    kv.split_once('=').map_or(kv, |(k, _)| k)
+}
+
+/// The spec's `KEY=VALUE` pairs as a process environment: one entry per key (a later one
+/// replaces an earlier one in its place), and `KEY` alone as `KEY=`.
+fn environment(pairs: &[String]) -> Vec<String> {
+    let mut env: Vec<String> = Vec::with_capacity(pairs.len());
+    for kv in pairs {
+        let kv = if kv.contains('=') {
+            kv.clone()
+        } else {
+            format!("{kv}=")
+        };
+        match env.iter_mut().find(|e| key_of(e) == key_of(&kv)) {
+            Some(e) => *e = kv,
+            None => env.push(kv),
+        }
+    }
+    env
+}
+
 /// What the helper is to exec for `spec`: its user resolved against the image, its working
 /// directory checked, its environment completed.
 fn exec_request(spec: &RunSpec) -> Result<ExecRequest, (FailureKind, String)> {
@@ -94,11 +116,8 @@ fn exec_request(spec: &RunSpec) -> Result<ExecRequest, (FailureKind, String)> {
             format!("working directory {cwd} does not exist in the image"),
         ));
     }
-    let mut env: Vec<String> = spec.env.clone();
-    let has = |env: &[String], key: &str| {
-        env.iter()
-            .any(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) == key)
-    };
+    let mut env = environment(&spec.env);
+    let has = |env: &[String], key: &str| env.iter().any(|kv| key_of(kv) == key);
     if !has(&env, "PATH") {
         env.push(DEFAULT_PATH.to_owned());
     }
@@ -415,4 +434,18 @@ pub fn run(
         exited_ms: exited_at,
         oom_killed: cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_has_one_entry_per_key_the_last_one_winning() {
+        let pairs: Vec<String> = ["PATH=/a", "A=1", "FLAG", "PATH=/b", "B=x=y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(environment(&pairs), ["PATH=/b", "A=1", "FLAG=", "B=x=y"]);
+    }
 }
