@@ -13,9 +13,10 @@ log() { echo "setup: $*" >&2; }
 # docker-registry, skopeo, openssl, apache2-utils (htpasswd): the image tests' registry;
 # erofs-utils, e2fsprogs: root filesystem images; containernetworking-plugins, iproute2,
 # iptables, nftables: task networks (CNI plugins, namespaces, TAPs, tc redirects, NAT, and
-# Skiff's own isolation table).
+# Skiff's own isolation table); debootstrap: the CPython image of `skiff bench cold-start
+# --python`.
 pkgs=(build-essential busybox-static cpio docker-registry skopeo erofs-utils e2fsprogs openssl apache2-utils
-      containernetworking-plugins iproute2 iptables nftables)
+      containernetworking-plugins iproute2 iptables nftables debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

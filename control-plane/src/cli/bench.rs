@@ -74,13 +74,27 @@ pub struct ColdStartArgs {
     /// CDF chart of submit → exec per mode.
     #[arg(long, default_value = "cold-start.svg")]
     svg: PathBuf,
+    /// Run `python3 -c 'import json, hashlib, sqlite3'` in a Debian image with CPython that
+    /// the benchmark makes with debootstrap (once, then cached), instead of busybox `true`.
+    #[arg(long, conflicts_with_all = ["image", "server"])]
+    python: bool,
+    /// The Debian suite of the --python image.
+    #[arg(long, default_value = "bookworm")]
+    python_suite: String,
+    /// The Debian mirror debootstrap uses for the --python image.
+    #[arg(long, default_value = "http://deb.debian.org/debian")]
+    mirror: String,
+    /// Where the --python image is kept between runs.
+    #[arg(long, default_value = super::bench_python::DEFAULT_CACHE)]
+    python_cache: PathBuf,
 }
 
 /// The phases measured, as (name in the output, task phase field).
-const PHASES: [(&str, &str); 4] = [
+const PHASES: [(&str, &str); 5] = [
     ("submit_to_vm_started_ms", "vmStartedMs"),
     ("submit_to_agent_ready_ms", "agentReadyMs"),
     ("submit_to_exec_ms", "processStartedMs"),
+    ("submit_to_exit_ms", "processExitedMs"),
     ("submit_to_stopped_ms", "stoppedMs"),
 ];
 
@@ -95,6 +109,12 @@ pub(super) struct OwnServer {
     child: Child,
     pub url: String,
     _dir: tempfile::TempDir,
+}
+
+impl OwnServer {
+    pub fn state_dir(&self) -> &Path {
+        self._dir.path()
+    }
 }
 
 impl Drop for OwnServer {
@@ -164,9 +184,15 @@ pub(super) fn start_server(
     }
 }
 
-fn task_body(a: &ColdStartArgs) -> Value {
+/// What each task runs: an image and a command.
+struct Workload {
+    image: String,
+    command: Vec<String>,
+}
+
+fn task_body(a: &ColdStartArgs, w: &Workload) -> Value {
     let mut body =
-        json!({"image": a.image, "command": ["true"], "cpu": a.cpu, "memoryMiB": a.memory});
+        json!({"image": w.image, "command": w.command, "cpu": a.cpu, "memoryMiB": a.memory});
     if let Some(n) = &a.network {
         body["networkMode"] = json!(n);
     }
@@ -265,10 +291,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn run_mode(
     api: &Api,
     a: &ColdStartArgs,
+    body: &Value,
     start: Start,
     concurrency: usize,
 ) -> anyhow::Result<Value> {
-    let body = task_body(a);
     eprintln!("{}: {} tasks, {concurrency} at a time…", start.name(), a.n,);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let t0 = Instant::now();
@@ -278,7 +304,7 @@ fn run_mode(
                 s.spawn(|| {
                     let mut out = Vec::new();
                     while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < a.n {
-                        out.push(one_task(api, &body));
+                        out.push(one_task(api, body));
                     }
                     out
                 })
@@ -359,10 +385,30 @@ pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
         Mode::All => vec![Start::Boot, Start::Snapshot, Start::Warm],
     };
     let most = a.concurrency.iter().copied().max().unwrap_or(1);
+    let python = if a.python {
+        Some(super::bench_python::ensure(
+            &a.python_cache,
+            &a.python_suite,
+            &a.mirror,
+        )?)
+    } else {
+        None
+    };
+    let workload = match &python {
+        Some(p) => Workload {
+            image: p.reference.clone(),
+            command: super::bench_python::COMMAND.map(String::from).to_vec(),
+        },
+        None => Workload {
+            image: a.image.clone(),
+            command: vec!["true".into()],
+        },
+    };
     // The servers of the snapshot modes share their snapshots: the warm mode's server
     // finds the base snapshot the snapshot mode's made.
     let shared = tempfile::tempdir().context("cannot make a snapshot dir")?;
-    let mut report = json!({"host": host, "image": a.image, "cpu": a.cpu, "memoryMiB": a.memory,
+    let mut report = json!({"host": host, "image": workload.image, "command": workload.command,
+        "cpu": a.cpu, "memoryMiB": a.memory,
         "networkMode": a.network.as_deref().unwrap_or("server default"), "modes": {}});
     for start in starts {
         let (own, api) = match &a.server {
@@ -379,11 +425,14 @@ pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
                     a.memory,
                     most,
                 )?;
+                if let Some(p) = &python {
+                    super::bench_python::import_into(p, s.state_dir())?;
+                }
                 let api = Api::new(Some(s.url.clone()), None, std::path::Path::new("/"))?;
                 (Some(s), api)
             }
         };
-        let body = task_body(&a);
+        let body = task_body(&a, &workload);
         if start != Start::Boot {
             wait_for_snapshot(&api, &body)?;
         }
@@ -392,7 +441,7 @@ pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
         }
         for &c in &a.concurrency {
             let key = mode_key(start, c, a.concurrency.len());
-            report["modes"][key] = run_mode(&api, &a, start, c)?;
+            report["modes"][key] = run_mode(&api, &a, &body, start, c)?;
         }
         drop(own);
     }
@@ -458,16 +507,19 @@ fn print_report(r: &Value, first_level: usize, levels: usize) {
             m["concurrency"]
         );
     }
-    let p50 = |start: Start| {
+    let p50 = |start: Start, phase: &str| {
         modes
             .get(&mode_key(start, first_level, levels))
-            .and_then(|m| m["submit_to_exec_ms"]["p50"].as_f64())
+            .and_then(|m| m[phase]["p50"].as_f64())
     };
-    if let Some(b) = p50(Start::Boot) {
+    for (phase, what) in [("submit_to_exec_ms", "exec"), ("submit_to_exit_ms", "exit")] {
+        let Some(b) = p50(Start::Boot, phase) else {
+            continue;
+        };
         for start in [Start::Snapshot, Start::Warm] {
-            if let Some(s) = p50(start) {
+            if let Some(s) = p50(start, phase) {
                 crate::outln!(
-                    "submit → exec p50: {} is {:.0}× faster than a full boot",
+                    "submit → {what} p50: {} is {:.1}× faster than a full boot",
                     start.name(),
                     b / s.max(1.0)
                 );

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_chart;
 pub mod bench_density;
+pub mod bench_python;
 pub mod image;
 pub mod info;
 pub mod limits;
