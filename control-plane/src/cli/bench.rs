@@ -435,6 +435,10 @@ pub fn cold_start(a: ColdStartArgs) -> anyhow::Result<i32> {
         let body = task_body(&a, &workload);
         if start != Start::Boot {
             wait_for_snapshot(&api, &body)?;
+        } else if python.is_some() {
+            // The imported image's root filesystem is made on its first use: not timed.
+            eprintln!("boot mode: a first task makes the image's root filesystem…");
+            one_task(&api, &body)?;
         }
         if start == Start::Warm {
             wait_for_warm_snapshot(&api, &body)?;

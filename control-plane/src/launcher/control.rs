@@ -50,6 +50,11 @@ impl TaskControl {
         Self::default()
     }
 
+    /// Whether both handles control the same VM.
+    pub fn same_as(&self, other: &TaskControl) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }

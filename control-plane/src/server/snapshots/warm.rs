@@ -146,6 +146,10 @@ impl Snapshots {
             .push(control.clone());
         std::thread::spawn(move || {
             let ok = me.build_warm(&cfg, &base2, &warm, &dir, &control);
+            me.builders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|c| !c.same_as(&control));
             let mut builds = me.warm_builds();
             if ok {
                 builds.remove(&dir);
