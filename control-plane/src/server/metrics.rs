@@ -165,32 +165,31 @@ impl Metrics {
 
     /// Adds the warm snapshots' counters (kept by the snapshots themselves).
     pub fn register_warm(&mut self, c: &WarmCounters) {
-        let r = &mut self.registry;
-        r.register(
-            "warm_snapshot_hits",
-            "Tasks started from their image's warm snapshot",
-            c.hits.clone(),
-        );
-        r.register(
-            "warm_snapshot_misses",
-            "Tasks started from a base snapshot because their image had no warm one yet",
-            c.misses.clone(),
-        );
-        r.register(
-            "warm_snapshot_builds",
-            "Warm snapshots built",
-            c.builds.clone(),
-        );
-        r.register(
-            "warm_snapshot_build_failures",
-            "Warm snapshot builds that failed",
-            c.build_failures.clone(),
-        );
-        r.register(
-            "warm_snapshot_evictions",
-            "Warm snapshots deleted to keep within the disk budget",
-            c.evictions.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "warm_snapshot_hits",
+                "Tasks started from their image's warm snapshot",
+                &c.hits,
+            ),
+            (
+                "warm_snapshot_misses",
+                "Tasks started from a base snapshot because their image had no warm one yet",
+                &c.misses,
+            ),
+            ("warm_snapshot_builds", "Warm snapshots built", &c.builds),
+            (
+                "warm_snapshot_build_failures",
+                "Warm snapshot builds that failed",
+                &c.build_failures,
+            ),
+            (
+                "warm_snapshot_evictions",
+                "Warm snapshots deleted to keep within the disk budget",
+                &c.evictions,
+            ),
+        ] {
+            self.registry.register(name, help, counter.clone());
+        }
     }
 
     /// Records one phase that the task's timestamps do not show (`network_attach`,

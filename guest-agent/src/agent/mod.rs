@@ -129,33 +129,10 @@ fn wait_for_work(
             let e = match said_hello.and_then(|()| conn.recv(None)) {
                 Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, spec, prepared)),
                 Ok(Frame::Control(Message::Prepare(p))) if prepared.is_none() => {
-                    let start = system::boot_ms();
-                    let warm = helper::Warm {
-                        programs: &p.warm_programs,
-                        path: &p.path,
-                    };
-                    match ReadyRoot::make(&p.image_disk, p.upper_size_mib, &warm) {
-                        Ok((root, warmed_bytes)) => {
-                            prepared = Some(Prepared {
-                                image_id: p.image_id,
-                                root,
-                            });
-                            said_hello = conn.send(&Frame::Control(Message::Prepared {
-                                prepare_ms: system::boot_ms() - start,
-                                warmed_bytes,
-                            }));
-                            continue;
-                        }
-                        Err((kind, message)) => {
-                            let failed = Message::Failed {
-                                kind,
-                                exit_code: kind.exit_code(),
-                                message: format!("preparing the root: {message}"),
-                            };
-                            conn.send(&Frame::Control(failed)).map_err(io)?;
-                            return Err(format!("preparing the root: {message}"));
-                        }
-                    }
+                    let (root, answer) = prepare(p, &mut conn)?;
+                    prepared = Some(root);
+                    said_hello = answer;
+                    continue;
                 }
                 Ok(other) => {
                     return Err(format!(
@@ -171,6 +148,43 @@ fn wait_for_work(
             redials += 1;
             eprintln!("skiff-agent: {}; dialling the host again", io(e));
             continue 'dial;
+        }
+    }
+}
+
+/// Prepares the root as the host's [`Message::Prepare`] asks and answers it; the answer's
+/// send result is the connection's state for the caller. A root that cannot be prepared is
+/// reported and ends the agent.
+fn prepare(
+    p: guest_agent::PrepareSpec,
+    conn: &mut Conn,
+) -> Result<(Prepared, Result<(), guest_agent::FrameError>), String> {
+    let start = system::boot_ms();
+    let warm = helper::Warm {
+        programs: &p.warm_programs,
+        path: &p.path,
+    };
+    match ReadyRoot::make(&p.image_disk, p.upper_size_mib, &warm) {
+        Ok((root, warmed_bytes)) => {
+            let answer = conn.send(&Frame::Control(Message::Prepared {
+                prepare_ms: system::boot_ms() - start,
+                warmed_bytes,
+            }));
+            let prepared = Prepared {
+                image_id: p.image_id,
+                root,
+            };
+            Ok((prepared, answer))
+        }
+        Err((kind, message)) => {
+            let failed = Message::Failed {
+                kind,
+                exit_code: kind.exit_code(),
+                message: format!("preparing the root: {message}"),
+            };
+            conn.send(&Frame::Control(failed))
+                .map_err(|e| format!("host connection: {e}"))?;
+            Err(format!("preparing the root: {message}"))
         }
     }
 }

@@ -159,13 +159,8 @@ impl Snapshots {
         }
         shapes.insert(key, Shape::Building);
         drop(shapes);
-        let (me, cfg) = (self.clone(), base.clone());
-        let control = TaskControl::new();
-        self.builders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(control.clone());
-        std::thread::spawn(move || {
+        let cfg = base.clone();
+        self.spawn_build(move |me, control| {
             let _turn = me.build_turn.lock().unwrap_or_else(|p| p.into_inner());
             if me.stopping.load(Ordering::SeqCst) {
                 me.shapes().insert(key, Shape::Failed(Instant::now()));
@@ -192,7 +187,7 @@ impl Snapshots {
                 me.shapes().insert(key, Shape::Ready(s));
                 return;
             }
-            let shape = match build_snapshot(&cfg, &dir, &control) {
+            let shape = match build_snapshot(&cfg, &dir, control) {
                 Ok(s) => {
                     tracing::info!(
                         "snapshot for {}x{} MiB ready in {}",
@@ -217,6 +212,27 @@ impl Snapshots {
             drop(lock);
         });
         None
+    }
+
+    /// Runs `build` on a thread of its own with the control of its VM, which is listed in
+    /// `builders` while the build runs (so that shutdown can end the VM).
+    fn spawn_build(
+        self: &Arc<Self>,
+        build: impl FnOnce(&Arc<Self>, &TaskControl) + Send + 'static,
+    ) {
+        let control = TaskControl::new();
+        self.builders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(control.clone());
+        let me = self.clone();
+        std::thread::spawn(move || {
+            build(&me, &control);
+            me.builders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|c| !c.same_as(&control));
+        });
     }
 
     /// Waits for the build lock of the shape in `dir`, which another server sharing the

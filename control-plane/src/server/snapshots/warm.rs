@@ -138,18 +138,9 @@ impl Snapshots {
             }
             builds.insert(dir.clone(), None);
         }
-        let (me, cfg, base2) = (self.clone(), cfg.clone(), base.clone());
-        let control = TaskControl::new();
-        self.builders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(control.clone());
-        std::thread::spawn(move || {
-            let ok = me.build_warm(&cfg, &base2, &warm, &dir, &control);
-            me.builders
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|c| !c.same_as(&control));
+        let (cfg, base2) = (cfg.clone(), base.clone());
+        self.spawn_build(move |me, control| {
+            let ok = me.build_warm(&cfg, &base2, &warm, &dir, control);
             let mut builds = me.warm_builds();
             if ok {
                 builds.remove(&dir);
