@@ -35,10 +35,33 @@ pub struct PrepareSpec {
     pub warm_programs: Vec<String>,
     /// The `PATH` used to find them.
     pub path: String,
+    /// Files (absolute paths in the image) that an earlier task of the image opened
+    /// ([`Message::Opened`]), read ahead as they are after the programs, within the same
+    /// byte budget. At most [`MAX_OPENED_FILES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_files: Vec<String>,
 }
 
 /// Most programs a [`PrepareSpec`] may name.
 pub const MAX_WARM_FILES: usize = 8;
+
+/// Most files a [`Message::Opened`] report (and so a [`PrepareSpec`]) may list.
+pub const MAX_OPENED_FILES: usize = 1024;
+
+/// Longest path in a [`Message::Opened`] report, bytes.
+pub const MAX_OPENED_PATH: usize = 1024;
+
+/// Whether `path` may stand in an [`Message::Opened`] report: absolute, at most
+/// [`MAX_OPENED_PATH`] bytes, no NUL, no `.` or `..` component, no empty component.
+pub fn valid_opened_path(path: &str) -> bool {
+    path.len() <= MAX_OPENED_PATH
+        && path.len() > 1
+        && !path.contains('\0')
+        && path.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+        })
+}
 
 /// What to run, sent by the host after Hello.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -76,7 +99,16 @@ pub struct RunSpec {
     /// address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Box<NetworkSpec>>,
+    /// Note the files of the root the process opens (during its first
+    /// [`RECORD_OPENS_MS`], or until it exits) and report them with [`Message::Opened`]:
+    /// the host reads them ahead in the image's warm snapshot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_opens: bool,
 }
+
+/// How long after the exec a recording of opened files ([`RunSpec::record_opens`]) lasts,
+/// guest milliseconds: a program's start-up, not what a long-running one reads later.
+pub const RECORD_OPENS_MS: u64 = 60_000;
 
 /// How the agent sets up the guest's network interface and the container's resolver files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +198,10 @@ pub enum Message {
     },
     /// Agent → host: the process ended; all its output frames came before this.
     Exited(ExitReport),
+    /// Agent → host, once, when [`RunSpec::record_opens`] asked: the files of the root the
+    /// process opened, first opens first, at most [`MAX_OPENED_FILES`] (a guest's word:
+    /// the host checks each with [`valid_opened_path`]).
+    Opened { paths: Vec<String> },
 }
 
 impl Message {
@@ -181,6 +217,7 @@ impl Message {
             Message::StdinConsumed { .. } => "stdin_consumed",
             Message::Failed { .. } => "failed",
             Message::Exited(_) => "exited",
+            Message::Opened { .. } => "opened",
         }
     }
 }

@@ -11,8 +11,8 @@ fn wire(f: &Frame) -> String {
 }
 
 #[test]
-fn protocol_version_is_4() {
-    assert_eq!(PROTOCOL_VERSION, 4);
+fn protocol_version_is_5() {
+    assert_eq!(PROTOCOL_VERSION, 5);
     assert_eq!(STDIN_WINDOW, 1 << 20);
     assert_eq!(HOST_PORT, 1024);
 }
@@ -47,6 +47,7 @@ fn control_messages_encode_as_frozen() {
                 entropy: vec![1, 255],
                 image_id: String::new(),
                 network: None,
+                record_opens: false,
             }),
             r#"db00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false,"wall_clock_ms":1700000000123,"entropy":[1,255]}"#,
         ),
@@ -66,8 +67,26 @@ fn control_messages_encode_as_frozen() {
                 upper_size_mib: 32,
                 warm_programs: vec!["sh".into()],
                 path: "/bin".into(),
+                warm_files: Vec::new(),
             }),
             r#"8200000000 {"type":"prepare","image_id":"0011223344556677","image_disk":"/dev/vda","upper_size_mib":32,"warm_programs":["sh"],"path":"/bin"}"#,
+        ),
+        (
+            Message::Prepare(PrepareSpec {
+                image_id: "k".into(),
+                image_disk: "/dev/vda".into(),
+                upper_size_mib: 32,
+                warm_programs: vec!["python3".into()],
+                path: "/usr/bin".into(),
+                warm_files: vec!["/usr/lib/libz.so.1".into()],
+            }),
+            r#"a000000000 {"type":"prepare","image_id":"k","image_disk":"/dev/vda","upper_size_mib":32,"warm_programs":["python3"],"path":"/usr/bin","warm_files":["/usr/lib/libz.so.1"]}"#,
+        ),
+        (
+            Message::Opened {
+                paths: vec!["/usr/bin/python3".into(), "/etc/passwd".into()],
+            },
+            r#"3d00000000 {"type":"opened","paths":["/usr/bin/python3","/etc/passwd"]}"#,
         ),
         (
             Message::Prepared {

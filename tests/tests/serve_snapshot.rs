@@ -24,7 +24,7 @@ const LONG: Duration = Duration::from_secs(1200);
 fn probe() -> Value {
     json!({
         "image": "local/busybox",
-        "command": ["sh", "-c", "echo same output; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' '; date +%s"],
+        "command": ["sh", "-c", "cat /etc/passwd >/dev/null; echo same output; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' '; date +%s"],
         "memoryMiB": 128,
     })
 }
@@ -280,6 +280,18 @@ fn restored_tasks_match_a_boot_with_their_own_entropy_and_clock() {
     let (a, a_out) = run(&srv);
     let host_after_a = now_s();
     wait_for_metric(&srv, "skiff_warm_snapshots 1");
+    // a's agent noted the files a's process opened; the warm build read them ahead.
+    let opened = std::fs::read_dir(&own)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("opened"))
+        .find(|p| p.exists())
+        .expect("a warm snapshot that lists the files its first task opened");
+    let opened = std::fs::read_to_string(opened).unwrap();
+    assert!(
+        opened.lines().any(|l| l == "/etc/passwd"),
+        "the probe reads /etc/passwd; the warm snapshot read ahead:\n{opened}"
+    );
     let (b, b_out) = run(&srv);
     let host_after_b = now_s();
     for t in [&a, &b] {

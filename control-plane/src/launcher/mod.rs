@@ -30,3 +30,4 @@ pub use jail::JailConfig;
 pub use result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};
 pub use session::run_task;
 pub use snapshot::{build_snapshot, build_warm_snapshot, SnapshotError, WarmBuilt};
+pub use vmm_process::guest_cmdline;

@@ -44,6 +44,9 @@ pub enum TaskEvent<'a> {
     /// The agent reported the process's end (its output has all arrived).
     ProcessExited,
     Output(Output, &'a [u8]),
+    /// The files the process opened, as its agent noted them when the run spec asked
+    /// (`record_opens`); each path checked as [`guest_agent::valid_opened_path`] says.
+    Opened(&'a [String]),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -53,6 +53,8 @@ struct Running {
     /// When the current wait ends: the task's timeout, then the stop timeout after it.
     deadline: Option<Instant>,
     timed_out: bool,
+    /// The run spec asked for the files the process opens; one report is taken.
+    opens_expected: bool,
 }
 
 struct Session<'a> {
@@ -179,6 +181,7 @@ impl Session<'_> {
         (self.on_event)(TaskEvent::AgentReady);
         let conn_err = |e: &dyn std::fmt::Display| LaunchError::Connection(e.to_string());
         let mut spec = spec.clone();
+        let opens_expected = spec.record_opens;
         spec.wall_clock_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -191,6 +194,7 @@ impl Session<'_> {
             conn,
             deadline: self.cfg.timeout.map(|t| Instant::now() + t),
             timed_out: false,
+            opens_expected,
         }))
     }
 
@@ -243,6 +247,16 @@ impl Session<'_> {
                 } else {
                     TaskEnd::Exited(report)
                 });
+            }
+            Frame::Control(Message::Opened { paths }) if r.opens_expected => {
+                r.opens_expected = false;
+                // A guest's word: kept only if well formed, and only as many as asked.
+                let paths: Vec<String> = paths
+                    .into_iter()
+                    .filter(|p| guest_agent::valid_opened_path(p))
+                    .take(guest_agent::MAX_OPENED_FILES)
+                    .collect();
+                (self.on_event)(TaskEvent::Opened(&paths));
             }
             Frame::Control(Message::Failed {
                 kind,

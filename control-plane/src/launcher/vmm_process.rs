@@ -57,9 +57,10 @@ pub(super) fn spawn(
         StartFrom::Boot { api_sock } => {
             read_only.push(ro(&cfg.kernel, KERNEL));
             read_only.push(ro(&cfg.initrd, INITRD));
-            for a in ["--kernel", KERNEL, "--initrd", INITRD, "--cmdline", "quiet"] {
+            for a in ["--kernel", KERNEL, "--initrd", INITRD, "--cmdline"] {
                 arg(a);
             }
+            arg(&guest_cmdline());
             arg("--vcpus");
             arg(&cfg.vcpus.to_string());
             arg("--memory-mib");
@@ -137,6 +138,15 @@ fn extra_args(var: &str, cfg: &LaunchConfig, read_only: &mut Vec<Bind>, arg: &mu
         });
         arg("--profile-symbols");
         arg(SYSTEM_MAP);
+    }
+}
+
+/// The guest kernel's command line: `quiet`, then whatever `SKIFF_GUEST_CMDLINE` adds (a
+/// developer's knob for trying kernel parameters; snapshots are keyed by it too).
+pub fn guest_cmdline() -> String {
+    match std::env::var("SKIFF_GUEST_CMDLINE") {
+        Ok(extra) if !extra.trim().is_empty() => format!("quiet {}", extra.trim()),
+        _ => "quiet".to_owned(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use guest_agent::RunSpec;
 
+use super::snapshots::WarmTicket;
 use super::{Live, Server, ServerError};
 use crate::launcher::{self, LaunchConfig, LaunchError, TaskEnd, TaskEvent};
 use crate::tasks::logs::LogWriter;
@@ -15,6 +16,7 @@ pub(super) fn launch(
     id: &str,
     cfg: &LaunchConfig,
     spec: &RunSpec,
+    mut warm_ticket: Option<WarmTicket>,
 ) -> Result<TaskEnd, LaunchError> {
     let wd = |path: &std::path::Path| {
         let path = path.to_owned();
@@ -24,8 +26,16 @@ pub(super) fn launch(
     let log_path = srv.log_path(id);
     let mut log = LogWriter::create(&log_path, srv.cfg.log_cap_bytes).map_err(wd(&log_path))?;
     let mut rotated = false;
-    let result = launcher::run_task(cfg, spec, &live.control, &mut |ev| {
-        on_event(srv, live, id, cfg, &mut log, &mut rotated, ev)
+    let result = launcher::run_task(cfg, spec, &live.control, &mut |ev| match ev {
+        // The first task of an image on the base snapshot: its opens shape the image's
+        // warm snapshot (a ticket never used starts the build without them when dropped).
+        TaskEvent::Opened(paths) => {
+            if let Some(t) = warm_ticket.take() {
+                tracing::debug!(task = id, "the process opened {} files", paths.len());
+                t.build_with(paths.to_vec());
+            }
+        }
+        ev => on_event(srv, live, id, cfg, &mut log, &mut rotated, ev),
     })?;
     Ok(result.end)
 }
@@ -104,6 +114,8 @@ fn on_event(
                 rec.update(id, |t| t.phases.process_exited_ms = Some(now_ms())),
             );
         }
+        // Taken by `launch` (the image's warm build), never passed on.
+        TaskEvent::Opened(_) => {}
         TaskEvent::Output(stream, data) => match log.append(stream, now_ms(), data) {
             Ok(a) => {
                 if a.rotated && !*rotated {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::snapshots::{image_key, WarmRequest};
+use super::snapshots::{image_key, WarmRequest, WarmTicket};
 use super::{events, networking, report, Live, Server, ServerError, WaitingSlot};
 use crate::images::cancel::{Cancel, CancelOnDrop};
 use crate::images::registry::RegistryOptions;
@@ -94,16 +94,17 @@ async fn run(
         }
     };
     // Launch.
-    let (cfg, mut spec) = launch_config(srv, &task, prepared, net.clone());
+    let (cfg, mut spec, warm_ticket) = launch_config(srv, &task, prepared, net.clone());
     spec.network = net.as_ref().map(|n| Box::new(networking::guest_spec(n)));
     let (srv2, live2, id2) = (srv.clone(), live.clone(), id.to_owned());
-    let result =
-        tokio::task::spawn_blocking(move || events::launch(&srv2, &live2, &id2, &cfg, &spec))
-            .await
-            .map_err(|e| ServerError::Io {
-                what: "launcher thread".into(),
-                source: std::io::Error::other(e.to_string()),
-            });
+    let result = tokio::task::spawn_blocking(move || {
+        events::launch(&srv2, &live2, &id2, &cfg, &spec, warm_ticket)
+    })
+    .await
+    .map_err(|e| ServerError::Io {
+        what: "launcher thread".into(),
+        source: std::io::Error::other(e.to_string()),
+    });
     if let Some(n) = net {
         networking::detach(srv, id, n).await;
     }
@@ -174,13 +175,14 @@ async fn prepare_task(srv: &Arc<Server>, task: &Task) -> Result<Prepared, String
 }
 
 /// The launch and the run spec: from the image's warm snapshot when one is ready, else
-/// from the shape's base snapshot (see [`crate::server::snapshots`]).
+/// from the shape's base snapshot (see [`crate::server::snapshots`]); and the image's warm
+/// build, when this task's opens are to shape it.
 fn launch_config(
     srv: &Arc<Server>,
     task: &Task,
     prepared: Prepared,
     net: Option<crate::network::TaskNetwork>,
-) -> (LaunchConfig, RunSpec) {
+) -> (LaunchConfig, RunSpec, Option<WarmTicket>) {
     let cfg = LaunchConfig {
         vmm: srv.cfg.vmm.clone(),
         jail: srv.cfg.jail.clone(),
@@ -210,6 +212,7 @@ fn launch_config(
                     prepared.image_digest.as_deref().unwrap_or("no digest")
                 ),
                 spec: spec.clone(),
+                opened: Vec::new(),
             };
             srv.snapshots.for_task(&cfg, warm)
         }
@@ -218,9 +221,11 @@ fn launch_config(
                 task = task.id,
                 "no warm snapshot: the image's root filesystem: {e}"
             );
-            srv.snapshots.for_shape(&cfg)
+            (srv.snapshots.for_shape(&cfg), None)
         }
     };
+    let (snapshot, ticket) = snapshot;
+    spec.record_opens = ticket.is_some();
     // A task with a network restores a snapshot with a network card.
-    (LaunchConfig { snapshot, ..cfg }, spec)
+    (LaunchConfig { snapshot, ..cfg }, spec, ticket)
 }

@@ -59,7 +59,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 impl Helper {
     /// Forks the helper into the root at [`ROOT`] and the cgroup whose `cgroup.procs` is
     /// open as `cgroup`, and waits until it is set up there. It reads `warm` ahead first
-    /// (see `readahead::programs`); the answer holds the bytes it read. The agent must be
+    /// (see `readahead::programs_and_files`); the answer holds the bytes it read. The agent must be
     /// single-threaded (it is).
     pub fn fork(
         cgroup: Option<RawFd>,
@@ -191,6 +191,8 @@ pub struct Warm<'a> {
     pub programs: &'a [String],
     /// The `PATH` that finds them.
     pub path: &'a str,
+    /// Files an earlier task of the image opened, read as they are after the programs.
+    pub files: &'a [String],
 }
 
 /// The helper's ends of its pipes to the agent.
@@ -246,7 +248,7 @@ fn wait_and_exec(
         .map_err(|e| internal("stdio", e))?;
     drop((stdin, stdout, stderr));
     // Inside the root, so the image's own symlinks resolve as the task will see them.
-    let warmed = super::readahead::programs(warm.programs, warm.path);
+    let warmed = super::readahead::programs_and_files(warm.programs, warm.path, warm.files);
     ready
         .write_all(&warmed.to_le_bytes())
         .map_err(|e| (FailureKind::Internal, format!("ready: {e}")))?;

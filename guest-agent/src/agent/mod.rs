@@ -5,6 +5,7 @@ mod cgroup;
 mod conn;
 mod helper;
 mod network;
+mod opens;
 mod process;
 mod readahead;
 mod rootfs;
@@ -163,6 +164,7 @@ fn prepare(
     let warm = helper::Warm {
         programs: &p.warm_programs,
         path: &p.path,
+        files: &p.warm_files,
     };
     match ReadyRoot::make(&p.image_disk, p.upper_size_mib, &warm) {
         Ok((root, warmed_bytes)) => {

@@ -9,7 +9,8 @@ use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 
 use guest_agent::{
-    ExitReport, FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK, STDIN_WINDOW,
+    ExitReport, FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK,
+    RECORD_OPENS_MS, STDIN_WINDOW,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrusage, UsageWho};
@@ -21,6 +22,7 @@ use nix::unistd::Pid;
 use super::cgroup;
 use super::conn::Conn;
 use super::helper::{ExecRequest, Helper, Warm};
+use super::opens::OpenRecorder;
 use super::rootfs::{self, ROOT};
 use super::system::boot_ms;
 use super::user;
@@ -258,6 +260,15 @@ fn child_exits() -> Option<SignalFd> {
         .ok()
 }
 
+/// Ends a recording of opens, if one runs, and tells the host what it found: once, at the
+/// process's exit or when the recording's time is up, whichever comes first.
+fn report_opens(recorder: &mut Option<OpenRecorder>, conn: &mut Conn) -> Result<(), FrameError> {
+    match recorder.take() {
+        Some(r) => conn.send(&Frame::Control(Message::Opened { paths: r.finish() })),
+        None => Ok(()),
+    }
+}
+
 /// Runs the spec (which arrived at guest time `spec_ms`) to the end, streaming over `conn`,
 /// in `ready` (a warm snapshot's root) or in a root made now.
 pub fn run(
@@ -278,17 +289,26 @@ pub fn run(
             Err((kind, msg)) => return Ok(Outcome::Failed(kind, msg)),
         };
     let exits = child_exits();
+    // Started after the task's own files went in, so only the process's opens count.
+    let mut recorder = spec
+        .record_opens
+        .then(|| OpenRecorder::start(rootfs::ROOT))
+        .and_then(|r| {
+            r.map_err(|e| eprintln!("skiff-agent: not noting opens: {e}"))
+                .ok()
+        });
     let prepared_ms = boot_ms();
     let spawned = match exec_request(spec).and_then(|req| helper.exec(&req)) {
         Ok(c) => c,
         Err((kind, msg)) => return Ok(Outcome::Failed(kind, msg)),
     };
     let pid = spawned.pid;
+    let exec_ms = boot_ms();
     conn.send(&Frame::Control(Message::Started {
         pid,
         spec_ms,
         prepared_ms,
-        exec_ms: boot_ms(),
+        exec_ms,
     }))?;
     let mut stdout = Some(spawned.stdout);
     let mut stderr = Some(spawned.stderr);
@@ -328,6 +348,11 @@ pub fn run(
             (Some(_), _) => {
                 let left = (exited_at + ORPHAN_GRACE_MS).saturating_sub(boot_ms());
                 PollTimeout::from(left.clamp(1, ORPHAN_GRACE_MS) as u16)
+            }
+            // So does a recording of opens.
+            (None, Some(_)) if recorder.is_some() => {
+                let left = (exec_ms + RECORD_OPENS_MS).saturating_sub(boot_ms());
+                PollTimeout::from(left.clamp(1, u16::MAX as u64) as u16)
             }
             (None, Some(_)) => PollTimeout::NONE,
             // Without the descriptor, exits are polled.
@@ -415,12 +440,16 @@ pub fn run(
                 Ok(_) => {}
             }
         }
+        if status.is_some() || boot_ms() >= exec_ms + RECORD_OPENS_MS {
+            report_opens(&mut recorder, conn)?;
+        }
         // Once the process is gone, background children that keep the pipes open must not
         // hold the task forever: give them a moment, then stop reading.
         if status.is_some() && boot_ms() >= exited_at + ORPHAN_GRACE_MS {
             break;
         }
     }
+    report_opens(&mut recorder, conn)?;
     let status = status.unwrap_or_else(|| std::process::ExitStatus::from_raw(0));
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).ok();
     let ms = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1000 + t.tv_usec() as u64 / 1000;

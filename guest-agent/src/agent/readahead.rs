@@ -1,12 +1,15 @@
-//! Read-ahead for warm snapshots: the files a task of the image will exec — the programs,
-//! and the ELF interpreter each one names — are read once into the guest's page cache
-//! before the snapshot is taken, so a restored task maps them from memory instead of
-//! reading them from its disk (a read on these hosts is emulated block-layer work).
-//! Runs in the exec helper, chrooted into the container's root.
+//! Read-ahead for warm snapshots: the files a task of the image will need — the programs,
+//! the ELF interpreter each one names, and the files an earlier task of the image opened —
+//! are read once into the guest's page cache before the snapshot is taken, so a restored
+//! task maps them from memory instead of reading them from its disk (a read on these hosts
+//! is emulated block-layer work, and every new page-cache page costs traps). Runs in the
+//! exec helper, chrooted into the container's root.
 
+use std::collections::HashSet;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 
-use guest_agent::MAX_WARM_FILES;
+use guest_agent::{valid_opened_path, MAX_OPENED_FILES, MAX_WARM_FILES};
 
 /// Most bytes read ahead in all.
 const MAX_BYTES: u64 = 64 << 20;
@@ -17,16 +20,18 @@ const MAX_INTERP: u64 = 256;
 /// Files every run spec makes the agent read (to resolve the user).
 const ALWAYS: [&str; 2] = ["/etc/passwd", "/etc/group"];
 
-/// Reads `programs` (found through `path` when they have no `/`), their interpreters and
-/// [`ALWAYS`]; returns the bytes read. Nothing when no program is named (a start without a
-/// warm snapshot). Files that are missing or unreadable are skipped: this only warms a
-/// cache.
-pub fn programs(programs: &[String], path: &str) -> u64 {
+/// Reads `programs` (found through `path` when they have no `/`), their interpreters,
+/// [`ALWAYS`], then `files` (an earlier task's opens, in the order it opened them); returns
+/// the bytes read. Nothing when no program is named (a start without a warm snapshot).
+/// Files that are missing, unreadable or not regular files are skipped: this only warms a
+/// cache. All of it stays within [`MAX_BYTES`] and a third of the guest's memory.
+pub fn programs_and_files(programs: &[String], path: &str, files: &[String]) -> u64 {
     if programs.is_empty() {
         return 0;
     }
-    let mut budget = MAX_BYTES;
-    let mut seen: Vec<String> = Vec::new();
+    let limit = MAX_BYTES.min(guest_memory_bytes().map_or(MAX_BYTES, |m| m / 3));
+    let mut budget = limit;
+    let mut seen: HashSet<String> = HashSet::new();
     for f in ALWAYS {
         let _ = read_file(f, &mut budget, &mut seen);
     }
@@ -37,7 +42,29 @@ pub fn programs(programs: &[String], path: &str) -> u64 {
             let _ = read_file(&i, &mut budget, &mut seen);
         }
     }
-    MAX_BYTES - budget
+    for f in files.iter().take(MAX_OPENED_FILES) {
+        if budget == 0 {
+            break;
+        }
+        if valid_opened_path(f) {
+            let _ = read_file(f, &mut budget, &mut seen);
+        }
+    }
+    limit - budget
+}
+
+/// The guest's memory (`MemTotal`), bytes.
+fn guest_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// The file `program` names, as a shell would find it.
@@ -57,17 +84,22 @@ fn find(program: &str, path: &str) -> Option<String> {
 fn read_file(
     file: &str,
     budget: &mut u64,
-    seen: &mut Vec<String>,
+    seen: &mut HashSet<String>,
 ) -> std::io::Result<Option<String>> {
     let canonical = std::fs::canonicalize(file)?.to_string_lossy().into_owned();
-    if seen.contains(&canonical) {
+    if !seen.insert(canonical.clone()) {
         return Ok(None);
     }
-    seen.push(canonical);
-    let mut f = std::fs::File::open(file)?;
-    if !f.metadata()?.is_file() {
+    // Looked at before it is opened: opening a FIFO or a device of the image could block
+    // or act; only regular files are read. (The image is read-only: it cannot change
+    // between the two.)
+    if !std::fs::metadata(&canonical)?.is_file() {
         return Ok(None);
     }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&canonical)?;
     let mut head = Vec::new();
     let mut buf = vec![0u8; 128 * 1024];
     let mut total = 0u64;

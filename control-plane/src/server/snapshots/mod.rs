@@ -16,7 +16,9 @@
 
 mod warm;
 
-pub use warm::{image_key, summarize, DirSummary, WarmCounters, WarmRequest, WarmUsage};
+pub use warm::{
+    image_key, summarize, DirSummary, WarmCounters, WarmRequest, WarmTicket, WarmUsage,
+};
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -65,6 +67,8 @@ pub struct Snapshots {
 /// sha256 over the files' bytes, in order.
 fn fingerprint(files: &[&Path]) -> std::io::Result<String> {
     let mut h = Sha256::new();
+    // Booted with other kernel parameters, the same files make another guest.
+    h.update(crate::launcher::guest_cmdline().as_bytes());
     for f in files {
         let mut file = std::fs::File::open(f)?;
         std::io::copy(&mut file, &mut h)?;

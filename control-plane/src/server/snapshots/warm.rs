@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use guest_agent::{PrepareSpec, RunSpec};
+use guest_agent::{valid_opened_path, PrepareSpec, RunSpec, MAX_OPENED_FILES};
 use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
@@ -31,6 +31,10 @@ const MARK: &str = "-img-";
 
 /// The file in a warm snapshot's directory that names its image (for `skiff info`).
 const IMAGE_FILE: &str = "image";
+
+/// The file in a warm snapshot's directory that lists the files its first task opened,
+/// which the snapshot holds in its page cache.
+const OPENED_FILE: &str = "opened";
 
 /// How long tasks of an image whose warm build failed use the base snapshot before the
 /// next try.
@@ -83,6 +87,8 @@ pub struct WarmRequest {
     pub image_name: String,
     /// The task's run spec: its disk, upper size, program and PATH shape the preparation.
     pub spec: RunSpec,
+    /// The files the task opened (its agent's report), read ahead after its program.
+    pub opened: Vec<String>,
 }
 
 impl WarmRequest {
@@ -99,7 +105,52 @@ impl WarmRequest {
             upper_size_mib: self.spec.upper_size_mib,
             warm_programs: self.spec.argv.first().cloned().into_iter().collect(),
             path: path.to_owned(),
+            // A guest's report: only well-formed paths, and no more than the agent takes.
+            warm_files: self
+                .opened
+                .iter()
+                .filter(|p| valid_opened_path(p))
+                .take(MAX_OPENED_FILES)
+                .cloned()
+                .collect(),
         }
+    }
+}
+
+/// An image's warm build that waits for its first task: the task's agent notes the
+/// files the process opens, and [`WarmTicket::build_with`] starts the build with them. A
+/// ticket dropped unused (the task failed, or its agent sent no report) starts the build
+/// without them, so every path ends in a build.
+pub struct WarmTicket {
+    pending: Option<PendingBuild>,
+}
+
+struct PendingBuild {
+    snapshots: Arc<Snapshots>,
+    cfg: LaunchConfig,
+    base: Snapshot,
+    warm: WarmRequest,
+    dir: PathBuf,
+}
+
+impl WarmTicket {
+    /// Starts the build, reading `opened` ahead (the task's report) after the program.
+    pub fn build_with(mut self, opened: Vec<String>) {
+        self.start(opened);
+    }
+
+    fn start(&mut self, opened: Vec<String>) {
+        if let Some(mut p) = self.pending.take() {
+            p.warm.opened = opened;
+            let snapshots = p.snapshots.clone();
+            snapshots.start_warm_build(p);
+        }
+    }
+}
+
+impl Drop for WarmTicket {
+    fn drop(&mut self) {
+        self.start(Vec::new());
     }
 }
 
@@ -113,34 +164,63 @@ impl Snapshots {
     }
 
     /// The snapshot a task should start from: its image's warm snapshot when there is one
-    /// (and then `spec.image_id` names the image), else its shape's base snapshot, which
-    /// then starts a warm build for the image; `None` (boot) while the base one is not
-    /// ready.
-    pub fn for_task(self: &Arc<Self>, cfg: &LaunchConfig, warm: WarmRequest) -> Option<Snapshot> {
-        let base = self.for_shape(cfg)?;
+    /// (and then `spec.image_id` names the image), else its shape's base snapshot; `None`
+    /// (boot) while the base one is not ready. The first task of an image on the base
+    /// snapshot also gets a [`WarmTicket`]: its agent notes the files it opens, and the
+    /// image's warm build starts with them when the ticket is used or dropped.
+    pub fn for_task(
+        self: &Arc<Self>,
+        cfg: &LaunchConfig,
+        warm: WarmRequest,
+    ) -> (Option<Snapshot>, Option<WarmTicket>) {
+        let Some(base) = self.for_shape(cfg) else {
+            return (None, None);
+        };
         if self.warm_budget == 0 {
-            return Some(base);
+            return (Some(base), None);
         }
         let key = (cfg.vcpus, cfg.memory_mib, cfg.net.is_some());
         let dir = self.warm_dir(key, &warm.image_key);
         if let Some(s) = Snapshot::in_dir(&dir) {
             self.warm_counters.hits.inc();
             touch(&s.state);
-            return Some(Snapshot { warm: true, ..s });
+            return (Some(Snapshot { warm: true, ..s }), None);
         }
         self.warm_counters.misses.inc();
         {
             let mut builds = self.warm_builds();
             match builds.get(&dir) {
-                Some(None) => return Some(base),
-                Some(Some(failed)) if failed.elapsed() < RETRY_FAILED_BUILD => return Some(base),
+                Some(None) => return (Some(base), None),
+                Some(Some(failed)) if failed.elapsed() < RETRY_FAILED_BUILD => {
+                    return (Some(base), None)
+                }
                 _ => {}
             }
             builds.insert(dir.clone(), None);
         }
-        let (cfg, base2) = (cfg.clone(), base.clone());
+        let ticket = WarmTicket {
+            pending: Some(PendingBuild {
+                snapshots: self.clone(),
+                cfg: cfg.clone(),
+                base: base.clone(),
+                warm,
+                dir,
+            }),
+        };
+        (Some(base), Some(ticket))
+    }
+
+    /// Starts the warm build `p` in the background (one build at a time).
+    fn start_warm_build(self: &Arc<Self>, p: PendingBuild) {
+        let PendingBuild {
+            cfg,
+            base,
+            warm,
+            dir,
+            ..
+        } = p;
         self.spawn_build(move |me, control| {
-            let ok = me.build_warm(&cfg, &base2, &warm, &dir, control);
+            let ok = me.build_warm(&cfg, &base, &warm, &dir, control);
             let mut builds = me.warm_builds();
             if ok {
                 builds.remove(&dir);
@@ -148,7 +228,6 @@ impl Snapshots {
                 builds.insert(dir, Some(Instant::now()));
             }
         });
-        Some(base)
     }
 
     /// Builds one warm snapshot (when its turn comes); true when it is there after.
@@ -180,14 +259,18 @@ impl Snapshots {
             Ok((_, built)) => {
                 self.warm_counters.builds.inc();
                 let _ = std::fs::write(dir.join(IMAGE_FILE), format!("{}\n", warm.image_name));
+                let mut listed = prepare.warm_files.join("\n");
+                listed.push('\n');
+                let _ = std::fs::write(dir.join(OPENED_FILE), listed);
                 tracing::info!(
-                    "warm snapshot of {} for {}x{} MiB ready in {:.1} s (root prepared in {} ms in the guest, {} KiB read ahead)",
+                    "warm snapshot of {} for {}x{} MiB ready in {:.1} s (root prepared in {} ms in the guest, {} KiB read ahead: the program and {} files its first task opened)",
                     warm.image_name,
                     cfg.vcpus,
                     cfg.memory_mib,
                     built.build_ms as f64 / 1000.0,
                     built.prepare_ms,
-                    built.warmed_bytes / 1024
+                    built.warmed_bytes / 1024,
+                    prepare.warm_files.len()
                 );
                 self.evict_beyond_budget(dir);
                 true
@@ -446,10 +529,37 @@ mod tests {
                 upper_size_mib: 32,
                 ..Default::default()
             },
+            opened: vec![
+                "/usr/lib/libz.so.1".into(),
+                "relative".into(),
+                "/etc/../proc/kcore".into(),
+                "/a//b".into(),
+                "/lib/x\0y".into(),
+                "/".into(),
+                "/etc/ssl/openssl.cnf".into(),
+            ],
         };
         let p = req.prepare_spec();
         assert_eq!(p.warm_programs, vec!["sh".to_owned()]);
         assert_eq!(p.path, "/bin");
         assert_eq!((p.image_id.as_str(), p.upper_size_mib), ("k", 32));
+        // A guest's report: only absolute paths without `.`, `..`, NUL or empty parts.
+        assert_eq!(p.warm_files, ["/usr/lib/libz.so.1", "/etc/ssl/openssl.cnf"]);
+    }
+
+    #[test]
+    fn an_opened_report_is_capped() {
+        let req = WarmRequest {
+            image_key: "k".into(),
+            image_name: "i".into(),
+            spec: RunSpec {
+                argv: vec!["x".into()],
+                ..Default::default()
+            },
+            opened: (0..MAX_OPENED_FILES + 10)
+                .map(|i| format!("/f{i}"))
+                .collect(),
+        };
+        assert_eq!(req.prepare_spec().warm_files.len(), MAX_OPENED_FILES);
     }
 }
