@@ -45,7 +45,8 @@ pub enum TaskEvent<'a> {
     ProcessExited,
     Output(Output, &'a [u8]),
     /// The files the process opened, as its agent noted them when the run spec asked
-    /// (`record_opens`); each path checked as [`guest_agent::valid_opened_path`] says.
+    /// (`record_opens`): a guest's word, bounded by the frame size only; the warm build
+    /// that takes it keeps what [`guest_agent::valid_opened_path`] allows.
     Opened(&'a [String]),
 }
 

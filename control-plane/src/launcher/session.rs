@@ -250,12 +250,6 @@ impl Session<'_> {
             }
             Frame::Control(Message::Opened { paths }) if r.opens_expected => {
                 r.opens_expected = false;
-                // A guest's word: kept only if well formed, and only as many as asked.
-                let paths: Vec<String> = paths
-                    .into_iter()
-                    .filter(|p| guest_agent::valid_opened_path(p))
-                    .take(guest_agent::MAX_OPENED_FILES)
-                    .collect();
                 (self.on_event)(TaskEvent::Opened(&paths));
             }
             Frame::Control(Message::Failed {

@@ -142,9 +142,30 @@ impl WarmTicket {
     fn start(&mut self, opened: Vec<String>) {
         if let Some(mut p) = self.pending.take() {
             p.warm.opened = opened;
-            let snapshots = p.snapshots.clone();
-            snapshots.start_warm_build(p);
+            p.start();
         }
+    }
+}
+
+impl PendingBuild {
+    /// Starts the build in the background (one build at a time).
+    fn start(self) {
+        let PendingBuild {
+            snapshots,
+            cfg,
+            base,
+            warm,
+            dir,
+        } = self;
+        snapshots.spawn_build(move |me, control| {
+            let ok = me.build_warm(&cfg, &base, &warm, &dir, control);
+            let mut builds = me.warm_builds();
+            if ok {
+                builds.remove(&dir);
+            } else {
+                builds.insert(dir, Some(Instant::now()));
+            }
+        });
     }
 }
 
@@ -208,26 +229,6 @@ impl Snapshots {
             }),
         };
         (Some(base), Some(ticket))
-    }
-
-    /// Starts the warm build `p` in the background (one build at a time).
-    fn start_warm_build(self: &Arc<Self>, p: PendingBuild) {
-        let PendingBuild {
-            cfg,
-            base,
-            warm,
-            dir,
-            ..
-        } = p;
-        self.spawn_build(move |me, control| {
-            let ok = me.build_warm(&cfg, &base, &warm, &dir, control);
-            let mut builds = me.warm_builds();
-            if ok {
-                builds.remove(&dir);
-            } else {
-                builds.insert(dir, Some(Instant::now()));
-            }
-        });
     }
 
     /// Builds one warm snapshot (when its turn comes); true when it is there after.
