@@ -104,11 +104,33 @@ pub struct RunSpec {
     /// the host reads them ahead in the image's warm snapshot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub record_opens: bool,
+    /// Report the task's CPU use ([`Message::Usage`]) this often while it runs, guest
+    /// milliseconds (at least [`MIN_USAGE_INTERVAL_MS`]); 0: never (autoscaled services
+    /// ask for it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub usage_interval_ms: u64,
 }
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// The shortest [`RunSpec::usage_interval_ms`] the agent keeps to.
+pub const MIN_USAGE_INTERVAL_MS: u64 = 1000;
 
 /// How long after the exec a recording of opened files ([`RunSpec::record_opens`]) lasts,
 /// guest milliseconds: a program's start-up, not what a long-running one reads later.
 pub const RECORD_OPENS_MS: u64 = 60_000;
+
+/// Commands of [`Message::Exec`] that may run at once in one task; more are answered at
+/// once with exit code 125.
+pub const MAX_EXECS: usize = 4;
+
+/// The output of an exec the agent keeps and reports (the rest is read and dropped).
+pub const MAX_EXEC_OUTPUT: usize = 4096;
+
+/// The longest an exec may be given.
+pub const MAX_EXEC_TIMEOUT_MS: u64 = 3_600_000;
 
 /// How the agent sets up the guest's network interface and the container's resolver files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +192,7 @@ pub enum Message {
         prepared_image: Option<String>,
     },
     /// Host → agent: run this.
-    Run(RunSpec),
+    Run(Box<RunSpec>),
     /// Host → agent: get ready for tasks of one image (a warm snapshot is taken next).
     Prepare(PrepareSpec),
     /// Agent → host: ready as [`Message::Prepare`] asked: the guest time it took, and the
@@ -202,6 +224,28 @@ pub enum Message {
     /// process opened, first opens first, at most [`MAX_OPENED_FILES`] (a guest's word:
     /// the host checks each with [`valid_opened_path`]).
     Opened { paths: Vec<String> },
+    /// Agent → host, every [`RunSpec::usage_interval_ms`] while the process runs: the CPU
+    /// time the task's processes have used in all (its cgroup's `usage_usec`) at guest time
+    /// `at_ms` (a guest's word: the host only uses it to scale the guest's own service).
+    Usage { cpu_usec: u64, at_ms: u64 },
+    /// Host → agent, while the process runs: run `argv` in the task's container too (its
+    /// root, cgroup, user, working directory and environment), for at most `timeout_ms`;
+    /// at most [`MAX_EXECS`] at once. The answer is [`Message::ExecExited`] with the same
+    /// `id`. Health checks use it.
+    Exec {
+        id: u32,
+        argv: Vec<String>,
+        timeout_ms: u64,
+    },
+    /// Agent → host: how an [`Message::Exec`] ended: its exit status as a shell reports it
+    /// (126/127 when it could not start), whether its time ran out (it was killed), and at
+    /// most [`MAX_EXEC_OUTPUT`] bytes of its output, stdout and stderr together.
+    ExecExited {
+        id: u32,
+        exit_code: i32,
+        timed_out: bool,
+        output: String,
+    },
 }
 
 impl Message {
@@ -218,6 +262,9 @@ impl Message {
             Message::Failed { .. } => "failed",
             Message::Exited(_) => "exited",
             Message::Opened { .. } => "opened",
+            Message::Usage { .. } => "usage",
+            Message::Exec { .. } => "exec",
+            Message::ExecExited { .. } => "exec_exited",
         }
     }
 }

@@ -11,8 +11,8 @@ fn wire(f: &Frame) -> String {
 }
 
 #[test]
-fn protocol_version_is_5() {
-    assert_eq!(PROTOCOL_VERSION, 5);
+fn protocol_version_is_6() {
+    assert_eq!(PROTOCOL_VERSION, 6);
     assert_eq!(STDIN_WINDOW, 1 << 20);
     assert_eq!(HOST_PORT, 1024);
 }
@@ -34,7 +34,7 @@ fn control_messages_encode_as_frozen() {
             r#"8000000000 {"type":"hello","protocol_version":1,"agent_version":"0.1.0","timings":{"agent_start_ms":1,"setup_done_ms":2,"connected_ms":3}}"#,
         ),
         (
-            Message::Run(RunSpec {
+            Message::Run(Box::new(RunSpec {
                 argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
                 env: vec!["A=b".into()],
                 working_dir: "/".into(),
@@ -48,7 +48,8 @@ fn control_messages_encode_as_frozen() {
                 image_id: String::new(),
                 network: None,
                 record_opens: false,
-            }),
+                usage_interval_ms: 0,
+            })),
             r#"db00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false,"wall_clock_ms":1700000000123,"entropy":[1,255]}"#,
         ),
         (
@@ -87,6 +88,30 @@ fn control_messages_encode_as_frozen() {
                 paths: vec!["/usr/bin/python3".into(), "/etc/passwd".into()],
             },
             r#"3d00000000 {"type":"opened","paths":["/usr/bin/python3","/etc/passwd"]}"#,
+        ),
+        (
+            Message::Exec {
+                id: 7,
+                argv: vec!["test".into(), "-f".into(), "/ok".into()],
+                timeout_ms: 5000,
+            },
+            r#"4400000000 {"type":"exec","id":7,"argv":["test","-f","/ok"],"timeout_ms":5000}"#,
+        ),
+        (
+            Message::ExecExited {
+                id: 7,
+                exit_code: 1,
+                timed_out: false,
+                output: "no\n".into(),
+            },
+            r#"4e00000000 {"type":"exec_exited","id":7,"exit_code":1,"timed_out":false,"output":"no\n"}"#,
+        ),
+        (
+            Message::Usage {
+                cpu_usec: 1500000,
+                at_ms: 30000,
+            },
+            r#"3200000000 {"type":"usage","cpu_usec":1500000,"at_ms":30000}"#,
         ),
         (
             Message::Prepared {

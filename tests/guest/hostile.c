@@ -253,7 +253,7 @@ static size_t failed_frame(char *out, size_t text_len)
 }
 
 static const char STARTED[] = "{\"type\":\"started\",\"pid\":1,\"spec_ms\":1,\"prepared_ms\":1,\"exec_ms\":1}";
-static const char HELLO[] = "{\"type\":\"hello\",\"protocol_version\":5,\"agent_version\":\"hostile\","
+static const char HELLO[] = "{\"type\":\"hello\",\"protocol_version\":6,\"agent_version\":\"hostile\","
 			    "\"timings\":{\"agent_start_ms\":1,\"setup_done_ms\":2,\"connected_ms\":3}}";
 
 /* Phase 3. */

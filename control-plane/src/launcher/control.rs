@@ -20,7 +20,23 @@ pub enum ControlError {
     Ended,
     #[error("cannot reach the task's agent: {0}")]
     Connection(#[from] std::io::Error),
+    #[error("the task's agent did not answer within {0:?}")]
+    NoAnswer(std::time::Duration),
 }
+
+/// How a command run in the task ([`TaskControl::exec`]) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// As a shell reports it: the code, 128 + a signal, 126/127 when it could not start.
+    pub exit_code: i32,
+    /// It ran out of time and was killed.
+    pub timed_out: bool,
+    /// The start of its output (stdout and stderr), as the guest reported it.
+    pub output: String,
+}
+
+/// After an exec's own timeout, how long the agent has to answer.
+const EXEC_ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Default)]
 struct State {
@@ -31,6 +47,9 @@ struct State {
     killed: bool,
     /// Stdin bytes sent that the agent has not reported consumed (≤ STDIN_WINDOW).
     stdin_in_flight: u64,
+    /// Execs waiting for their answer, by id.
+    execs: std::collections::HashMap<u32, std::sync::mpsc::Sender<ExecOutcome>>,
+    next_exec: u32,
 }
 
 #[derive(Default)]
@@ -118,6 +137,62 @@ impl TaskControl {
         Ok(())
     }
 
+    /// Runs `argv` in the task's container (its root, cgroup, user, directory and
+    /// environment) and waits for how it ended; the agent kills it after `timeout`. The
+    /// task must have started its process.
+    pub fn exec(
+        &self,
+        argv: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<ExecOutcome, ControlError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = {
+            let mut st = self.state();
+            if st.ended || !st.connected {
+                return Err(ControlError::Ended);
+            }
+            st.next_exec = st.next_exec.wrapping_add(1);
+            let id = st.next_exec;
+            st.execs.insert(id, tx);
+            id
+        };
+        let forget = || {
+            self.state().execs.remove(&id);
+        };
+        let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        if let Err(e) = self.send(&Frame::Control(Message::Exec {
+            id,
+            argv,
+            timeout_ms,
+        })) {
+            forget();
+            return Err(e);
+        }
+        let wait = timeout + EXEC_ANSWER_GRACE;
+        match rx.recv_timeout(wait) {
+            Ok(o) => Ok(o),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                forget();
+                Err(ControlError::NoAnswer(wait))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(ControlError::Ended),
+        }
+    }
+
+    /// The agent's answer to exec `id` (one nobody waits for is dropped).
+    pub(super) fn exec_exited(&self, id: u32, mut outcome: ExecOutcome) {
+        if let Some(tx) = self.state().execs.remove(&id) {
+            if outcome.output.len() > guest_agent::MAX_EXEC_OUTPUT {
+                let mut end = guest_agent::MAX_EXEC_OUTPUT;
+                while !outcome.output.is_char_boundary(end) {
+                    end -= 1;
+                }
+                outcome.output.truncate(end);
+            }
+            let _ = tx.send(outcome);
+        }
+    }
+
     /// Closes the process's stdin.
     pub fn close_stdin(&self) -> Result<(), ControlError> {
         if !self.wait_connected() {
@@ -201,6 +276,8 @@ impl TaskControl {
         let mut st = self.state();
         reap(&mut st);
         st.ended = true;
+        // Whoever waits for an exec hears that the task ended.
+        st.execs.clear();
         *self.0.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.0.changed.notify_all();
     }

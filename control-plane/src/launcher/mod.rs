@@ -24,7 +24,7 @@ mod vmm_process;
 
 pub use agent_initramfs::build_agent_initramfs;
 pub use config::{LaunchConfig, Snapshot};
-pub use control::{ControlError, TaskControl};
+pub use control::{ControlError, ExecOutcome, TaskControl};
 pub use error::LaunchError;
 pub use jail::JailConfig;
 pub use result::{Output, TaskEnd, TaskEvent, TaskResult, Timings};

@@ -48,6 +48,12 @@ pub enum TaskEvent<'a> {
     /// (`record_opens`): a guest's word, bounded by the frame size only; the warm build
     /// that takes it keeps what [`guest_agent::valid_opened_path`] allows.
     Opened(&'a [String]),
+    /// The task's CPU time so far (µs) at guest time `at_ms`, when the run spec asked for
+    /// usage reports (a guest's word).
+    Usage {
+        cpu_usec: u64,
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -186,7 +186,7 @@ impl Session<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         spec.entropy = host_entropy().map_err(|e| conn_err(&format!("host entropy: {e}")))?;
-        conn.send(&Frame::Control(Message::Run(spec)))
+        conn.send(&Frame::Control(Message::Run(Box::new(spec))))
             .map_err(|e| conn_err(&e))?;
         self.control
             .attach_writer(conn.get_ref().try_clone().map_err(|e| conn_err(&e))?);
@@ -248,6 +248,22 @@ impl Session<'_> {
                     TaskEnd::Exited(report)
                 });
             }
+            Frame::Control(Message::Usage { cpu_usec, at_ms }) => {
+                (self.on_event)(TaskEvent::Usage { cpu_usec, at_ms })
+            }
+            Frame::Control(Message::ExecExited {
+                id,
+                exit_code,
+                timed_out,
+                output,
+            }) => self.control.exec_exited(
+                id,
+                super::control::ExecOutcome {
+                    exit_code,
+                    timed_out,
+                    output,
+                },
+            ),
             Frame::Control(Message::Opened { paths }) if r.opens_expected => {
                 r.opens_expected = false;
                 (self.on_event)(TaskEvent::Opened(&paths));

@@ -34,6 +34,17 @@ impl TaskCgroup {
         self.procs.as_raw_fd()
     }
 
+    /// CPU time the task's processes have used, µs (`cpu.stat`'s `usage_usec`, kept by
+    /// every cgroup).
+    pub fn cpu_usec(&self) -> Option<u64> {
+        std::fs::read_to_string(format!("{DIR}/cpu.stat"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+            })
+    }
+
     /// How many of the task's processes the OOM killer has killed.
     pub fn oom_kills(&self) -> u64 {
         std::fs::read_to_string(format!("{DIR}/memory.events"))

@@ -21,7 +21,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::rootfs::ROOT;
 
 /// What the helper execs, as the agent resolved it from the run spec.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct ExecRequest {
     pub argv: Vec<String>,
     /// `KEY=VALUE`; `PATH` from here is used to find `argv[0]`.
@@ -285,7 +285,9 @@ fn wait_and_exec(
 
 /// Finds `argv[0]` as a shell does (a name with a `/` as it is, else each `PATH` entry in
 /// turn) and execs it; returns only on failure.
-fn exec_program(req: &ExecRequest) -> Result<std::convert::Infallible, (FailureKind, String)> {
+pub(super) fn exec_program(
+    req: &ExecRequest,
+) -> Result<std::convert::Infallible, (FailureKind, String)> {
     use std::ffi::CString;
     let program = req.argv.first().map(String::as_str).unwrap_or_default();
     let cstr = |s: &str| {

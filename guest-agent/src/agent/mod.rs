@@ -3,6 +3,7 @@
 
 mod cgroup;
 mod conn;
+mod exec;
 mod helper;
 mod network;
 mod opens;
@@ -128,7 +129,7 @@ fn wait_for_work(
         }));
         loop {
             let e = match said_hello.and_then(|()| conn.recv(None)) {
-                Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, spec, prepared)),
+                Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, *spec, prepared)),
                 Ok(Frame::Control(Message::Prepare(p))) if prepared.is_none() => {
                     let (root, answer) = prepare(p, &mut conn)?;
                     prepared = Some(root);

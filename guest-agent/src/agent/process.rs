@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use guest_agent::{
     ExitReport, FailureKind, Frame, FrameError, Message, RunSpec, MAX_OUTPUT_CHUNK,
-    RECORD_OPENS_MS, STDIN_WINDOW,
+    MIN_USAGE_INTERVAL_MS, RECORD_OPENS_MS, STDIN_WINDOW,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrusage, UsageWho};
@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 
 use super::cgroup;
 use super::conn::Conn;
+use super::exec::Execs;
 use super::helper::{ExecRequest, Helper, Warm};
 use super::opens::OpenRecorder;
 use super::rootfs::{self, ROOT};
@@ -235,7 +236,7 @@ impl StdinPipe {
     }
 }
 
-fn set_nonblocking(fd: &impl AsFd) {
+pub(super) fn set_nonblocking(fd: &impl AsFd) {
     if let Ok(flags) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags));
@@ -298,10 +299,18 @@ pub fn run(
                 .ok()
         });
     let prepared_ms = boot_ms();
-    let spawned = match exec_request(spec).and_then(|req| helper.exec(&req)) {
+    let req = match exec_request(spec) {
+        Ok(r) => r,
+        Err((kind, msg)) => return Ok(Outcome::Failed(kind, msg)),
+    };
+    let spawned = match helper.exec(&req) {
         Ok(c) => c,
         Err((kind, msg)) => return Ok(Outcome::Failed(kind, msg)),
     };
+    let mut execs = Execs::new(req, cgroup.as_ref().map(cgroup::TaskCgroup::procs_fd));
+    let usage_every =
+        (spec.usage_interval_ms > 0).then(|| spec.usage_interval_ms.max(MIN_USAGE_INTERVAL_MS));
+    let mut last_usage = 0u64;
     let pid = spawned.pid;
     let exec_ms = boot_ms();
     conn.send(&Frame::Control(Message::Started {
@@ -343,6 +352,11 @@ pub fn run(
             fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
             fds.len() - 1
         });
+        let exec_outputs = execs.outputs();
+        let execs_at = fds.len();
+        for (_, fd) in &exec_outputs {
+            fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+        }
         let timeout = match (status, &exits) {
             // The orphans' grace runs out even if nothing else happens.
             (Some(_), _) => {
@@ -358,6 +372,23 @@ pub fn run(
             // Without the descriptor, exits are polled.
             (None, None) => PollTimeout::from(50u16),
         };
+        // An exec's time running out wakes the loop too, and so does a usage report.
+        let next_usage = usage_every.map(|every| (last_usage + every).saturating_sub(boot_ms()));
+        let wake = match (execs.next_deadline_in(), next_usage) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = match wake {
+            Some(ms) => {
+                let ms = PollTimeout::from(ms.clamp(1, u16::MAX as u64) as u16);
+                if timeout == PollTimeout::NONE {
+                    ms
+                } else {
+                    timeout.min(ms)
+                }
+            }
+            None => timeout,
+        };
         let _ = poll(&mut fds, timeout);
         let ready = |at: Option<usize>| {
             at.and_then(|i| fds[i].revents())
@@ -370,7 +401,32 @@ pub fn run(
             ready(conn_at),
             ready(exits_at),
         );
+        let execs_ready: Vec<i32> = exec_outputs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ready(Some(execs_at + i)))
+            .map(|(_, (p, _))| *p)
+            .collect();
         drop(fds);
+        drop(exec_outputs);
+        for p in execs_ready {
+            if let Some(answer) = execs.read_output(p) {
+                conn.send(&Frame::Control(answer))?;
+            }
+        }
+        execs.expire();
+        if let (Some(every), Some(cg), None) = (usage_every, &cgroup, status) {
+            let now = boot_ms();
+            if now >= last_usage + every {
+                last_usage = now;
+                if let Some(cpu_usec) = cg.cpu_usec() {
+                    conn.send(&Frame::Control(Message::Usage {
+                        cpu_usec,
+                        at_ms: now,
+                    }))?;
+                }
+            }
+        }
         if exits_ready {
             // Drained only: waitpid below reaps whatever ended, however many signals merged.
             while let Some(e) = &exits {
@@ -418,6 +474,25 @@ pub fn run(
                     }
                     Frame::Stdin(data) => stdin.push(&data),
                     Frame::StdinEof => stdin.close_when_drained(),
+                    Frame::Control(Message::Exec {
+                        id,
+                        argv,
+                        timeout_ms,
+                    }) => {
+                        let answer = if status.is_some() {
+                            Some(Message::ExecExited {
+                                id,
+                                exit_code: 125,
+                                timed_out: false,
+                                output: "the task's process has ended".into(),
+                            })
+                        } else {
+                            execs.start(id, argv, timeout_ms)
+                        };
+                        if let Some(a) = answer {
+                            conn.send(&Frame::Control(a))?;
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -436,6 +511,16 @@ pub fn run(
                     status = Some(std::process::ExitStatus::from_raw(sig as i32));
                     exited_at = boot_ms();
                 }
+                Ok(WaitStatus::Exited(p, code)) => {
+                    if let Some(Some(answer)) = execs.reaped(p.as_raw(), code) {
+                        conn.send(&Frame::Control(answer))?;
+                    }
+                }
+                Ok(WaitStatus::Signaled(p, sig, _)) => {
+                    if let Some(Some(answer)) = execs.reaped(p.as_raw(), 128 + sig as i32) {
+                        conn.send(&Frame::Control(answer))?;
+                    }
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -449,6 +534,7 @@ pub fn run(
             break;
         }
     }
+    execs.kill_all();
     report_opens(&mut recorder, conn)?;
     let status = status.unwrap_or_else(|| std::process::ExitStatus::from_raw(0));
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).ok();
