@@ -12,5 +12,6 @@ pub mod network;
 pub mod prepare;
 pub mod scheduler;
 pub mod server;
+pub mod services;
 pub mod state_dir;
 pub mod tasks;

@@ -82,6 +82,15 @@ enum Cmd {
     /// Manage task networks (through the server).
     #[command(subcommand)]
     Network(cli::network::NetworkCmd),
+    /// Manage services: tasks kept at a count, health-checked, rolled out, load-balanced.
+    #[command(subcommand)]
+    Service(cli::service::ServiceCmd),
+    /// Make the networks and services a YAML or JSON file describes exist as written.
+    Apply {
+        /// The file (`-`: standard input).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -132,6 +141,8 @@ fn main() -> ExitCode {
                     Cmd::Logs { follow, id } => api.stream_logs(&id, follow).map(|()| 0),
                     Cmd::Stop { ids } => remote::stop(&api, &ids),
                     Cmd::Network(c) => cli::network::network(&api, c),
+                    Cmd::Service(c) => cli::service::service(&api, c),
+                    Cmd::Apply { file } => cli::apply::apply(&api, &file),
                     Cmd::Serve(_) | Cmd::Image(_) | Cmd::Bench(_) | Cmd::Info => {
                         unreachable!("handled above")
                     }

@@ -180,6 +180,7 @@ fn bad_requests_get_the_right_4xx() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/tasks/{id}/logs"].is_object());
     assert!(doc["paths"]["/v1/networks/{name}"].is_object());
+    assert!(doc["paths"]["/v1/services/{name}"].is_object());
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod images;
 pub mod listen;
 mod logs;
 mod networks;
+mod services;
 mod tasks;
 
 use std::sync::Arc;
@@ -39,6 +40,13 @@ pub fn router(srv: Arc<Server>) -> Router {
         .route(
             "/v1/networks/{name}",
             get(networks::get_one).delete(networks::remove),
+        )
+        .route("/v1/services", post(services::create).get(services::list))
+        .route(
+            "/v1/services/{name}",
+            get(services::get_one)
+                .patch(services::patch)
+                .delete(services::remove),
         )
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))

@@ -1,5 +1,6 @@
 //! The `skiff` command line: one module per command group.
 
+pub mod apply;
 pub mod bench;
 pub mod bench_chart;
 pub mod bench_density;
@@ -12,6 +13,7 @@ pub mod remote;
 pub mod run;
 pub mod run_local;
 pub mod serve;
+pub mod service;
 
 use std::path::{Path, PathBuf};
 

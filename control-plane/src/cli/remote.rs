@@ -113,6 +113,21 @@ impl Api {
         self.json(self.req(reqwest::Method::POST, path).json(body))
     }
 
+    pub fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.json(self.req(reqwest::Method::PATCH, path).json(body))
+    }
+
+    /// GET that tells a 404 apart: `None` when the server has no such thing.
+    pub fn get_opt(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let r = self.req(reqwest::Method::GET, path).send();
+        if let Ok(resp) = &r {
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+        }
+        self.get(path).map(Some)
+    }
+
     /// DELETE; the answer's body is not read.
     pub fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.req(reqwest::Method::DELETE, path)).map(drop)
@@ -162,7 +177,7 @@ impl Api {
     }
 }
 
-fn env_map(pairs: &[String], what: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+pub fn env_map(pairs: &[String], what: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
     let mut m = serde_json::Map::new();
     for kv in pairs {
         let (k, v) = kv

@@ -59,6 +59,21 @@ impl NameTable {
         }
     }
 
+    /// Task `task_id` no longer answers to `name` on `network` (its other names stay).
+    pub fn remove_name(&self, network: &str, task_id: &str, name: &str) {
+        let mut all = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let Some(net) = all.get_mut(network) else {
+            return;
+        };
+        let key = name.to_ascii_lowercase();
+        if let Some(tasks) = net.get_mut(&key) {
+            tasks.retain(|(id, _)| id != task_id);
+            if tasks.is_empty() {
+                net.remove(&key);
+            }
+        }
+    }
+
     /// The addresses `name` has on `network` (case-insensitive; a trailing dot is fine).
     pub fn lookup(&self, network: &str, name: &str) -> Vec<Ipv4Addr> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();

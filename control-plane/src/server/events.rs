@@ -116,6 +116,7 @@ fn on_event(
         }
         // Taken by `launch` (the image's warm build), never passed on.
         TaskEvent::Opened(_) => {}
+        TaskEvent::Usage { cpu_usec, at_ms } => live.record_usage(cpu_usec, at_ms),
         TaskEvent::Output(stream, data) => match log.append(stream, now_ms(), data) {
             Ok(a) => {
                 if a.rotated && !*rotated {

@@ -14,6 +14,8 @@ pub struct Live {
     log_bytes: watch::Sender<u64>,
     done: watch::Sender<bool>,
     vm: AtomicBool,
+    /// The last two usage reports: (guest ms, CPU µs).
+    usage: std::sync::Mutex<[Option<(u64, u64)>; 2]>,
 }
 
 impl Default for Live {
@@ -30,6 +32,7 @@ impl Live {
             log_bytes: watch::channel(0).0,
             done: watch::channel(false).0,
             vm: AtomicBool::new(false),
+            usage: std::sync::Mutex::new([None, None]),
         }
     }
 
@@ -50,6 +53,31 @@ impl Live {
     /// The task's VM has been started (a stop must go through the VM).
     pub fn has_vm(&self) -> bool {
         self.vm.load(Ordering::SeqCst)
+    }
+
+    /// A usage report from the task's agent; one that goes back in time or uses more CPU
+    /// than time passed on 64 vCPUs is the guest's nonsense and resets the measure.
+    pub fn record_usage(&self, cpu_usec: u64, at_ms: u64) {
+        let mut u = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let sane = u[1].is_none_or(|(t, c)| {
+            at_ms > t && cpu_usec >= c && (cpu_usec - c) <= (at_ms - t) * 1000 * 64
+        });
+        *u = if sane {
+            [u[1], Some((at_ms, cpu_usec))]
+        } else {
+            [None, Some((at_ms, cpu_usec))]
+        };
+    }
+
+    /// CPUs the task used between its last two usage reports (1.0: one vCPU all the time).
+    pub fn cpu_use(&self) -> Option<f64> {
+        let u = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        match *u {
+            [Some((t0, c0)), Some((t1, c1))] if t1 > t0 => {
+                Some((c1 - c0) as f64 / ((t1 - t0) as f64 * 1000.0))
+            }
+            _ => None,
+        }
     }
 
     pub fn log_written(&self, total: u64) {

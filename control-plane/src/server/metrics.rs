@@ -192,6 +192,11 @@ impl Metrics {
         }
     }
 
+    /// Adds the services' series (kept by the services themselves).
+    pub fn register_services(&mut self, m: &super::services::ServiceMetrics) {
+        m.register(&mut self.registry);
+    }
+
     /// Records one phase that the task's timestamps do not show (`network_attach`,
     /// `network_detach`).
     pub fn observe_phase(&self, phase: &str, seconds: f64) {

@@ -12,6 +12,7 @@ pub mod records;
 mod recovery;
 mod report;
 pub mod retention;
+pub mod services;
 pub mod snapshots;
 mod stop;
 
@@ -120,6 +121,8 @@ pub struct Server {
     pub networks: Result<crate::network::registry::NetworkRegistry, String>,
     /// Host ports held for tasks that publish them.
     pub ports: ports::PortReservations,
+    /// Services: desired state the reconciler keeps.
+    pub services: services::Services,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -168,6 +171,8 @@ impl Server {
         }
         let mut metrics = metrics::Metrics::new();
         metrics.register_warm(snapshots.warm_counters());
+        let services = services::Services::default();
+        metrics.register_services(&services.metrics);
         let srv = Arc::new(Self {
             snapshots: Arc::new(snapshots),
             sched: Scheduler::new(cfg.capacity),
@@ -180,12 +185,14 @@ impl Server {
             prepare_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PREPARES)),
             networks,
             ports: ports::PortReservations::default(),
+            services,
             _lock: lock,
         });
         // Networks first: a task re-run below attaches a new one under the same name.
         networking::recover(&srv);
         recovery::recover(&srv)?;
         retention::remove_orphan_dirs(&srv);
+        services::start(&srv)?;
         if let Some(keep) = srv.cfg.task_retention {
             retention::spawn_pruner(&srv, keep);
         }
@@ -273,6 +280,7 @@ impl Server {
     /// Stops every running task (for shutdown) and waits until they have ended; VMs
     /// booting for a snapshot are ended.
     pub async fn stop_all(self: &Arc<Self>) {
+        self.services.shut_down();
         self.snapshots.stop_builders();
         let lives: Vec<(String, Arc<Live>)> = self
             .live_map()

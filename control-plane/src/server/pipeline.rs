@@ -19,6 +19,9 @@ use guest_agent::RunSpec;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How often a service's task reports its CPU use, guest ms.
+const SERVICE_USAGE_INTERVAL_MS: u64 = 5000;
+
 /// Runs task `id` to its end and records that end.
 /// `slot` is the task's place among those waiting to start: given back at admission.
 pub async fn supervise(srv: &Arc<Server>, id: &str, live: &Arc<Live>, slot: WaitingSlot) {
@@ -226,6 +229,10 @@ fn launch_config(
     };
     let (snapshot, ticket) = snapshot;
     spec.record_opens = ticket.is_some();
+    // A service's tasks report their CPU use (its autoscaling and `GET` show it).
+    if task.labels.contains_key(crate::services::SERVICE_LABEL) {
+        spec.usage_interval_ms = SERVICE_USAGE_INTERVAL_MS;
+    }
     // A task with a network restores a snapshot with a network card.
     (LaunchConfig { snapshot, ..cfg }, spec, ticket)
 }

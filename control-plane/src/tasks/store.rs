@@ -28,6 +28,16 @@ CREATE TABLE IF NOT EXISTS networks (
     name TEXT PRIMARY KEY,
     doc  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT PRIMARY KEY,
+    doc  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS service_events (
+    service TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS service_events_service ON service_events(service);
 CREATE TABLE IF NOT EXISTS images (
     reference TEXT PRIMARY KEY,
     digest    TEXT NOT NULL,
@@ -89,7 +99,7 @@ impl TaskStore {
         })
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
