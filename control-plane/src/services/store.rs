@@ -79,18 +79,9 @@ impl TaskStore {
 
     /// A service's events, oldest first.
     pub fn service_events(&self, name: &str) -> Result<Vec<Event>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
+        self.event_rows(
             "SELECT time_ms, message FROM service_events WHERE service = ?1 ORDER BY rowid",
-        )?;
-        let rows = stmt
-            .query_map([name], |r| {
-                Ok(Event {
-                    time_ms: r.get::<_, i64>(0)? as u64,
-                    message: r.get(1)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            name,
+        )
     }
 }

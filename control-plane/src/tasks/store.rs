@@ -228,11 +228,18 @@ impl TaskStore {
     }
 
     pub fn events(&self, task_id: &str) -> Result<Vec<Event>, StoreError> {
+        self.event_rows(
+            "SELECT time_ms, message FROM events WHERE task_id = ?1 ORDER BY rowid ASC",
+            task_id,
+        )
+    }
+
+    /// The `(time_ms, message)` rows `sql` selects for `key`, as events.
+    pub(crate) fn event_rows(&self, sql: &str, key: &str) -> Result<Vec<Event>, StoreError> {
         let db = self.db();
-        let mut stmt = db
-            .prepare("SELECT time_ms, message FROM events WHERE task_id = ?1 ORDER BY rowid ASC")?;
+        let mut stmt = db.prepare(sql)?;
         let rows = stmt
-            .query_map([task_id], |r| {
+            .query_map([key], |r| {
                 Ok(Event {
                     time_ms: r.get::<_, i64>(0)? as u64,
                     message: r.get(1)?,

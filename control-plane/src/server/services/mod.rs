@@ -303,6 +303,13 @@ impl Server {
         Ok(())
     }
 
+    fn stored_service(&self, name: &str) -> Result<Service, ServicesError> {
+        self.records
+            .store
+            .service(name)?
+            .ok_or_else(|| ServicesError::NotFound(name.into()))
+    }
+
     pub fn services_list(&self) -> Result<Vec<ServiceView>, ServicesError> {
         let mut tasks = tasks_by_service(self)?;
         Ok(self
@@ -318,11 +325,7 @@ impl Server {
     }
 
     pub fn service_view(&self, name: &str) -> Result<ServiceView, ServicesError> {
-        let svc = self
-            .records
-            .store
-            .service(name)?
-            .ok_or_else(|| ServicesError::NotFound(name.into()))?;
+        let svc = self.stored_service(name)?;
         let tasks = tasks_by_service(self)?.remove(name).unwrap_or_default();
         let events = self.records.store.service_events(name)?;
         Ok(self.services.view(self, svc, &tasks, Some(events)))
@@ -341,11 +344,7 @@ impl Server {
         };
         let svc = {
             let _g = lock(&self.services.records);
-            let mut svc = self
-                .records
-                .store
-                .service(name)?
-                .ok_or_else(|| ServicesError::NotFound(name.into()))?;
+            let mut svc = self.stored_service(name)?;
             if svc.status == ServiceStatus::Draining {
                 return Err(ServicesError::Draining(name.into()));
             }
@@ -380,11 +379,7 @@ impl Server {
     pub fn delete_service(&self, name: &str) -> Result<ServiceView, ServicesError> {
         let svc = {
             let _g = lock(&self.services.records);
-            let mut svc = self
-                .records
-                .store
-                .service(name)?
-                .ok_or_else(|| ServicesError::NotFound(name.into()))?;
+            let mut svc = self.stored_service(name)?;
             if svc.status != ServiceStatus::Draining {
                 svc.status = ServiceStatus::Draining;
                 svc.updated_ms = now_ms();
