@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what scripts/setup.sh built: skiff, skiff-jailer, skiff-initramfs and the static
+# Installs what scripts/setup.sh built: skiff, skiff-jailer, skiff-initramfs,
+# containerd-shim-skiff-v2 (containerd's runtime io.containerd.skiff.v2) and the static
 # skiff-vmm on PATH ($PREFIX/bin), the guest kernel and the static guest agent in Skiff's
 # data directory ($PREFIX/lib/skiff), where `skiff` finds them without any environment
 # variable. PREFIX defaults to /usr/local; SKIFF_BUILD_DIR (default target/release) is
@@ -13,7 +14,7 @@ build="${SKIFF_BUILD_DIR:-$root/target/release}"
 bin="$prefix/bin"
 data="$prefix/lib/skiff"
 install -d -m 0755 "$bin" "$data"
-for b in skiff skiff-jailer skiff-initramfs; do
+for b in skiff skiff-jailer skiff-initramfs containerd-shim-skiff-v2; do
     install -m 0755 "$build/$b" "$bin/$b"
 done
 install -m 0755 "$root/target/skiff-vmm" "$bin/skiff-vmm"
@@ -22,4 +23,4 @@ install -m 0644 "$kernel" "$data/vmlinux"
 map="$(dirname "$kernel")/System.map"
 [ ! -f "$map" ] || install -m 0644 "$map" "$data/System.map"
 install -m 0755 "$root/target/skiff-agent" "$data/skiff-agent"
-echo "install: $bin/{skiff,skiff-vmm,skiff-jailer,skiff-initramfs}, $data/{vmlinux,skiff-agent}" >&2
+echo "install: $bin/{skiff,skiff-vmm,skiff-jailer,skiff-initramfs,containerd-shim-skiff-v2}, $data/{vmlinux,skiff-agent}" >&2

@@ -109,6 +109,51 @@ pub struct RunSpec {
     /// ask for it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub usage_interval_ms: u64,
+    /// Resource limits the process starts with (OCI's `process.rlimits`, from the
+    /// containerd shim); the guest's defaults for the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// One resource limit, as OCI's runtime spec and setrlimit(2) name them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    /// `RLIMIT_NOFILE`, `RLIMIT_NPROC`, … (see [`RLIMIT_NAMES`]).
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The limits a [`Rlimit`] may name, with their setrlimit(2) resource numbers on Linux
+/// (the same on every architecture Skiff runs on).
+pub const RLIMIT_NAMES: [(&str, u32); 16] = [
+    ("RLIMIT_CPU", 0),
+    ("RLIMIT_FSIZE", 1),
+    ("RLIMIT_DATA", 2),
+    ("RLIMIT_STACK", 3),
+    ("RLIMIT_CORE", 4),
+    ("RLIMIT_RSS", 5),
+    ("RLIMIT_NPROC", 6),
+    ("RLIMIT_NOFILE", 7),
+    ("RLIMIT_MEMLOCK", 8),
+    ("RLIMIT_AS", 9),
+    ("RLIMIT_LOCKS", 10),
+    ("RLIMIT_SIGPENDING", 11),
+    ("RLIMIT_MSGQUEUE", 12),
+    ("RLIMIT_NICE", 13),
+    ("RLIMIT_RTPRIO", 14),
+    ("RLIMIT_RTTIME", 15),
+];
+
+impl Rlimit {
+    /// Its setrlimit(2) resource number, if the name is one of [`RLIMIT_NAMES`].
+    pub fn resource(&self) -> Option<u32> {
+        RLIMIT_NAMES
+            .iter()
+            .find(|(n, _)| *n == self.name)
+            .map(|&(_, r)| r)
+    }
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -12,7 +12,7 @@ fn wire(f: &Frame) -> String {
 
 #[test]
 fn protocol_version_is_6() {
-    assert_eq!(PROTOCOL_VERSION, 6);
+    assert_eq!(PROTOCOL_VERSION, 7);
     assert_eq!(STDIN_WINDOW, 1 << 20);
     assert_eq!(HOST_PORT, 1024);
 }
@@ -49,8 +49,26 @@ fn control_messages_encode_as_frozen() {
                 network: None,
                 record_opens: false,
                 usage_interval_ms: 0,
+                rlimits: Vec::new(),
             })),
             r#"db00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false,"wall_clock_ms":1700000000123,"entropy":[1,255]}"#,
+        ),
+        (
+            Message::Run(Box::new(RunSpec {
+                argv: vec!["sleep".into(), "1".into()],
+                working_dir: "/".into(),
+                user: "0".into(),
+                image_disk: "/dev/vda".into(),
+                upper_size_mib: 16,
+                hostname: "c".into(),
+                rlimits: vec![Rlimit {
+                    name: "RLIMIT_NOFILE".into(),
+                    soft: 1024,
+                    hard: 4096,
+                }],
+                ..Default::default()
+            })),
+            r#"ef00000000 {"type":"run","argv":["sleep","1"],"env":[],"working_dir":"/","user":"0","image_disk":"/dev/vda","upper_size_mib":16,"hostname":"c","stdin":false,"wall_clock_ms":0,"entropy":[],"rlimits":[{"name":"RLIMIT_NOFILE","soft":1024,"hard":4096}]}"#,
         ),
         (
             Message::Hello {

@@ -5,6 +5,7 @@
 //! proxy.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod guest;
 pub mod inject;
 pub mod install;

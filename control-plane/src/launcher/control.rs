@@ -43,6 +43,8 @@ struct State {
     child: Option<Child>,
     status: Option<ExitStatus>,
     connected: bool,
+    /// The agent reported the task's process started (execs are taken from then on).
+    started: bool,
     ended: bool,
     killed: bool,
     /// Stdin bytes sent that the agent has not reported consumed (≤ STDIN_WINDOW).
@@ -95,6 +97,21 @@ impl TaskControl {
             st = self.0.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st.connected && !st.ended
+    }
+
+    /// Blocks until the task's process has started (true) or the task ended first
+    /// (false): an [`TaskControl::exec`] needs the process's container.
+    pub fn wait_started(&self) -> bool {
+        let mut st = self.state();
+        while !st.started && !st.ended {
+            st = self.0.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.started && !st.ended
+    }
+
+    pub(super) fn process_started(&self) {
+        self.state().started = true;
+        self.0.changed.notify_all();
     }
 
     /// Delivers `signal` to the task's process. Before the process exists (the VM is still

@@ -236,6 +236,7 @@ impl Session<'_> {
                     self.timings.guest.connected_ms,
                 );
                 self.timings.process_started_ms = Some(self.ms());
+                self.control.process_started();
                 (self.on_event)(TaskEvent::ProcessStarted);
             }
             Frame::Control(Message::Exited(report)) => {

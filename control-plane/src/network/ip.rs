@@ -140,3 +140,38 @@ pub fn redirect(ns: &str, from: &str, to: &str) -> Result<(), IpError> {
     )
     .map(drop)
 }
+
+/// The first IPv4 address of `dev` in namespace `ns`, as `ADDRESS/PREFIX`.
+pub fn ipv4_of(ns: &str, dev: &str) -> Result<Option<String>, IpError> {
+    let out = run("ip", &["-n", ns, "-j", "-4", "addr", "show", "dev", dev])?;
+    let v: Value = serde_json::from_str(&out).map_err(|_| IpError {
+        command: format!("ip -n {ns} -j -4 addr show dev {dev}"),
+        why: "not JSON".into(),
+    })?;
+    Ok(v.get(0)
+        .and_then(|l| l["addr_info"].as_array())
+        .and_then(|a| a.first())
+        .and_then(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?))))
+}
+
+/// The IPv4 default route's gateway in namespace `ns`, if it has one.
+pub fn default_gateway(ns: &str) -> Result<Option<std::net::IpAddr>, IpError> {
+    let out = run("ip", &["-n", ns, "-j", "-4", "route", "show", "default"])?;
+    let v: Value = serde_json::from_str(&out).map_err(|_| IpError {
+        command: format!("ip -n {ns} -j -4 route show default"),
+        why: "not JSON".into(),
+    })?;
+    Ok(v.get(0)
+        .and_then(|r| r["gateway"].as_str())
+        .and_then(|g| g.parse().ok()))
+}
+
+/// Undoes [`redirect`] from `dev` (its ingress qdisc, with the filter in it).
+pub fn redirect_del(ns: &str, dev: &str) -> Result<(), IpError> {
+    run("tc", &["-n", ns, "qdisc", "del", "dev", dev, "ingress"]).map(drop)
+}
+
+/// Deletes link `dev` in namespace `ns`.
+pub fn link_del_in(ns: &str, dev: &str) -> Result<(), IpError> {
+    run("ip", &["-n", ns, "link", "del", "dev", dev]).map(drop)
+}

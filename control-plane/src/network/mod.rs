@@ -121,6 +121,44 @@ impl TaskNetwork {
     pub fn netns_path(&self) -> PathBuf {
         ip::netns_path(&self.netns)
     }
+
+    /// A namespace someone else set up (a Kubernetes pod's, by containerd's CNI plugins),
+    /// pinned at `/run/netns/NAME`, with its `eth0` configured: the VM takes that
+    /// interface's MAC, address, gateway and MTU as a task's VM takes its CNI interface's.
+    /// Plug the VM with [`Networks::plug_vm`] and unplug it with [`TaskNetwork::unplug_vm`]:
+    /// the namespace and its interface stay its owner's.
+    pub fn from_netns(name: &str, nameservers: Vec<String>) -> Result<TaskNetwork, NetError> {
+        let incomplete = |what| NetError::Incomplete {
+            network: format!("namespace {name}"),
+            what,
+        };
+        let (mac, mtu) = ip::link_info(name, CNI_IFNAME)?;
+        let address = ip::ipv4_of(name, CNI_IFNAME)?.ok_or_else(|| incomplete("IPv4 address on eth0"))?;
+        Ok(TaskNetwork {
+            network: String::new(),
+            netns: name.to_owned(),
+            tap: TAP_NAME.into(),
+            container_id: String::new(),
+            port_mappings: Vec::new(),
+            result: CniResult::default(),
+            guest: GuestNet {
+                mac,
+                address,
+                gateway: ip::default_gateway(name)?,
+                mtu,
+                nameservers,
+            },
+        })
+    }
+
+    /// Takes the VM's TAP and the redirects out of a namespace that stays (see
+    /// [`TaskNetwork::from_netns`]); safe to repeat.
+    pub fn unplug_vm(&self) {
+        if ip::link_info(&self.netns, &self.tap).is_ok() {
+            let _ = ip::redirect_del(&self.netns, CNI_IFNAME);
+            let _ = ip::link_del_in(&self.netns, &self.tap);
+        }
+    }
 }
 
 /// Attaches tasks to one CNI network.

@@ -215,6 +215,7 @@ fn child(req: &ExecRequest, cgroup: Option<RawFd>, out: OwnedFd) -> ! {
             .map_err(|e| fail(&format!("working directory {}", req.cwd), e))?;
         let gid = nix::unistd::Gid::from_raw(req.gid);
         let user = |e| fail(&format!("user {}:{}", req.uid, req.gid), e);
+        super::helper::set_rlimits(&req.rlimits).map_err(|(kind, m)| (kind.exit_code(), m))?;
         nix::unistd::setgroups(&[gid]).map_err(user)?;
         nix::unistd::setgid(gid).map_err(user)?;
         nix::unistd::setuid(nix::unistd::Uid::from_raw(req.uid)).map_err(user)?;

@@ -31,6 +31,10 @@ pub struct ExecRequest {
     pub gid: u32,
     /// Stdin from the agent's pipe; otherwise `/dev/null`.
     pub stdin: bool,
+    /// setrlimit(2) resource, soft, hard: set before the identity changes, so hard limits
+    /// may be raised too.
+    #[serde(default)]
+    pub rlimits: Vec<(u32, u64, u64)>,
 }
 
 /// A helper waiting for its request.
@@ -277,10 +281,32 @@ fn wait_and_exec(
             format!("{}:{}: {e}", req.uid, req.gid),
         )
     };
+    set_rlimits(&req.rlimits)?;
     nix::unistd::setgroups(&[gid]).map_err(bad_user)?;
     nix::unistd::setgid(gid).map_err(bad_user)?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(req.uid)).map_err(bad_user)?;
     exec_program(&req)
+}
+
+/// Applies the process's resource limits (resource numbers checked by the agent against
+/// `RLIMIT_NAMES`; the kernel refuses a soft limit above the hard one).
+pub(super) fn set_rlimits(limits: &[(u32, u64, u64)]) -> Result<(), (FailureKind, String)> {
+    for &(resource, soft, hard) in limits {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: `lim` is a valid rlimit that lives across the call; setrlimit only reads
+        // it, and an unknown resource number is refused with EINVAL.
+        if unsafe { libc::setrlimit(resource as _, &lim) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err((
+                FailureKind::Internal,
+                format!("rlimit {resource} ({soft}/{hard}): {e}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Finds `argv[0]` as a shell does (a name with a `/` as it is, else each `PATH` entry in

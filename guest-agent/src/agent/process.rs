@@ -130,6 +130,16 @@ fn exec_request(spec: &RunSpec) -> Result<ExecRequest, (FailureKind, String)> {
     if !has(&env, "HOME") {
         env.push(if ids.uid == 0 { "HOME=/root" } else { "HOME=/" }.to_owned());
     }
+    let mut rlimits = Vec::with_capacity(spec.rlimits.len());
+    for l in &spec.rlimits {
+        let resource = l.resource().ok_or_else(|| {
+            (
+                FailureKind::Internal,
+                format!("unknown resource limit {:?}", l.name),
+            )
+        })?;
+        rlimits.push((resource, l.soft, l.hard));
+    }
     Ok(ExecRequest {
         argv: spec.argv.clone(),
         env,
@@ -137,6 +147,7 @@ fn exec_request(spec: &RunSpec) -> Result<ExecRequest, (FailureKind, String)> {
         uid: ids.uid,
         gid: ids.gid,
         stdin: spec.stdin,
+        rlimits,
     })
 }
 

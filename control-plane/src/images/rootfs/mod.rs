@@ -228,26 +228,9 @@ impl RootfsBuilder {
         }
         let tree = result?;
         let unpacked = started.elapsed();
-        // Made next to its final name, so the rename is atomic whatever the unpack dir is.
-        let out = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{}-", image_id.short()))
-            .tempfile_in(&self.dir)
-            .map_err(io_at(&self.dir))?;
-        match format {
-            RootfsFormat::Erofs => mkfs_erofs(&tree, out.path())?,
-            RootfsFormat::Ext4 => mkfs_ext4(&tree, out.path())?,
-        }
         // Read-only for everyone who can reach it: jailed VMMs (their own uids) read it
-        // through a bind mount; the store's directories keep other users out. Synced
-        // before the rename, so a crash never leaves a torn image under the final name.
-        out.as_file()
-            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
-            .and_then(|_| out.as_file().sync_all())
-            .map_err(io_at(out.path()))?;
-        out.persist(&path).map_err(|e| RootfsError::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
+        // through a bind mount; the store's directories keep other users out.
+        self.make_image(&tree, format, &path)?;
         let made = started.elapsed();
         let in_memory = work.in_memory;
         drop(work);
@@ -257,6 +240,84 @@ impl RootfsBuilder {
             format,
             cached: false,
         })
+    }
+}
+
+impl RootfsBuilder {
+    /// Returns the cached image called `name` (letters, digits, `-` and `_`), making it
+    /// from the directory tree `tree()` gives when it is not there yet. For trees that
+    /// come from elsewhere (containerd's snapshots): `tree` is called only on a miss, and
+    /// concurrent callers for one name build it once.
+    pub fn from_tree<T: AsRef<Path>>(
+        &self,
+        name: &str,
+        tree: impl FnOnce() -> Result<T, RootfsError>,
+    ) -> Result<Rootfs, RootfsError> {
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "rootfs name {name:?}"
+        );
+        let format = self.format();
+        let path = self.dir.join(format!("{name}.{}", format.ext()));
+        let lock_path = self.dir.join(format!("{name}.lock"));
+        let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            RootfsError::Io {
+                path: lock_path.clone(),
+                source: e.into(),
+            }
+        })?;
+        if path.is_file() {
+            readable_by_vmms(&path)?;
+            return Ok(Rootfs {
+                path,
+                format,
+                cached: true,
+            });
+        }
+        let started = Instant::now();
+        let tree = tree()?;
+        self.make_image(tree.as_ref(), format, &path)?;
+        info!(name, format = format.ext(), took = ?started.elapsed(), "root filesystem image built from a tree");
+        Ok(Rootfs {
+            path,
+            format,
+            cached: false,
+        })
+    }
+
+    /// Makes an image of `tree` at `path`, not cached (a tree that may change, such as a
+    /// container's own directory).
+    pub fn image_at(&self, tree: &Path, path: &Path) -> Result<RootfsFormat, RootfsError> {
+        let format = self.format();
+        self.make_image(tree, format, path)?;
+        Ok(format)
+    }
+
+    /// Makes the image at `path` from `tree`: built beside it and renamed into place, so a
+    /// crash never leaves a torn image under the final name.
+    fn make_image(&self, tree: &Path, format: RootfsFormat, path: &Path) -> Result<(), RootfsError> {
+        let dir = path.parent().unwrap_or(&self.dir);
+        let out = tempfile::Builder::new()
+            .prefix(".tmp-tree-")
+            .tempfile_in(dir)
+            .map_err(io_at(dir))?;
+        match format {
+            RootfsFormat::Erofs => mkfs_erofs(tree, out.path())?,
+            RootfsFormat::Ext4 => mkfs_ext4(tree, out.path())?,
+        }
+        out.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .and_then(|_| out.as_file().sync_all())
+            .map_err(io_at(out.path()))?;
+        out.persist(path).map_err(|e| RootfsError::Io {
+            path: path.to_owned(),
+            source: e.error,
+        })?;
+        Ok(())
     }
 }
 

@@ -267,6 +267,26 @@ impl Snapshots {
         }
     }
 
+    /// Waits until no build runs (or `timeout` passed); true when none does. A process
+    /// that exits with a build under way loses it (the containerd shim waits here).
+    pub fn wait_for_builds(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .builders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Drops a snapshot the VMM refused; the next task of that shape builds a new one.
     pub fn discard(&self, snap: &Snapshot) {
         let mut shapes = self.shapes();
