@@ -16,7 +16,7 @@ log() { echo "setup: $*" >&2; }
 # Skiff's own isolation table); debootstrap: the CPython image of `skiff bench cold-start
 # --python`.
 pkgs=(build-essential busybox-static cpio docker-registry skopeo erofs-utils e2fsprogs openssl apache2-utils
-      containernetworking-plugins iproute2 iptables nftables debootstrap containerd runc)
+      containernetworking-plugins iproute2 iptables nftables debootstrap containerd runc protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

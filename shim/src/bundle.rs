@@ -71,9 +71,16 @@ pub struct Plan {
     pub terminal: bool,
     /// CRI's annotation: this is a pod's sandbox ("pause") container.
     pub is_sandbox: bool,
-    /// The network namespace to join, by its name under `/run/netns` (a pod's, made by
-    /// containerd's CNI set-up); None: the VM has loopback only.
+    /// The network namespace to join: a pod's, made by containerd's CNI set-up, by its
+    /// name under `/run/netns` (a pod's sandbox names it so); None: the VM has loopback
+    /// only.
     pub netns: Option<String>,
+    /// A namespace path that is not under `/run/netns` (CRI gives a pod's containers
+    /// their sandbox's as `/proc/PID/ns/net`): the shim resolves it through the pod's
+    /// sandbox, or refuses it.
+    pub netns_other: Option<PathBuf>,
+    /// The pod's sandbox id (CRI's annotation), for a pod's containers.
+    pub sandbox_id: Option<String>,
     /// The nameservers of the `/etc/resolv.conf` the bundle mounts (CRI writes one per pod).
     pub nameservers: Vec<String>,
 }
@@ -178,7 +185,13 @@ pub fn plan(bundle: &Path, spec: &Spec, host_cpus: u32) -> Result<Plan, BundleEr
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "skiff".into());
     let annotations = spec.annotations().clone().unwrap_or_default();
-    let netns = network_namespace(spec)?;
+    let (netns, netns_other) = match network_namespace(spec) {
+        None => (None, None),
+        Some(path) => match named_netns(&path) {
+            Some(name) => (Some(name), None),
+            None => (None, Some(path)),
+        },
+    };
     let nameservers = spec
         .mounts()
         .iter()
@@ -205,37 +218,34 @@ pub fn plan(bundle: &Path, spec: &Spec, host_cpus: u32) -> Result<Plan, BundleEr
             .get("io.kubernetes.cri.container-type")
             .is_some_and(|t| t == "sandbox"),
         netns,
+        netns_other,
+        sandbox_id: sandbox_id(spec),
         nameservers,
     })
 }
 
-/// The network namespace the bundle joins, if it names one by path: only a namespace
-/// pinned under `/run/netns` (`/var/run/netns`), where CRI and `ip netns` put them.
-fn network_namespace(spec: &Spec) -> Result<Option<String>, BundleError> {
+/// The path of the network namespace the bundle joins, if it names one (none: a new
+/// namespace of its own, or the host's network; a VM can share neither).
+fn network_namespace(spec: &Spec) -> Option<PathBuf> {
     use oci_spec::runtime::LinuxNamespaceType;
-    let Some(ns) = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|n| n.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
-    else {
-        // No network namespace of its own: the host's network, which a VM cannot share.
-        return Ok(None);
-    };
-    let Some(path) = ns.path().as_ref() else {
-        return Ok(None);
-    };
-    let name = ["/run/netns/", "/var/run/netns/"]
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+}
+
+/// The name of a namespace pinned under `/run/netns` (`/var/run/netns`), where CRI and
+/// `ip netns` put them.
+pub fn named_netns(path: &Path) -> Option<String> {
+    ["/run/netns/", "/var/run/netns/"]
         .iter()
         .find_map(|dir| path.to_str()?.strip_prefix(dir))
         .filter(|n| !n.is_empty() && !n.contains('/') && *n != "." && *n != "..")
-        .ok_or_else(|| {
-            field(
-                "linux.namespaces",
-                format!("network namespace {}: only namespaces under /run/netns can be joined", path.display()),
-            )
-        })?;
-    Ok(Some(name.to_owned()))
+        .map(str::to_owned)
 }
 
 /// The `nameserver` lines of a resolv.conf on the host (read at most 64 KiB of it; a file
@@ -384,8 +394,9 @@ mod tests {
         assert_eq!(p.nameservers, ["10.0.0.2"]);
         let mut j = base();
         j["linux"]["namespaces"] = serde_json::json!([{"type": "network", "path": "/proc/1/ns/net"}]);
-        let e = plan(Path::new("/b"), &spec(j), 2).unwrap_err().to_string();
-        assert!(e.contains("only namespaces under /run/netns"), "{e}");
+        let p = plan(Path::new("/b"), &spec(j), 2).unwrap();
+        assert_eq!((p.netns, p.netns_other), (None, Some("/proc/1/ns/net".into())));
+        assert_eq!(named_netns(Path::new("/run/netns/../x")), None);
         let mut j = base();
         j["linux"]["namespaces"] = serde_json::json!([{"type": "network"}]);
         assert_eq!(plan(Path::new("/b"), &spec(j), 2).unwrap().netns, None);

@@ -173,7 +173,8 @@ impl TaskService {
                 sandbox: true,
                 control: TaskControl::new(),
                 work: work.to_owned(),
-                netns: None,
+                // The pod's namespace: its containers name it through the sandbox.
+                netns: plan.netns.clone(),
                 status: Status::Created,
                 pid: std::process::id(),
                 exit: None,
@@ -200,7 +201,28 @@ impl TaskService {
             snapshot: None,
             net: None,
         };
-        let net = match &plan.netns {
+        let netns = match (&plan.netns, &plan.netns_other) {
+            (Some(ns), _) => Some(ns.clone()),
+            (None, None) => None,
+            (None, Some(path)) => {
+                // CRI joins a pod's containers to their sandbox's namespace by its
+                // process; here the sandbox is a placeholder in this shim that knows the
+                // pod's namespace by name.
+                let sandbox = plan.sandbox_id.as_ref().and_then(|id| {
+                    self.lock().get(id).filter(|c| c.sandbox).and_then(|c| c.netns.clone())
+                });
+                Some(sandbox.ok_or_else(|| {
+                    error(
+                        Code::INVALID_ARGUMENT,
+                        format!(
+                            "bundle config.json: linux.namespaces: network namespace {}: only namespaces under /run/netns (or a pod sandbox's in this shim) can be joined",
+                            path.display()
+                        ),
+                    )
+                })?)
+            }
+        };
+        let net = match &netns {
             Some(ns) => Some(
                 TaskNetwork::from_netns(ns, plan.nameservers.clone())
                     .map_err(|e| error(Code::FAILED_PRECONDITION, format!("pod network: {e}")))?,
@@ -230,7 +252,7 @@ impl TaskService {
             sandbox: false,
             control: TaskControl::new(),
             work: work.to_owned(),
-            netns: plan.netns.clone(),
+            netns,
             status: Status::Created,
             pid: std::process::id(),
             exit: None,
@@ -407,8 +429,10 @@ impl containerd_shim::Task for TaskService {
             // One VM per container, on the pod's one interface: a second container in a
             // pod with a network would need the pod's VM (as Kata has), which is not built.
             let shared = c.netns.as_ref().is_some_and(|ns| {
-                map.values()
-                    .any(|o| o.netns.as_ref() == Some(ns) && o.status != Status::Stopped)
+                !c.sandbox
+                    && map.values().any(|o| {
+                        !o.sandbox && o.netns.as_ref() == Some(ns) && o.status != Status::Stopped
+                    })
             });
             if shared || map.contains_key(&req.id) {
                 drop(map);

@@ -31,6 +31,13 @@ impl Containerd {
     /// Starts containerd in `dir` (emptied first). Its sockets live under a short
     /// directory of /run, as a Unix socket's path must stay within 107 bytes.
     pub fn start(name: &str) -> Result<Self> {
+        Self::start_in(name, None, None)
+    }
+
+    /// Starts containerd inside network namespace `netns` (a test host: CNI's bridge and
+    /// the pods' addresses stay there), with `cni` as the one CNI network configuration
+    /// list its CRI plugin uses for pods.
+    pub fn start_in(name: &str, netns: Option<&Path>, cni: Option<serde_json::Value>) -> Result<Self> {
         let dir = crate::paths::tmp_dir().join(format!("containerd-{name}"));
         let _ = Command::new("umount").arg("-R").arg(&dir).output();
         let _ = std::fs::remove_dir_all(&dir);
@@ -74,13 +81,27 @@ state = "{state}"
                 cni = dir.join("cni").display(),
             ),
         )?;
+        if let Some(conf) = cni {
+            std::fs::create_dir_all(dir.join("cni"))?;
+            std::fs::write(dir.join("cni/10-test.conflist"), serde_json::to_vec_pretty(&conf)?)?;
+        }
         let log = dir.join("containerd.log");
         let path = format!(
             "{}:{}",
             crate::paths::bin_dir().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new("containerd")
+        // nsenter rather than `ip netns exec`, which remounts /sys (and so the cgroups the
+        // jailer uses) in a mount namespace of its own.
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -134,11 +155,16 @@ state = "{state}"
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
-    /// Imports the busybox archive as [`BUSYBOX_IMAGE`].
+    /// Imports the busybox archive as [`BUSYBOX_IMAGE`] (in ctr's default namespace).
     pub fn import_busybox(&self) -> Result<()> {
+        self.import_busybox_in("default")
+    }
+
+    /// Imports the busybox archive into containerd namespace `ns` (CRI's is `k8s.io`).
+    pub fn import_busybox_in(&self, ns: &str) -> Result<()> {
         let archive = self.dir.join("busybox-oci.tar");
         write_busybox_archive(&archive)?;
-        self.ctr_ok(&["image", "import", archive.to_str().unwrap()])?;
+        self.ctr_ok(&["-n", ns, "image", "import", archive.to_str().unwrap()])?;
         Ok(())
     }
 }
@@ -146,10 +172,12 @@ state = "{state}"
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Tasks first, so that no shim or VM outlives the test.
-        if let Ok(list) = self.ctr(&["task", "ls", "-q"]) {
-            for id in String::from_utf8_lossy(&list.stdout).lines() {
-                let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-                let _ = self.ctr(&["task", "delete", "-f", id]);
+        for ns in ["default", "k8s.io"] {
+            if let Ok(list) = self.ctr(&["-n", ns, "task", "ls", "-q"]) {
+                for id in String::from_utf8_lossy(&list.stdout).lines() {
+                    let _ = self.ctr(&["-n", ns, "task", "kill", "-s", "SIGKILL", id]);
+                    let _ = self.ctr(&["-n", ns, "task", "delete", "-f", id]);
+                }
             }
         }
         let _ = self.child.kill();
@@ -203,7 +231,7 @@ pub fn write_busybox_archive(path: &Path) -> Result<()> {
         add(d, tar::EntryType::Directory, 0o755, None, b"");
     }
     add("bin/busybox", tar::EntryType::Regular, 0o755, None, &busybox);
-    for a in ["sh", "echo", "sleep", "cat", "true", "ls", "id", "grep", "head", "ulimit"] {
+    for a in ["sh", "echo", "sleep", "cat", "true", "ls", "id", "grep", "head", "ip", "ping"] {
         add(&format!("bin/{a}"), tar::EntryType::Symlink, 0o777, Some("busybox"), b"");
     }
     add(
