@@ -278,7 +278,9 @@ fn resources(spec: &Spec, host_cpus: u32) -> Result<(u64, u32), BundleError> {
             if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
                 return Err(field(
                     "linux.resources.memory.limit",
-                    format!("{l} bytes: a Skiff VM has {MIN_MEMORY_MIB} MiB to {MAX_MEMORY_MIB} MiB"),
+                    format!(
+                        "{l} bytes: a Skiff VM has {MIN_MEMORY_MIB} MiB to {MAX_MEMORY_MIB} MiB"
+                    ),
                 ));
             }
             mib
@@ -360,7 +362,8 @@ mod tests {
 
     #[test]
     fn what_a_vm_cannot_honour_is_refused_by_field() {
-        let err = |j: serde_json::Value| plan(Path::new("/b"), &spec(j), 2).unwrap_err().to_string();
+        let err =
+            |j: serde_json::Value| plan(Path::new("/b"), &spec(j), 2).unwrap_err().to_string();
         let mut j = base();
         j["process"]["args"] = serde_json::json!([]);
         assert!(err(j).contains("process.args: no command given"));
@@ -377,7 +380,8 @@ mod tests {
         j["process"]["rlimits"][0]["soft"] = serde_json::json!(9999);
         assert!(err(j).contains("soft limit 9999 above hard 4096"));
         let mut j = base();
-        j["mounts"] = serde_json::json!([{"destination": "/data", "type": "bind", "source": "/etc"}]);
+        j["mounts"] =
+            serde_json::json!([{"destination": "/data", "type": "bind", "source": "/etc"}]);
         assert!(err(j).contains("/data: volumes are not supported"));
     }
 
@@ -387,15 +391,20 @@ mod tests {
         let resolv = dir.path().join("resolv.conf");
         std::fs::write(&resolv, "search x\nnameserver 10.0.0.2\nnameserver bogus\n").unwrap();
         let mut j = base();
-        j["linux"]["namespaces"] = serde_json::json!([{"type": "network", "path": "/var/run/netns/cni-1234"}]);
+        j["linux"]["namespaces"] =
+            serde_json::json!([{"type": "network", "path": "/var/run/netns/cni-1234"}]);
         j["mounts"] = serde_json::json!([{"destination": "/etc/resolv.conf", "type": "bind", "source": resolv}]);
         let p = plan(Path::new("/b"), &spec(j), 2).unwrap();
         assert_eq!(p.netns.as_deref(), Some("cni-1234"));
         assert_eq!(p.nameservers, ["10.0.0.2"]);
         let mut j = base();
-        j["linux"]["namespaces"] = serde_json::json!([{"type": "network", "path": "/proc/1/ns/net"}]);
+        j["linux"]["namespaces"] =
+            serde_json::json!([{"type": "network", "path": "/proc/1/ns/net"}]);
         let p = plan(Path::new("/b"), &spec(j), 2).unwrap();
-        assert_eq!((p.netns, p.netns_other), (None, Some("/proc/1/ns/net".into())));
+        assert_eq!(
+            (p.netns, p.netns_other),
+            (None, Some("/proc/1/ns/net".into()))
+        );
         assert_eq!(named_netns(Path::new("/run/netns/../x")), None);
         let mut j = base();
         j["linux"]["namespaces"] = serde_json::json!([{"type": "network"}]);
@@ -426,6 +435,9 @@ mod tests {
             vec![b' '; MAX_CONFIG_BYTES as usize + 2],
         )
         .unwrap();
-        assert!(load(dir.path()).unwrap_err().to_string().contains("larger than"));
+        assert!(load(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("larger than"));
     }
 }

@@ -22,7 +22,8 @@ impl Events {
             .spawn(move || {
                 for (topic, event) in rx {
                     let event: Box<dyn MessageDyn> = event;
-                    if let Err(e) = publisher.publish(Context::default(), topic, &namespace, event) {
+                    if let Err(e) = publisher.publish(Context::default(), topic, &namespace, event)
+                    {
                         tracing::warn!("publishing {topic}: {e}");
                     }
                 }

@@ -19,7 +19,9 @@ const MAX_MOUNT_DATA: usize = 4000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
-    #[error("the bundle has no root filesystem: containerd gave no mounts and {0} is missing or empty")]
+    #[error(
+        "the bundle has no root filesystem: containerd gave no mounts and {0} is missing or empty"
+    )]
     NoRootfs(PathBuf),
     #[error("root filesystem mount of type {0:?} is not supported (overlay and bind are)")]
     UnsupportedMount(String),
@@ -122,9 +124,7 @@ fn layers(mounts: &[Mount], root_dir: &Path) -> Result<Layers, RootError> {
                 }
             }
             if lower.is_empty() || lower.iter().any(|d| !d.is_absolute()) {
-                return Err(RootError::BadOverlay(
-                    "no absolute lowerdir= option".into(),
-                ));
+                return Err(RootError::BadOverlay("no absolute lowerdir= option".into()));
             }
             // The upper holds what the container wrote before (a restart): kept, but
             // then the tree is this container's own.

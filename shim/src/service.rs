@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
-use containerd_shim::protos::protobuf::MessageField;
 
 use crate::events::{timestamp, Events};
 use crate::task::{SharedHost, TaskService};

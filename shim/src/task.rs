@@ -142,7 +142,11 @@ impl TaskService {
     }
 
     /// Reads the bundle and builds the root filesystem image: everything but the VM.
-    fn prepare(&self, req: &api::CreateTaskRequest, work: &std::path::Path) -> Result<Container, ttrpc::Error> {
+    fn prepare(
+        &self,
+        req: &api::CreateTaskRequest,
+        work: &std::path::Path,
+    ) -> Result<Container, ttrpc::Error> {
         let invalid = |e: &dyn std::fmt::Display| error(Code::INVALID_ARGUMENT, e.to_string());
         if req.terminal {
             return Err(error(
@@ -209,7 +213,10 @@ impl TaskService {
                 // process; here the sandbox is a placeholder in this shim that knows the
                 // pod's namespace by name.
                 let sandbox = plan.sandbox_id.as_ref().and_then(|id| {
-                    self.lock().get(id).filter(|c| c.sandbox).and_then(|c| c.netns.clone())
+                    self.lock()
+                        .get(id)
+                        .filter(|c| c.sandbox)
+                        .and_then(|c| c.netns.clone())
                 });
                 Some(sandbox.ok_or_else(|| {
                     error(
@@ -443,7 +450,10 @@ impl containerd_shim::Task for TaskService {
                         "io.containerd.skiff.v2 runs one container per pod: this pod already has one running",
                     )
                 } else {
-                    error(Code::ALREADY_EXISTS, format!("container {} already exists", req.id))
+                    error(
+                        Code::ALREADY_EXISTS,
+                        format!("container {} already exists", req.id),
+                    )
                 });
             }
             map.insert(req.id.clone(), c);
@@ -472,7 +482,11 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         if !req.exec_id.is_empty() {
             return self.start_exec(&req.id, &req.exec_id);
         }
@@ -536,7 +550,9 @@ impl containerd_shim::Task for TaskService {
             } else {
                 c.execs
                     .get(&req.exec_id)
-                    .ok_or_else(|| error(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?
+                    .ok_or_else(|| {
+                        error(Code::NOT_FOUND, format!("exec {} not found", req.exec_id))
+                    })?
                     .exit
             };
             if let Some(e) = exit {
@@ -603,15 +619,23 @@ impl containerd_shim::Task for TaskService {
         }
     }
 
-    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
         let mut map = self.lock();
         let c = map.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         if !req.exec_id.is_empty() {
-            let e = c.execs.get(&req.exec_id).ok_or_else(|| {
-                error(Code::NOT_FOUND, format!("exec {} not found", req.exec_id))
-            })?;
+            let e = c
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| error(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
             if e.status == Status::Running {
-                return Err(error(Code::FAILED_PRECONDITION, "the exec is still running"));
+                return Err(error(
+                    Code::FAILED_PRECONDITION,
+                    "the exec is still running",
+                ));
             }
             let exit = e.exit;
             c.execs.remove(&req.exec_id);
@@ -661,15 +685,20 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         let map = self.lock();
         let c = map.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         let (status, exit, io) = if req.exec_id.is_empty() {
             (c.status, c.exit, &c.io)
         } else {
-            let e = c.execs.get(&req.exec_id).ok_or_else(|| {
-                error(Code::NOT_FOUND, format!("exec {} not found", req.exec_id))
-            })?;
+            let e = c
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| error(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
             (e.status, e.exit, &e.io)
         };
         Ok(api::StateResponse {
@@ -760,7 +789,10 @@ impl containerd_shim::Task for TaskService {
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         let control = {
             let map = self.lock();
-            map.get(&req.id).ok_or_else(|| not_found(&req.id))?.control.clone()
+            map.get(&req.id)
+                .ok_or_else(|| not_found(&req.id))?
+                .control
+                .clone()
         };
         if req.stdin && req.exec_id.is_empty() {
             let _ = control.close_stdin();
@@ -768,7 +800,11 @@ impl containerd_shim::Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
         let task_pid = self.lock().get(&req.id).map_or(0, |c| c.pid);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),

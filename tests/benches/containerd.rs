@@ -20,7 +20,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn run_true(ctrd: &Containerd, runtime: &str, id: &str) -> Result<f64> {
     let started = Instant::now();
-    let o = ctrd.ctr(&["run", "--rm", "--runtime", runtime, BUSYBOX_IMAGE, id, "true"])?;
+    let o = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        BUSYBOX_IMAGE,
+        id,
+        "true",
+    ])?;
     let took = started.elapsed().as_secs_f64();
     if !o.status.success() {
         bail!("{runtime}: {}", String::from_utf8_lossy(&o.stderr));
@@ -50,14 +58,25 @@ fn main() -> Result<()> {
     run_true(&ctrd, RUNTIME, "warm-skiff")?;
     run_true(&ctrd, "io.containerd.runc.v2", "warm-runc")?;
     let ours = |c: &String| c.contains(&ctrd.socket.display().to_string());
-    wait_until("the first shim's snapshot build", Duration::from_secs(600), || {
-        (!processes_with("containerd-shim-skiff-v2").iter().any(|(_, c)| ours(c))).then_some(())
-    })?;
+    wait_until(
+        "the first shim's snapshot build",
+        Duration::from_secs(600),
+        || {
+            (!processes_with("containerd-shim-skiff-v2")
+                .iter()
+                .any(|(_, c)| ours(c)))
+            .then_some(())
+        },
+    )?;
     let (mut skiff, mut runc) = (Vec::new(), Vec::new());
     for i in 0..runs {
         // Alternated, so that a slow period of the host hits both.
         skiff.push(run_true(&ctrd, RUNTIME, &format!("skiff-{i}"))?);
-        runc.push(run_true(&ctrd, "io.containerd.runc.v2", &format!("runc-{i}"))?);
+        runc.push(run_true(
+            &ctrd,
+            "io.containerd.runc.v2",
+            &format!("runc-{i}"),
+        )?);
     }
     let (s, r) = (median(skiff.clone()), median(runc.clone()));
     println!("ctr run --rm IMG true, {runs} runs each (median, range):");
@@ -76,7 +95,16 @@ fn main() -> Result<()> {
     println!("  ratio skiff/runc: {:.1}×", s / r);
 
     // A running container's shim: its resident memory (the VMM's is the VM's, apart).
-    ctrd.ctr(&["run", "-d", "--runtime", RUNTIME, BUSYBOX_IMAGE, "mem", "sleep", "300"])?;
+    ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX_IMAGE,
+        "mem",
+        "sleep",
+        "300",
+    ])?;
     std::thread::sleep(Duration::from_secs(3));
     let shims: Vec<_> = processes_with("containerd-shim-skiff-v2")
         .into_iter()
@@ -92,10 +120,16 @@ fn main() -> Result<()> {
         .filter(|(_, c)| ours(c))
         .collect();
     for (pid, _) in &shims {
-        println!("  containerd-shim-skiff-v2 (pid {pid}) resident: {} KiB", rss_kib(*pid));
+        println!(
+            "  containerd-shim-skiff-v2 (pid {pid}) resident: {} KiB",
+            rss_kib(*pid)
+        );
     }
     for (pid, _) in &runc_shims {
-        println!("  containerd-shim-runc-v2 (pid {pid}) resident: {} KiB", rss_kib(*pid));
+        println!(
+            "  containerd-shim-runc-v2 (pid {pid}) resident: {} KiB",
+            rss_kib(*pid)
+        );
     }
     Ok(())
 }

@@ -37,7 +37,11 @@ impl Containerd {
     /// Starts containerd inside network namespace `netns` (a test host: CNI's bridge and
     /// the pods' addresses stay there), with `cni` as the one CNI network configuration
     /// list its CRI plugin uses for pods.
-    pub fn start_in(name: &str, netns: Option<&Path>, cni: Option<serde_json::Value>) -> Result<Self> {
+    pub fn start_in(
+        name: &str,
+        netns: Option<&Path>,
+        cni: Option<serde_json::Value>,
+    ) -> Result<Self> {
         let dir = crate::paths::tmp_dir().join(format!("containerd-{name}"));
         let _ = Command::new("umount").arg("-R").arg(&dir).output();
         let _ = std::fs::remove_dir_all(&dir);
@@ -83,7 +87,10 @@ state = "{state}"
         )?;
         if let Some(conf) = cni {
             std::fs::create_dir_all(dir.join("cni"))?;
-            std::fs::write(dir.join("cni/10-test.conflist"), serde_json::to_vec_pretty(&conf)?)?;
+            std::fs::write(
+                dir.join("cni/10-test.conflist"),
+                serde_json::to_vec_pretty(&conf)?,
+            )?;
         }
         let log = dir.join("containerd.log");
         let path = format!(
@@ -230,9 +237,23 @@ pub fn write_busybox_archive(path: &Path) -> Result<()> {
     for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
         add(d, tar::EntryType::Directory, 0o755, None, b"");
     }
-    add("bin/busybox", tar::EntryType::Regular, 0o755, None, &busybox);
-    for a in ["sh", "echo", "sleep", "cat", "true", "ls", "id", "grep", "head", "ip", "ping"] {
-        add(&format!("bin/{a}"), tar::EntryType::Symlink, 0o777, Some("busybox"), b"");
+    add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        0o755,
+        None,
+        &busybox,
+    );
+    for a in [
+        "sh", "echo", "sleep", "cat", "true", "ls", "id", "grep", "head", "ip", "ping",
+    ] {
+        add(
+            &format!("bin/{a}"),
+            tar::EntryType::Symlink,
+            0o777,
+            Some("busybox"),
+            b"",
+        );
     }
     add(
         "etc/passwd",

@@ -20,7 +20,10 @@ use tonic::transport::{Channel, Endpoint, Uri};
 const SUBNET: &str = "10.89.30.0/24";
 const GATEWAY: &str = "10.89.30.1";
 
-fn connect(rt: &tokio::runtime::Runtime, socket: std::path::PathBuf) -> Result<RuntimeServiceClient<Channel>> {
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    socket: std::path::PathBuf,
+) -> Result<RuntimeServiceClient<Channel>> {
     let channel = rt.block_on(async move {
         Endpoint::try_from("http://[::]:50051")?
             .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -133,7 +136,10 @@ fn a_pod_runs_in_a_skiff_microvm_through_cri() -> Result<()> {
         config: Some(bad_user),
         sandbox_config: Some(pod_config.clone()),
     }));
-    let why = refused.expect_err("an unknown user is refused").message().to_owned();
+    let why = refused
+        .expect_err("an unknown user is refused")
+        .message()
+        .to_owned();
     // containerd resolves the name in the image (its message does not repeat it).
     assert!(why.contains("no users found"), "{why}");
 

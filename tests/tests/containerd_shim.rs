@@ -40,11 +40,17 @@ fn nothing_left(ctrd: &Containerd) -> Result<()> {
     .with_context(|| format!("left running: {:?}", processes_with("skiff")))?;
     let tasks = ctrd.ctr_ok(&["task", "ls", "-q"])?;
     assert_eq!(tasks.trim(), "", "tasks left: {tasks}");
-    let bundles = std::path::Path::new("/run/skiff-test-ctrd-shim/state/io.containerd.runtime.v2.task/default");
+    let bundles = std::path::Path::new(
+        "/run/skiff-test-ctrd-shim/state/io.containerd.runtime.v2.task/default",
+    );
     let left: Vec<_> = std::fs::read_dir(bundles)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "bundles left under {}: {left:?} ({dir})", bundles.display());
+    assert!(
+        left.is_empty(),
+        "bundles left under {}: {left:?} ({dir})",
+        bundles.display()
+    );
     Ok(())
 }
 
@@ -58,9 +64,15 @@ fn containers_run_in_skiff_microvms_under_containerd() -> Result<()> {
 
     // Bad input first: refused before any VM starts, with the reason on ctr's stderr.
     let o = ctrd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--mount",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
         "type=bind,src=/etc,dst=/data,options=rbind:ro",
-        BUSYBOX_IMAGE, "bad-volume", "true",
+        BUSYBOX_IMAGE,
+        "bad-volume",
+        "true",
     ])?;
     assert!(!o.status.success());
     assert!(
@@ -71,13 +83,29 @@ fn containers_run_in_skiff_microvms_under_containerd() -> Result<()> {
     let empty = ctrd.dir.join("empty-rootfs");
     std::fs::create_dir_all(&empty)?;
     let o = ctrd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--rootfs", empty.to_str().unwrap(),
-        "bad-rootfs", "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        empty.to_str().unwrap(),
+        "bad-rootfs",
+        "true",
     ])?;
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("the bundle has no root filesystem"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the bundle has no root filesystem"),
+        "{}",
+        stderr(&o)
+    );
     let o = ctrd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "docker.io/skiff/nosuch:1", "bad-image", "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "docker.io/skiff/nosuch:1",
+        "bad-image",
+        "true",
     ])?;
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
@@ -87,8 +115,17 @@ fn containers_run_in_skiff_microvms_under_containerd() -> Result<()> {
     // (192 MiB: the guest sees that less what its kernel keeps). Its shim builds a
     // snapshot of that VM shape beside it, and waits for the build before it exits.
     let o = ctrd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--memory-limit", MIB_192, BUSYBOX_IMAGE,
-        "echo", "sh", "-c", "echo hi; grep MemTotal /proc/meminfo; echo oops >&2; exit 3",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        MIB_192,
+        BUSYBOX_IMAGE,
+        "echo",
+        "sh",
+        "-c",
+        "echo hi; grep MemTotal /proc/meminfo; echo oops >&2; exit 3",
     ])?;
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(3), "{out}{}", stderr(&o));
@@ -108,15 +145,32 @@ fn containers_run_in_skiff_microvms_under_containerd() -> Result<()> {
     // A long-running container of the same shape, restored from that snapshot: exec a
     // second command in it, then stop it with SIGTERM.
     ctrd.ctr_ok(&[
-        "run", "-d", "--runtime", RUNTIME, "--memory-limit", MIB_192, BUSYBOX_IMAGE, "sleeper",
-        "sleep", "600",
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        MIB_192,
+        BUSYBOX_IMAGE,
+        "sleeper",
+        "sleep",
+        "600",
     ])?;
     assert!(
-        ctrd.log_text().lines().any(|l| l.contains("container prepared id=sleeper") && l.contains("restore=true")),
+        ctrd.log_text()
+            .lines()
+            .any(|l| l.contains("container prepared id=sleeper") && l.contains("restore=true")),
         "the second container of a shape restores its snapshot"
     );
     let exec = ctrd.ctr(&[
-        "task", "exec", "--exec-id", "e1", "sleeper", "sh", "-c", "echo from-exec; id -u; exit 4",
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "sleeper",
+        "sh",
+        "-c",
+        "echo from-exec; id -u; exit 4",
     ])?;
     assert_eq!(exec.status.code(), Some(4), "{}", stderr(&exec));
     assert_eq!(stdout(&exec), "from-exec\n0\n");
@@ -140,8 +194,17 @@ fn containers_run_in_skiff_microvms_under_containerd() -> Result<()> {
 
     // A process that cannot start: the agent's reason reaches ctr, exit 125 as runc's.
     let o = ctrd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--memory-limit", MIB_192, "--cwd", "/nonexistent",
-        BUSYBOX_IMAGE, "bad-cwd", "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        MIB_192,
+        "--cwd",
+        "/nonexistent",
+        BUSYBOX_IMAGE,
+        "bad-cwd",
+        "true",
     ])?;
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     assert!(stderr(&o).contains("/nonexistent"), "{}", stderr(&o));

@@ -151,7 +151,13 @@ pub fn ipv4_of(ns: &str, dev: &str) -> Result<Option<String>, IpError> {
     Ok(v.get(0)
         .and_then(|l| l["addr_info"].as_array())
         .and_then(|a| a.first())
-        .and_then(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?))))
+        .and_then(|a| {
+            Some(format!(
+                "{}/{}",
+                a["local"].as_str()?,
+                a["prefixlen"].as_u64()?
+            ))
+        }))
 }
 
 /// The IPv4 default route's gateway in namespace `ns`, if it has one.

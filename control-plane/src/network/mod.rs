@@ -133,7 +133,8 @@ impl TaskNetwork {
             what,
         };
         let (mac, mtu) = ip::link_info(name, CNI_IFNAME)?;
-        let address = ip::ipv4_of(name, CNI_IFNAME)?.ok_or_else(|| incomplete("IPv4 address on eth0"))?;
+        let address =
+            ip::ipv4_of(name, CNI_IFNAME)?.ok_or_else(|| incomplete("IPv4 address on eth0"))?;
         Ok(TaskNetwork {
             network: String::new(),
             netns: name.to_owned(),

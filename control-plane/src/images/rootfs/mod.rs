@@ -299,7 +299,12 @@ impl RootfsBuilder {
 
     /// Makes the image at `path` from `tree`: built beside it and renamed into place, so a
     /// crash never leaves a torn image under the final name.
-    fn make_image(&self, tree: &Path, format: RootfsFormat, path: &Path) -> Result<(), RootfsError> {
+    fn make_image(
+        &self,
+        tree: &Path,
+        format: RootfsFormat,
+        path: &Path,
+    ) -> Result<(), RootfsError> {
         let dir = path.parent().unwrap_or(&self.dir);
         let out = tempfile::Builder::new()
             .prefix(".tmp-tree-")
