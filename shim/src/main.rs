@@ -1,6 +1,6 @@
 //! `containerd-shim-skiff-v2`: containerd's runtime v2 shim (`io.containerd.skiff.v2`),
 //! so that containerd, and Kubernetes through its CRI plugin, run each container in its own
-//! Skiff microVM. It speaks the task API v2 of containerd 1.6 and 1.7 (ttrpc), starts VMs
+//! Skiff microVM. It speaks the task API v2 of containerd 1.6 (ttrpc), starts VMs
 //! with the same launcher as `skiff run` (jailed VMM, agent, EROFS root filesystem), and
 //! publishes the task events containerd follows.
 //!

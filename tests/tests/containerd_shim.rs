@@ -114,6 +114,8 @@ fn containers_run_in_skiff_microvms_under_containerd() -> Result<()> {
     // A container's output and exit code, in a VM of the size its memory limit asks for
     // (192 MiB: the guest sees that less what its kernel keeps). Its shim builds a
     // snapshot of that VM shape beside it, and waits for the build before it exits.
+    // containerd's default spec sets RLIMIT_NOFILE to 1024 both ways (the guest's own
+    // hard limit would be 4096).
     let o = ctrd.ctr(&[
         "run",
         "--rm",
@@ -125,11 +127,12 @@ fn containers_run_in_skiff_microvms_under_containerd() -> Result<()> {
         "echo",
         "sh",
         "-c",
-        "echo hi; grep MemTotal /proc/meminfo; echo oops >&2; exit 3",
+        "echo hi; grep MemTotal /proc/meminfo; ulimit -H -n; echo oops >&2; exit 3",
     ])?;
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(3), "{out}{}", stderr(&o));
     assert!(out.starts_with("hi\n"), "{out}");
+    assert!(out.ends_with("\n1024\n"), "the spec's rlimit: {out}");
     assert!(stderr(&o).contains("oops"), "{}", stderr(&o));
     let mem_kib: u64 = out
         .lines()

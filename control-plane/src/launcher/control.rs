@@ -132,9 +132,11 @@ impl TaskControl {
     }
 
     /// Feeds bytes to the process's stdin (the run spec must have asked for stdin); waits
-    /// until the agent is connected, and while the agent has a window's worth unconsumed.
+    /// until the process has started, and while the agent has a window's worth unconsumed.
+    /// (Frames that follow the run spec at once can sit in the agent's read buffer unseen
+    /// until more bytes arrive: stdin sent before the start, then nothing, was lost.)
     pub fn write_stdin(&self, data: &[u8]) -> Result<(), ControlError> {
-        if !self.wait_connected() {
+        if !self.wait_started() {
             return Err(ControlError::Ended);
         }
         for chunk in data.chunks(STDIN_CHUNK) {
@@ -212,7 +214,7 @@ impl TaskControl {
 
     /// Closes the process's stdin.
     pub fn close_stdin(&self) -> Result<(), ControlError> {
-        if !self.wait_connected() {
+        if !self.wait_started() {
             return Err(ControlError::Ended);
         }
         self.send(&Frame::StdinEof)
