@@ -4,7 +4,7 @@
 //! never the task.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 
 use control_plane::launcher::TaskControl;
 
@@ -59,7 +59,7 @@ pub fn forward_stdin(path: String, control: TaskControl) {
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
-            let mut fifo = match File::open(&path) {
+            let fifo = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!("opening stdin {path}: {e}");
@@ -67,20 +67,7 @@ pub fn forward_stdin(path: String, control: TaskControl) {
                     return;
                 }
             };
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match fifo.read(&mut buf) {
-                    Ok(0) | Err(_) => {
-                        let _ = control.close_stdin();
-                        return;
-                    }
-                    Ok(n) => {
-                        if control.write_stdin(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+            control.copy_stdin_from(fifo);
         })
         .expect("spawning the stdin thread");
 }

@@ -2,7 +2,7 @@
 //! streams to our stdout/stderr, signals we get are passed to the task (as `docker run`
 //! does), `-i` feeds our stdin to it, and we exit with the task's exit code.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -137,21 +137,5 @@ fn forward_signals(control: &TaskControl) -> anyhow::Result<()> {
 /// Our stdin goes to the task's stdin; our EOF closes it.
 fn forward_stdin(control: &TaskControl) {
     let control = control.clone();
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = control.close_stdin();
-                    return;
-                }
-                Ok(n) => {
-                    if control.write_stdin(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    std::thread::spawn(move || control.copy_stdin_from(std::io::stdin().lock()));
 }

@@ -212,6 +212,25 @@ impl TaskControl {
         }
     }
 
+    /// Copies `input` to the process's stdin until its end (or a read error), then closes
+    /// the process's stdin; returns early if the task ends. Blocking: give it a thread.
+    pub fn copy_stdin_from(&self, mut input: impl std::io::Read) {
+        let mut buf = vec![0u8; STDIN_CHUNK];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = self.close_stdin();
+                    return;
+                }
+                Ok(n) => {
+                    if self.write_stdin(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Closes the process's stdin.
     pub fn close_stdin(&self) -> Result<(), ControlError> {
         if !self.wait_started() {
