@@ -51,6 +51,17 @@ impl FrameDecoder {
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
     }
+
+    /// Whether [`Self::next_frame`] would return without more bytes: a whole frame is
+    /// buffered, or a header that is already known to be bad.
+    pub fn has_frame(&self) -> bool {
+        let b = &self.buf[self.start..];
+        let Some(header) = b.first_chunk::<4>() else {
+            return false;
+        };
+        let len = u32::from_le_bytes(*header) as usize;
+        len == 0 || len > MAX_FRAME_LEN || b.len() >= 4 + len
+    }
 }
 
 /// A stream that carries frames both ways.
@@ -102,6 +113,12 @@ impl<S: Read + Write + AsFd> FramedConn<S> {
     /// The next complete frame already received, if any.
     pub fn next_buffered(&mut self) -> Result<Option<Frame>, FrameError> {
         self.decoder.next_frame()
+    }
+
+    /// Whether a frame is waiting in the buffer: one that arrived in the same read as an
+    /// earlier frame is not signalled by the stream again.
+    pub fn has_buffered_frame(&self) -> bool {
+        self.decoder.has_frame()
     }
 
     /// The next frame, waiting until `deadline` if one is given ([`FrameError::TimedOut`]
@@ -181,6 +198,23 @@ mod tests {
             b.recv(None),
             Err(FrameError::Closed { mid_frame: true })
         ));
+    }
+
+    #[test]
+    fn has_frame_tells_a_whole_or_bad_frame_from_a_partial_one() {
+        let wire = Frame::Stdin(b"from-stdin".to_vec()).encode().unwrap();
+        let mut d = FrameDecoder::default();
+        for b in &wire[..wire.len() - 1] {
+            d.push(std::slice::from_ref(b));
+            assert!(!d.has_frame());
+        }
+        d.push(&wire[wire.len() - 1..]);
+        assert!(d.has_frame());
+        assert!(d.next_frame().unwrap().is_some());
+        assert!(!d.has_frame());
+        d.push(&0u32.to_le_bytes());
+        assert!(d.has_frame(), "an empty frame is an error to report now");
+        assert!(d.next_frame().is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use guest_agent::RunSpec;
 
 use crate::events::{timestamp, Events};
 use crate::host::Host;
-use crate::stdio::{forward_stdin, Outputs};
+use crate::stdio::{stdin_link, Outputs, StdinCloser, StdinForward};
 use crate::{bundle, rootfs};
 
 /// How long a process has between a stop's SIGTERM and its VM's end (containerd sends
@@ -88,6 +88,10 @@ struct Container {
     launch: Option<(LaunchConfig, RunSpec)>,
     sandbox: bool,
     control: TaskControl,
+    /// The stdin FIFO's forwarder, until Start takes it.
+    stdin: Option<StdinForward>,
+    /// Dropped by CloseIO.
+    stdin_closer: Option<StdinCloser>,
     /// This shim's scratch directory for the container (`<bundle>/skiff`).
     work: PathBuf,
     /// The pod network namespace its VM joins.
@@ -176,6 +180,8 @@ impl TaskService {
                 launch: None,
                 sandbox: true,
                 control: TaskControl::new(),
+                stdin: None,
+                stdin_closer: None,
                 work: work.to_owned(),
                 // The pod's namespace: its containers name it through the sandbox.
                 netns: plan.netns.clone(),
@@ -251,6 +257,14 @@ impl TaskService {
             network: net.as_ref().map(|n| Box::new(guest_spec(n))),
             ..plan.spec
         };
+        let (stdin, stdin_closer) = match req.stdin.as_str() {
+            "" => (None, None),
+            path => {
+                let (f, c) = stdin_link(path)
+                    .map_err(|e| error(Code::INTERNAL, format!("stdin {path}: {e}")))?;
+                (Some(f), Some(c))
+            }
+        };
         tracing::info!(id = %req.id, vcpus = cfg.vcpus, memory_mib = cfg.memory_mib, rootfs = %cfg.rootfs.display(), restore = cfg.snapshot.is_some(), "container prepared");
         Ok(Container {
             bundle: req.bundle.clone(),
@@ -258,6 +272,8 @@ impl TaskService {
             launch: Some((cfg, spec)),
             sandbox: false,
             control: TaskControl::new(),
+            stdin,
+            stdin_closer,
             work: work.to_owned(),
             netns,
             status: Status::Created,
@@ -301,10 +317,17 @@ impl TaskService {
     }
 
     /// Runs the container's VM to its end (on its own thread).
-    fn run(&self, id: String, cfg: LaunchConfig, spec: RunSpec, control: TaskControl, io: Io) {
+    fn run(
+        &self,
+        id: String,
+        (cfg, spec): (LaunchConfig, RunSpec),
+        control: TaskControl,
+        io: Io,
+        stdin: Option<StdinForward>,
+    ) {
         let mut out = Outputs::open(&io.stdout, &io.stderr);
-        if !io.stdin.is_empty() {
-            forward_stdin(io.stdin.clone(), control.clone());
+        if let Some(s) = stdin {
+            s.spawn(control.clone());
         }
         let result = launcher::run_task(&cfg, &spec, &control, &mut |e| match e {
             TaskEvent::Output(Output::Stdout, b) => out.stdout(b),
@@ -490,7 +513,7 @@ impl containerd_shim::Task for TaskService {
         if !req.exec_id.is_empty() {
             return self.start_exec(&req.id, &req.exec_id);
         }
-        let (launch, control, io) = {
+        let (launch, control, io, stdin) = {
             let mut map = self.lock();
             let c = map.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
             if c.status != Status::Created {
@@ -500,16 +523,21 @@ impl containerd_shim::Task for TaskService {
                 ));
             }
             c.status = Status::Running;
-            (c.launch.take(), c.control.clone(), c.io.clone())
+            (
+                c.launch.take(),
+                c.control.clone(),
+                c.io.clone(),
+                c.stdin.take(),
+            )
         };
         let mut pid = std::process::id();
-        if let Some((cfg, spec)) = launch {
+        if let Some(launch) = launch {
             let me = self.clone();
             let id = req.id.clone();
             let ctl = control.clone();
             std::thread::Builder::new()
                 .name(format!("vm-{}", id.chars().take(8).collect::<String>()))
-                .spawn(move || me.run(id, cfg, spec, ctl, io))
+                .spawn(move || me.run(id, launch, ctl, io, stdin))
                 .map_err(|e| error(Code::INTERNAL, format!("starting the VM thread: {e}")))?;
             // The VMM is the container's process on this host; it is running within
             // milliseconds (the boot itself is the guest's business).
@@ -787,15 +815,12 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        let control = {
-            let map = self.lock();
-            map.get(&req.id)
-                .ok_or_else(|| not_found(&req.id))?
-                .control
-                .clone()
-        };
+        let mut map = self.lock();
+        let c = map.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         if req.stdin && req.exec_id.is_empty() {
-            let _ = control.close_stdin();
+            // The forwarder sends what the FIFO already holds, then closes the process's
+            // stdin (execs take no stdin).
+            drop(c.stdin_closer.take());
         }
         Ok(api::Empty::new())
     }

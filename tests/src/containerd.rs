@@ -148,6 +148,23 @@ state = "{state}"
             .context("running ctr")
     }
 
+    /// `ctr` with `input` as its stdin (then its end).
+    pub fn ctr_with_input(&self, args: &[&str], input: &[u8]) -> Result<Output> {
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running ctr")?;
+        let mut stdin = child.stdin.take().context("ctr's stdin")?;
+        stdin.write_all(input).context("writing ctr's stdin")?;
+        drop(stdin);
+        child.wait_with_output().context("waiting for ctr")
+    }
+
     /// `ctr`, which must succeed; returns its stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
         let o = self.ctr(args)?;

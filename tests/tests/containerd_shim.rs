@@ -116,22 +116,31 @@ fn containers_run_in_skiff_microvms_under_containerd() -> Result<()> {
     // snapshot of that VM shape beside it, and waits for the build before it exits.
     // containerd's default spec sets RLIMIT_NOFILE to 1024 both ways (the guest's own
     // hard limit would be 4096).
-    let o = ctrd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--memory-limit",
-        MIB_192,
-        BUSYBOX_IMAGE,
-        "echo",
-        "sh",
-        "-c",
-        "echo hi; grep MemTotal /proc/meminfo; ulimit -H -n; echo oops >&2; exit 3",
-    ])?;
+    // ctr's stdin goes through containerd's FIFO: a short one, whose CloseIO comes right
+    // behind its bytes, arrives whole, then ends.
+    let o = ctrd.ctr_with_input(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            MIB_192,
+            BUSYBOX_IMAGE,
+            "echo",
+            "sh",
+            "-c",
+            "echo hi; cat | sed 's/^/in:/'; grep MemTotal /proc/meminfo; ulimit -H -n; \
+             echo oops >&2; exit 3",
+        ],
+        b"from-stdin\nline 2\n",
+    )?;
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(3), "{out}{}", stderr(&o));
-    assert!(out.starts_with("hi\n"), "{out}");
+    assert!(
+        out.starts_with("hi\nin:from-stdin\nin:line 2\n"),
+        "stdout and the stdin it echoes: {out}"
+    );
     assert!(out.ends_with("\n1024\n"), "the spec's rlimit: {out}");
     assert!(stderr(&o).contains("oops"), "{}", stderr(&o));
     let mem_kib: u64 = out

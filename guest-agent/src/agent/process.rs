@@ -400,6 +400,13 @@ pub fn run(
             }
             None => timeout,
         };
+        // Frames that came in the same read as the run spec (or an earlier frame) are
+        // already buffered: the socket will not wake the poll for them.
+        let timeout = if conn.has_buffered_frame() {
+            PollTimeout::ZERO
+        } else {
+            timeout
+        };
         let _ = poll(&mut fds, timeout);
         let ready = |at: Option<usize>| {
             at.and_then(|i| fds[i].revents())
@@ -476,6 +483,8 @@ pub fn run(
         }
         if conn_ready {
             conn.fill()?;
+        }
+        if conn_ready || conn.has_buffered_frame() {
             while let Some(frame) = conn.next_buffered()? {
                 match frame {
                     Frame::Control(Message::Signal { signal }) => {
