@@ -165,10 +165,32 @@ fn a_pod_runs_in_a_skiff_microvm_through_cri() -> Result<()> {
         .context("CreateContainer")?
         .into_inner()
         .container_id;
+    // A second container in the pod is refused while the first runs: each container is
+    // its own VM, and the pod has one interface for one VM.
+    let second = rt
+        .block_on(cri.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(busybox("second", vec!["true".into()])),
+            sandbox_config: Some(pod_config.clone()),
+        }))
+        .context("CreateContainer (second)")?
+        .into_inner()
+        .container_id;
     rt.block_on(cri.start_container(StartContainerRequest {
         container_id: container.clone(),
     }))
     .context("StartContainer")?;
+    let refused = rt.block_on(cri.start_container(StartContainerRequest {
+        container_id: second.clone(),
+    }));
+    let why = refused
+        .expect_err("a second container in the pod is refused")
+        .message()
+        .to_owned();
+    assert!(
+        why.contains("io.containerd.skiff.v2 runs one container per pod"),
+        "{why}"
+    );
     let done = wait_until("the container to exit", Duration::from_secs(600), || {
         let s = rt
             .block_on(cri.container_status(ContainerStatusRequest {
