@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod build;
 pub mod images;
 pub mod install;
 pub mod launcher;

@@ -1,0 +1,4 @@
+//! `skiff build`: images built from Dockerfiles, each `RUN` in a microVM of its own.
+//! This part holds what the host does without a VM.
+
+pub mod layer;
