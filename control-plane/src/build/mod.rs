@@ -1,4 +1,6 @@
 //! `skiff build`: images built from Dockerfiles, each `RUN` in a microVM of its own.
 //! This part holds what the host does without a VM.
 
+pub mod cache_key;
+pub mod image_config;
 pub mod layer;
