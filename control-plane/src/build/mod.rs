@@ -2,5 +2,7 @@
 //! This part holds what the host does without a VM.
 
 pub mod cache_key;
+pub mod context;
+pub mod dockerfile;
 pub mod image_config;
 pub mod layer;
