@@ -16,6 +16,7 @@ const KIND_STDOUT: u8 = 1;
 const KIND_STDERR: u8 = 2;
 const KIND_STDIN: u8 = 3;
 const KIND_STDIN_EOF: u8 = 4;
+const KIND_UPPER: u8 = 5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
@@ -24,6 +25,8 @@ pub enum Frame {
     Stderr(Vec<u8>),
     Stdin(Vec<u8>),
     StdinEof,
+    /// A piece of the upper layer's tar (see [`crate::RunSpec::export_upper`]).
+    Upper(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,7 @@ impl Frame {
             Frame::Stderr(_) => "stderr",
             Frame::Stdin(_) => "stdin",
             Frame::StdinEof => "stdin_eof",
+            Frame::Upper(_) => "upper",
         }
     }
 
@@ -65,6 +69,7 @@ impl Frame {
             Frame::Stderr(b) => (KIND_STDERR, b.as_slice().into()),
             Frame::Stdin(b) => (KIND_STDIN, b.as_slice().into()),
             Frame::StdinEof => (KIND_STDIN_EOF, (&[][..]).into()),
+            Frame::Upper(b) => (KIND_UPPER, b.as_slice().into()),
         };
         let len = payload.len() + 1;
         if len > MAX_FRAME_LEN {
@@ -104,6 +109,7 @@ impl Frame {
             KIND_STDERR => Frame::Stderr(payload),
             KIND_STDIN => Frame::Stdin(payload),
             KIND_STDIN_EOF => Frame::StdinEof,
+            KIND_UPPER => Frame::Upper(payload),
             k => return Err(FrameError::UnknownKind(k)),
         })
     }

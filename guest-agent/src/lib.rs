@@ -15,7 +15,7 @@ pub use frame::{Frame, FrameError, MAX_FRAME_LEN, MAX_OUTPUT_CHUNK};
 pub use message::*;
 
 /// Bumped on every incompatible change of [`Message`] or the frame format.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Stdin bytes the host may have sent that the agent has not yet reported as consumed
 /// ([`Message::StdinConsumed`]). Stdin never piles up in the connection, so a signal sent

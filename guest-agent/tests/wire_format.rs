@@ -11,8 +11,8 @@ fn wire(f: &Frame) -> String {
 }
 
 #[test]
-fn protocol_version_is_6() {
-    assert_eq!(PROTOCOL_VERSION, 7);
+fn protocol_version_is_8() {
+    assert_eq!(PROTOCOL_VERSION, 8);
     assert_eq!(STDIN_WINDOW, 1 << 20);
     assert_eq!(HOST_PORT, 1024);
 }
@@ -50,6 +50,7 @@ fn control_messages_encode_as_frozen() {
                 record_opens: false,
                 usage_interval_ms: 0,
                 rlimits: Vec::new(),
+                export_upper: false,
             })),
             r#"db00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false,"wall_clock_ms":1700000000123,"entropy":[1,255]}"#,
         ),
@@ -69,6 +70,17 @@ fn control_messages_encode_as_frozen() {
                 ..Default::default()
             })),
             r#"ef00000000 {"type":"run","argv":["sleep","1"],"env":[],"working_dir":"/","user":"0","image_disk":"/dev/vda","upper_size_mib":16,"hostname":"c","stdin":false,"wall_clock_ms":0,"entropy":[],"rlimits":[{"name":"RLIMIT_NOFILE","soft":1024,"hard":4096}]}"#,
+        ),
+        (
+            Message::Run(Box::new(RunSpec {
+                argv: vec!["make".into()],
+                working_dir: "/src".into(),
+                image_disk: "/dev/vda".into(),
+                upper_size_mib: 512,
+                export_upper: true,
+                ..Default::default()
+            })),
+            r#"c300000000 {"type":"run","argv":["make"],"env":[],"working_dir":"/src","user":"","image_disk":"/dev/vda","upper_size_mib":512,"hostname":"","stdin":false,"wall_clock_ms":0,"entropy":[],"export_upper":true}"#,
         ),
         (
             Message::Hello {
@@ -197,6 +209,10 @@ fn output_frames_encode_as_frozen() {
     );
     assert_eq!(Frame::Stdin(vec![]).encode().unwrap(), [1, 0, 0, 0, 3]);
     assert_eq!(Frame::StdinEof.encode().unwrap(), [1, 0, 0, 0, 4]);
+    assert_eq!(
+        Frame::Upper(b"ustar".to_vec()).encode().unwrap(),
+        [6, 0, 0, 0, 5, b'u', b's', b't', b'a', b'r']
+    );
 }
 
 #[test]

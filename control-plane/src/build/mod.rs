@@ -6,3 +6,4 @@ pub mod context;
 pub mod dockerfile;
 pub mod image_config;
 pub mod layer;
+pub mod step;

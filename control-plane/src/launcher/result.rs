@@ -44,6 +44,9 @@ pub enum TaskEvent<'a> {
     /// The agent reported the process's end (its output has all arrived).
     ProcessExited,
     Output(Output, &'a [u8]),
+    /// A piece of the upper layer's tar, after the process ended, when the run spec asked
+    /// (`export_upper`, a build step): a guest's bytes, to be read as a hostile layer.
+    Upper(&'a [u8]),
     /// The files the process opened, as its agent noted them when the run spec asked
     /// (`record_opens`): a guest's word, bounded by the frame size only; the warm build
     /// that takes it keeps what [`guest_agent::valid_opened_path`] allows.

@@ -220,6 +220,7 @@ impl Session<'_> {
         match frame {
             Frame::Stdout(b) => (self.on_event)(TaskEvent::Output(Output::Stdout, &b)),
             Frame::Stderr(b) => (self.on_event)(TaskEvent::Output(Output::Stderr, &b)),
+            Frame::Upper(b) => (self.on_event)(TaskEvent::Upper(&b)),
             Frame::Control(Message::StdinConsumed { bytes }) => self.control.stdin_consumed(bytes),
             Frame::Control(Message::Started {
                 spec_ms,

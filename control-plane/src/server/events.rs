@@ -115,7 +115,8 @@ fn on_event(
             );
         }
         // Taken by `launch` (the image's warm build), never passed on.
-        TaskEvent::Opened(_) => {}
+        // Tasks never ask for their upper layer; a guest that sends one is not heard.
+        TaskEvent::Opened(_) | TaskEvent::Upper(_) => {}
         TaskEvent::Usage { cpu_usec, at_ms } => live.record_usage(cpu_usec, at_ms),
         TaskEvent::Output(stream, data) => match log.append(stream, now_ms(), data) {
             Ok(a) => {

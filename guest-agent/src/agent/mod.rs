@@ -11,6 +11,7 @@ mod process;
 mod readahead;
 mod rootfs;
 mod system;
+mod upper;
 mod user;
 
 use std::time::Duration;
@@ -88,6 +89,17 @@ pub fn run() -> Result<(), String> {
             kind,
             exit_code: kind.exit_code(),
             message,
+        },
+        Outcome::Exited(m) if spec.export_upper => match upper::export(&mut conn) {
+            Ok(()) => m,
+            Err(message) => {
+                let kind = FailureKind::Internal;
+                Message::Failed {
+                    kind,
+                    exit_code: kind.exit_code(),
+                    message,
+                }
+            }
         },
         Outcome::Exited(m) => m,
     };

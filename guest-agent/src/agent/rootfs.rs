@@ -7,8 +7,11 @@ use nix::sys::stat::Mode;
 use guest_agent::{FailureKind, RunSpec};
 
 pub const ROOT: &str = "/run/container/root";
-const LOWER: &str = "/run/container/image";
+/// The image, read-only.
+pub const LOWER: &str = "/run/container/image";
 const RW: &str = "/run/container/rw";
+/// The container's writes (overlayfs's upper folder).
+pub const UPPER: &str = "/run/container/rw/upper";
 
 fn mkdir_all(p: &str) -> Result<(), String> {
     std::fs::create_dir_all(p).map_err(|e| format!("mkdir {p}: {e}"))
@@ -78,7 +81,7 @@ pub fn mount_root(disk: &str, upper_size_mib: u64) -> Result<(), (FailureKind, S
     for d in ["upper", "work"] {
         mkdir_all(&format!("{RW}/{d}")).map_err(|m| fail(FailureKind::Internal, m))?;
     }
-    let opts = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");
+    let opts = format!("lowerdir={LOWER},upperdir={UPPER},workdir={RW}/work");
     mount(
         Some("overlay"),
         ROOT,
