@@ -3,6 +3,7 @@
 
 pub mod cache_key;
 pub mod context;
+pub mod copy;
 pub mod dockerfile;
 pub mod image_config;
 pub mod layer;
