@@ -113,7 +113,7 @@ pub struct RunSpec {
     /// containerd shim); the guest's defaults for the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rlimits: Vec<Rlimit>,
-    /// Once the process has ended, send the upper layer's changes as a tar in
+    /// Once the process has exited 0, send the upper layer's changes as a tar in
     /// [`crate::Frame::Upper`] frames (before the exit report): a build's `RUN` step.
     /// Overlayfs whiteouts go as `.wh.NAME`, opaque folders as `.wh..wh..opq`; the files
     /// the agent itself writes (`/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`) are

@@ -1,7 +1,7 @@
 //! The FIFOs containerd hands over for a process's stdio: output is written to them as the
 //! agent sends it; stdin is read from its FIFO and sent to the agent, its end (or CloseIO,
-//! after what was written before it) closing the process's stdin. A reader that goes away (a `ctr` that was killed) loses the output,
-//! never the task.
+//! after what was written before it) closing the process's stdin. A reader that goes away
+//! (a `ctr` that was killed) loses the output, never the task.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};

@@ -90,17 +90,22 @@ pub fn run() -> Result<(), String> {
             exit_code: kind.exit_code(),
             message,
         },
-        Outcome::Exited(m) if spec.export_upper => match upper::export(&mut conn) {
-            Ok(()) => m,
-            Err(message) => {
-                let kind = FailureKind::Internal;
-                Message::Failed {
-                    kind,
-                    exit_code: kind.exit_code(),
-                    message,
+        // A failed step's changes are not wanted: only a success sends them.
+        Outcome::Exited(m)
+            if spec.export_upper && matches!(&m, Message::Exited(r) if r.exit_code == 0) =>
+        {
+            match upper::export(&mut conn) {
+                Ok(()) => m,
+                Err(message) => {
+                    let kind = FailureKind::Internal;
+                    Message::Failed {
+                        kind,
+                        exit_code: kind.exit_code(),
+                        message,
+                    }
                 }
             }
-        },
+        }
         Outcome::Exited(m) => m,
     };
     conn.send(&Frame::Control(report)).map_err(io)?;
