@@ -5,6 +5,8 @@ use skiff_tests as common;
 use anyhow::Result;
 use common::layers::insecure_client;
 use common::*;
+use control_plane::build::cache_key::CacheKey;
+use control_plane::build::cache_store::{BuildCache, CacheRecord, CachedLayer};
 use control_plane::images::{Digest, ImageStore, PullError, Reference};
 use serde_json::json;
 
@@ -80,5 +82,30 @@ fn list_remove_and_prune_keep_what_tags_still_reach() -> Result<()> {
     assert_eq!(kept.manifest_digest, two.manifest);
     assert!(store.rootfs(&kept)?.cached);
     assert_eq!(store.list()?.len(), 1);
+
+    // A build cache record pins its layer: image prune keeps it until builder prune lets
+    // the record go.
+    let cache = BuildCache::new(state.path());
+    cache.put(&CacheRecord {
+        key: CacheKey::base(Some(&two.manifest)),
+        layer: Some(CachedLayer {
+            digest: two.layers[1].clone(),
+            diff_id: Digest::of(b"its diff id"),
+            size: 1,
+        }),
+        created_by: "RUN make".into(),
+        created_ms: 1,
+        last_used_ms: 1,
+    })?;
+    store.remove(&r2)?;
+    store.prune()?;
+    assert!(
+        store.blobs().contains(&two.layers[1]),
+        "pinned by the record"
+    );
+    assert!(!store.blobs().contains(&two.manifest) && !store.blobs().contains(&two.layers[0]));
+    assert_eq!(cache.prune(true, None)?.records, 1);
+    assert_eq!(store.prune()?.blobs, 1, "the layer the record pinned");
+    assert!(!store.blobs().contains(&two.layers[1]));
     Ok(())
 }

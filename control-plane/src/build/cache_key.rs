@@ -13,7 +13,10 @@ use sha2::{Digest as _, Sha256};
 use crate::images::digest::Digest;
 
 /// A step's cache key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct CacheKey(Digest);
 
 impl fmt::Display for CacheKey {

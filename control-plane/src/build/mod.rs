@@ -2,6 +2,7 @@
 //! This part holds what the host does without a VM.
 
 pub mod cache_key;
+pub mod cache_store;
 pub mod context;
 pub mod copy;
 pub mod dockerfile;

@@ -15,6 +15,7 @@ use tracing::info;
 use super::error::PullError;
 use super::image_store::ImageStore;
 use super::lock::{lock, writer_lock};
+use crate::build::cache_store::{BuildCache, CacheStoreError};
 use crate::images::digest::Digest;
 use crate::images::registry::Reference;
 
@@ -145,10 +146,16 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Deletes every blob and root filesystem image no tag reaches (`image prune`).
+    /// Deletes every blob and root filesystem image no tag reaches (`image prune`), except
+    /// the layers the build cache's records pin (`skiff builder prune` lets them go).
     pub fn prune(&self) -> Result<PruneReport, PullError> {
         let _guard = lock(self.state_dir(), FlockOperation::LockExclusive)?;
-        let mut keep_blobs: HashSet<String> = HashSet::new();
+        let mut keep_blobs: HashSet<String> = BuildCache::new(self.state_dir())
+            .pinned_blobs()
+            .map_err(|CacheStoreError::Io { path, source }| PullError::Io { path, source })?
+            .iter()
+            .map(|d| d.hex().to_string())
+            .collect();
         let mut keep_ids: HashSet<String> = HashSet::new();
         for (r, _) in self.tags()? {
             if let Some(image) = self.lookup(&r)? {
