@@ -10,7 +10,7 @@
 //! `SOURCE_DATE_EPOCH`), not the context file's: the cache key ignores mtimes, so a layer
 //! that kept them would differ between builds whose keys are the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::context::{
     select_sources, ChecksumError, Entry, EntryKind as SourceKind, IgnoreMatcher, Manifest,
@@ -71,17 +71,22 @@ pub fn copy_entries(
             roots.push((&ROOT_DIR, selected));
             continue;
         }
+        // An entry belongs to its topmost selected folder above it, if any: found through
+        // its ancestors, so a folder of many files costs their number times their depth.
+        // (A folder sorts before everything under it, so it is seen first.)
+        let mut dirs: HashMap<&str, usize> = HashMap::new();
         for e in &selected {
-            let under_another = selected
+            let root = ancestors(&e.path)
                 .iter()
-                .any(|p| p.kind == SourceKind::Dir && e.path.starts_with(&format!("{}/", p.path)));
-            if !under_another {
-                let below: Vec<&Entry> = selected
-                    .iter()
-                    .copied()
-                    .filter(|d| d.path.starts_with(&format!("{}/", e.path)))
-                    .collect();
-                roots.push((e, below));
+                .find_map(|a| dirs.get(a.as_str()).copied());
+            match root {
+                Some(i) => roots[i].1.push(e),
+                None => {
+                    if e.kind == SourceKind::Dir {
+                        dirs.insert(e.path.as_str(), roots.len());
+                    }
+                    roots.push((e, Vec::new()));
+                }
             }
         }
     }

@@ -154,9 +154,10 @@ impl BuildConfig {
         }
     }
 
-    fn string_list(&self, key: &str) -> Vec<String> {
+    /// The strings of the array at `section.key` (non-strings skipped; none when absent).
+    fn strings_at(&self, section: &str, key: &str) -> Vec<String> {
         self.doc
-            .get("config")
+            .get(section)
             .and_then(|c| c.get(key))
             .and_then(Value::as_array)
             .map(|a| {
@@ -169,7 +170,7 @@ impl BuildConfig {
 
     /// `Env` as (name, value) pairs, in order.
     pub fn env(&self) -> Vec<(String, String)> {
-        self.string_list("Env")
+        self.strings_at("config", "Env")
             .into_iter()
             .map(|kv| match kv.split_once('=') {
                 Some((k, v)) => (k.to_owned(), v.to_owned()),
@@ -240,7 +241,7 @@ impl BuildConfig {
 
     /// The shell of shell-form commands (`SHELL`, else `/bin/sh -c`).
     pub fn shell(&self) -> Vec<String> {
-        let s = self.string_list("Shell");
+        let s = self.strings_at("config", "Shell");
         if s.is_empty() {
             vec!["/bin/sh".into(), "-c".into()]
         } else {
@@ -317,16 +318,7 @@ impl BuildConfig {
 
     /// The layers' diff_ids, bottom first.
     pub fn diff_ids(&self) -> Vec<String> {
-        self.doc
-            .get("rootfs")
-            .and_then(|r| r.get("diff_ids"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.strings_at("rootfs", "diff_ids")
     }
 
     /// The finished config blob: `created` set, keys sorted, no whitespace.
