@@ -32,10 +32,18 @@ impl Format {
         }
     }
 
+    /// A gzip layer's media type (every layer a build writes).
     pub fn layer_type(self) -> &'static str {
-        match self {
-            Format::Oci => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Format::Docker => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        self.layer_type_of(true)
+    }
+
+    /// The media type of a layer, compressed with gzip or not (a base image's may be not).
+    pub fn layer_type_of(self, gzip: bool) -> &'static str {
+        match (self, gzip) {
+            (Format::Oci, true) => "application/vnd.oci.image.layer.v1.tar+gzip",
+            (Format::Oci, false) => "application/vnd.oci.image.layer.v1.tar",
+            (Format::Docker, true) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            (Format::Docker, false) => "application/vnd.docker.image.rootfs.diff.tar",
         }
     }
 }
@@ -339,6 +347,8 @@ impl BuildConfig {
 pub struct Descriptor {
     pub digest: Digest,
     pub size: u64,
+    /// For a layer: gzip-compressed (else a plain tar). Ignored for the config.
+    pub gzip: bool,
 }
 
 /// The image manifest of `config` and `layers` (bottom first), canonical JSON.
@@ -346,7 +356,7 @@ pub fn manifest(format: Format, config: &Descriptor, layers: &[Descriptor]) -> V
     let layers: Vec<Value> = layers
         .iter()
         .map(|l| {
-            json!({"mediaType": format.layer_type(), "digest": l.digest.to_string(), "size": l.size})
+            json!({"mediaType": format.layer_type_of(l.gzip), "digest": l.digest.to_string(), "size": l.size})
         })
         .collect();
     let doc = json!({

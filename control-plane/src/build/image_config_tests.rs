@@ -98,10 +98,12 @@ fn manifests_name_their_blobs_with_the_format_media_types() {
     let config = Descriptor {
         digest: Digest::of(b"config"),
         size: 6,
+        gzip: true,
     };
     let layer = Descriptor {
         digest: Digest::of(b"layer"),
         size: 5,
+        gzip: true,
     };
     for format in [Format::Oci, Format::Docker] {
         let m: Value =

@@ -1,11 +1,23 @@
 //! `skiff build`: images built from Dockerfiles, each `RUN` in a microVM of its own.
-//! This part holds what the host does without a VM.
+//! `executor` runs a whole build: its stages (`stage`) and the steps the cache lacks
+//! (`execute`), on trees of the stages kept unpacked on the host (`tree`).
 
 pub mod cache_key;
 pub mod cache_store;
 pub mod context;
 pub mod copy;
 pub mod dockerfile;
+mod execute;
+pub mod executor;
 pub mod image_config;
 pub mod layer;
+pub mod request;
+mod stage;
 pub mod step;
+pub mod tree;
+
+pub use executor::{BuildControl, Builder, VmParts};
+pub use request::{
+    BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, ContextFiles, StepReport,
+    StepStatus, Stream,
+};

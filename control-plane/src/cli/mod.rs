@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_chart;
 pub mod bench_density;
 pub mod bench_python;
+pub mod build;
 pub mod image;
 pub mod info;
 pub mod limits;

@@ -122,6 +122,11 @@ impl ImageStore {
         &self.blobs
     }
 
+    /// Makes root filesystem images (of images, and of trees such as a build's).
+    pub fn rootfs_builder(&self) -> &RootfsBuilder {
+        &self.rootfs
+    }
+
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
     }

@@ -1,0 +1,508 @@
+//! Doing a step the cache did not have: a `RUN` in a microVM whose root filesystem is the
+//! stage's tree so far, a `COPY`/`ADD` from the context or another stage written on the
+//! host, a `WORKDIR` that makes its folder when the image lacks it.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use guest_agent::RunSpec;
+use sha2::{Digest as _, Sha256};
+
+use super::context::{
+    select_sources, walk_context, Entry, IgnoreMatcher, Manifest, StatCache, WalkOptions,
+};
+use super::copy::{copy_entries, CopyRequest};
+use super::dockerfile::{Base, Instruction, Step};
+use super::executor::{LayerRef, Run};
+use super::layer::{Content, EntryKind, LayerEntry};
+use super::request::{BuildError, BuildEvent, ContextFiles, Stream};
+use super::stage::{argv, StageState};
+use super::step::run_step;
+use super::tree::{StageTree, TreeLayer};
+use crate::images::digest::Digest;
+use crate::images::rootfs::RootfsError;
+use crate::launcher::{LaunchConfig, Output, TaskEnd};
+
+/// Output lines a failed `RUN` shows.
+const TAIL_LINES: usize = 20;
+/// Output bytes kept for that tail.
+const TAIL_BYTES: usize = 16 << 10;
+
+impl Run<'_> {
+    /// Does `step`; returns its layer (None when it changed no file) and, for a `RUN`, its
+    /// exit code.
+    pub(super) fn execute(
+        &self,
+        n: usize,
+        label: &str,
+        step: &Step,
+        state: &mut StageState,
+    ) -> Result<(Option<LayerRef>, Option<i32>), BuildError> {
+        match &step.instruction {
+            Instruction::Run { command } => {
+                let argv = argv(command, &state.config);
+                self.run(n, label, step, argv, state)
+            }
+            Instruction::Copy {
+                from,
+                chown,
+                chmod,
+                sources,
+                dest,
+            } => {
+                let from = from.as_ref().and(step.copy_from.as_ref());
+                let layer = self.copy(label, from, chown, chmod, sources, dest, false, state)?;
+                Ok((Some(layer), None))
+            }
+            Instruction::Add {
+                chown,
+                chmod,
+                sources,
+                dest,
+            } => {
+                let layer = self.copy(label, None, chown, chmod, sources, dest, true, state)?;
+                Ok((Some(layer), None))
+            }
+            Instruction::Workdir(dir) => Ok((self.workdir(label, dir, state)?, None)),
+            _ => Ok((None, None)),
+        }
+    }
+
+    fn tree_error(&self, label: &str, e: impl std::fmt::Display) -> BuildError {
+        BuildError::Internal(format!("{label}: the stage's files: {e}"))
+    }
+
+    /// `WORKDIR`: the folders of the path that the image lacks, root-owned `0755`.
+    fn workdir(
+        &self,
+        label: &str,
+        dir: &str,
+        state: &mut StageState,
+    ) -> Result<Option<LayerRef>, BuildError> {
+        let mut after = state.config.clone();
+        after.set_working_dir(dir);
+        let path = after.working_dir();
+        let now = super::executor::now_ms() / 1000;
+        let tree = state.tree(self).map_err(|e| self.tree_error(label, e))?;
+        let resolved = tree.resolve(&path);
+        let mut entries = Vec::new();
+        let mut at = String::new();
+        for c in resolved.split('/').filter(|c| !c.is_empty()) {
+            at = if at.is_empty() { c.to_owned() } else { format!("{at}/{c}") };
+            if tree.dir_meta(&at).is_none() {
+                entries.push(LayerEntry {
+                    path: at.clone().into_bytes(),
+                    kind: EntryKind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: now,
+                });
+            }
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.store_layer(entries, None)?))
+    }
+
+    /// A `RUN` in a microVM of its own.
+    fn run(
+        &self,
+        n: usize,
+        label: &str,
+        step: &Step,
+        argv: Vec<String>,
+        state: &mut StageState,
+    ) -> Result<(Option<LayerRef>, Option<i32>), BuildError> {
+        let layers: Vec<TreeLayer> = state.layers.iter().map(|l| l.tree.clone()).collect();
+        let mut chain = Sha256::new();
+        for l in &layers {
+            chain.update(l.digest.to_string().as_bytes());
+            chain.update(b"\n");
+        }
+        // Named by the layers it holds, so a tree is made once for every build on it.
+        let name = format!("build-{}", Digest::from_hasher(chain).hex());
+        let mut tree_failure = None;
+        let rootfs = self.b.store.rootfs_builder().from_tree(&name, || {
+            state.tree(self).map(|t| t.root().to_owned()).map_err(|e| {
+                let root = state.tree_root.clone();
+                tree_failure = Some(e.to_string());
+                RootfsError::Io {
+                    path: root,
+                    source: std::io::Error::other("the stage's files"),
+                }
+            })
+        });
+        let rootfs = match (rootfs, tree_failure) {
+            (_, Some(e)) => return Err(self.tree_error(label, e)),
+            (Ok(r), None) => r,
+            (Err(e), None) => return Err(self.tree_error(label, e)),
+        };
+        let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // ARGs reach RUN as environment variables, under ENV of the same name.
+        for (k, v) in step.args_seen.iter().chain(
+            step.proxy_env
+                .iter()
+                .map(|(k, v)| (k, v))
+                .collect::<Vec<_>>(),
+        ) {
+            if !step.env.iter().any(|(e, _)| e == k) {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        let memory = self.req.memory_mib;
+        let spec = RunSpec {
+            argv,
+            env,
+            working_dir: state.config.working_dir(),
+            user: Some(state.config.user())
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "0".into()),
+            image_disk: "/dev/vda".into(),
+            upper_size_mib: (memory / 4).max(16),
+            hostname: "skiff-build".into(),
+            wall_clock_ms: super::executor::now_ms(),
+            ..Default::default()
+        };
+        let work = self.work_path(&format!("vm-{n}"));
+        std::fs::create_dir_all(&work).map_err(|e| BuildError::internal("a VM's folder", e))?;
+        let cfg = LaunchConfig {
+            vmm: self.b.vm.vmm.clone(),
+            jail: self.b.vm.jail.clone(),
+            kernel: self.b.vm.kernel.clone(),
+            initrd: self.b.vm.initrd.clone(),
+            vcpus: self.req.cpu,
+            memory_mib: memory,
+            rootfs: rootfs.path,
+            work_dir: work.clone(),
+            timeout: self.req.timeout,
+            stop_timeout: Duration::from_secs(10),
+            boot_timeout: Duration::from_secs(600),
+            snapshot: None,
+            net: None,
+        };
+        let task = self.control.task();
+        let mut tail: Vec<u8> = Vec::new();
+        let outcome = run_step(
+            &cfg,
+            &spec,
+            &task,
+            *self.b.store.limits(),
+            &self.work,
+            &mut |o, bytes| {
+                (self.events)(BuildEvent::Log {
+                    index: n,
+                    stream: match o {
+                        Output::Stdout => Stream::Stdout,
+                        Output::Stderr => Stream::Stderr,
+                    },
+                    data: bytes.to_vec(),
+                });
+                tail.extend_from_slice(bytes);
+                if tail.len() > 2 * TAIL_BYTES {
+                    tail.drain(..tail.len() - TAIL_BYTES);
+                }
+            },
+        );
+        self.control.done(&task);
+        let _ = std::fs::remove_dir_all(&work);
+        let outcome = outcome.map_err(|e| BuildError::Internal(format!("{label}: {e}")))?;
+        let failed = |message: String, code: Option<i32>| BuildError::Step {
+            index: n,
+            message,
+            exit_code: code,
+            tail: last_lines(&tail),
+        };
+        match outcome.end {
+            TaskEnd::Exited(r) if r.exit_code == 0 => {}
+            TaskEnd::Exited(r) if r.oom_killed => {
+                return Err(failed(
+                    format!("{label} ran out of memory (exit code {}); give it more with --memory", r.exit_code),
+                    Some(r.exit_code),
+                ))
+            }
+            TaskEnd::Exited(r) => {
+                return Err(failed(
+                    format!("{label} exited with code {}", r.exit_code),
+                    Some(r.exit_code),
+                ))
+            }
+            TaskEnd::TimedOut(t) => {
+                return Err(failed(
+                    format!("{label} timed out after {} s", t.as_secs()),
+                    Some(124),
+                ))
+            }
+            TaskEnd::Killed if self.control.is_cancelled() => return Err(BuildError::Cancelled),
+            TaskEnd::Killed => {
+                return Err(failed(
+                    format!("{label}: its changes were refused (over a limit or malformed)"),
+                    None,
+                ))
+            }
+            TaskEnd::Failed { message, .. } => {
+                return Err(failed(format!("{label}: {message}"), None))
+            }
+            TaskEnd::Lost(why) => {
+                return Err(failed(format!("{label}: the VM was lost: {why}"), None))
+            }
+        }
+        let Some(changes) = outcome.changes else {
+            return Err(failed(format!("{label}: the VM sent no changes"), None));
+        };
+        if changes.entries.is_empty() {
+            return Ok((None, Some(0)));
+        }
+        let layer = self.store_layer(changes.entries, Some(&changes.spool))?;
+        Ok((Some(layer), Some(0)))
+    }
+
+    /// A `COPY` (or `ADD`, which here copies local files the same way and refuses archives
+    /// it would have to unpack).
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &self,
+        label: &str,
+        from: Option<&Base>,
+        chown: &Option<String>,
+        chmod: &Option<String>,
+        sources: &[String],
+        dest: &str,
+        is_add: bool,
+        state: &mut StageState,
+    ) -> Result<LayerRef, BuildError> {
+        let chmod = match chmod {
+            None => None,
+            Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(
+                || self.step_error(label, format_args!("invalid --chmod={m}: expected octal bits")),
+            )?),
+        };
+        let workdir = state.config.working_dir();
+        let tree = state.tree(self).map_err(|e| self.tree_error(label, e))?;
+        let owner = match chown {
+            None => (0, 0),
+            Some(c) => tree.owner(c).map_err(|e| self.step_error(label, e))?,
+        };
+        // The destination through the image's own links (`/bin` → `usr/bin`).
+        let full = if dest.starts_with('/') {
+            dest.to_owned()
+        } else {
+            format!("{workdir}/{dest}")
+        };
+        let named_dir = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
+        let resolved = format!("/{}{}", tree.resolve(&full), if named_dir { "/" } else { "" });
+        let source = match from {
+            None => Source::context(self),
+            Some(base) => self.other_source(label, base, sources)?,
+        };
+        let sources = source.sources.clone().unwrap_or_else(|| sources.to_vec());
+        if is_add {
+            self.refuse_archives(label, &source, &sources)?;
+        }
+        let content_root = source.root.clone();
+        let by_hash = source.by_hash;
+        let content_of = |e: &Entry| match (&e.sha256, by_hash) {
+            (Some(h), true) => Content::Host(content_root.join(h)),
+            _ => Content::Host(content_root.join(&e.path)),
+        };
+        let req = CopyRequest {
+            sources: &sources,
+            dest: &resolved,
+            workdir: "/",
+            owner,
+            chmod,
+            mtime: super::executor::now_ms() / 1000,
+        };
+        let entries = copy_entries(
+            &source.manifest,
+            &source.ignore,
+            &req,
+            &content_of,
+            &|p| tree.dir_meta(p),
+        )
+        .map_err(|e| self.step_error(label, e))?;
+        self.store_layer(entries, None)
+    }
+
+    /// The files of an earlier stage or of an image, below the folder the sources share.
+    fn other_source(
+        &self,
+        label: &str,
+        base: &Base,
+        sources: &[String],
+    ) -> Result<Source, BuildError> {
+        let walk = |tree: &StageTree| -> Result<Source, BuildError> {
+            let (dir, rewritten) = walk_root(tree, sources);
+            let root = tree.root().join(&dir);
+            let manifest = walk_context(
+                &root,
+                &IgnoreMatcher::empty(),
+                &[],
+                &mut StatCache::new(),
+                &WalkOptions::default(),
+            )
+            .map_err(|e| self.step_error(label, e))?;
+            Ok(Source {
+                manifest,
+                ignore: IgnoreMatcher::empty(),
+                root,
+                by_hash: false,
+                sources: Some(rewritten),
+            })
+        };
+        match base {
+            Base::Stage(i) => {
+                let s = self.stage(*i)?;
+                let mut s = s
+                    .lock()
+                    .map_err(|_| BuildError::Internal("a stage's state was poisoned".into()))?;
+                let tree = s.tree(self).map_err(|e| self.tree_error(label, e))?;
+                walk(tree)
+            }
+            Base::Image(name) => {
+                let (_, layers, manifest) = self.base_image(name)?;
+                let mut tree = StageTree::new(
+                    self.work_path(&format!("from-{}", manifest.hex())),
+                    *self.b.store.limits(),
+                )
+                .map_err(|e| self.tree_error(label, e))?;
+                let layers: Vec<TreeLayer> = layers.into_iter().map(|l| l.tree).collect();
+                tree.catch_up(&layers)
+                    .map_err(|e| self.tree_error(label, e))?;
+                walk(&tree)
+            }
+        }
+    }
+
+    /// `ADD` unpacks local archives in Docker; Skiff does not yet, so it refuses them
+    /// rather than copying the archive file where Docker would have its contents.
+    fn refuse_archives(
+        &self,
+        label: &str,
+        source: &Source,
+        sources: &[String],
+    ) -> Result<(), BuildError> {
+        let selected = select_sources(&source.manifest, sources, &source.ignore)
+            .map_err(|e| self.step_error(label, e))?;
+        for e in selected.iter().filter(|e| e.sha256.is_some()) {
+            let path = match (&e.sha256, source.by_hash) {
+                (Some(h), true) => source.root.join(h),
+                _ => source.root.join(&e.path),
+            };
+            let mut head = [0u8; 262];
+            let got = File::open(&path)
+                .and_then(|f| f.take(262).read(&mut head))
+                .unwrap_or(0);
+            if is_archive(&head[..got]) {
+                return Err(self.step_error(
+                    label,
+                    format_args!(
+                        "{:?} is an archive, and ADD does not unpack archives yet: use COPY and RUN tar -x",
+                        e.path
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a `COPY` reads from.
+struct Source {
+    manifest: Manifest,
+    ignore: IgnoreMatcher,
+    root: PathBuf,
+    /// Files are kept by content hash under `root` (an uploaded context).
+    by_hash: bool,
+    /// The sources rewritten against `root`, when it is not the stage's `/`.
+    sources: Option<Vec<String>>,
+}
+
+impl Source {
+    fn context(run: &Run<'_>) -> Source {
+        let (root, by_hash) = match &run.ctx.files {
+            ContextFiles::Dir(d) => (d.clone(), false),
+            ContextFiles::ByHash(d) => (d.clone(), true),
+        };
+        Source {
+            manifest: run.ctx.manifest.clone(),
+            ignore: run.ctx.ignore.clone(),
+            root,
+            by_hash,
+            sources: None,
+        }
+    }
+}
+
+fn has_wildcard(c: &str) -> bool {
+    c.contains(['*', '?', '[', '\\'])
+}
+
+/// The folder under `tree` to walk for `sources` (resolved, relative) and the sources
+/// rewritten against it: the literal folders the sources share, so that copying one
+/// folder out of a large image does not read (or hash) the rest of it. A source that
+/// names a folder becomes `.` (its contents are copied either way).
+fn walk_root(tree: &StageTree, sources: &[String]) -> (String, Vec<String>) {
+    let comps: Vec<Vec<&str>> = sources
+        .iter()
+        .map(|s| s.split('/').filter(|c| !c.is_empty() && *c != ".").collect())
+        .collect();
+    let mut prefix: Option<Vec<&str>> = None;
+    for c in &comps {
+        let literal: Vec<&str> = c.iter().take_while(|c| !has_wildcard(c)).copied().collect();
+        let whole_dir = literal.len() == c.len()
+            && !c.contains(&"..")
+            && tree.dir_meta(&tree.resolve(&c.join("/"))).is_some();
+        let mut mine = if whole_dir {
+            literal
+        } else {
+            literal[..literal.len().min(c.len().saturating_sub(1))].to_vec()
+        };
+        if mine.contains(&"..") {
+            mine.clear();
+        }
+        prefix = Some(match prefix {
+            None => mine,
+            Some(p) => p
+                .iter()
+                .zip(&mine)
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| *a)
+                .collect(),
+        });
+    }
+    let prefix = prefix.unwrap_or_default();
+    let rewritten = comps
+        .iter()
+        .map(|c| {
+            let rest = c[prefix.len().min(c.len())..].join("/");
+            if rest.is_empty() {
+                ".".to_owned()
+            } else {
+                rest
+            }
+        })
+        .collect();
+    (tree.resolve(&prefix.join("/")), rewritten)
+}
+
+/// gzip, bzip2, xz or a ustar header: what Docker's `ADD` would unpack.
+fn is_archive(head: &[u8]) -> bool {
+    head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(b"BZh")
+        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || head.get(257..262) == Some(b"ustar")
+}
+
+/// The last lines of a step's output.
+fn last_lines(tail: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(tail);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}

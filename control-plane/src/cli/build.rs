@@ -1,0 +1,366 @@
+//! `skiff build --local`: a Dockerfile built by this process into the local image store,
+//! every `RUN` in a microVM of its own, steps taken from the build cache where their
+//! inputs are unchanged.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, ValueEnum};
+use control_plane::build::context::{walk_context, IgnoreMatcher, StatCache, WalkOptions};
+use control_plane::build::dockerfile::MAX_DOCKERFILE_BYTES;
+use control_plane::build::image_config::Format;
+use control_plane::build::{
+    BuildContext, BuildControl, BuildError, BuildEvent, BuildRequest, Builder, ContextFiles,
+    StepStatus, Stream, VmParts,
+};
+use control_plane::images::registry::{Reference, RegistryOptions};
+use control_plane::{install, launcher};
+use sha2::{Digest as _, Sha256};
+
+use super::image::store;
+use super::tempdir_in;
+
+/// A context above this size gets a warning naming its largest files.
+const LARGE_CONTEXT_BYTES: u64 = 100_000_000;
+/// Largest remembered stat cache read back.
+const MAX_STAT_CACHE_BYTES: u64 = 256 << 20;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Plain,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Oci,
+    Docker,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Build here, in microVMs started by this command, without a server.
+    #[arg(long)]
+    pub local: bool,
+    /// Name and tag of the result (repeatable).
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// A build argument K=V (K alone: from this environment).
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// The stage to build (default: the last).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// A label K=V on the result (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Do every step again, ignoring the build cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Clamp every time in the result to this (seconds since the epoch; default:
+    /// $SOURCE_DATE_EPOCH): same inputs, same digest.
+    #[arg(long)]
+    pub source_date_epoch: Option<u64>,
+    /// Media types of the result.
+    #[arg(long, value_enum, default_value = "oci")]
+    pub format: FormatArg,
+    /// RUN steps' network: none (loopback only).
+    #[arg(long, default_value = "none")]
+    pub network: String,
+    /// vCPUs of each RUN step's microVM.
+    #[arg(long, default_value_t = 1)]
+    pub cpu: u32,
+    /// Memory of each RUN step's microVM, MiB (a quarter of it holds the step's changes).
+    #[arg(long, default_value_t = 512)]
+    pub memory: u64,
+    /// Longest a RUN step may take, seconds (it then fails with code 124).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// How steps are shown: plain text, or one JSON event per line.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Push the result to its registry after the build.
+    #[arg(long)]
+    pub push: bool,
+    /// The build context folder.
+    pub context: PathBuf,
+}
+
+pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
+    if !a.local {
+        bail!("skiff build needs --local for now (the server's build API is not there yet)");
+    }
+    if a.push {
+        bail!("--push is not supported yet: build, then push with a registry tool");
+    }
+    if a.network != "none" {
+        bail!("--network {}: RUN steps have no network yet (only none)", a.network);
+    }
+    let tags = a
+        .tags
+        .iter()
+        .map(|t| t.parse::<Reference>().map_err(|e| anyhow!("-t {t}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let build_args = key_values(&a.build_args, "--build-arg", true)?;
+    let labels = key_values(&a.labels, "--label", false)?;
+    let epoch = match a.source_date_epoch {
+        Some(n) => Some(n),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(s) if !s.is_empty() => Some(
+                s.parse()
+                    .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={s}: expected whole seconds"))?,
+            ),
+            _ => None,
+        },
+    };
+    let context = a
+        .context
+        .canonicalize()
+        .with_context(|| format!("the build context {}", a.context.display()))?;
+    let dockerfile_path = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let dockerfile = read_dockerfile(&dockerfile_path)?;
+    let ctx = load_context(state_dir, &context, &dockerfile_path)?;
+    let kernel = install::kernel(None)?.path;
+    let agent = install::agent(None)?.path;
+    let st = store(state_dir)?;
+    let work = tempdir_in(&state_dir.join("run"))?;
+    let initrd = work.join("agent.cpio");
+    launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
+    let builder = Builder::new(
+        st,
+        RegistryOptions::default(),
+        VmParts {
+            vmm: install::vmm().path,
+            jail: launcher::JailConfig::installed(),
+            kernel,
+            initrd,
+        },
+    );
+    let req = BuildRequest {
+        dockerfile,
+        tags: tags.clone(),
+        build_args,
+        target: a.target.clone(),
+        labels,
+        no_cache: a.no_cache,
+        source_date_epoch: epoch,
+        format: match a.format {
+            FormatArg::Oci => Format::Oci,
+            FormatArg::Docker => Format::Docker,
+        },
+        cpu: a.cpu,
+        memory_mib: a.memory,
+        timeout: a.timeout.map(Duration::from_secs),
+    };
+    let control = BuildControl::new();
+    cancel_on_signals(&control)?;
+    let json = matches!(a.progress, ProgressMode::Json);
+    let result = builder.build(&req, &ctx, &control, &|e| show(&e, json));
+    let _ = std::fs::remove_dir_all(&work);
+    match result {
+        Ok(outcome) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "result", "imageDigest": outcome.manifest.to_string(),
+                        "imageId": outcome.config.to_string()})
+                );
+            } else {
+                eprintln!("built {} (image id {})", outcome.manifest, outcome.config);
+                for t in &tags {
+                    eprintln!("tagged {t}");
+                }
+                println!("{}", outcome.manifest);
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            if let BuildError::Step { tail, .. } = &e {
+                for l in tail {
+                    eprintln!("  | {l}");
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "result", "error": {"message": e.to_string(),
+                        "step": match &e { BuildError::Step { index, .. } => Some(*index), _ => None },
+                        "exitCode": match &e { BuildError::Step { exit_code, .. } => *exit_code, _ => None }}})
+                );
+            }
+            eprintln!("skiff: error: {e}");
+            Ok(code)
+        }
+    }
+}
+
+/// `K=V` pairs; `K` alone takes this environment's value when `from_env`.
+fn key_values(
+    items: &[String],
+    flag: &str,
+    from_env: bool,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = match item.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None if from_env => match std::env::var(item) {
+                Ok(v) => (item.clone(), v),
+                // Docker leaves an argument that is not set here out.
+                Err(_) => continue,
+            },
+            None => bail!("{flag} {item}: expected KEY=VALUE"),
+        };
+        if k.is_empty() {
+            bail!("{flag} {item}: the name is empty");
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn read_dockerfile(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot read the Dockerfile {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_DOCKERFILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read the Dockerfile {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// The context's manifest, with the hashes of files unchanged since the last build of
+/// this folder taken from its remembered stat cache.
+fn load_context(state_dir: &Path, context: &Path, dockerfile: &Path) -> anyhow::Result<BuildContext> {
+    let rel_dockerfile = dockerfile
+        .strip_prefix(context)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| dockerfile.to_path_buf());
+    let (ignore, file) = IgnoreMatcher::load(context, &rel_dockerfile)?;
+    let mut always: Vec<String> = vec![rel_dockerfile.to_string_lossy().into_owned()];
+    always.extend(file.and_then(|f| f.context_relative));
+    let cache_dir = state_dir.join("build-contexts");
+    let cache_path = cache_dir.join(format!(
+        "stat-{}.json",
+        hex::encode(Sha256::digest(context.as_os_str().as_encoded_bytes()))
+    ));
+    let mut stats: StatCache = std::fs::File::open(&cache_path)
+        .ok()
+        .and_then(|f| {
+            let mut s = Vec::new();
+            f.take(MAX_STAT_CACHE_BYTES).read_to_end(&mut s).ok()?;
+            serde_json::from_slice(&s).ok()
+        })
+        .unwrap_or_default();
+    let manifest = walk_context(context, &ignore, &always, &mut stats, &WalkOptions::default())?;
+    if std::fs::create_dir_all(&cache_dir).is_ok() {
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&cache_dir) {
+            if serde_json::to_writer(&mut tmp, &stats).is_ok() {
+                let _ = tmp.persist(&cache_path);
+            }
+        }
+    }
+    if manifest.total_bytes > LARGE_CONTEXT_BYTES {
+        let mut big: Vec<_> = manifest
+            .entries
+            .iter()
+            .filter(|e| !e.excluded)
+            .filter_map(|e| Some((e.size?, e.path.as_str())))
+            .collect();
+        big.sort_by(|a, b| b.cmp(a));
+        let names: Vec<String> = big
+            .iter()
+            .take(5)
+            .map(|(s, p)| format!("{p} ({} MB)", s / 1_000_000))
+            .collect();
+        eprintln!(
+            "skiff: warning: the build context is {} MB; the largest files: {}; exclude what the build does not need in .dockerignore",
+            manifest.total_bytes / 1_000_000,
+            names.join(", ")
+        );
+    }
+    Ok(BuildContext {
+        manifest,
+        ignore,
+        files: ContextFiles::Dir(context.to_path_buf()),
+    })
+}
+
+/// A build event on stderr (plain) or as one JSON line on stdout.
+fn show(e: &BuildEvent, json: bool) {
+    if json {
+        let v = match e {
+            BuildEvent::Step {
+                index,
+                label,
+                status,
+                miss_reason,
+            } => serde_json::json!({"type": "step", "index": index, "label": label,
+                "status": status, "missReason": miss_reason}),
+            BuildEvent::Log {
+                index,
+                stream,
+                data,
+            } => serde_json::json!({"type": "log", "index": index, "stream": stream,
+                "data": String::from_utf8_lossy(data)}),
+            BuildEvent::Warning(w) => serde_json::json!({"type": "warning", "message": w}),
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}").and_then(|_| out.flush());
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = match e {
+        BuildEvent::Step {
+            label,
+            status: StepStatus::Started,
+            miss_reason,
+            ..
+        } => match miss_reason {
+            Some(r) => writeln!(err, "{label}  ({r})"),
+            None => writeln!(err, "{label}"),
+        },
+        BuildEvent::Step {
+            label,
+            status: StepStatus::Cached,
+            ..
+        } => writeln!(err, "{label}  CACHED"),
+        BuildEvent::Step { .. } => Ok(()),
+        BuildEvent::Log {
+            index,
+            stream,
+            data,
+        } => {
+            let text = String::from_utf8_lossy(data);
+            let mark = match stream {
+                Stream::Stdout => "",
+                Stream::Stderr => "!",
+            };
+            text.lines()
+                .try_for_each(|l| writeln!(err, "#{index}{mark} {l}"))
+        }
+        BuildEvent::Warning(w) => writeln!(err, "skiff: warning: {w}"),
+    };
+}
+
+/// SIGINT or SIGTERM cancels the build: its VMs end and its work folder goes.
+fn cancel_on_signals(control: &BuildControl) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    let control = control.clone();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            control.cancel();
+        }
+    });
+    Ok(())
+}
