@@ -51,6 +51,9 @@ enum Cmd {
     Run(RunArgs),
     /// Build an image from a Dockerfile, every RUN step in a microVM of its own.
     Build(cli::build::BuildArgs),
+    /// The build cache: its size, and pruning it.
+    #[command(subcommand)]
+    Builder(cli::builder::BuilderCmd),
     /// List tasks (running ones; -a for all).
     Ps {
         #[arg(short = 'a', long)]
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) if a.local => cli::run_local::run(&state_dir, a),
         Cmd::Image(c) => cli::image::image(&state_dir, c),
         Cmd::Build(a) => cli::build::build(&state_dir, a),
+        Cmd::Builder(c) => cli::builder::builder(&state_dir, c),
         Cmd::Info => cli::info::info(&state_dir),
         Cmd::Bench(BenchCmd::ColdStart(a)) => cli::bench::cold_start(a),
         Cmd::Bench(BenchCmd::Density(a)) => cli::bench_density::density(a),
@@ -146,7 +150,7 @@ fn main() -> ExitCode {
                     Cmd::Network(c) => cli::network::network(&api, c),
                     Cmd::Service(c) => cli::service::service(&api, c),
                     Cmd::Apply { file } => cli::apply::apply(&api, &file),
-                    Cmd::Serve(_) | Cmd::Image(_) | Cmd::Build(_) | Cmd::Bench(_) | Cmd::Info => {
+                    Cmd::Serve(_) | Cmd::Image(_) | Cmd::Build(_) | Cmd::Builder(_) | Cmd::Bench(_) | Cmd::Info => {
                         unreachable!("handled above")
                     }
                 },

@@ -287,4 +287,30 @@ fn build_errors_name_the_step_and_keep_the_cache() {
     // Nothing of the failed build is left in the work folder.
     let left: Vec<_> = fs::read_dir(st.join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+
+    // The cache's records pin their layers until `builder prune` lets them go.
+    let du = skiff_in(&st, &["builder", "du"]);
+    assert!(du.status.success(), "{}", show(&du));
+    assert!(text(&du.stdout).starts_with("1 record,"), "{}", show(&du));
+    let none = skiff_in(&st, &["builder", "prune"]);
+    assert_eq!(none.status.code(), Some(125), "{}", show(&none));
+    let pruned = skiff_in(&st, &["builder", "prune", "--all"]);
+    assert!(pruned.status.success(), "{}", show(&pruned));
+    assert!(
+        text(&pruned.stdout).starts_with("removed 1 record "),
+        "{}",
+        show(&pruned)
+    );
+    let du = skiff_in(&st, &["builder", "du"]);
+    assert!(
+        text(&du.stdout).starts_with("0 records, layers 0.0 MB; 0 step root filesystems"),
+        "{}",
+        show(&du)
+    );
+    let o = build("FROM local/busybox:latest\nCOPY app.txt /\n", &[]);
+    assert!(
+        text(&o.stderr).contains("[2/2] COPY app.txt / (Dockerfile:2)  (not in the build cache)"),
+        "{}",
+        show(&o)
+    );
 }
