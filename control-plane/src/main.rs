@@ -150,7 +150,12 @@ fn main() -> ExitCode {
                     Cmd::Network(c) => cli::network::network(&api, c),
                     Cmd::Service(c) => cli::service::service(&api, c),
                     Cmd::Apply { file } => cli::apply::apply(&api, &file),
-                    Cmd::Serve(_) | Cmd::Image(_) | Cmd::Build(_) | Cmd::Builder(_) | Cmd::Bench(_) | Cmd::Info => {
+                    Cmd::Serve(_)
+                    | Cmd::Image(_)
+                    | Cmd::Build(_)
+                    | Cmd::Builder(_)
+                    | Cmd::Bench(_)
+                    | Cmd::Info => {
                         unreachable!("handled above")
                     }
                 },

@@ -143,22 +143,34 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
     // The image as a registry would see it.
     let manifest = blob(&st, &digest);
     assert_eq!(manifest["schemaVersion"], 2);
-    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
     let config = blob(&st, manifest["config"]["digest"].as_str().unwrap());
     let c = &config["config"];
     assert_eq!(c["User"], "1000:1000");
     assert_eq!(c["ExposedPorts"], serde_json::json!({"8080/tcp": {}}));
-    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "/app/run.sh"]));
+    assert_eq!(
+        c["Entrypoint"],
+        serde_json::json!(["/bin/sh", "/app/run.sh"])
+    );
     assert_eq!(c["Cmd"], serde_json::json!(["arg1"]));
     assert_eq!(c["Labels"]["org.example.version"], "1");
-    assert!(c["Env"].as_array().unwrap().contains(&Value::from("APP=/app")));
+    assert!(c["Env"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("APP=/app")));
     let layers = manifest["layers"].as_array().unwrap();
     // busybox's own layer, three COPYs and one RUN.
     assert_eq!(layers.len(), 5, "{manifest}");
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 5);
     let history = config["history"].as_array().unwrap();
     let made = history.iter().filter(|h| h["empty_layer"] != true).count();
-    assert_eq!(made, 4, "one history entry per layer the build made: {history:?}");
+    assert_eq!(
+        made, 4,
+        "one history entry per layer the build made: {history:?}"
+    );
     for l in layers {
         let d = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
         let size = fs::metadata(st.join("blobs/sha256").join(d)).unwrap().len();
@@ -181,7 +193,10 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
         .iter()
         .all(|(i, s)| *i == 1 || *i == 6 || s == "cached"));
     // A touched file (same content) still hits.
-    let f = fs::File::options().write(true).open(ctx.join("src/msg.txt")).unwrap();
+    let f = fs::File::options()
+        .write(true)
+        .open(ctx.join("src/msg.txt"))
+        .unwrap();
     f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
         .unwrap();
     drop(f);
@@ -197,6 +212,20 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
         .map(|(i, _)| *i)
         .collect();
     assert_eq!(missed, vec![15, 16, 17], "{states:?}");
+    let reasons: Vec<String> = text(&arg.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| Some(format!("{}: {}", v["index"], v["missReason"].as_str()?)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "15: LABEL org.example.version=$VERSION: build argument VERSION changed",
+            "16: an earlier step was rebuilt",
+            "17: an earlier step was rebuilt"
+        ],
+        "why each step missed"
+    );
     let m = blob(&st, result(&arg)["imageDigest"].as_str().unwrap());
     let cfg = blob(&st, m["config"]["digest"].as_str().unwrap());
     assert_eq!(cfg["config"]["Labels"]["org.example.version"], "2");
@@ -253,7 +282,10 @@ fn build_errors_name_the_step_and_keep_the_cache() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = text(&o.stderr);
-    assert!(err.contains("build argument UNUSED was given but no ARG"), "{err}");
+    assert!(
+        err.contains("build argument UNUSED was given but no ARG"),
+        "{err}"
+    );
     assert!(
         err.contains(r#"[3/3] COPY app.jar /app/ (Dockerfile:3): "app.jar" not found in the build context (excluded by .dockerignore line 2)"#),
         "{err}"
@@ -267,7 +299,8 @@ fn build_errors_name_the_step_and_keep_the_cache() {
         "{err}"
     );
 
-    let failing = "FROM local/busybox:latest\nCOPY app.txt /\nRUN echo building; echo broken >&2; exit 2\n";
+    let failing =
+        "FROM local/busybox:latest\nCOPY app.txt /\nRUN echo building; echo broken >&2; exit 2\n";
     let o = build(failing, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = text(&o.stderr);
@@ -275,7 +308,10 @@ fn build_errors_name_the_step_and_keep_the_cache() {
         err.contains("error: [3/3] RUN echo building; echo broken >&2; exit 2 (Dockerfile:3) exited with code 2"),
         "{err}"
     );
-    assert!(err.contains("  | building\n  | broken\n"), "the output's last lines: {err}");
+    assert!(
+        err.contains("  | building\n  | broken\n"),
+        "the output's last lines: {err}"
+    );
     // The COPY before it was kept: the next build takes it from the cache.
     let o = build("FROM local/busybox:latest\nCOPY app.txt /\n", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -309,7 +345,9 @@ fn build_errors_name_the_step_and_keep_the_cache() {
     );
     let o = build("FROM local/busybox:latest\nCOPY app.txt /\n", &[]);
     assert!(
-        text(&o.stderr).contains("[2/2] COPY app.txt / (Dockerfile:2)  (not in the build cache)"),
+        text(&o.stderr).contains(
+            "[2/2] COPY app.txt / (Dockerfile:2)  (COPY app.txt /: not in the build cache)"
+        ),
         "{}",
         show(&o)
     );

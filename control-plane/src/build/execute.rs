@@ -90,7 +90,11 @@ impl Run<'_> {
         let mut entries = Vec::new();
         let mut at = String::new();
         for c in resolved.split('/').filter(|c| !c.is_empty()) {
-            at = if at.is_empty() { c.to_owned() } else { format!("{at}/{c}") };
+            at = if at.is_empty() {
+                c.to_owned()
+            } else {
+                format!("{at}/{c}")
+            };
             if tree.dir_meta(&at).is_none() {
                 entries.push(LayerEntry {
                     path: at.clone().into_bytes(),
@@ -220,7 +224,10 @@ impl Run<'_> {
             TaskEnd::Exited(r) if r.exit_code == 0 => {}
             TaskEnd::Exited(r) if r.oom_killed => {
                 return Err(failed(
-                    format!("{label} ran out of memory (exit code {}); give it more with --memory", r.exit_code),
+                    format!(
+                        "{label} ran out of memory (exit code {}); give it more with --memory",
+                        r.exit_code
+                    ),
                     Some(r.exit_code),
                 ))
             }
@@ -276,9 +283,17 @@ impl Run<'_> {
     ) -> Result<LayerRef, BuildError> {
         let chmod = match chmod {
             None => None,
-            Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(
-                || self.step_error(label, format_args!("invalid --chmod={m}: expected octal bits")),
-            )?),
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        self.step_error(
+                            label,
+                            format_args!("invalid --chmod={m}: expected octal bits"),
+                        )
+                    })?,
+            ),
         };
         let workdir = state.config.working_dir();
         let tree = state.tree(self).map_err(|e| self.tree_error(label, e))?;
@@ -293,7 +308,11 @@ impl Run<'_> {
             format!("{workdir}/{dest}")
         };
         let named_dir = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
-        let resolved = format!("/{}{}", tree.resolve(&full), if named_dir { "/" } else { "" });
+        let resolved = format!(
+            "/{}{}",
+            tree.resolve(&full),
+            if named_dir { "/" } else { "" }
+        );
         let source = match from {
             None => Source::context(self),
             Some(base) => self.other_source(label, base, sources)?,
@@ -316,13 +335,9 @@ impl Run<'_> {
             chmod,
             mtime: super::executor::now_ms() / 1000,
         };
-        let entries = copy_entries(
-            &source.manifest,
-            &source.ignore,
-            &req,
-            &content_of,
-            &|p| tree.dir_meta(p),
-        )
+        let entries = copy_entries(&source.manifest, &source.ignore, &req, &content_of, &|p| {
+            tree.dir_meta(p)
+        })
         .map_err(|e| self.step_error(label, e))?;
         self.store_layer(entries, None)
     }
@@ -448,7 +463,11 @@ fn has_wildcard(c: &str) -> bool {
 fn walk_root(tree: &StageTree, sources: &[String]) -> (String, Vec<String>) {
     let comps: Vec<Vec<&str>> = sources
         .iter()
-        .map(|s| s.split('/').filter(|c| !c.is_empty() && *c != ".").collect())
+        .map(|s| {
+            s.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect()
+        })
         .collect();
     let mut prefix: Option<Vec<&str>> = None;
     for c in &comps {

@@ -17,6 +17,7 @@ use super::cache_store::BuildCache;
 use super::dockerfile::{parse_bytes, plan, Plan};
 use super::image_config::{self, Clock, Descriptor};
 use super::layer::{write_layer, LayerEntry};
+use super::miss_reason::InputsLog;
 use super::request::{
     BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, StepReport,
 };
@@ -121,6 +122,8 @@ pub(super) struct Run<'a> {
     pub first_step: BTreeMap<usize, usize>,
     pub total_steps: usize,
     pub stages: Mutex<BTreeMap<usize, Arc<Mutex<StageState>>>>,
+    /// What earlier builds' steps saw, for the reasons of misses.
+    pub inputs: InputsLog,
     pub reports: Mutex<Vec<StepReport>>,
 }
 
@@ -168,7 +171,11 @@ impl Builder {
         let waves = plan.build_waves(target)?;
         let mut first_step = BTreeMap::new();
         let mut total_steps = 0;
-        for &s in waves.iter().flatten().collect::<std::collections::BTreeSet<_>>() {
+        for &s in waves
+            .iter()
+            .flatten()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             first_step.insert(s, total_steps + 1);
             total_steps += 1 + plan.stages[s].instructions.len();
         }
@@ -193,6 +200,7 @@ impl Builder {
             first_step,
             total_steps,
             stages: Mutex::new(BTreeMap::new()),
+            inputs: InputsLog::new(self.store.state_dir()),
             reports: Mutex::new(Vec::new()),
         };
         let run = &run;
@@ -272,20 +280,20 @@ impl Run<'_> {
         }
         // With the whole tree at hand, the image's root filesystem is made now rather
         // than unpacked again by its first run.
-        let all = state.layers.iter().map(|l| l.tree.clone()).collect::<Vec<_>>();
+        let all = state
+            .layers
+            .iter()
+            .map(|l| l.tree.clone())
+            .collect::<Vec<_>>();
         if let Some(tree) = state.tree.as_mut().filter(|t| t.applied() == all.len()) {
             let root = tree.root().to_owned();
             self.b
                 .store
                 .rootfs_builder()
-                .from_tree(&config_digest.hex(), || Ok(root))
+                .from_tree(config_digest.hex(), || Ok(root))
                 .map_err(|e| BuildError::internal("the image's root filesystem", e))?;
         }
-        let mut steps = self
-            .reports
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let mut steps = self.reports.lock().map(|r| r.clone()).unwrap_or_default();
         steps.sort_by_key(|s| s.index);
         Ok(BuildOutcome {
             manifest: manifest_digest,

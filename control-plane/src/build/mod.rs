@@ -11,6 +11,7 @@ mod execute;
 pub mod executor;
 pub mod image_config;
 pub mod layer;
+pub mod miss_reason;
 pub mod request;
 mod stage;
 pub mod step;

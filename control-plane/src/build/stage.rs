@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use super::cache_key::{CacheKey, StepInputs};
 use super::cache_store::{CacheRecord, CachedLayer};
-use super::context::checksum_sources;
+use super::context::{checksum_sources, select_sources};
 use super::dockerfile::{Base, Command, Instruction, Stage, Step};
 use super::executor::{now_ms, LayerRef, Run};
 use super::image_config::{BuildConfig, Clock};
+use super::miss_reason::{explain, SeenInputs};
 use super::request::{BuildError, BuildEvent, StepReport, StepStatus};
 use super::tree::{StageTree, TreeError, TreeLayer};
 use crate::images::registry::Reference;
@@ -49,6 +50,22 @@ impl StageState {
         })?;
         tree.catch_up(&layers)?;
         Ok(tree)
+    }
+}
+
+/// What a `COPY`/`ADD` step reads.
+#[derive(Debug, Default)]
+struct FilesRead {
+    checksum: Option<String>,
+    files: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// An instruction cut for a reason line (`COPY src/ /app/`).
+fn short(original: &str) -> String {
+    const MAX: usize = 40;
+    match original.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &original[..at]),
+        None => original.to_owned(),
     }
 }
 
@@ -271,26 +288,27 @@ impl Run<'_> {
         let started = now_ms();
         let instruction = serde_json::to_vec(&step.instruction)
             .map_err(|e| BuildError::internal("the instruction", e))?;
-        let files = self.files_checksum(label, step)?;
+        let read = self.files_read(label, step)?;
         let key = state.key.step(&StepInputs {
             instruction: &instruction,
             args: step.args_seen.clone(),
             env: &step.env,
-            files: files.as_deref(),
+            files: read.checksum.as_deref(),
         });
         let created_by = match &step.instruction {
-            Instruction::Run { command } => format!("RUN {}", argv(command, &state.config).join(" ")),
+            Instruction::Run { command } => {
+                format!("RUN {}", argv(command, &state.config).join(" "))
+            }
             _ => step.original.clone(),
         };
         let blobs = self.b.store.blobs();
         let hit = if self.req.no_cache {
             None
         } else {
-            self.b.cache.get(&key).filter(|r| {
-                r.layer
-                    .as_ref()
-                    .is_none_or(|l| blobs.contains(&l.digest))
-            })
+            self.b
+                .cache
+                .get(&key)
+                .filter(|r| r.layer.as_ref().is_none_or(|l| blobs.contains(&l.digest)))
         };
         let (layer, step_ms, miss_reason, exit_code) = match hit {
             Some(mut record) => {
@@ -310,14 +328,24 @@ impl Run<'_> {
                 (layer, record.created_ms, None, None)
             }
             None => {
-                let reason = if self.req.no_cache {
-                    "--no-cache"
-                } else if state.rebuilt {
-                    "an earlier step was rebuilt"
-                } else {
-                    "not in the build cache"
+                let seen = SeenInputs {
+                    instruction: String::from_utf8_lossy(&instruction).into_owned(),
+                    args: step.args_seen.clone(),
+                    env: step.env.clone(),
+                    files: read.files,
+                    checksum: read.checksum,
                 };
-                self.emit(n, label, StepStatus::Started, Some(reason.into()));
+                let reason = if self.req.no_cache {
+                    "--no-cache".to_owned()
+                } else if state.rebuilt {
+                    "an earlier step was rebuilt".to_owned()
+                } else {
+                    let before = self.inputs.get(&state.key, &step.original);
+                    let what = explain(step.instruction.keyword(), before.as_ref(), &seen);
+                    format!("{}: {what}", short(&step.original))
+                };
+                self.inputs.put(&state.key, &step.original, &seen);
+                self.emit(n, label, StepStatus::Started, Some(reason.clone()));
                 state.rebuilt = true;
                 let (layer, exit_code) = self.execute(n, label, step, state)?;
                 let now = now_ms();
@@ -337,7 +365,7 @@ impl Run<'_> {
                     .put(&record)
                     .map_err(|e| BuildError::internal("the build cache", e))?;
                 self.emit(n, label, StepStatus::Done, None);
-                (layer, now, Some(reason.to_owned()), exit_code)
+                (layer, now, Some(reason), exit_code)
             }
         };
         apply_config(&mut state.config, &step.instruction);
@@ -365,14 +393,13 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// What a `COPY`/`ADD` reads, for its key: the context files' checksum, or the key of
-    /// the stage (or the digest of the image) it copies from.
-    fn files_checksum(&self, label: &str, step: &Step) -> Result<Option<String>, BuildError> {
+    /// What a `COPY`/`ADD` reads, for its key: the context files' checksum (and the files,
+    /// for a miss's reason), or the key of the stage (or the digest of the image) it copies
+    /// from.
+    fn files_read(&self, label: &str, step: &Step) -> Result<FilesRead, BuildError> {
         let (sources, chmod) = match &step.instruction {
-            Instruction::Copy {
-                from: Some(_), ..
-            } => {
-                return Ok(Some(match &step.copy_from {
+            Instruction::Copy { from: Some(_), .. } => {
+                let checksum = match &step.copy_from {
                     Some(Base::Stage(i)) => {
                         let s = self.stage(*i)?;
                         let key = s.lock().map(|s| s.key.to_string()).unwrap_or_default();
@@ -385,19 +412,42 @@ impl Run<'_> {
                         format!("image:{manifest}")
                     }
                     None => return Err(self.step_error(label, "COPY --from names nothing")),
-                }))
+                };
+                return Ok(FilesRead {
+                    checksum: Some(checksum),
+                    files: None,
+                });
             }
-            Instruction::Copy {
-                sources, chmod, ..
+            Instruction::Copy { sources, chmod, .. } | Instruction::Add { sources, chmod, .. } => {
+                (sources, chmod)
             }
-            | Instruction::Add {
-                sources, chmod, ..
-            } => (sources, chmod),
-            _ => return Ok(None),
+            _ => return Ok(FilesRead::default()),
         };
-        checksum_sources(&self.ctx.manifest, sources, &self.ctx.ignore, chmod.is_some())
-            .map(Some)
-            .map_err(|e| self.step_error(label, e))
+        let (manifest, ignore) = (&self.ctx.manifest, &self.ctx.ignore);
+        let checksum = checksum_sources(manifest, sources, ignore, chmod.is_some())
+            .map_err(|e| self.step_error(label, e))?;
+        let selected =
+            select_sources(manifest, sources, ignore).map_err(|e| self.step_error(label, e))?;
+        let files = SeenInputs::listable(selected.len()).then(|| {
+            selected
+                .iter()
+                .map(|e| {
+                    let mode = if chmod.is_some() { 0 } else { e.mode };
+                    let what = format!(
+                        "{} {mode:o} {} {} {}",
+                        e.kind.as_str(),
+                        e.size.unwrap_or(0),
+                        e.sha256.as_deref().unwrap_or("-"),
+                        e.link_target.as_deref().unwrap_or("-")
+                    );
+                    (e.path.clone(), what)
+                })
+                .collect()
+        });
+        Ok(FilesRead {
+            checksum: Some(checksum),
+            files,
+        })
     }
 
     pub(super) fn report(&self, r: StepReport) {

@@ -168,11 +168,17 @@ impl StageTree {
         };
         let passwd = self.id_file("/etc/passwd");
         let uid_and_group = match user.parse::<u64>() {
-            Ok(n) => (n, lookup(&passwd, |f| f[2] == user).and_then(|f| f[3].parse().ok())),
+            Ok(n) => (
+                n,
+                lookup(&passwd, |f| f[2] == user).and_then(|f| f[3].parse().ok()),
+            ),
             Err(_) => {
-                let f = lookup(&passwd, |f| f[0] == user)
-                    .ok_or_else(|| format!("unable to find user {user}: no such user in /etc/passwd"))?;
-                let uid = f[2].parse().map_err(|_| format!("user {user}: bad uid in /etc/passwd"))?;
+                let f = lookup(&passwd, |f| f[0] == user).ok_or_else(|| {
+                    format!("unable to find user {user}: no such user in /etc/passwd")
+                })?;
+                let uid = f[2]
+                    .parse()
+                    .map_err(|_| format!("user {user}: bad uid in /etc/passwd"))?;
                 (uid, f[3].parse().ok())
             }
         };
@@ -185,7 +191,8 @@ impl StageTree {
                     let f = lookup(&groups, |f| f[0] == g).ok_or_else(|| {
                         format!("unable to find group {g}: no such group in /etc/group")
                     })?;
-                    f[2].parse().map_err(|_| format!("group {g}: bad gid in /etc/group"))?
+                    f[2].parse()
+                        .map_err(|_| format!("group {g}: bad gid in /etc/group"))?
                 }
             },
         };
@@ -218,7 +225,7 @@ fn components(path: &str) -> impl DoubleEndedIterator<Item = String> + '_ {
 }
 
 /// The first line of a colon-separated id file (at least four fields) that `pick` accepts.
-fn lookup<'a>(text: &'a str, pick: impl Fn(&[&str]) -> bool) -> Option<Vec<&'a str>> {
+fn lookup(text: &str, pick: impl Fn(&[&str]) -> bool) -> Option<Vec<&str>> {
     text.lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
         .filter(|f| f.len() >= 4)
@@ -272,7 +279,10 @@ mod tests {
         assert_eq!(t.owner("7:8"), Ok((7, 8)));
         assert_eq!(t.owner("1000"), Ok((1000, 1001)));
         assert_eq!(t.owner("42"), Ok((42, 42)));
-        assert!(t.owner("nobody").unwrap_err().contains("unable to find user nobody"));
+        assert!(t
+            .owner("nobody")
+            .unwrap_err()
+            .contains("unable to find user nobody"));
         assert!(t.owner("app:wheel").unwrap_err().contains("group wheel"));
         // A passwd that is a link out of the image is read inside it (here: missing).
         fs::remove_file(r.join("etc/passwd")).unwrap();

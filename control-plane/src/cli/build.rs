@@ -101,7 +101,10 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
         bail!("--push is not supported yet: build, then push with a registry tool");
     }
     if a.network != "none" {
-        bail!("--network {}: RUN steps have no network yet (only none)", a.network);
+        bail!(
+            "--network {}: RUN steps have no network yet (only none)",
+            a.network
+        );
     }
     let tags = a
         .tags
@@ -239,7 +242,11 @@ fn read_dockerfile(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// The context's manifest, with the hashes of files unchanged since the last build of
 /// this folder taken from its remembered stat cache.
-fn load_context(state_dir: &Path, context: &Path, dockerfile: &Path) -> anyhow::Result<BuildContext> {
+fn load_context(
+    state_dir: &Path,
+    context: &Path,
+    dockerfile: &Path,
+) -> anyhow::Result<BuildContext> {
     let rel_dockerfile = dockerfile
         .strip_prefix(context)
         .map(Path::to_path_buf)
@@ -260,7 +267,13 @@ fn load_context(state_dir: &Path, context: &Path, dockerfile: &Path) -> anyhow::
             serde_json::from_slice(&s).ok()
         })
         .unwrap_or_default();
-    let manifest = walk_context(context, &ignore, &always, &mut stats, &WalkOptions::default())?;
+    let manifest = walk_context(
+        context,
+        &ignore,
+        &always,
+        &mut stats,
+        &WalkOptions::default(),
+    )?;
     if std::fs::create_dir_all(&cache_dir).is_ok() {
         if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&cache_dir) {
             if serde_json::to_writer(&mut tmp, &stats).is_ok() {

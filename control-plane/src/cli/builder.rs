@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
 use control_plane::build::cache_store::BuildCache;
+use control_plane::build::miss_reason::InputsLog;
 
 use super::image::store;
 use super::limits::parse_size;
@@ -72,6 +73,11 @@ pub fn builder(state_dir: &Path, c: BuilderCmd) -> anyhow::Result<i32> {
             let removed = cache
                 .prune(all, keep)
                 .context("cannot prune the build cache")?;
+            if all {
+                InputsLog::new(state_dir)
+                    .clear()
+                    .context("cannot prune the build cache's inputs")?;
+            }
             let report = store(state_dir)?.prune()?;
             println!(
                 "removed {} ({:.1} MB of layers); {report}",
