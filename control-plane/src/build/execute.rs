@@ -70,8 +70,9 @@ impl Run<'_> {
         }
     }
 
-    fn tree_error(&self, label: &str, e: impl std::fmt::Display) -> BuildError {
-        BuildError::Internal(format!("{label}: the stage's files: {e}"))
+    /// (The stage adds the step's label to internal errors.)
+    fn tree_error(&self, _label: &str, e: impl std::fmt::Display) -> BuildError {
+        BuildError::Internal(format!("the stage's files: {e}"))
     }
 
     /// `WORKDIR`: the folders of the path that the image lacks, root-owned `0755`.
@@ -213,7 +214,7 @@ impl Run<'_> {
         );
         self.control.done(&task);
         let _ = std::fs::remove_dir_all(&work);
-        let outcome = outcome.map_err(|e| BuildError::Internal(format!("{label}: {e}")))?;
+        let outcome = outcome.map_err(|e| BuildError::Internal(e.to_string()))?;
         let failed = |message: String, code: Option<i32>| BuildError::Step {
             index: n,
             message,

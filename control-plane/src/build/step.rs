@@ -60,11 +60,13 @@ pub fn run_step(
         })
         .map_err(StepError::Thread)?;
     let mut sender: Option<SyncSender<Vec<u8>>> = Some(tx);
+    let mut refused = false;
     let result = launcher::run_task(cfg, &spec, control, &mut |e| match e {
         TaskEvent::Output(o, b) => on_output(o, b),
         // The spooler stopped (over a limit, a bad entry): nothing more is wanted.
         TaskEvent::Upper(b) if sender.as_ref().is_some_and(|s| s.send(b.to_vec()).is_err()) => {
             sender = None;
+            refused = true;
             control.kill_vm();
         }
         _ => {}
@@ -73,6 +75,11 @@ pub fn run_step(
     let spooled = spooler
         .join()
         .unwrap_or_else(|_| Err(LayerError::Read(io::Error::other("the reader panicked"))));
+    // Changes the host refused end the step, whatever the guest said of its exit.
+    let spooled = match spooled {
+        Err(e) if refused => return Err(e.into()),
+        other => other,
+    };
     let result = result?;
     let succeeded = matches!(&result.end, TaskEnd::Exited(r) if r.exit_code == 0);
     match spooled {
