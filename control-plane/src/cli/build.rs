@@ -16,7 +16,8 @@ use control_plane::build::{
     BuildContext, BuildControl, BuildError, BuildEvent, BuildRequest, Builder, ContextFiles,
     StepStatus, Stream, VmParts,
 };
-use control_plane::images::registry::{Reference, RegistryOptions};
+use control_plane::images::push::{push_image, PushEvent};
+use control_plane::images::registry::{Reference, RegistryClient, RegistryOptions};
 use control_plane::{install, launcher};
 use sha2::{Digest as _, Sha256};
 
@@ -86,9 +87,13 @@ pub struct BuildArgs {
     /// How steps are shown: plain text, or one JSON event per line.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
-    /// Push the result to its registry after the build.
+    /// Push the result to the registry of each tag after the build.
     #[arg(long)]
     pub push: bool,
+    /// Registries (host[:port]) allowed over plain HTTP, for pulls of base images and
+    /// --push.
+    #[arg(long)]
+    pub insecure: Vec<String>,
     /// The build context folder.
     pub context: PathBuf,
 }
@@ -97,8 +102,8 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     if !a.local {
         bail!("skiff build needs --local for now (the server's build API is not there yet)");
     }
-    if a.push {
-        bail!("--push is not supported yet: build, then push with a registry tool");
+    if a.push && a.tags.is_empty() {
+        bail!("--push needs a name to push to: -t REGISTRY/REPO:TAG");
     }
     if a.network != "none" {
         bail!(
@@ -136,9 +141,13 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     let work = tempdir_in(&state_dir.join("run"))?;
     let initrd = work.join("agent.cpio");
     launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
+    let registry = RegistryOptions {
+        insecure: a.insecure.clone(),
+        ..Default::default()
+    };
     let builder = Builder::new(
         st,
-        RegistryOptions::default(),
+        registry.clone(),
         VmParts {
             vmm: install::vmm().path,
             jail: launcher::JailConfig::installed(),
@@ -181,6 +190,17 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
                     eprintln!("tagged {t}");
                 }
                 println!("{}", outcome.manifest);
+            }
+            if a.push {
+                let client = RegistryClient::new(registry)?;
+                for t in &tags {
+                    push_image(builder.store(), &client, t, t, &|e| {
+                        if let PushEvent::Pushed { digest, size } = e {
+                            eprintln!("pushed {digest} ({size} bytes)");
+                        }
+                    })?;
+                    eprintln!("pushed {t}");
+                }
             }
             Ok(0)
         }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use control_plane::images::registry::RegistryOptions;
+use control_plane::images::push::{push_image, PushEvent};
+use control_plane::images::registry::{RegistryClient, RegistryOptions};
 use control_plane::images::source as image_source;
 use control_plane::images::{ImageStore, PullEvent, Reference};
 
@@ -23,6 +24,20 @@ pub enum ImageCmd {
         ca_file: Option<PathBuf>,
         #[command(flatten)]
         limits: super::limits::LimitArgs,
+    },
+    /// Push a stored image to its registry (or to --dest), with the credentials of the
+    /// registry auth file.
+    Push {
+        reference: String,
+        /// Where to push it instead (REGISTRY/REPO:TAG).
+        #[arg(long)]
+        dest: Option<String>,
+        /// Registries (host[:port]) allowed over plain HTTP.
+        #[arg(long)]
+        insecure: Vec<String>,
+        /// Extra CA certificates (PEM).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// List stored images.
     Ls,
@@ -85,6 +100,40 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
                 image.manifest_digest,
                 fs.path.display()
             );
+        }
+        ImageCmd::Push {
+            reference,
+            dest,
+            insecure,
+            ca_file,
+        } => {
+            let src: Reference = reference.parse().map_err(|e| anyhow!("{reference}: {e}"))?;
+            let dest: Reference = match &dest {
+                Some(d) => d.parse().map_err(|e| anyhow!("--dest {d}: {e}"))?,
+                None => src.clone(),
+            };
+            if dest.is_local() {
+                return Err(anyhow!(
+                    "{dest} is a local-only name: give --dest REGISTRY/REPO:TAG"
+                ));
+            }
+            let client = RegistryClient::new(RegistryOptions {
+                insecure,
+                ca_file,
+                ..Default::default()
+            })?;
+            let digest = push_image(&st, &client, &src, &dest, &|e| match e {
+                PushEvent::Exists { digest, .. } => {
+                    eprintln!("{}: already exists", short(&digest.to_string()))
+                }
+                PushEvent::Uploading { digest, size } => {
+                    eprintln!("{}: uploading {size} bytes", short(&digest.to_string()))
+                }
+                PushEvent::Pushed { digest, .. } => {
+                    eprintln!("{}: pushed", short(&digest.to_string()))
+                }
+            })?;
+            crate::outln!("{dest}: {digest}");
         }
         ImageCmd::Ls => {
             crate::outln!("{:<48} {:<20} {:>12}", "REFERENCE", "IMAGE ID", "SIZE");

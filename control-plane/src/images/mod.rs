@@ -17,6 +17,7 @@ pub mod error_text;
 pub mod import;
 pub mod limits;
 pub mod oci;
+pub mod push;
 pub mod registry;
 pub mod rootfs;
 pub mod run;

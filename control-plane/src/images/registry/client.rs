@@ -1,4 +1,5 @@
-//! A client for the Docker Registry HTTP API v2 / OCI distribution spec (pull side):
+//! A client for the Docker Registry HTTP API v2 / OCI distribution spec (pull side; `push`
+//! has the push side):
 //! manifests, indexes and blobs, with anonymous, basic and bearer-token auth (credentials
 //! given, or from the registry auth file: see `auth_file`).
 //!
@@ -67,6 +68,11 @@ pub enum RegistryError {
     },
     #[error("access denied to {repository} in registry {registry}")]
     Denied {
+        registry: String,
+        repository: String,
+    },
+    #[error("registry {registry} denied push to {repository}")]
+    PushDenied {
         registry: String,
         repository: String,
     },
@@ -158,7 +164,7 @@ pub struct FetchedManifest {
 }
 
 #[derive(Debug, Clone)]
-enum Auth {
+pub(super) enum Auth {
     Basic,
     Bearer(String),
 }
@@ -455,7 +461,32 @@ impl RegistryClient {
         accept: Option<&str>,
         range_from: Option<u64>,
     ) -> Result<Response, RegistryError> {
-        let key = r.name();
+        self.send(r, false, &|http| {
+            let mut req = http.get(url);
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            if let Some(from) = range_from {
+                req = req.header(RANGE, format!("bytes={from}-"));
+            }
+            req
+        })
+    }
+
+    /// Sends the request `build` makes, answering the registry's auth challenge once
+    /// (`push`: a token for `pull,push`). `build` may be called twice, so its request must
+    /// not carry a body that can be read only once.
+    pub(super) fn send(
+        &self,
+        r: &Reference,
+        push: bool,
+        build: &dyn Fn(&Client) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let key = if push {
+            format!("{}#push", r.name())
+        } else {
+            r.name()
+        };
         let creds = self.opts.credentials.get(&r.registry);
         for attempt in 0..2 {
             if self.cancelled() {
@@ -463,20 +494,8 @@ impl RegistryClient {
                     registry: r.registry.clone(),
                 });
             }
-            let mut req = self.http.get(url);
-            if let Some(a) = accept {
-                req = req.header(ACCEPT, a);
-            }
-            if let Some(from) = range_from {
-                req = req.header(RANGE, format!("bytes={from}-"));
-            }
-            let auth = self
-                .auth
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .cloned();
-            req = apply(req, auth.as_ref(), creds);
+            let auth = self.auth_for(&key);
+            let req = apply(build(&self.http), auth.as_ref(), creds);
             let resp = req.send().map_err(|source| RegistryError::Unreachable {
                 registry: r.registry.clone(),
                 source,
@@ -506,8 +525,9 @@ impl RegistryClient {
                     service,
                     scope,
                 } => {
+                    let wanted = if push { "pull,push" } else { "pull" };
                     let scope =
-                        scope.unwrap_or_else(|| format!("repository:{}:pull", r.repository));
+                        scope.unwrap_or_else(|| format!("repository:{}:{wanted}", r.repository));
                     Auth::Bearer(self.token(r, &realm, service.as_deref(), &scope, creds)?)
                 }
                 Challenge::Other(challenge) => {
@@ -541,6 +561,37 @@ impl RegistryClient {
                 repository: r.repository.clone(),
             },
         })
+    }
+
+    pub(super) fn endpoint_for(&self, registry: &str) -> Result<String, RegistryError> {
+        self.endpoint(registry)
+    }
+
+    pub(super) fn check_answer(
+        &self,
+        r: &Reference,
+        resp: Response,
+        url: &str,
+        not_found: impl FnOnce() -> RegistryError,
+    ) -> Result<Response, RegistryError> {
+        self.check(r, resp, url, not_found)
+    }
+
+    pub(super) fn credentials_for(&self, registry: &str) -> Option<&Credentials> {
+        self.opts.credentials.get(registry)
+    }
+
+    pub(super) fn http_client(&self) -> &Client {
+        &self.http
+    }
+
+    /// The credentials a request under `key` carries, once a challenge was answered.
+    pub(super) fn auth_for(&self, key: &str) -> Option<Auth> {
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     fn token(
@@ -632,7 +683,11 @@ pub fn quote(text: &str) -> String {
     out
 }
 
-fn apply(req: RequestBuilder, auth: Option<&Auth>, creds: Option<&Credentials>) -> RequestBuilder {
+pub(super) fn apply(
+    req: RequestBuilder,
+    auth: Option<&Auth>,
+    creds: Option<&Credentials>,
+) -> RequestBuilder {
     match (auth, creds) {
         (Some(Auth::Bearer(t)), _) => req.bearer_auth(t),
         (Some(Auth::Basic), Some(c)) => req.basic_auth(&c.username, Some(&c.password)),

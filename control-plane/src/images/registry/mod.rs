@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod auth_file;
 pub mod client;
+pub mod push;
 pub mod reference;
 
 pub use auth::Credentials;
