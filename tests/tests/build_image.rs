@@ -343,6 +343,68 @@ fn build_errors_name_the_step_and_keep_the_cache() {
         "{}",
         show(&du)
     );
+    // ADD unpacks a local tar (here gzip) into its destination; a bzip2 one is refused.
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut h = tar::Header::new_ustar();
+    h.set_size(4);
+    h.set_mode(0o600);
+    h.set_uid(42);
+    h.set_cksum();
+    tar.append_data(&mut h, "lib/data.txt", &b"tar\n"[..])
+        .unwrap();
+    fs::write(
+        ctx.join("bundle.tar.gz"),
+        tar.into_inner().unwrap().finish().unwrap(),
+    )
+    .unwrap();
+    fs::write(ctx.join("old.tar.bz2"), b"BZh91AY&SY").unwrap();
+    let o = build(
+        "FROM local/busybox:latest\nADD bundle.tar.gz app.txt /opt/\n",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let manifest = blob(&st, &text(&o.stdout));
+    let top = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let layer = fs::File::open(st.join("blobs/sha256").join(top)).unwrap();
+    let mut entries: Vec<(String, u32, u64)> =
+        tar::Archive::new(flate2::read::GzDecoder::new(layer))
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                )
+            })
+            .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            ("opt/".to_owned(), 0o755, 0),
+            ("opt/app.txt".to_owned(), 0o644, 0),
+            ("opt/lib/data.txt".to_owned(), 0o600, 42),
+        ],
+        "the archive's entries keep their owner and mode; the file is copied"
+    );
+    let o = build("FROM local/busybox:latest\nADD old.tar.bz2 /opt/\n", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("\"old.tar.bz2\" is a bzip2 archive, which ADD cannot unpack yet"),
+        "{}",
+        show(&o)
+    );
+
     let o = build("FROM local/busybox:latest\nCOPY app.txt /\n", &[]);
     assert!(
         text(&o.stderr).contains(

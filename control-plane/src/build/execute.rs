@@ -2,16 +2,16 @@
 //! stage's tree so far, a `COPY`/`ADD` from the context or another stage written on the
 //! host, a `WORKDIR` that makes its folder when the image lacks it.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use guest_agent::RunSpec;
 use sha2::{Digest as _, Sha256};
 
+use super::add_archive::{archive_kind, unpack_archive, ArchiveKind};
 use super::context::{
-    select_sources, walk_context, Entry, IgnoreMatcher, Manifest, StatCache, WalkOptions,
+    select_sources, walk_context, Entry, EntryKind as SourceKind, IgnoreMatcher, Manifest,
+    StatCache, WalkOptions,
 };
 use super::copy::{copy_entries, CopyRequest};
 use super::dockerfile::{Base, Instruction, Step};
@@ -268,8 +268,7 @@ impl Run<'_> {
         Ok((Some(layer), Some(0)))
     }
 
-    /// A `COPY` (or `ADD`, which here copies local files the same way and refuses archives
-    /// it would have to unpack).
+    /// A `COPY`, or an `ADD` (the same, except that a local tar archive is unpacked).
     #[allow(clippy::too_many_arguments)]
     fn copy(
         &self,
@@ -318,10 +317,12 @@ impl Run<'_> {
             None => Source::context(self),
             Some(base) => self.other_source(label, base, sources)?,
         };
-        let sources = source.sources.clone().unwrap_or_else(|| sources.to_vec());
-        if is_add {
-            self.refuse_archives(label, &source, &sources)?;
-        }
+        let mut sources = source.sources.clone().unwrap_or_else(|| sources.to_vec());
+        let archive = if is_add {
+            self.take_archive(label, &source, &mut sources)?
+        } else {
+            None
+        };
         let content_root = source.root.clone();
         let by_hash = source.by_hash;
         let content_of = |e: &Entry| match (&e.sha256, by_hash) {
@@ -336,11 +337,44 @@ impl Run<'_> {
             chmod,
             mtime: super::executor::now_ms() / 1000,
         };
-        let entries = copy_entries(&source.manifest, &source.ignore, &req, &content_of, &|p| {
-            tree.dir_meta(p)
-        })
-        .map_err(|e| self.step_error(label, e))?;
-        self.store_layer(entries, None)
+        let mut entries = if sources.is_empty() {
+            Vec::new()
+        } else {
+            copy_entries(&source.manifest, &source.ignore, &req, &content_of, &|p| {
+                tree.dir_meta(p)
+            })
+            .map_err(|e| self.step_error(label, e))?
+        };
+        let Some(archive) = archive else {
+            return self.store_layer(entries, None);
+        };
+        // The archive's contents go into the destination folder, made if missing.
+        let dir = resolved.trim_matches('/').to_owned();
+        let mut at = String::new();
+        for c in dir.split('/').filter(|c| !c.is_empty()) {
+            at = if at.is_empty() {
+                c.to_owned()
+            } else {
+                format!("{at}/{c}")
+            };
+            if tree.dir_meta(&at).is_none() && !entries.iter().any(|e| e.path == at.as_bytes()) {
+                entries.push(LayerEntry {
+                    path: at.clone().into_bytes(),
+                    kind: EntryKind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: req.mtime,
+                });
+            }
+        }
+        let spooled = unpack_archive(&archive, &dir, *self.b.store.limits(), &self.work)
+            .map_err(|e| self.step_error(label, e))?;
+        let unpacked: std::collections::HashSet<&[u8]> =
+            spooled.entries.iter().map(|e| e.path.as_slice()).collect();
+        entries.retain(|e| !unpacked.contains(e.path.as_slice()));
+        entries.extend(spooled.entries.iter().cloned());
+        self.store_layer(entries, Some(&spooled.spool))
     }
 
     /// The files of an earlier stage or of an image, below the folder the sources share.
@@ -393,36 +427,50 @@ impl Run<'_> {
         }
     }
 
-    /// `ADD` unpacks local archives in Docker; Skiff does not yet, so it refuses them
-    /// rather than copying the archive file where Docker would have its contents.
-    fn refuse_archives(
+    /// `ADD`: takes out of `sources` the one that names a local tar archive (unpacked
+    /// rather than copied), and returns its file.
+    fn take_archive(
         &self,
         label: &str,
         source: &Source,
-        sources: &[String],
-    ) -> Result<(), BuildError> {
-        let selected = select_sources(&source.manifest, sources, &source.ignore)
-            .map_err(|e| self.step_error(label, e))?;
-        for e in selected.iter().filter(|e| e.sha256.is_some()) {
-            let path = match (&e.sha256, source.by_hash) {
-                (Some(h), true) => source.root.join(h),
-                _ => source.root.join(&e.path),
+        sources: &mut Vec<String>,
+    ) -> Result<Option<PathBuf>, BuildError> {
+        let mut archive = None;
+        let mut rest = Vec::new();
+        for s in sources.drain(..) {
+            let selected =
+                select_sources(&source.manifest, std::slice::from_ref(&s), &source.ignore)
+                    .map_err(|e| self.step_error(label, e))?;
+            let file = match selected.as_slice() {
+                [e] if e.kind == SourceKind::File => Some(match (&e.sha256, source.by_hash) {
+                    (Some(h), true) => source.root.join(h),
+                    _ => source.root.join(&e.path),
+                }),
+                _ => None,
             };
-            let mut head = [0u8; 262];
-            let got = File::open(&path)
-                .and_then(|f| f.take(262).read(&mut head))
-                .unwrap_or(0);
-            if is_archive(&head[..got]) {
-                return Err(self.step_error(
-                    label,
-                    format_args!(
-                        "{:?} is an archive, and ADD does not unpack archives yet: use COPY and RUN tar -x",
-                        e.path
-                    ),
-                ));
+            let kind = match &file {
+                Some(f) => archive_kind(f).map_err(|e| self.step_error(label, e))?,
+                None => None,
+            };
+            match (kind, file) {
+                (Some(ArchiveKind::Tar), Some(f)) if archive.is_none() => archive = Some(f),
+                (Some(ArchiveKind::Tar), Some(_)) => {
+                    return Err(self.step_error(
+                        label,
+                        "ADD unpacks one archive per instruction here: use one ADD for each",
+                    ))
+                }
+                (Some(ArchiveKind::Unsupported(what)), _) => {
+                    return Err(self.step_error(
+                        label,
+                        format_args!("{s:?} is a {what} archive, which ADD cannot unpack yet (gzip, zstd and plain tar can)"),
+                    ))
+                }
+                _ => rest.push(s),
             }
         }
-        Ok(())
+        *sources = rest;
+        Ok(archive)
     }
 }
 
@@ -507,14 +555,6 @@ fn walk_root(tree: &StageTree, sources: &[String]) -> (String, Vec<String>) {
         })
         .collect();
     (tree.resolve(&prefix.join("/")), rewritten)
-}
-
-/// gzip, bzip2, xz or a ustar header: what Docker's `ADD` would unpack.
-fn is_archive(head: &[u8]) -> bool {
-    head.starts_with(&[0x1f, 0x8b])
-        || head.starts_with(b"BZh")
-        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
-        || head.get(257..262) == Some(b"ustar")
 }
 
 /// The last lines of a step's output.

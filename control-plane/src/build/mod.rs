@@ -2,6 +2,7 @@
 //! `executor` runs a whole build: its stages (`stage`) and the steps the cache lacks
 //! (`execute`), on trees of the stages kept unpacked on the host (`tree`).
 
+mod add_archive;
 pub mod cache_key;
 pub mod cache_store;
 pub mod context;
