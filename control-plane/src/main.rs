@@ -134,7 +134,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => cli::serve::serve(&state_dir, a),
         Cmd::Run(a) if a.local => cli::run_local::run(&state_dir, a),
         Cmd::Image(c) => cli::image::image(&state_dir, c),
-        Cmd::Build(a) => cli::build::build(&state_dir, a),
+        Cmd::Build(a) if a.local => cli::build::build(&state_dir, a),
         Cmd::Builder(c) => cli::builder::builder(&state_dir, c),
         Cmd::Info => cli::info::info(&state_dir),
         Cmd::Bench(BenchCmd::ColdStart(a)) => cli::bench::cold_start(a),
@@ -150,12 +150,8 @@ fn main() -> ExitCode {
                     Cmd::Network(c) => cli::network::network(&api, c),
                     Cmd::Service(c) => cli::service::service(&api, c),
                     Cmd::Apply { file } => cli::apply::apply(&api, &file),
-                    Cmd::Serve(_)
-                    | Cmd::Image(_)
-                    | Cmd::Build(_)
-                    | Cmd::Builder(_)
-                    | Cmd::Bench(_)
-                    | Cmd::Info => {
+                    Cmd::Build(a) => cli::build::build_through(&api, &state_dir, a),
+                    Cmd::Serve(_) | Cmd::Image(_) | Cmd::Builder(_) | Cmd::Bench(_) | Cmd::Info => {
                         unreachable!("handled above")
                     }
                 },

@@ -10,6 +10,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// The line of a request's file at fault (a Dockerfile's).
+    pub line: Option<usize>,
 }
 
 impl ApiError {
@@ -19,6 +21,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            line: None,
         }
     }
 
@@ -47,9 +50,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": {"code": self.code, "message": self.message}
         });
+        if let Some(line) = self.line {
+            body["error"]["line"] = line.into();
+        }
         let mut r = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             r.headers_mut()

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): routes, JSON errors `{"error":{"code","message"}}`, bearer-token
 //! auth, body limits. Handlers are thin: they validate and call into `crate::server`.
 
+mod builds;
 mod error;
 mod images;
 pub mod listen;
@@ -15,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
@@ -25,6 +26,8 @@ use crate::server::Server;
 
 /// Largest request body accepted (a task request is a few KiB).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest build context manifest (a million entries of about 200 bytes).
+pub const MAX_CONTEXT_MANIFEST: usize = 256 << 20;
 
 /// The OpenAPI document, kept in the repo at docs/openapi.json.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
@@ -36,6 +39,22 @@ pub fn router(srv: Arc<Server>) -> Router {
         .route("/v1/tasks/{id}/stop", post(tasks::stop))
         .route("/v1/tasks/{id}/logs", get(logs::logs))
         .route("/v1/images", post(images::pull).get(images::list))
+        .route(
+            "/v1/build-contexts",
+            post(builds::create_context).layer(DefaultBodyLimit::max(MAX_CONTEXT_MANIFEST)),
+        )
+        .route("/v1/build-contexts/{id}", get(builds::get_context))
+        .route(
+            "/v1/build-contexts/{id}/files",
+            put(builds::put_files).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/builds",
+            post(builds::create_build).get(builds::list_builds),
+        )
+        .route("/v1/builds/{id}", get(builds::get_build))
+        .route("/v1/builds/{id}/cancel", post(builds::cancel_build))
+        .route("/v1/builds/{id}/events", get(builds::build_events))
         .route("/v1/networks", post(networks::create).get(networks::list))
         .route(
             "/v1/networks/{name}",

@@ -6,6 +6,7 @@ mod add_archive;
 pub mod cache_key;
 pub mod cache_store;
 pub mod context;
+pub mod context_store;
 pub mod copy;
 pub mod dockerfile;
 mod execute;

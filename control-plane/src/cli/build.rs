@@ -1,6 +1,6 @@
-//! `skiff build --local`: a Dockerfile built by this process into the local image store,
+//! `skiff build`: with `--local`, a Dockerfile built by this process into the local image store,
 //! every `RUN` in a microVM of its own, steps taken from the build cache where their
-//! inputs are unchanged.
+//! inputs are unchanged. Without it, through the server (`build_remote`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -44,7 +44,8 @@ pub enum FormatArg {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// Build here, in microVMs started by this command, without a server.
+    /// Build here, in microVMs started by this command, without a server (else the
+    /// server builds it: the context goes to it, only the files it lacks).
     #[arg(long)]
     pub local: bool,
     /// Name and tag of the result (repeatable).
@@ -98,10 +99,26 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
-    if !a.local {
-        bail!("skiff build needs --local for now (the server's build API is not there yet)");
+/// `skiff build` through the server: the same checks and context walk, then the API.
+pub fn build_through(
+    api: &super::remote::Api,
+    state_dir: &Path,
+    a: BuildArgs,
+) -> anyhow::Result<i32> {
+    if a.push {
+        bail!("--push goes with --local for now; push the result with skiff image push");
     }
+    let context = a
+        .context
+        .canonicalize()
+        .with_context(|| format!("the build context {}", a.context.display()))?;
+    let dockerfile_path = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let dockerfile = read_dockerfile(&dockerfile_path)?;
+    let ctx = load_context(state_dir, &context, &dockerfile_path)?;
+    super::build_remote::build(api, &a, &context, &dockerfile_path, dockerfile, &ctx)
+}
+
+pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: -t REGISTRY/REPO:TAG");
     }
@@ -226,7 +243,7 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
 }
 
 /// `K=V` pairs; `K` alone takes this environment's value when `from_env`.
-fn key_values(
+pub fn key_values(
     items: &[String],
     flag: &str,
     from_env: bool,
@@ -328,7 +345,7 @@ fn load_context(
 }
 
 /// A build event on stderr (plain) or as one JSON line on stdout.
-fn show(e: &BuildEvent, json: bool) {
+pub fn show(e: &BuildEvent, json: bool) {
     if json {
         let v = match e {
             BuildEvent::Step {

@@ -6,6 +6,7 @@ pub mod bench_chart;
 pub mod bench_density;
 pub mod bench_python;
 pub mod build;
+pub mod build_remote;
 pub mod builder;
 pub mod image;
 pub mod info;

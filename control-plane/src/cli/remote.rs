@@ -133,6 +133,23 @@ impl Api {
         self.send(self.req(reqwest::Method::DELETE, path)).map(drop)
     }
 
+    /// PUT of a file's bytes; the answer as JSON.
+    pub fn put_file(&self, path: &str, file: std::fs::File, len: u64) -> anyhow::Result<Value> {
+        self.json(
+            self.req(reqwest::Method::PUT, path)
+                .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+                .body(reqwest::blocking::Body::sized(file, len)),
+        )
+    }
+
+    /// The lines of a streamed answer (NDJSON), as they come.
+    pub fn lines(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<impl Iterator<Item = std::io::Result<String>>> {
+        Ok(BufReader::new(self.send(self.req(reqwest::Method::GET, path))?).lines())
+    }
+
     /// A text answer (e.g. /metrics).
     pub fn text(&self, path: &str) -> anyhow::Result<String> {
         self.send(self.req(reqwest::Method::GET, path))?

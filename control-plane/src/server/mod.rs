@@ -1,6 +1,7 @@
 //! `skiff serve`: the control plane's core. It owns the task store, the scheduler, the
 //! image store and the tasks that are alive; the HTTP layer (`crate::api`) only calls in.
 
+pub mod builds;
 mod events;
 mod live;
 pub mod metrics;
@@ -123,6 +124,9 @@ pub struct Server {
     pub ports: ports::PortReservations,
     /// Services: desired state the reconciler keeps.
     pub services: services::Services,
+    /// Build contexts clients uploaded, and the builds of them.
+    pub contexts: crate::build::context_store::ContextStore,
+    pub builds: Arc<builds::Builds>,
     /// Held for the server's life: one `skiff serve` per state dir.
     _lock: std::fs::File,
 }
@@ -173,6 +177,10 @@ impl Server {
         metrics.register_warm(snapshots.warm_counters());
         let services = services::Services::default();
         metrics.register_services(&services.metrics);
+        let builds = Arc::new(
+            builds::Builds::open(&cfg.state_dir).map_err(io_err("open the builds folder"))?,
+        );
+        let contexts = crate::build::context_store::ContextStore::new(&cfg.state_dir);
         let srv = Arc::new(Self {
             snapshots: Arc::new(snapshots),
             sched: Scheduler::new(cfg.capacity),
@@ -186,6 +194,8 @@ impl Server {
             networks,
             ports: ports::PortReservations::default(),
             services,
+            contexts,
+            builds,
             _lock: lock,
         });
         // Networks first: a task re-run below attaches a new one under the same name.

@@ -1,0 +1,390 @@
+//! Builds run by the server: each one's record (state, steps, result or error) kept in
+//! memory with its NDJSON events for followers, and saved to `<state>/builds/<id>.json` at
+//! its start and end. A server that starts finds the builds a previous run left QUEUED or
+//! RUNNING and fails them with `ControlPlaneRestarted` (their cache records stay). Builds
+//! run one at a time, in the order they came: each `RUN` step takes a VM of its own, which
+//! the task scheduler does not count.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
+
+use crate::build::{
+    BuildContext, BuildControl, BuildError, BuildEvent, BuildRequest, Builder, StepStatus, VmParts,
+};
+use crate::tasks::now_ms;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum BuildState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl BuildState {
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            BuildState::Succeeded | BuildState::Failed | BuildState::Cancelled
+        )
+    }
+}
+
+/// One step as the API shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    pub index: usize,
+    pub label: String,
+    pub status: String,
+    pub cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miss_reason: Option<String>,
+    pub start_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildFailure {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<String>,
+}
+
+/// A build as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRecord {
+    pub id: String,
+    pub state: BuildState,
+    pub context_id: String,
+    pub tags: Vec<String>,
+    pub created_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    pub steps: Vec<StepView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<BuildFailure>,
+}
+
+/// A build's record, its events so far and how to cancel it.
+pub struct BuildEntry {
+    pub record: Mutex<BuildRecord>,
+    /// NDJSON lines, in order.
+    events: Mutex<Vec<String>>,
+    /// The number of events, for followers.
+    tx: watch::Sender<usize>,
+    pub control: BuildControl,
+}
+
+impl BuildEntry {
+    fn new(record: BuildRecord) -> Self {
+        BuildEntry {
+            record: Mutex::new(record),
+            events: Mutex::new(Vec::new()),
+            tx: watch::channel(0).0,
+            control: BuildControl::new(),
+        }
+    }
+
+    pub fn snapshot(&self) -> BuildRecord {
+        self.record
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Events from `from` on.
+    pub fn events_from(&self, from: usize) -> Vec<String> {
+        self.events
+            .lock()
+            .map(|e| e.get(from..).unwrap_or_default().to_vec())
+            .unwrap_or_default()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.tx.subscribe()
+    }
+
+    fn push(&self, v: Value) {
+        if let Ok(mut e) = self.events.lock() {
+            e.push(v.to_string());
+            let n = e.len();
+            self.tx.send_replace(n);
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut BuildRecord)) {
+        if let Ok(mut r) = self.record.lock() {
+            f(&mut r);
+        }
+    }
+
+    fn on_event(&self, e: &BuildEvent) {
+        match e {
+            BuildEvent::Step {
+                index,
+                label,
+                status,
+                miss_reason,
+            } => {
+                let status_text = serde_json::to_value(status).unwrap_or(Value::Null);
+                self.update(|r| {
+                    let now = now_ms();
+                    match r.steps.iter_mut().find(|s| s.index == *index) {
+                        Some(s) => {
+                            s.status = status_text.as_str().unwrap_or_default().to_owned();
+                            if *status != StepStatus::Started {
+                                s.end_ms = Some(now);
+                            }
+                        }
+                        None => r.steps.push(StepView {
+                            index: *index,
+                            label: label.clone(),
+                            status: status_text.as_str().unwrap_or_default().to_owned(),
+                            cached: *status == StepStatus::Cached,
+                            miss_reason: miss_reason.clone(),
+                            start_ms: now,
+                            end_ms: (*status == StepStatus::Cached).then_some(now),
+                            ..Default::default()
+                        }),
+                    }
+                });
+                self.push(json!({"type": "step", "index": index, "label": label,
+                    "status": status, "missReason": miss_reason}));
+            }
+            BuildEvent::Log {
+                index,
+                stream,
+                data,
+            } => self.push(json!({"type": "log", "index": index, "stream": stream,
+                "data": String::from_utf8_lossy(data)})),
+            BuildEvent::Warning(w) => self.push(json!({"type": "warning", "message": w})),
+        }
+    }
+}
+
+/// The server's builds.
+pub struct Builds {
+    dir: PathBuf,
+    entries: Mutex<HashMap<String, Arc<BuildEntry>>>,
+    /// One build runs at a time.
+    slots: Arc<Semaphore>,
+}
+
+impl Builds {
+    /// Opens `<state>/builds`, failing the builds a previous run left unfinished.
+    pub fn open(state_dir: &std::path::Path) -> std::io::Result<Self> {
+        let dir = state_dir.join("builds");
+        fs::create_dir_all(&dir)?;
+        let builds = Builds {
+            dir,
+            entries: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(1)),
+        };
+        for f in fs::read_dir(&builds.dir)?.flatten() {
+            let Ok(bytes) = fs::read(f.path()) else {
+                continue;
+            };
+            let Ok(mut r) = serde_json::from_slice::<BuildRecord>(&bytes) else {
+                continue;
+            };
+            if !r.state.is_done() {
+                r.state = BuildState::Failed;
+                r.ended_ms = Some(now_ms());
+                r.error = Some(BuildFailure {
+                    code: "ControlPlaneRestarted".into(),
+                    message: "the server stopped while the build ran; its cached steps are kept"
+                        .into(),
+                    step: None,
+                    exit_code: None,
+                    output_tail: Vec::new(),
+                });
+                builds.save(&r);
+            }
+            let entry = Arc::new(BuildEntry::new(r.clone()));
+            entry.push(json!({"type": "result", "state": r.state, "error": r.error}));
+            if let Ok(mut e) = builds.entries.lock() {
+                e.insert(r.id.clone(), entry);
+            }
+        }
+        Ok(builds)
+    }
+
+    fn save(&self, r: &BuildRecord) {
+        let write = || -> std::io::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+            serde_json::to_writer(&mut tmp, r)?;
+            tmp.persist(self.dir.join(format!("{}.json", r.id)))
+                .map_err(|e| e.error)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::warn!(build = r.id, "cannot save the build's record: {e}");
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<BuildEntry>> {
+        self.entries.lock().ok()?.get(id).cloned()
+    }
+
+    /// Every build, newest first.
+    pub fn list(&self) -> Vec<BuildRecord> {
+        let mut all: Vec<BuildRecord> = self
+            .entries
+            .lock()
+            .map(|e| e.values().map(|b| b.snapshot()).collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        all
+    }
+
+    /// Queues a build; it starts when the one before it has ended.
+    pub fn start(
+        self: &Arc<Self>,
+        builder: Builder,
+        req: BuildRequest,
+        ctx: BuildContext,
+        context_id: String,
+    ) -> BuildRecord {
+        let id = crate::tasks::new_task_id();
+        let record = BuildRecord {
+            id: id.clone(),
+            state: BuildState::Queued,
+            context_id,
+            tags: req.tags.iter().map(|t| t.to_string()).collect(),
+            created_ms: now_ms(),
+            started_ms: None,
+            ended_ms: None,
+            steps: Vec::new(),
+            image_digest: None,
+            image_id: None,
+            error: None,
+        };
+        self.save(&record);
+        let entry = Arc::new(BuildEntry::new(record.clone()));
+        if let Ok(mut e) = self.entries.lock() {
+            e.insert(id, entry.clone());
+        }
+        let builds = self.clone();
+        tokio::spawn(async move {
+            let Ok(_slot) = builds.slots.clone().acquire_owned().await else {
+                return;
+            };
+            if entry.control.is_cancelled() {
+                builds.finish(&entry, Err(BuildError::Cancelled));
+                return;
+            }
+            entry.update(|r| {
+                r.state = BuildState::Running;
+                r.started_ms = Some(now_ms());
+            });
+            builds.save(&entry.snapshot());
+            let e2 = entry.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                builder.build(&req, &ctx, &e2.control, &|ev| e2.on_event(&ev))
+            })
+            .await
+            .unwrap_or_else(|_| Err(BuildError::Internal("the build's thread panicked".into())));
+            builds.finish(&entry, result);
+        });
+        record
+    }
+
+    fn finish(&self, entry: &BuildEntry, result: Result<crate::build::BuildOutcome, BuildError>) {
+        entry.update(|r| {
+            r.ended_ms = Some(now_ms());
+            match &result {
+                Ok(o) => {
+                    r.state = BuildState::Succeeded;
+                    r.image_digest = Some(o.manifest.to_string());
+                    r.image_id = Some(o.config.to_string());
+                    let by_index: BTreeMap<usize, &crate::build::StepReport> =
+                        o.steps.iter().map(|s| (s.index, s)).collect();
+                    for s in &mut r.steps {
+                        if let Some(rep) = by_index.get(&s.index) {
+                            s.layer = rep.layer.as_ref().map(|d| d.to_string());
+                            s.exit_code = rep.exit_code;
+                            s.cached = rep.cached;
+                        }
+                    }
+                }
+                Err(BuildError::Cancelled) => {
+                    r.state = BuildState::Cancelled;
+                    r.error = Some(BuildFailure {
+                        code: "Cancelled".into(),
+                        message: "the build was cancelled".into(),
+                        step: None,
+                        exit_code: None,
+                        output_tail: Vec::new(),
+                    });
+                }
+                Err(e) => {
+                    r.state = BuildState::Failed;
+                    let (code, step, exit_code, tail) = match e {
+                        BuildError::Dockerfile { .. } => ("DockerfileInvalid", None, None, vec![]),
+                        BuildError::Step {
+                            index,
+                            exit_code,
+                            tail,
+                            ..
+                        } => ("StepFailed", Some(*index), *exit_code, tail.clone()),
+                        _ => ("Internal", None, None, vec![]),
+                    };
+                    r.error = Some(BuildFailure {
+                        code: code.into(),
+                        message: e.to_string(),
+                        step,
+                        exit_code,
+                        output_tail: tail,
+                    });
+                }
+            }
+        });
+        let r = entry.snapshot();
+        self.save(&r);
+        entry.push(
+            json!({"type": "result", "state": r.state, "imageDigest": r.image_digest,
+            "imageId": r.image_id, "error": r.error}),
+        );
+    }
+}
+
+/// What a server's builds run with.
+pub fn builder_of(srv: &super::Server) -> Builder {
+    Builder::new(
+        srv.images.clone(),
+        srv.cfg.registry.clone(),
+        VmParts {
+            vmm: srv.cfg.vmm.clone(),
+            jail: srv.cfg.jail.clone(),
+            kernel: srv.cfg.kernel.clone(),
+            initrd: srv.initrd.clone(),
+        },
+    )
+}

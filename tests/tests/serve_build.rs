@@ -1,0 +1,201 @@
+//! Builds through `skiff serve`: `skiff build` (no `--local`) sends its context's manifest,
+//! then only the files the server lacks, and follows the build's events to its result; a
+//! rebuild after an edit sends one file. The API refuses a context over its limit (413,
+//! before any upload), a bad Dockerfile (400 with the line), an unknown or incomplete
+//! context; a build is listed and shown with its steps; a running build is cancelled.
+//! Two VMs: one `RUN` step, and one cancelled while it starts.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use skiff_tests::kvm_available;
+use skiff_tests::serve::{state_dir, Serve};
+
+fn skiff(srv: &Serve, args: &[&str]) -> Output {
+    std::process::Command::new(skiff_tests::paths::skiff())
+        .arg("--state-dir")
+        .arg(&srv.state_dir)
+        .args(args)
+        .env("SKIFF_API", &srv.listening)
+        .env_remove("SKIFF_LOG")
+        .output()
+        .expect("run skiff")
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn wait_build(srv: &Serve, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let b = srv.get(&format!("/v1/builds/{id}"));
+        if ok(&b) {
+            return b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "build {id} never got {what}: {b}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn post(srv: &Serve, path: &str, body: &Value) -> (StatusCode, Value) {
+    srv.request("POST", path, Some(&body.to_string()))
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn builds_through_the_server_send_only_what_it_lacks() {
+    if !kvm_available("builds_through_the_server_send_only_what_it_lacks") {
+        return;
+    }
+    let dir = state_dir("serve-build");
+    let srv = Serve::start(&dir, &[]);
+    let ctx = dir.join("context");
+    fs::create_dir_all(&ctx).unwrap();
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM local/busybox:latest\nCOPY app.txt /app/\nRUN cat /app/app.txt; cp /app/app.txt /app/copy.txt\nCMD [\"cat\", \"/app/copy.txt\"]\n",
+    );
+    write(&ctx, "app.txt", "from the server\n");
+    write(&ctx, "notes.txt", "not read by the build\n");
+    let ctx_arg = ctx.to_str().unwrap();
+
+    let o = skiff(&srv, &["build", "-t", "app:1", ctx_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("sending 3 files"), "{err}");
+    assert!(
+        err.contains("#3 from the server"),
+        "the RUN's output: {err}"
+    );
+    let digest = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(digest.starts_with("sha256:"), "{}", show(&o));
+
+    // An edit the build does not read: one file sent, every step cached, the same image.
+    write(&ctx, "notes.txt", "edited\n");
+    let o = skiff(&srv, &["build", "-t", "app:1", ctx_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("sending 1 files"), "{err}");
+    assert!(
+        err.contains("COPY app.txt /app/ (Dockerfile:2)  CACHED"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), digest);
+
+    // The builds are listed, newest first, with their steps.
+    let list = srv.get("/v1/builds");
+    let builds = list["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 2, "{list}");
+    let last = &builds[0];
+    assert_eq!(last["state"], "SUCCEEDED");
+    assert_eq!(last["imageDigest"], digest.as_str());
+    assert_eq!(last["tags"], json!(["docker.io/library/app:1"]));
+    let steps = last["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "{last}");
+    assert!(steps[1..].iter().all(|s| s["cached"] == true), "{last}");
+
+    // Refused before anything is uploaded or built.
+    let huge = json!({"files": [{"path": "big.iso", "type": "file", "mode": 420,
+        "size": 6_200_000_000u64, "sha256": "a".repeat(64)}]});
+    let (status, body) = post(&srv, "/v1/build-contexts", &huge);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "context too large: 6.2 GB > 4 GiB; exclude paths in .dockerignore"
+    );
+    let (status, body) = post(
+        &srv,
+        "/v1/build-contexts",
+        &json!({"files": [{"path": "../x", "type": "dir", "mode": 493}]}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("files[0] (\"../x\")"),
+        "{body}"
+    );
+    let (status, body) = post(
+        &srv,
+        "/v1/build-contexts",
+        &json!({"files": [{"path": "a.txt", "type": "file", "mode": 420, "size": 2,
+            "sha256": "b".repeat(64)}]}),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["missing"], json!(["a.txt"]));
+    let incomplete = body["id"].as_str().unwrap().to_owned();
+    let (status, body) = post(
+        &srv,
+        "/v1/builds",
+        &json!({"contextId": incomplete, "dockerfile": "FROM local/busybox:latest\n"}),
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = post(
+        &srv,
+        "/v1/builds",
+        &json!({"contextId": "f".repeat(64), "dockerfile": "FROM local/busybox:latest\n"}),
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = post(
+        &srv,
+        "/v1/builds",
+        &json!({"contextId": incomplete, "dockerfile": "FROM local/busybox:latest\nFROMM x\n"}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "dockerfile_invalid");
+    assert_eq!(body["error"]["line"], 2);
+    assert_eq!(
+        body["error"]["message"],
+        "Dockerfile:2: unknown instruction \"FROMM\""
+    );
+
+    // A build cancelled while its RUN step's VM starts.
+    let (status, body) = post(&srv, "/v1/build-contexts", &json!({"files": []}));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let empty = body["id"].as_str().unwrap().to_owned();
+    let (status, body) = post(
+        &srv,
+        "/v1/builds",
+        &json!({"contextId": empty, "dockerfile": "FROM local/busybox:latest\nRUN sleep 600\n"}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    wait_build(&srv, &id, "its RUN started", |b| {
+        b["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["index"] == 2 && s["status"] == "started")
+        })
+    });
+    let (status, body) = post(&srv, &format!("/v1/builds/{id}/cancel"), &json!({}));
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let b = wait_build(&srv, &id, "CANCELLED", |b| b["state"] == "CANCELLED");
+    assert_eq!(b["error"]["code"], "Cancelled", "{b}");
+    let events = srv.get_text(&format!("/v1/builds/{id}/events"));
+    let last: Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "result", "{events}");
+    assert_eq!(last["state"], "CANCELLED", "{events}");
+    let (status, _) = post(&srv, &format!("/v1/builds/{id}/cancel"), &json!({}));
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        skiff_tests::serve::vmms_under(&dir).is_empty(),
+        "the cancelled build's VM is gone"
+    );
+}
