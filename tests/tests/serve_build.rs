@@ -2,8 +2,9 @@
 //! then only the files the server lacks, and follows the build's events to its result; a
 //! rebuild after an edit sends one file. The API refuses a context over its limit (413,
 //! before any upload), a bad Dockerfile (400 with the line), an unknown or incomplete
-//! context; a build is listed and shown with its steps; a running build is cancelled.
-//! Two VMs: one `RUN` step, and one cancelled while it starts.
+//! context; a build is listed and shown with its steps; a running build is cancelled; a
+//! server restarted mid-build fails it with `ControlPlaneRestarted` and leaves nothing of
+//! it. Three VMs: one `RUN` step, one cancelled while it starts, one the restart ends.
 
 use std::fs;
 use std::path::Path;
@@ -197,5 +198,41 @@ fn builds_through_the_server_send_only_what_it_lacks() {
     assert!(
         skiff_tests::serve::vmms_under(&dir).is_empty(),
         "the cancelled build's VM is gone"
+    );
+
+    // A server that stops mid-build: after its restart the build is FAILED with
+    // ControlPlaneRestarted, no VM or work folder of it is left, the cache is intact.
+    let (status, body) = post(
+        &srv,
+        "/v1/builds",
+        &json!({"contextId": empty, "dockerfile": "FROM local/busybox:latest\nRUN sleep 600\n"}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    wait_build(&srv, &id, "its RUN started", |b| {
+        b["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["index"] == 2 && s["status"] == "started")
+        })
+    });
+    let mut srv = srv;
+    srv.kill();
+    let srv = Serve::start(&dir, &[]);
+    let b = srv.get(&format!("/v1/builds/{id}"));
+    assert_eq!(b["state"], "FAILED", "{b}");
+    assert_eq!(b["error"]["code"], "ControlPlaneRestarted", "{b}");
+    assert!(skiff_tests::serve::vmms_under(&dir).is_empty());
+    let left: Vec<_> = fs::read_dir(dir.join("tmp"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("build-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let o = skiff(&srv, &["build", "-t", "app:1", ctx_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        digest,
+        "the cache is intact"
     );
 }

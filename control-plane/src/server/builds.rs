@@ -375,6 +375,28 @@ impl Builds {
     }
 }
 
+/// Ends the VMs of builds a previous run left (their work folders are
+/// `<state>/tmp/build-*/vm-N`) and removes those folders with the stage trees in them.
+pub fn remove_leftovers(state_dir: &std::path::Path, cgroup_parent: &str) {
+    let Ok(entries) = fs::read_dir(state_dir.join("tmp")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        if !e.file_name().to_string_lossy().starts_with("build-") {
+            continue;
+        }
+        for vm in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if vm.file_name().to_string_lossy().starts_with("vm-") {
+                super::recovery::end_vmms_of(&vm.path(), cgroup_parent);
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!("cannot remove {} left by a build: {e}", dir.display());
+        }
+    }
+}
+
 /// What a server's builds run with.
 pub fn builder_of(srv: &super::Server) -> Builder {
     Builder::new(

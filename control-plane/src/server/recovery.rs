@@ -53,7 +53,7 @@ pub fn recover(srv: &Arc<Server>) -> Result<(), ServerError> {
 /// its jailer (whose command line names the directory; the VMM dies with it) and whatever
 /// is in the VM's cgroup. A recycled pid is never hit and a VMM whose pid was never
 /// recorded is found too.
-fn end_vmms_of(task_dir: &std::path::Path, cgroup_parent: &str) {
+pub(super) fn end_vmms_of(task_dir: &std::path::Path, cgroup_parent: &str) {
     if let Some(cg) = crate::launcher::jail::cgroup_of(task_dir, cgroup_parent) {
         if !cg.procs().is_empty() {
             tracing::warn!(
