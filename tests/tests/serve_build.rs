@@ -4,7 +4,8 @@
 //! before any upload), a bad Dockerfile (400 with the line), an unknown or incomplete
 //! context; a build is listed and shown with its steps; a running build is cancelled; a
 //! server restarted mid-build fails it with `ControlPlaneRestarted` and leaves nothing of
-//! it. Three VMs: one `RUN` step, one cancelled while it starts, one the restart ends.
+//! it; a `RUN` step's VM waits while a task holds the capacity. Five VMs: two `RUN`
+//! steps, a task, one cancelled while it starts, one the restart ends.
 
 use std::fs;
 use std::path::Path;
@@ -59,20 +60,19 @@ fn write(dir: &Path, name: &str, text: &str) {
     fs::write(dir.join(name), text).unwrap();
 }
 
+const APP: &str = "FROM local/busybox:latest\nCOPY app.txt /app/\nRUN cat /app/app.txt; cp /app/app.txt /app/copy.txt\nCMD [\"cat\", \"/app/copy.txt\"]\n";
+
 #[test]
 fn builds_through_the_server_send_only_what_it_lacks() {
     if !kvm_available("builds_through_the_server_send_only_what_it_lacks") {
         return;
     }
     let dir = state_dir("serve-build");
-    let srv = Serve::start(&dir, &[]);
+    // One vCPU: a task's VM and a build's VM cannot run at once.
+    let srv = Serve::start(&dir, &["--cpus", "1"]);
     let ctx = dir.join("context");
     fs::create_dir_all(&ctx).unwrap();
-    write(
-        &ctx,
-        "Dockerfile",
-        "FROM local/busybox:latest\nCOPY app.txt /app/\nRUN cat /app/app.txt; cp /app/app.txt /app/copy.txt\nCMD [\"cat\", \"/app/copy.txt\"]\n",
-    );
+    write(&ctx, "Dockerfile", APP);
     write(&ctx, "app.txt", "from the server\n");
     write(&ctx, "notes.txt", "not read by the build\n");
     let ctx_arg = ctx.to_str().unwrap();
@@ -111,6 +111,54 @@ fn builds_through_the_server_send_only_what_it_lacks() {
     let steps = last["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 4, "{last}");
     assert!(steps[1..].iter().all(|s| s["cached"] == true), "{last}");
+
+    // A RUN step's VM waits for room as a task's does: while a task holds the only vCPU,
+    // the build's step has started but no VM of it runs; it goes on once the task stops.
+    let task = srv.submit(&json!({"image": "local/busybox", "command": ["sleep", "600"]}));
+    srv.wait_task(&task, "RUNNING", Duration::from_secs(600), |t| {
+        t["state"] == "RUNNING"
+    });
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM local/busybox:latest\nCOPY app.txt /app/\nRUN echo waited for room\n",
+    );
+    let waiting = std::thread::scope(|s| {
+        let build = s.spawn(|| skiff(&srv, &["build", ctx_arg]));
+        let start = Instant::now();
+        let id = loop {
+            let list = srv.get("/v1/builds");
+            let running = list["builds"].as_array().unwrap().iter().find(|b| {
+                b["state"] == "RUNNING"
+                    && b["steps"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["index"] == 3))
+            });
+            if let Some(b) = running {
+                break b["id"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no RUN step started: {list}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(srv.get(&format!("/v1/builds/{id}"))["state"], "RUNNING");
+        assert!(
+            skiff_tests::serve::vmms_under(&dir.join("tmp")).is_empty(),
+            "the build's VM started while the task held the capacity"
+        );
+        let (status, _) = post(&srv, &format!("/v1/tasks/{task}/stop"), &json!({}));
+        assert_eq!(status, StatusCode::ACCEPTED);
+        build.join().unwrap()
+    });
+    assert_eq!(waiting.status.code(), Some(0), "{}", show(&waiting));
+    assert!(
+        String::from_utf8_lossy(&waiting.stderr).contains("#3 waited for room"),
+        "{}",
+        show(&waiting)
+    );
 
     // Refused before anything is uploaded or built.
     let huge = json!({"files": [{"path": "big.iso", "type": "file", "mode": 420,
@@ -217,7 +265,7 @@ fn builds_through_the_server_send_only_what_it_lacks() {
     });
     let mut srv = srv;
     srv.kill();
-    let srv = Serve::start(&dir, &[]);
+    let srv = Serve::start(&dir, &["--cpus", "1"]);
     let b = srv.get(&format!("/v1/builds/{id}"));
     assert_eq!(b["state"], "FAILED", "{b}");
     assert_eq!(b["error"]["code"], "ControlPlaneRestarted", "{b}");
@@ -228,11 +276,13 @@ fn builds_through_the_server_send_only_what_it_lacks() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("build-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    write(&ctx, "Dockerfile", APP);
     let o = skiff(&srv, &["build", "-t", "app:1", ctx_arg]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         digest,
-        "the cache is intact"
+        "the cache is intact: {}",
+        show(&o)
     );
 }

@@ -189,6 +189,13 @@ impl Run<'_> {
             snapshot: None,
             net: None,
         };
+        // Room for the VM first (the server's capacity), as a task's VM waits for it.
+        let _lease = match &self.b.admission {
+            Some(admit) => {
+                Some(admit(self.req.cpu, memory, self.control).ok_or(BuildError::Cancelled)?)
+            }
+            None => None,
+        };
         let task = self.control.task();
         let mut tail: Vec<u8> = Vec::new();
         let outcome = run_step(

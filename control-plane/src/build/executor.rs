@@ -90,13 +90,28 @@ impl BuildControl {
     }
 }
 
+/// Waits for room for a `RUN` step's VM of (vCPUs, MiB) and returns what holds it until
+/// dropped; None when the build was cancelled meanwhile. The server's scheduler admits
+/// build VMs as it admits tasks; `--local` builds have no such hook.
+pub type Admission = Arc<dyn Fn(u32, u64, &BuildControl) -> Option<Box<dyn Send>> + Send + Sync>;
+
 /// Builds images into one image store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Builder {
     pub(super) store: ImageStore,
     pub(super) registry: RegistryOptions,
     pub(super) cache: BuildCache,
     pub(super) vm: VmParts,
+    pub(super) admission: Option<Admission>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("store", &self.store.state_dir())
+            .field("admission", &self.admission.is_some())
+            .finish()
+    }
 }
 
 /// A layer of a stage's image.
@@ -141,7 +156,14 @@ impl Builder {
             store,
             registry,
             vm,
+            admission: None,
         }
+    }
+
+    /// Each `RUN` step's VM waits for `admission` before it starts.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     pub fn store(&self) -> &ImageStore {

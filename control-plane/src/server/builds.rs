@@ -2,8 +2,8 @@
 //! memory with its NDJSON events for followers, and saved to `<state>/builds/<id>.json` at
 //! its start and end. A server that starts finds the builds a previous run left QUEUED or
 //! RUNNING and fails them with `ControlPlaneRestarted` (their cache records stay). Builds
-//! run one at a time, in the order they came: each `RUN` step takes a VM of its own, which
-//! the task scheduler does not count.
+//! run one at a time, in the order they came; each `RUN` step's VM waits for room in the
+//! server's capacity, as a task's VM does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -397,8 +397,31 @@ pub fn remove_leftovers(state_dir: &std::path::Path, cgroup_parent: &str) {
     }
 }
 
-/// What a server's builds run with.
+/// What a server's builds run with: each `RUN` step's VM is admitted by the server's
+/// scheduler like a task's (its vCPUs and memory count against the capacity). Call it
+/// from the server's runtime.
 pub fn builder_of(srv: &super::Server) -> Builder {
+    let sched = srv.sched.clone();
+    let handle = tokio::runtime::Handle::current();
+    let admission: crate::build::executor::Admission =
+        Arc::new(move |cpus: u32, memory_mib: u64, control: &BuildControl| {
+            let control = control.clone();
+            // Called on the build's blocking thread, never on the runtime's workers.
+            handle.block_on(async {
+                let acquire = sched.acquire(cpus, memory_mib);
+                tokio::pin!(acquire);
+                loop {
+                    tokio::select! {
+                        lease = &mut acquire => return Some(Box::new(lease) as Box<dyn Send>),
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                            if control.is_cancelled() {
+                                return None;
+                            }
+                        }
+                    }
+                }
+            })
+        });
     Builder::new(
         srv.images.clone(),
         srv.cfg.registry.clone(),
@@ -409,4 +432,5 @@ pub fn builder_of(srv: &super::Server) -> Builder {
             initrd: srv.initrd.clone(),
         },
     )
+    .with_admission(admission)
 }
