@@ -65,7 +65,7 @@ static void add_entry(char *out, size_t *at, const char *name, char type, const 
 	snprintf(h + 100, 8, "%07o", type == '5' ? 0755 : 0644);
 	snprintf(h + 108, 8, "%07o", 0);
 	snprintf(h + 116, 8, "%07o", 0);
-	snprintf(h + 124, 12, "%011zo", size);
+	snprintf(h + 124, 12, "%011o", (unsigned)size);
 	snprintf(h + 136, 12, "%011o", 1700000000);
 	h[156] = type;
 	if (link)

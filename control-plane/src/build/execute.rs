@@ -174,7 +174,7 @@ impl Run<'_> {
         };
         let work = self.work_path(&format!("vm-{n}"));
         std::fs::create_dir_all(&work).map_err(|e| BuildError::internal("a VM's folder", e))?;
-        let cfg = LaunchConfig {
+        let mut cfg = LaunchConfig {
             vmm: self.b.vm.vmm.clone(),
             jail: self.b.vm.jail.clone(),
             kernel: self.b.vm.kernel.clone(),
@@ -189,6 +189,7 @@ impl Run<'_> {
             snapshot: None,
             net: None,
         };
+        cfg.snapshot = self.b.snapshot_for.as_ref().and_then(|f| f(&cfg));
         // Room for the VM first (the server's capacity), as a task's VM waits for it.
         let _lease = match &self.b.admission {
             Some(admit) => {

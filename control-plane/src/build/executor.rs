@@ -25,7 +25,7 @@ use super::stage::StageState;
 use super::tree::TreeLayer;
 use crate::images::registry::RegistryOptions;
 use crate::images::store::{writer_lock, ImageStore};
-use crate::launcher::{JailConfig, TaskControl};
+use crate::launcher::{JailConfig, LaunchConfig, Snapshot, TaskControl};
 
 /// What a `RUN` step's VM is made of, besides its root filesystem.
 #[derive(Debug, Clone)]
@@ -95,6 +95,10 @@ impl BuildControl {
 /// build VMs as it admits tasks; `--local` builds have no such hook.
 pub type Admission = Arc<dyn Fn(u32, u64, &BuildControl) -> Option<Box<dyn Send>> + Send + Sync>;
 
+/// The snapshot a `RUN` step's VM of this shape may restore instead of booting (the
+/// server's per-shape snapshots); None: it boots.
+pub type SnapshotFor = Arc<dyn Fn(&LaunchConfig) -> Option<Snapshot> + Send + Sync>;
+
 /// Builds images into one image store.
 #[derive(Clone)]
 pub struct Builder {
@@ -103,6 +107,7 @@ pub struct Builder {
     pub(super) cache: BuildCache,
     pub(super) vm: VmParts,
     pub(super) admission: Option<Admission>,
+    pub(super) snapshot_for: Option<SnapshotFor>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -110,6 +115,7 @@ impl std::fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("store", &self.store.state_dir())
             .field("admission", &self.admission.is_some())
+            .field("snapshots", &self.snapshot_for.is_some())
             .finish()
     }
 }
@@ -157,7 +163,15 @@ impl Builder {
             registry,
             vm,
             admission: None,
+            snapshot_for: None,
         }
+    }
+
+    /// Each `RUN` step's VM restores the snapshot `snapshot_for` gives for its shape, when
+    /// there is one (and boots when the restore fails).
+    pub fn with_snapshots(mut self, snapshot_for: SnapshotFor) -> Self {
+        self.snapshot_for = Some(snapshot_for);
+        self
     }
 
     /// Each `RUN` step's VM waits for `admission` before it starts.

@@ -16,7 +16,8 @@ pub enum BuilderCmd {
     /// Show what the build cache holds.
     Du,
     /// Remove build cache records, least recently used first, then delete the layers and
-    /// root filesystems that neither a tag nor a remaining record keeps.
+    /// root filesystems that neither a tag nor a remaining record keeps (with --all, also
+    /// the contexts clients uploaded; do it while no build runs).
     Prune {
         /// Remove every record.
         #[arg(long)]
@@ -25,6 +26,17 @@ pub enum BuilderCmd {
         #[arg(long)]
         keep_storage: Option<String>,
     },
+}
+
+/// Files under `dir`, and their bytes (one level, as the context store keeps them).
+fn files_in(dir: &Path) -> (usize, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.metadata().ok().filter(|m| m.is_file()))
+        .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
 }
 
 /// `rootfs/build-*` images: the trees `RUN` steps ran on. Count and bytes.
@@ -54,12 +66,15 @@ pub fn builder(state_dir: &Path, c: BuilderCmd) -> anyhow::Result<i32> {
         BuilderCmd::Du => {
             let u = cache.usage().context("cannot read the build cache")?;
             let (roots, root_bytes) = step_roots(state_dir);
+            let (files, file_bytes) = files_in(&state_dir.join("build-contexts/files"));
             println!(
-                "{}, layers {:.1} MB; {} step root filesystems, {:.1} MB",
+                "{}, layers {:.1} MB; {} step root filesystems, {:.1} MB; {} uploaded context files, {:.1} MB",
                 records(u.records),
                 u.layer_bytes as f64 / 1e6,
                 roots,
-                root_bytes as f64 / 1e6
+                root_bytes as f64 / 1e6,
+                files,
+                file_bytes as f64 / 1e6
             );
         }
         BuilderCmd::Prune { all, keep_storage } => {
@@ -77,6 +92,14 @@ pub fn builder(state_dir: &Path, c: BuilderCmd) -> anyhow::Result<i32> {
                 InputsLog::new(state_dir)
                     .clear()
                     .context("cannot prune the build cache's inputs")?;
+                // Uploaded contexts and the stat caches of local ones: sent again as needed.
+                let contexts = state_dir.join("build-contexts");
+                match std::fs::remove_dir_all(&contexts) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(anyhow!("cannot remove {}: {e}", contexts.display()))
+                    }
+                    _ => {}
+                }
             }
             let report = store(state_dir)?.prune()?;
             println!(

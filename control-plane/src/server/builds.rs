@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,11 @@ impl BuildState {
         )
     }
 }
+
+/// Event bytes kept per build (its `RUN` output beyond is dropped, with a warning).
+const MAX_EVENT_BYTES: usize = 32 << 20;
+/// Finished builds kept (records and events); older ones are forgotten.
+const KEEP_FINISHED: usize = 200;
 
 /// One step as the API shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -99,6 +105,9 @@ pub struct BuildEntry {
     events: Mutex<Vec<String>>,
     /// The number of events, for followers.
     tx: watch::Sender<usize>,
+    /// Bytes of the events kept, and whether output is being dropped.
+    event_bytes: AtomicUsize,
+    dropping: AtomicBool,
     pub control: BuildControl,
 }
 
@@ -108,6 +117,8 @@ impl BuildEntry {
             record: Mutex::new(record),
             events: Mutex::new(Vec::new()),
             tx: watch::channel(0).0,
+            event_bytes: AtomicUsize::new(0),
+            dropping: AtomicBool::new(false),
             control: BuildControl::new(),
         }
     }
@@ -132,8 +143,23 @@ impl BuildEntry {
     }
 
     fn push(&self, v: Value) {
+        let line = v.to_string();
         if let Ok(mut e) = self.events.lock() {
-            e.push(v.to_string());
+            // A chatty build's output is kept up to a bound; steps and the result always.
+            let is_log = v["type"] == "log";
+            let used = self.event_bytes.load(Ordering::Relaxed);
+            if is_log && used + line.len() > MAX_EVENT_BYTES {
+                if !self.dropping.swap(true, Ordering::Relaxed) {
+                    e.push(
+                        json!({"type": "warning", "message": format!(
+                            "the build's output beyond {} MiB is not kept", MAX_EVENT_BYTES >> 20)})
+                        .to_string(),
+                    );
+                }
+            } else {
+                self.event_bytes.fetch_add(line.len(), Ordering::Relaxed);
+                e.push(line);
+            }
             let n = e.len();
             self.tx.send_replace(n);
         }
@@ -236,6 +262,24 @@ impl Builds {
         Ok(builds)
     }
 
+    /// Keeps the newest [`KEEP_FINISHED`] finished builds, in memory and on disk.
+    fn forget_old(&self, entries: &mut HashMap<String, Arc<BuildEntry>>) {
+        let mut finished: Vec<(u64, String)> = entries
+            .values()
+            .map(|b| b.snapshot())
+            .filter(|r| r.state.is_done())
+            .map(|r| (r.created_ms, r.id))
+            .collect();
+        if finished.len() <= KEEP_FINISHED {
+            return;
+        }
+        finished.sort();
+        for (_, id) in &finished[..finished.len() - KEEP_FINISHED] {
+            entries.remove(id);
+            let _ = fs::remove_file(self.dir.join(format!("{id}.json")));
+        }
+    }
+
     fn save(&self, r: &BuildRecord) {
         let write = || -> std::io::Result<()> {
             let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
@@ -290,6 +334,7 @@ impl Builds {
         let entry = Arc::new(BuildEntry::new(record.clone()));
         if let Ok(mut e) = self.entries.lock() {
             e.insert(id, entry.clone());
+            self.forget_old(&mut e);
         }
         let builds = self.clone();
         tokio::spawn(async move {
@@ -398,8 +443,9 @@ pub fn remove_leftovers(state_dir: &std::path::Path, cgroup_parent: &str) {
 }
 
 /// What a server's builds run with: each `RUN` step's VM is admitted by the server's
-/// scheduler like a task's (its vCPUs and memory count against the capacity). Call it
-/// from the server's runtime.
+/// scheduler like a task's (its vCPUs and memory count against the capacity), and
+/// restores the server's snapshot of its shape when one is ready. Call it from the
+/// server's runtime.
 pub fn builder_of(srv: &super::Server) -> Builder {
     let sched = srv.sched.clone();
     let handle = tokio::runtime::Handle::current();
@@ -433,4 +479,8 @@ pub fn builder_of(srv: &super::Server) -> Builder {
         },
     )
     .with_admission(admission)
+    .with_snapshots({
+        let snapshots = srv.snapshots.clone();
+        Arc::new(move |cfg: &crate::launcher::LaunchConfig| snapshots.for_shape(cfg))
+    })
 }
