@@ -1,7 +1,8 @@
 //! A TCP proxy on loopback that breaks blob downloads: a connection that carries a blob GET
 //! is cut (or stalled) once `cut_after` response bytes have gone back, until `cuts` cuts
 //! were made. It counts the response bytes it forwards and records the `Range` header of
-//! each blob GET; it can also strip `Range` headers, like a registry that ignores them.
+//! each blob GET; it can also strip `Range` headers, like a registry that ignores them,
+//! and cut one blob upload on its way to the registry.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -23,6 +24,31 @@ pub struct ProxyOptions {
     pub strip_range: bool,
     /// Pause this long after each 16 KiB of response (a slow registry).
     pub pace: Option<std::time::Duration>,
+    /// Break an upload: the chosen blob `PATCH` or `PUT` is cut on its way to the
+    /// registry (once, counted in `cuts_done` too).
+    pub cut_upload: Option<UploadCut>,
+}
+
+/// Which upload request to cut, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadCut {
+    /// Cut the request with this index (0-based) among the blob-carrying `PATCH`/`PUT`
+    /// requests (those with a body of at least `min_body` bytes).
+    pub request: usize,
+    /// Body bytes forwarded before the cut (0: the head only).
+    pub body_bytes: usize,
+    /// Requests with a smaller `Content-Length` are not counted (manifests, final PUTs).
+    pub min_body: usize,
+}
+
+/// The `Content-Length` of a request head, if any.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    })
 }
 
 pub struct CutProxy {
@@ -32,6 +58,8 @@ pub struct CutProxy {
     pub served: Arc<AtomicU64>,
     /// The `Range` header of every blob GET ("" when it had none), in order.
     pub ranges: Arc<Mutex<Vec<String>>>,
+    /// Request bytes forwarded to the registry (heads included).
+    pub uploaded: Arc<AtomicU64>,
 }
 
 /// The value of the `Range` header in a request head, if any.
@@ -62,6 +90,7 @@ impl CutProxy {
                 stall: false,
                 strip_range: false,
                 pace: None,
+                cut_upload: None,
             },
         )
     }
@@ -74,7 +103,10 @@ impl CutProxy {
             cuts_done: Arc::new(AtomicUsize::new(0)),
             served: Arc::new(AtomicU64::new(0)),
             ranges: Arc::new(Mutex::new(Vec::new())),
+            uploaded: Arc::new(AtomicU64::new(0)),
         };
+        let upload_requests = Arc::new(AtomicUsize::new(0));
+        let uploaded = proxy.uploaded.clone();
         let (upstream, done, served, ranges) = (
             upstream.to_string(),
             proxy.cuts_done.clone(),
@@ -92,13 +124,42 @@ impl CutProxy {
                     server.try_clone().expect("clone"),
                 );
                 let (arm, done_a, ranges) = (armed.clone(), done.clone(), ranges.clone());
+                let (uploads, up_bytes) = (upload_requests.clone(), uploaded.clone());
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 * 1024];
+                    // Body bytes still to forward before this request is cut.
+                    let mut cut_in: Option<usize> = None;
                     while let Ok(n) = c_in.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
                         let mut chunk = buf[..n].to_vec();
+                        if let Some(cut) = opts.cut_upload {
+                            let is_upload =
+                                chunk.starts_with(b"PATCH ") || chunk.starts_with(b"PUT ");
+                            let head_end = chunk.windows(4).position(|w| w == b"\r\n\r\n");
+                            if let (true, Some(end)) = (is_upload, head_end) {
+                                let head = String::from_utf8_lossy(&chunk[..end]).into_owned();
+                                let big = content_length(&head).unwrap_or(0) >= cut.min_body;
+                                if big
+                                    && head.contains("/blobs/uploads/")
+                                    && uploads.fetch_add(1, Ordering::SeqCst) == cut.request
+                                {
+                                    cut_in = Some(end + 4 + cut.body_bytes);
+                                }
+                            }
+                            if let Some(left) = cut_in {
+                                if chunk.len() >= left {
+                                    up_bytes.fetch_add(left as u64, Ordering::SeqCst);
+                                    let _ = s_out.write_all(&chunk[..left]);
+                                    done_a.fetch_add(1, Ordering::SeqCst);
+                                    let _ = s_out.shutdown(Shutdown::Both);
+                                    let _ = c_in.shutdown(Shutdown::Both);
+                                    return;
+                                }
+                                cut_in = Some(left - chunk.len());
+                            }
+                        }
                         let is_blob_get = chunk.starts_with(b"GET ")
                             && chunk.windows(14).any(|w| w == b"/blobs/sha256:");
                         if is_blob_get {
@@ -114,6 +175,7 @@ impl CutProxy {
                         if opts.strip_range && chunk.starts_with(b"GET ") {
                             chunk = without_range(&chunk);
                         }
+                        up_bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
                         if s_out.write_all(&chunk).is_err() {
                             break;
                         }
@@ -167,6 +229,11 @@ impl CutProxy {
     /// Response bytes forwarded so far.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// Request bytes forwarded so far.
+    pub fn uploaded(&self) -> u64 {
+        self.uploaded.load(Ordering::SeqCst)
     }
 
     /// The `Range` headers of the blob GETs so far.

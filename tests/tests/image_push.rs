@@ -187,3 +187,171 @@ fn a_built_image_is_pushed_and_pulled_back_with_the_same_digest() -> Result<()> 
     assert_eq!(o.status.code(), Some(125), "{}", show(&o));
     Ok(())
 }
+
+/// Bytes that gzip cannot shrink (a xorshift stream), so the layer is as large as the file.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A 20 MiB layer goes up in 8 MiB chunks. A cut after the second chunk's request head
+/// is resumed where the registry says it stands (chunk one is not sent again); a cut in
+/// the middle of a chunk, which Debian's registry will not resume (the offset it signed
+/// into the session's URL no longer matches its file), starts a new session; a push to
+/// another repository of the same registry mounts every blob instead of sending it.
+/// Each result is pulled back into an empty store with the same digest.
+#[test]
+fn a_cut_upload_goes_on_and_another_repository_mounts_the_blobs() -> Result<()> {
+    use skiff_tests::proxy::{CutProxy, ProxyOptions, UploadCut};
+    let reg = Registry::start_with(false, Some(("pusher", "right-pw")))?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let ctx = dir.path().join("context");
+    fs::create_dir_all(&ctx)?;
+    const BIG: usize = 20 << 20;
+    fs::write(ctx.join("big.bin"), noise(BIG))?;
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM local/busybox:latest\nCOPY big.bin /\n",
+    )?;
+    let proxy = |request: usize, body_bytes: usize| {
+        CutProxy::start_with(
+            &reg.addr,
+            ProxyOptions {
+                cuts: 0,
+                cut_after: 0,
+                stall: false,
+                strip_range: false,
+                pace: None,
+                cut_upload: Some(UploadCut {
+                    request,
+                    body_bytes,
+                    min_body: 4 << 20,
+                }),
+            },
+        )
+    };
+    // The second chunk's request (the only other request of 4 MiB or more is the third
+    // chunk: the busybox layer is 2 MiB) is cut after its head (resumable), then one
+    // 3 MiB into its body.
+    let (resumable, broken) = (proxy(1, 0)?, proxy(1, 3 << 20)?);
+    let auth = dir.path().join("auth.json");
+    let entry = |addr: &str| {
+        (
+            addr.to_owned(),
+            json!({"username": "pusher", "password": "right-pw"}),
+        )
+    };
+    let auths: serde_json::Map<String, serde_json::Value> = [
+        entry(&reg.addr),
+        entry(&resumable.addr),
+        entry(&broken.addr),
+    ]
+    .into_iter()
+    .collect();
+    fs::write(&auth, serde_json::to_vec(&json!({ "auths": auths }))?)?;
+    let built = skiff(
+        &state,
+        &["build", "--local", "-t", "big:1", ctx.to_str().unwrap()],
+        &auth,
+    );
+    assert!(built.status.success(), "{}", show(&built));
+    let digest = String::from_utf8_lossy(&built.stdout).trim().to_owned();
+    let push = |via: &CutProxy, repo: &str| {
+        let dest = format!("{}/{repo}:1", via.addr);
+        let o = skiff(
+            &state,
+            &[
+                "image",
+                "push",
+                "big:1",
+                "--dest",
+                &dest,
+                "--insecure",
+                &via.addr,
+            ],
+            &auth,
+        );
+        (dest, o)
+    };
+    let pulled_back = |dest: &str, insecure: &str| -> Result<()> {
+        let other = tempfile::tempdir()?;
+        let o = skiff(
+            other.path(),
+            &["image", "pull", "--insecure", insecure, dest],
+            &auth,
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(&format!("{dest}: {digest}")),
+            "{}",
+            show(&o)
+        );
+        Ok(())
+    };
+
+    let (dest, o) = push(&resumable, "team/big");
+    assert!(o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        resumable
+            .cuts_done
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(
+        err.contains(&format!("retry 2 from byte {}", 8 << 20)),
+        "the upload goes on after the first chunk: {err}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(
+        state
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )?)?;
+    let blob_bytes: u64 = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&manifest["config"]])
+        .map(|d| d["size"].as_u64().unwrap())
+        .sum();
+    let sent = resumable.uploaded();
+    assert!(
+        sent < blob_bytes + (256 << 10),
+        "chunk one was not sent again: {sent} request bytes for {blob_bytes} bytes of blobs"
+    );
+    pulled_back(&dest, &resumable.addr)?;
+
+    let (dest, o) = push(&broken, "fresh/big");
+    assert!(o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        broken.cuts_done.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(
+        err.contains("retry 2 from byte 0"),
+        "a session the registry will not resume starts again: {err}"
+    );
+    pulled_back(&dest, &broken.addr)?;
+
+    // Another repository of a registry that holds the blobs: mounted, nothing sent.
+    let before = resumable.uploaded();
+    let (dest, o) = push(&resumable, "other/big");
+    assert!(o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let layers = err.matches("mounted from team/big").count();
+    assert!(layers >= 2, "the layers and config are mounted: {err}");
+    assert!(!err.contains("uploading"), "{err}");
+    let sent = resumable.uploaded() - before;
+    assert!(sent < 64 << 10, "a mount sends no blob: {sent} bytes");
+    pulled_back(&dest, &resumable.addr)?;
+    Ok(())
+}

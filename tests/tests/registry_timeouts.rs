@@ -40,6 +40,7 @@ fn a_stalled_download_times_out_and_is_resumed() -> Result<()> {
             stall: true,
             strip_range: false,
             pace: None,
+            cut_upload: None,
         },
     )?;
     let client = RegistryClient::new(RegistryOptions {

@@ -45,6 +45,7 @@ fn stopping_a_task_cancels_its_image_download() {
             stall: false,
             strip_range: false,
             pace: Some(Duration::from_millis(12)),
+            cut_upload: None,
         },
     )
     .unwrap();

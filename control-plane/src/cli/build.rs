@@ -16,7 +16,7 @@ use control_plane::build::{
     BuildContext, BuildControl, BuildError, BuildEvent, BuildRequest, Builder, ContextFiles,
     StepStatus, Stream, VmParts,
 };
-use control_plane::images::push::{push_image, PushEvent};
+use control_plane::images::push::push_image;
 use control_plane::images::registry::{Reference, RegistryClient, RegistryOptions};
 use control_plane::{install, launcher};
 use sha2::{Digest as _, Sha256};
@@ -211,11 +211,7 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
             if a.push {
                 let client = RegistryClient::new(registry)?;
                 for t in &tags {
-                    push_image(builder.store(), &client, t, t, &|e| {
-                        if let PushEvent::Pushed { digest, size } = e {
-                            eprintln!("pushed {digest} ({size} bytes)");
-                        }
-                    })?;
+                    push_image(builder.store(), &client, t, t, &super::image::push_progress)?;
                     eprintln!("pushed {t}");
                 }
             }

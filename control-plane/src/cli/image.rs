@@ -77,6 +77,34 @@ pub fn progress(r: String) -> impl Fn(PullEvent) + Sync {
     }
 }
 
+/// Push progress on stderr, one line per blob and per retry (as `docker push` prints).
+pub fn push_progress(e: PushEvent) {
+    match e {
+        PushEvent::Exists { digest, .. } => {
+            eprintln!("{}: already exists", short(&digest.to_string()))
+        }
+        PushEvent::Mounted { digest, from, .. } => {
+            eprintln!("{}: mounted from {from}", short(&digest.to_string()))
+        }
+        PushEvent::Uploading { digest, size } => {
+            eprintln!("{}: uploading {size} bytes", short(&digest.to_string()))
+        }
+        PushEvent::Retry {
+            digest,
+            attempt,
+            offset,
+            error,
+        } => eprintln!(
+            "{}: retry {attempt} from byte {offset} ({error})",
+            short(&digest.to_string())
+        ),
+        PushEvent::Pushed { digest, .. } => {
+            eprintln!("{}: pushed", short(&digest.to_string()))
+        }
+        PushEvent::Progress { .. } => {}
+    }
+}
+
 pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
     let st = store(state_dir)?;
     match c {
@@ -112,27 +140,12 @@ pub fn image(state_dir: &Path, c: ImageCmd) -> anyhow::Result<i32> {
                 Some(d) => d.parse().map_err(|e| anyhow!("--dest {d}: {e}"))?,
                 None => src.clone(),
             };
-            if dest.is_local() {
-                return Err(anyhow!(
-                    "{dest} is a local-only name: give --dest REGISTRY/REPO:TAG"
-                ));
-            }
             let client = RegistryClient::new(RegistryOptions {
                 insecure,
                 ca_file,
                 ..Default::default()
             })?;
-            let digest = push_image(&st, &client, &src, &dest, &|e| match e {
-                PushEvent::Exists { digest, .. } => {
-                    eprintln!("{}: already exists", short(&digest.to_string()))
-                }
-                PushEvent::Uploading { digest, size } => {
-                    eprintln!("{}: uploading {size} bytes", short(&digest.to_string()))
-                }
-                PushEvent::Pushed { digest, .. } => {
-                    eprintln!("{}: pushed", short(&digest.to_string()))
-                }
-            })?;
+            let digest = push_image(&st, &client, &src, &dest, &push_progress)?;
             crate::outln!("{dest}: {digest}");
         }
         ImageCmd::Ls => {

@@ -577,16 +577,8 @@ impl RegistryClient {
         self.check(r, resp, url, not_found)
     }
 
-    pub(super) fn credentials_for(&self, registry: &str) -> Option<&Credentials> {
-        self.opts.credentials.get(registry)
-    }
-
-    pub(super) fn http_client(&self) -> &Client {
-        &self.http
-    }
-
     /// The credentials a request under `key` carries, once a challenge was answered.
-    pub(super) fn auth_for(&self, key: &str) -> Option<Auth> {
+    fn auth_for(&self, key: &str) -> Option<Auth> {
         self.auth
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -683,11 +675,7 @@ pub fn quote(text: &str) -> String {
     out
 }
 
-pub(super) fn apply(
-    req: RequestBuilder,
-    auth: Option<&Auth>,
-    creds: Option<&Credentials>,
-) -> RequestBuilder {
+fn apply(req: RequestBuilder, auth: Option<&Auth>, creds: Option<&Credentials>) -> RequestBuilder {
     match (auth, creds) {
         (Some(Auth::Bearer(t)), _) => req.bearer_auth(t),
         (Some(Auth::Basic), Some(c)) => req.basic_auth(&c.username, Some(&c.password)),

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::FlockOperation;
 use tracing::info;
 
+use super::blob_sources::BlobSources;
 use super::error::PullError;
 use super::image_store::ImageStore;
 use super::lock::{lock, writer_lock};
@@ -225,6 +226,12 @@ impl ImageStore {
                 }
             }
         }
+        let blobs = self.blobs().clone();
+        BlobSources::new(self.state_dir()).retain(&|hex| {
+            format!("sha256:{hex}")
+                .parse::<Digest>()
+                .is_ok_and(|d| blobs.contains(&d))
+        });
         info!(?report, "pruned");
         Ok(report)
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::blob_sources::BlobSources;
 use super::blobs::{BlobStore, Ensured, Partial, StoreError};
 use super::error::{transient, PullError};
 use super::lock::writer_lock;
@@ -359,7 +360,11 @@ impl ImageStore {
                     std::thread::sleep(Duration::from_millis(250 * attempt as u64));
                     attempt += 1;
                 }
-                other => return Ok(other?),
+                other => {
+                    let got = other?;
+                    BlobSources::new(&self.state_dir).record(digest, &r.registry, &r.repository);
+                    return Ok(got);
+                }
             }
         }
     }
