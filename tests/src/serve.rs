@@ -145,6 +145,29 @@ impl Serve {
         )
     }
 
+    /// A request with extra headers; the status and the body as text (NDJSON streams).
+    pub fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.client.request(m, format!("{}{path}", self.url));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let resp = r.send().expect("HTTP request");
+        let status = resp.status().as_u16();
+        (status, resp.text().unwrap_or_default())
+    }
+
     pub fn get(&self, path: &str) -> Value {
         let (s, v) = self.request("GET", path, None);
         assert_eq!(s, StatusCode::OK, "GET {path}: {v}");

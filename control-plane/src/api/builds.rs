@@ -9,18 +9,20 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::error::{parse_json, ApiError};
+use super::registry_auth;
 use crate::build::context::Entry;
 use crate::build::context_store::{ContextLimits, ContextStoreError};
 use crate::build::dockerfile::{parse_bytes, plan};
 use crate::build::image_config::Format;
 use crate::build::BuildRequest;
+use crate::images::registry::RegistryClient;
 use crate::images::Reference;
 use crate::server::builds::builder_of;
 use crate::server::Server;
@@ -157,6 +159,7 @@ struct BuildBody {
 /// `POST /v1/builds`: 202 with the build (QUEUED).
 pub async fn create_build(
     State(srv): State<Arc<Server>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let b: BuildBody = parse_json(&body?)?;
@@ -181,11 +184,29 @@ pub async fn create_build(
             "network: RUN steps have no network yet; only \"none\"",
         ));
     }
-    if b.push {
-        return Err(ApiError::bad_request(
-            "push: not through the API yet; push the result with skiff image push",
-        ));
-    }
+    // With `push`, the client's credentials (`X-Registry-Auth`) are kept in memory for
+    // this build only, for the registries of its tags.
+    let push = if b.push {
+        if tags.is_empty() {
+            return Err(ApiError::bad_request(
+                "push: give tags naming a registry (REGISTRY/REPO:TAG)",
+            ));
+        }
+        if let Some((i, t)) = tags.iter().enumerate().find(|(_, t)| t.is_local()) {
+            return Err(ApiError::bad_request(format!(
+                "tags[{i}]: {t} is a local-only name and cannot be pushed"
+            )));
+        }
+        let mut opts = srv.cfg.registry.clone();
+        if let Some(c) = registry_auth::from_headers(&headers)? {
+            for t in &tags {
+                opts.credentials.insert(t.registry.clone(), c.clone());
+            }
+        }
+        Some(RegistryClient::new(opts).map_err(ApiError::internal)?)
+    } else {
+        None
+    };
     let cpu = b.cpu.unwrap_or(1);
     let memory_mib = b.memory_mib.unwrap_or(512);
     let limits = srv.limits();
@@ -230,7 +251,9 @@ pub async fn create_build(
         memory_mib,
         timeout: b.timeout_seconds.map(Duration::from_secs),
     };
-    let record = srv.builds.start(builder_of(&srv), req, ctx, b.context_id);
+    let record = srv
+        .builds
+        .start(builder_of(&srv), req, ctx, b.context_id, push);
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
 

@@ -7,6 +7,7 @@ mod images;
 pub mod listen;
 mod logs;
 mod networks;
+mod registry_auth;
 mod services;
 mod tasks;
 
@@ -39,6 +40,7 @@ pub fn router(srv: Arc<Server>) -> Router {
         .route("/v1/tasks/{id}/stop", post(tasks::stop))
         .route("/v1/tasks/{id}/logs", get(logs::logs))
         .route("/v1/images", post(images::pull).get(images::list))
+        .route("/v1/images/{reference}/push", post(images::push))
         .route(
             "/v1/build-contexts",
             post(builds::create_context).layer(DefaultBodyLimit::max(MAX_CONTEXT_MANIFEST)),

@@ -144,6 +144,9 @@ pub enum BuildError {
     },
     #[error("the build was cancelled")]
     Cancelled,
+    /// The image was built and stored, but pushing `tag` failed.
+    #[error("pushing {tag}: {message}")]
+    Push { tag: String, message: String },
     /// The store, the cache or a VM could not be used.
     #[error("{0}")]
     Internal(String),

@@ -105,8 +105,11 @@ pub fn build_through(
     state_dir: &Path,
     a: BuildArgs,
 ) -> anyhow::Result<i32> {
-    if a.push {
-        bail!("--push goes with --local for now; push the result with skiff image push");
+    if a.push && a.tags.is_empty() {
+        bail!("--push needs a name to push to: -t REGISTRY/REPO:TAG");
+    }
+    if !a.insecure.is_empty() {
+        bail!("--insecure goes with --local; through the server, its --insecure-registry list applies");
     }
     let context = a
         .context

@@ -147,7 +147,13 @@ pub fn build(
         "memoryMiB": a.memory,
         "timeoutSeconds": a.timeout,
     });
-    let started = api.post("/v1/builds", &body)?;
+    let mut body = body;
+    let mut auth = None;
+    if a.push {
+        body["push"] = true.into();
+        auth = registry_auth(&a.tags[0])?;
+    }
+    let started = api.post_with("/v1/builds", &body, auth)?;
     let build_id = started["id"].as_str().unwrap_or_default().to_owned();
     cancel_on_signals(api, &build_id)?;
     let json_mode = matches!(a.progress, super::build::ProgressMode::Json);
@@ -162,6 +168,8 @@ pub fn build(
         if json_mode {
             println!("{line}");
             let _ = std::io::stdout().flush();
+        } else if v["type"] == "push" {
+            show_push(&v);
         } else if let Some(e) = event_of(&v) {
             show(&e, false);
         }
@@ -202,6 +210,50 @@ pub fn build(
             })
         }
     }
+}
+
+/// A push event of the build, as `skiff image push` prints it.
+fn show_push(v: &Value) {
+    let s = |k: &str| v[k].as_str().unwrap_or_default();
+    let digest = s("digest");
+    let short = digest
+        .trim_start_matches("sha256:")
+        .get(..12)
+        .unwrap_or(digest);
+    match s("status") {
+        "done" => eprintln!("pushed {}", s("tag")),
+        "exists" => eprintln!("{short}: already exists"),
+        "mounted" => eprintln!("{short}: mounted from {}", s("from")),
+        "uploading" if v["size"].is_u64() => eprintln!("{short}: uploading {} bytes", v["size"]),
+        "retry" => eprintln!(
+            "{short}: retry {} from byte {} ({})",
+            v["attempt"],
+            v["bytes"],
+            s("error")
+        ),
+        "pushed" => eprintln!("{short}: pushed"),
+        _ => {}
+    }
+}
+
+/// The `X-Registry-Auth` header for `tag`'s registry, from the same auth file a pull
+/// reads (REGISTRY_AUTH_FILE, DOCKER_CONFIG or ~/.docker/config.json); None without an
+/// entry for it.
+fn registry_auth(tag: &str) -> anyhow::Result<Option<(&'static str, String)>> {
+    use base64::Engine;
+    let r: control_plane::images::Reference = tag.parse().map_err(|e| anyhow!("-t {tag}: {e}"))?;
+    let Some(path) = control_plane::images::registry::auth_file::default_path() else {
+        return Ok(None);
+    };
+    let creds = control_plane::images::registry::auth_file::load(&path)?;
+    Ok(creds.get(&r.registry).map(|c| {
+        let json = json!({"username": c.username, "password": c.password,
+            "serveraddress": r.registry});
+        (
+            "X-Registry-Auth",
+            base64::engine::general_purpose::URL_SAFE.encode(json.to_string()),
+        )
+    }))
 }
 
 /// SIGINT or SIGTERM asks the server to cancel the build; its result then ends the stream.

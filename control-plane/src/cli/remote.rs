@@ -113,6 +113,20 @@ impl Api {
         self.json(self.req(reqwest::Method::POST, path).json(body))
     }
 
+    /// POST with one extra header (as `X-Registry-Auth`).
+    pub fn post_with(
+        &self,
+        path: &str,
+        body: &Value,
+        header: Option<(&str, String)>,
+    ) -> anyhow::Result<Value> {
+        let mut r = self.req(reqwest::Method::POST, path).json(body);
+        if let Some((name, value)) = header {
+            r = r.header(name, value);
+        }
+        self.json(r)
+    }
+
     pub fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.json(self.req(reqwest::Method::PATCH, path).json(body))
     }

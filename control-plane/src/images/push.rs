@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::Url;
+use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::digest::Digest;
@@ -62,6 +63,33 @@ pub enum PushEvent {
         digest: Digest,
         size: u64,
     },
+}
+
+impl PushEvent {
+    /// The event as the API's NDJSON line shows it.
+    pub fn to_json(&self) -> Value {
+        match self {
+            PushEvent::Exists { digest, size } => {
+                json!({"status": "exists", "digest": digest.to_string(), "size": size, "bytes": 0})
+            }
+            PushEvent::Mounted { digest, size, from } => json!({"status": "mounted",
+                "digest": digest.to_string(), "size": size, "from": from, "bytes": 0}),
+            PushEvent::Uploading { digest, size } => json!({"status": "uploading",
+                "digest": digest.to_string(), "size": size, "bytes": 0}),
+            PushEvent::Progress { digest, bytes } => {
+                json!({"status": "uploading", "digest": digest.to_string(), "bytes": bytes})
+            }
+            PushEvent::Retry {
+                digest,
+                attempt,
+                offset,
+                error,
+            } => json!({"status": "retry", "digest": digest.to_string(), "attempt": attempt,
+                "bytes": offset, "error": error}),
+            PushEvent::Pushed { digest, size } => json!({"status": "pushed",
+                "digest": digest.to_string(), "size": size, "bytes": size}),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,10 +220,7 @@ fn push_blob(
         digest: digest.clone(),
         size,
     });
-    let file = store
-        .blobs()
-        .open_blob(digest)
-        .map_err(|e| PullError::Store(e))?;
+    let file = store.blobs().open_blob(digest).map_err(PullError::Store)?;
     Upload {
         client,
         dest,

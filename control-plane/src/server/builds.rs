@@ -18,6 +18,8 @@ use tokio::sync::{watch, Semaphore};
 use crate::build::{
     BuildContext, BuildControl, BuildError, BuildEvent, BuildRequest, Builder, StepStatus, VmParts,
 };
+use crate::images::push::push_image;
+use crate::images::registry::{Reference, RegistryClient};
 use crate::tasks::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,6 +317,7 @@ impl Builds {
         req: BuildRequest,
         ctx: BuildContext,
         context_id: String,
+        push: Option<RegistryClient>,
     ) -> BuildRecord {
         let id = crate::tasks::new_task_id();
         let record = BuildRecord {
@@ -352,7 +355,11 @@ impl Builds {
             builds.save(&entry.snapshot());
             let e2 = entry.clone();
             let result = tokio::task::spawn_blocking(move || {
-                builder.build(&req, &ctx, &e2.control, &|ev| e2.on_event(&ev))
+                let outcome = builder.build(&req, &ctx, &e2.control, &|ev| e2.on_event(&ev))?;
+                if let Some(client) = push {
+                    push_tags(&builder, &client, &req.tags, &e2)?;
+                }
+                Ok(outcome)
             })
             .await
             .unwrap_or_else(|_| Err(BuildError::Internal("the build's thread panicked".into())));
@@ -399,6 +406,7 @@ impl Builds {
                             tail,
                             ..
                         } => ("StepFailed", Some(*index), *exit_code, tail.clone()),
+                        BuildError::Push { .. } => ("PushFailed", None, None, vec![]),
                         _ => ("Internal", None, None, vec![]),
                     };
                     r.error = Some(BuildFailure {
@@ -418,6 +426,32 @@ impl Builds {
             "imageId": r.image_id, "error": r.error}),
         );
     }
+}
+
+/// Pushes each tag of a built image, its progress as `{"type":"push","tag",…}` events
+/// (the fields of `PushEvent::to_json`), then `{"type":"push","tag","status":"done"}`.
+fn push_tags(
+    builder: &Builder,
+    client: &RegistryClient,
+    tags: &[Reference],
+    entry: &BuildEntry,
+) -> Result<(), BuildError> {
+    for t in tags {
+        let event = |mut v: Value| {
+            v["type"] = "push".into();
+            v["tag"] = t.to_string().into();
+            entry.push(v);
+        };
+        let digest =
+            push_image(builder.store(), client, t, t, &|e| event(e.to_json())).map_err(|e| {
+                BuildError::Push {
+                    tag: t.to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+        event(json!({"status": "done", "digest": digest.to_string()}));
+    }
+    Ok(())
 }
 
 /// Ends the VMs of builds a previous run left (their work folders are
