@@ -11,7 +11,9 @@
 //! its own MAC and address. The server is killed while that task runs; the next start
 //! tears its network down and keeps the named network. When the tasks stop, their namespaces, address
 //! leases and port rules are gone, and the network can be removed with its bridge. A
-//! server without the CNI plugins refuses such tasks with a 400 that says why.
+//! server without the CNI plugins refuses such tasks with a 400 that says why. A build's
+//! `RUN` step with `--network default` fetches from the internet (and with `none` cannot),
+//! leaving no namespace or lease behind.
 //! (`tests/tests/network.rs` checks the default network's isolation with the tasks' own
 //! interfaces, without VMs.)
 
@@ -322,6 +324,72 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
         TcpListener::bind("0.0.0.0:18088").unwrap();
         TcpListener::bind("127.0.0.1:18089").unwrap();
     });
+    // A build whose `RUN` step joins the default network (`--network default`) fetches
+    // from the internet through it; the step's VM restores the snapshot with a network
+    // card (same shape: 1 vCPU, 128 MiB), and its namespace and lease go with the VM.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM local/busybox:latest\n\
+         RUN timeout 10 wget -q -O /fetched http://example.test:18080/build && cat /fetched\n",
+    )
+    .unwrap();
+    let build = |network: &str| {
+        std::process::Command::new(skiff_tests::paths::skiff())
+            .arg("--state-dir")
+            .arg(&dir)
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--no-cache",
+                "--memory",
+                "128",
+            ])
+            .args(["--network", network, "-t", "fetched:1"])
+            .arg(ctx.path())
+            .env("SKIFF_API", &srv.listening)
+            .env_remove("SKIFF_LOG")
+            .output()
+            .unwrap()
+    };
+    let t0 = Instant::now();
+    let o = build("default");
+    eprintln!("the build with --network default took {:?}", t0.elapsed());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("hello from the internet"), "{err}");
+    let left = std::process::Command::new("ip")
+        .args(["netns", "ls"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains("skiff-b"),
+        "a build step's namespace is left: {left}"
+    );
+    // (No task is on the default network now.)
+    let leases = skiff_tests::serve::leases(&dir, "skiff");
+    assert!(
+        leases.is_empty(),
+        "the step's address lease is freed: {leases:?}"
+    );
+    // Without a network the same step reaches nothing (no snapshot of that shape may be
+    // ready: this one may boot).
+    let t0 = Instant::now();
+    let o = build("none");
+    eprintln!("the build with --network none took {:?}", t0.elapsed());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("exited with code"), "{err}");
+    let o = build("host");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--network host: give none or default"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // Unused now, the network goes, with its bridge and lease directory.
     let (status, v) = srv.request("DELETE", "/v1/networks/web", None);
     assert_eq!(status.as_u16(), 204, "{v}");
@@ -373,6 +441,23 @@ fn without_the_plugins_networked_tasks_are_refused_with_the_reason() {
         Some(&json!({"image": "local/busybox", "networkMode": "host"}).to_string()),
     );
     assert_eq!(status.as_u16(), 400, "{v}");
+    // So is a build whose `RUN` steps ask for the default network.
+    let (status, v) = srv.request(
+        "POST",
+        "/v1/builds",
+        Some(
+            &json!({"contextId": "c", "dockerfile": "FROM local/busybox\nRUN true\n",
+                    "network": "default"})
+            .to_string(),
+        ),
+    );
+    assert_eq!(status.as_u16(), 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("network: this server has no networks for RUN steps")
+            && msg.contains("/nonexistent"),
+        "{msg}"
+    );
     // Bad published ports are refused before anything is made, naming the field.
     for (body, field) in [
         (

@@ -21,7 +21,7 @@ use crate::build::context::Entry;
 use crate::build::context_store::{ContextLimits, ContextStoreError};
 use crate::build::dockerfile::{parse_bytes, plan};
 use crate::build::image_config::Format;
-use crate::build::BuildRequest;
+use crate::build::{BuildRequest, StepNetworkMode};
 use crate::images::registry::RegistryClient;
 use crate::images::Reference;
 use crate::server::builds::builder_of;
@@ -179,11 +179,22 @@ pub async fn create_build(
             )))
         }
     };
-    if b.network.as_deref().is_some_and(|n| n != "none") {
-        return Err(ApiError::bad_request(
-            "network: RUN steps have no network yet; only \"none\"",
-        ));
-    }
+    let network = match b.network.as_deref() {
+        None | Some("none") => StepNetworkMode::None,
+        Some("default") => {
+            if let Err(why) = &srv.networks {
+                return Err(ApiError::bad_request(format!(
+                    "network: this server has no networks for RUN steps: {why}"
+                )));
+            }
+            StepNetworkMode::Default
+        }
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "network: {n:?} is not none or default"
+            )))
+        }
+    };
     // With `push`, the client's credentials (`X-Registry-Auth`) are kept in memory for
     // this build only, for the registries of its tags.
     let push = if b.push {
@@ -250,6 +261,7 @@ pub async fn create_build(
         cpu,
         memory_mib,
         timeout: b.timeout_seconds.map(Duration::from_secs),
+        network,
     };
     let record = srv
         .builds

@@ -17,7 +17,7 @@ use super::copy::{copy_entries, CopyRequest};
 use super::dockerfile::{Base, Instruction, Step};
 use super::executor::{LayerRef, Run};
 use super::layer::{Content, EntryKind, LayerEntry};
-use super::request::{BuildError, BuildEvent, ContextFiles, Stream};
+use super::request::{BuildError, BuildEvent, ContextFiles, StepNetworkMode, Stream};
 use super::stage::{argv, StageState};
 use super::step::run_step;
 use super::tree::{StageTree, TreeLayer};
@@ -159,7 +159,7 @@ impl Run<'_> {
             }
         }
         let memory = self.req.memory_mib;
-        let spec = RunSpec {
+        let mut spec = RunSpec {
             argv,
             env,
             working_dir: state.config.working_dir(),
@@ -189,7 +189,6 @@ impl Run<'_> {
             snapshot: None,
             net: None,
         };
-        cfg.snapshot = self.b.snapshot_for.as_ref().and_then(|f| f(&cfg));
         // Room for the VM first (the server's capacity), as a task's VM waits for it.
         let _lease = match &self.b.admission {
             Some(admit) => {
@@ -197,6 +196,28 @@ impl Run<'_> {
             }
             None => None,
         };
+        // With `--network default`, the VM joins the server's default network as a
+        // task's does; it is taken back when the VM is gone.
+        let net = match (self.req.network, &self.b.networks) {
+            (StepNetworkMode::Default, Some(nets)) => {
+                let id = format!("b{}-{n}", self.work_suffix());
+                let attached = nets.attach(&id, &work).map_err(|e| {
+                    let _ = std::fs::remove_dir_all(&work);
+                    BuildError::Step {
+                        index: n,
+                        message: format!("{label}: its network: {e}"),
+                        exit_code: None,
+                        tail: Vec::new(),
+                    }
+                })?;
+                Some((nets.clone(), attached))
+            }
+            _ => None,
+        };
+        cfg.net = net.as_ref().map(|(_, s)| s.net.clone());
+        spec.network = net.as_ref().map(|(_, s)| Box::new(s.guest.clone()));
+        // A shape with a network card restores a snapshot that has one.
+        cfg.snapshot = self.b.snapshot_for.as_ref().and_then(|f| f(&cfg));
         let task = self.control.task();
         let mut tail: Vec<u8> = Vec::new();
         let outcome = run_step(
@@ -221,6 +242,9 @@ impl Run<'_> {
             },
         );
         self.control.done(&task);
+        if let Some((nets, s)) = net {
+            nets.detach(&s.net, &work);
+        }
         let _ = std::fs::remove_dir_all(&work);
         let outcome = outcome.map_err(|e| BuildError::Internal(e.to_string()))?;
         let failed = |message: String, code: Option<i32>| BuildError::Step {

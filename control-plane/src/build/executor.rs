@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Seek};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,13 +19,15 @@ use super::image_config::{self, Clock, Descriptor};
 use super::layer::{write_layer, LayerEntry};
 use super::miss_reason::InputsLog;
 use super::request::{
-    BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, StepReport,
+    BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, StepNetworkMode, StepReport,
 };
 use super::stage::StageState;
 use super::tree::TreeLayer;
 use crate::images::registry::RegistryOptions;
 use crate::images::store::{writer_lock, ImageStore};
 use crate::launcher::{JailConfig, LaunchConfig, Snapshot, TaskControl};
+use crate::network::TaskNetwork;
+use guest_agent::NetworkSpec;
 
 /// What a `RUN` step's VM is made of, besides its root filesystem.
 #[derive(Debug, Clone)]
@@ -99,6 +101,21 @@ pub type Admission = Arc<dyn Fn(u32, u64, &BuildControl) -> Option<Box<dyn Send>
 /// server's per-shape snapshots); None: it boots.
 pub type SnapshotFor = Arc<dyn Fn(&LaunchConfig) -> Option<Snapshot> + Send + Sync>;
 
+/// A `RUN` step's network, attached for one VM by whoever has networks (the server).
+pub struct StepNetwork {
+    pub net: TaskNetwork,
+    /// What the agent is told to set up on the guest's `eth0`.
+    pub guest: NetworkSpec,
+}
+
+/// Gives `RUN` steps' VMs a network (`--network default`) and takes it back. `attach`
+/// records the network in the VM's work folder before it returns, so that a restart
+/// that finds the folder can detach it.
+pub trait BuildNetworks: Send + Sync {
+    fn attach(&self, id: &str, work: &Path) -> Result<StepNetwork, String>;
+    fn detach(&self, net: &TaskNetwork, work: &Path);
+}
+
 /// Builds images into one image store.
 #[derive(Clone)]
 pub struct Builder {
@@ -108,6 +125,7 @@ pub struct Builder {
     pub(super) vm: VmParts,
     pub(super) admission: Option<Admission>,
     pub(super) snapshot_for: Option<SnapshotFor>,
+    pub(super) networks: Option<Arc<dyn BuildNetworks>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -116,6 +134,7 @@ impl std::fmt::Debug for Builder {
             .field("store", &self.store.state_dir())
             .field("admission", &self.admission.is_some())
             .field("snapshots", &self.snapshot_for.is_some())
+            .field("networks", &self.networks.is_some())
             .finish()
     }
 }
@@ -164,6 +183,7 @@ impl Builder {
             vm,
             admission: None,
             snapshot_for: None,
+            networks: None,
         }
     }
 
@@ -171,6 +191,13 @@ impl Builder {
     /// there is one (and boots when the restore fails).
     pub fn with_snapshots(mut self, snapshot_for: SnapshotFor) -> Self {
         self.snapshot_for = Some(snapshot_for);
+        self
+    }
+
+    /// `RUN` steps of builds with `--network default` get their network from `networks`;
+    /// without it such builds are refused.
+    pub fn with_networks(mut self, networks: Arc<dyn BuildNetworks>) -> Self {
+        self.networks = Some(networks);
         self
     }
 
@@ -196,6 +223,11 @@ impl Builder {
         control: &BuildControl,
         events: &(dyn Fn(BuildEvent) + Sync),
     ) -> Result<BuildOutcome, BuildError> {
+        if req.network == StepNetworkMode::Default && self.networks.is_none() {
+            return Err(BuildError::Internal(
+                "--network default: RUN steps get a network only in builds through skiff serve (its default network)".into(),
+            ));
+        }
         let df = parse_bytes(&req.dockerfile)?;
         let plan = plan(&df, &req.build_args)?;
         for arg in &plan.unused_build_args {
@@ -390,5 +422,14 @@ impl Run<'_> {
 
     pub(super) fn work_path(&self, name: &str) -> PathBuf {
         self.work.join(name)
+    }
+
+    /// The random part of the build's work folder's name (`build-XXXXXX`), unique among
+    /// the builds that run: it names the build's VMs' networks.
+    pub(super) fn work_suffix(&self) -> String {
+        self.work
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_start_matches("build-").to_owned())
+            .unwrap_or_default()
     }
 }

@@ -19,8 +19,8 @@ mod stage;
 pub mod step;
 pub mod tree;
 
-pub use executor::{BuildControl, Builder, VmParts};
+pub use executor::{BuildControl, BuildNetworks, Builder, StepNetwork, VmParts};
 pub use request::{
-    BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, ContextFiles, StepReport,
-    StepStatus, Stream,
+    BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, ContextFiles,
+    StepNetworkMode, StepReport, StepStatus, Stream,
 };

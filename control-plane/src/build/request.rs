@@ -31,6 +31,18 @@ pub struct BuildRequest {
     pub memory_mib: u64,
     /// Longest a `RUN` step may take (it then ends with code 124).
     pub timeout: Option<Duration>,
+    /// Whether `RUN` steps get a network (`--network default`: the server's default
+    /// network, as a task's) or none (only loopback). Not part of cache keys, as in
+    /// BuildKit.
+    pub network: StepNetworkMode,
+}
+
+/// `--network` of a build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StepNetworkMode {
+    #[default]
+    None,
+    Default,
 }
 
 /// The files `COPY` and `ADD` read.

@@ -73,7 +73,8 @@ pub struct BuildArgs {
     /// Media types of the result.
     #[arg(long, value_enum, default_value = "oci")]
     pub format: FormatArg,
-    /// RUN steps' network: none (loopback only).
+    /// RUN steps' network: none (loopback only) or default (the server's default
+    /// network, as a task's; through skiff serve only).
     #[arg(long, default_value = "none")]
     pub network: String,
     /// vCPUs of each RUN step's microVM.
@@ -111,6 +112,9 @@ pub fn build_through(
     if !a.insecure.is_empty() {
         bail!("--insecure goes with --local; through the server, its --insecure-registry list applies");
     }
+    if !matches!(a.network.as_str(), "none" | "default") {
+        bail!("--network {}: give none or default", a.network);
+    }
     let context = a
         .context
         .canonicalize()
@@ -125,11 +129,12 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     if a.push && a.tags.is_empty() {
         bail!("--push needs a name to push to: -t REGISTRY/REPO:TAG");
     }
-    if a.network != "none" {
-        bail!(
-            "--network {}: RUN steps have no network yet (only none)",
-            a.network
-        );
+    match a.network.as_str() {
+        "none" => {}
+        "default" => bail!(
+            "--network default: RUN steps get a network only through skiff serve (its default network); drop --local"
+        ),
+        other => bail!("--network {other}: give none or default"),
     }
     let tags = a
         .tags
@@ -190,6 +195,7 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
         cpu: a.cpu,
         memory_mib: a.memory,
         timeout: a.timeout.map(Duration::from_secs),
+        network: control_plane::build::StepNetworkMode::None,
     };
     let control = BuildControl::new();
     cancel_on_signals(&control)?;

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 
 use crate::build::{
-    BuildContext, BuildControl, BuildError, BuildEvent, BuildRequest, Builder, StepStatus, VmParts,
+    BuildContext, BuildControl, BuildError, BuildEvent, BuildNetworks, BuildRequest, Builder,
+    StepNetwork, StepStatus, VmParts,
 };
 use crate::images::push::push_image;
 use crate::images::registry::{Reference, RegistryClient};
@@ -454,9 +455,51 @@ fn push_tags(
     Ok(())
 }
 
+/// `RUN` steps' networks in the server: the default network, as a task's, recorded in
+/// the VM's work folder (`network.json`) until it is detached.
+struct StepNetworks {
+    nets: Arc<crate::network::Networks>,
+}
+
+impl BuildNetworks for StepNetworks {
+    fn attach(&self, id: &str, work: &std::path::Path) -> Result<StepNetwork, String> {
+        let net = self
+            .nets
+            .attach(id, Vec::new())
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = super::networking::write_record(&work.join(super::networking::RECORD), &net)
+        {
+            let _ = self.nets.detach(&net);
+            return Err(format!("cannot record the step's network: {e}"));
+        }
+        tracing::info!(
+            id,
+            address = net.guest.address,
+            "build step network attached"
+        );
+        Ok(StepNetwork {
+            guest: super::networking::guest_spec(&net),
+            net,
+        })
+    }
+
+    fn detach(&self, net: &crate::network::TaskNetwork, work: &std::path::Path) {
+        match self.nets.detach(net) {
+            Ok(()) => {
+                let _ = fs::remove_file(work.join(super::networking::RECORD));
+            }
+            Err(e) => tracing::warn!(netns = net.netns, "build step network detach: {e}"),
+        }
+    }
+}
+
 /// Ends the VMs of builds a previous run left (their work folders are
 /// `<state>/tmp/build-*/vm-N`) and removes those folders with the stage trees in them.
-pub fn remove_leftovers(state_dir: &std::path::Path, cgroup_parent: &str) {
+pub fn remove_leftovers(
+    state_dir: &std::path::Path,
+    cgroup_parent: &str,
+    networks: &Result<crate::network::registry::NetworkRegistry, String>,
+) {
     let Ok(entries) = fs::read_dir(state_dir.join("tmp")) else {
         return;
     };
@@ -468,11 +511,41 @@ pub fn remove_leftovers(state_dir: &std::path::Path, cgroup_parent: &str) {
         for vm in fs::read_dir(&dir).into_iter().flatten().flatten() {
             if vm.file_name().to_string_lossy().starts_with("vm-") {
                 super::recovery::end_vmms_of(&vm.path(), cgroup_parent);
+                detach_leftover_network(&vm.path(), networks);
             }
         }
         if let Err(e) = fs::remove_dir_all(&dir) {
             tracing::warn!("cannot remove {} left by a build: {e}", dir.display());
         }
+    }
+}
+
+/// Detaches the network a build's VM folder records (its VM is gone by now).
+fn detach_leftover_network(
+    vm_dir: &std::path::Path,
+    networks: &Result<crate::network::registry::NetworkRegistry, String>,
+) {
+    let path = vm_dir.join(super::networking::RECORD);
+    let Ok(text) = fs::read_to_string(&path) else {
+        return;
+    };
+    let Ok(net) = serde_json::from_str::<crate::network::TaskNetwork>(&text) else {
+        tracing::warn!("unreadable {}", path.display());
+        return;
+    };
+    let done = match networks.as_ref().ok().and_then(|r| r.get(&net.network)) {
+        Some(nets) => nets.detach(&net),
+        None => crate::network::ip::netns_del(&net.netns).map_err(Into::into),
+    };
+    match done {
+        Ok(()) => tracing::info!(
+            netns = net.netns,
+            "detached a build step's network left from the last run"
+        ),
+        Err(e) => tracing::warn!(
+            netns = net.netns,
+            "cannot detach a build step's network: {e}"
+        ),
     }
 }
 
@@ -502,7 +575,7 @@ pub fn builder_of(srv: &super::Server) -> Builder {
                 }
             })
         });
-    Builder::new(
+    let builder = Builder::new(
         srv.images.clone(),
         srv.cfg.registry.clone(),
         VmParts {
@@ -516,5 +589,15 @@ pub fn builder_of(srv: &super::Server) -> Builder {
     .with_snapshots({
         let snapshots = srv.snapshots.clone();
         Arc::new(move |cfg: &crate::launcher::LaunchConfig| snapshots.for_shape(cfg))
-    })
+    });
+    // `RUN` steps with `--network default` join the server's default network.
+    let default_network = srv
+        .networks
+        .as_ref()
+        .ok()
+        .and_then(|r| r.get(crate::network::DEFAULT_NETWORK));
+    match default_network {
+        Some(nets) => builder.with_networks(Arc::new(StepNetworks { nets })),
+        None => builder,
+    }
 }

@@ -177,7 +177,7 @@ impl Server {
         metrics.register_warm(snapshots.warm_counters());
         let services = services::Services::default();
         metrics.register_services(&services.metrics);
-        builds::remove_leftovers(&cfg.state_dir, &cfg.jail.cgroup_parent);
+        builds::remove_leftovers(&cfg.state_dir, &cfg.jail.cgroup_parent, &networks);
         let builds = Arc::new(
             builds::Builds::open(&cfg.state_dir).map_err(io_err("open the builds folder"))?,
         );

@@ -16,7 +16,7 @@ use crate::network::{NetError, TaskNetwork, DEFAULT_NETWORK};
 use crate::tasks::{NetworkInterface, NetworkMode, NetworkTimings, Task, TaskStore};
 
 /// Where a task's attached network is recorded.
-const RECORD: &str = "network.json";
+pub(super) const RECORD: &str = "network.json";
 
 /// How the server's networks are made (`skiff serve --network-subnet`, `--network-pool`,
 /// `--dns-upstream`, `--cni-plugin-dir`).
@@ -217,7 +217,7 @@ pub fn recover(srv: &Server) {
     }
 }
 
-fn write_record(path: &Path, net: &TaskNetwork) -> std::io::Result<()> {
+pub(super) fn write_record(path: &Path, net: &TaskNetwork) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
