@@ -14,9 +14,9 @@ log() { echo "setup: $*" >&2; }
 # erofs-utils, e2fsprogs: root filesystem images; containernetworking-plugins, iproute2,
 # iptables, nftables: task networks (CNI plugins, namespaces, TAPs, tc redirects, NAT, and
 # Skiff's own isolation table); debootstrap: the CPython image of `skiff bench cold-start
-# --python`.
+# --python`; buildah: what `cargo bench --bench build` compares skiff build with.
 pkgs=(build-essential busybox-static cpio docker-registry skopeo erofs-utils e2fsprogs openssl apache2-utils
-      containernetworking-plugins iproute2 iptables nftables debootstrap containerd runc protobuf-compiler)
+      buildah containernetworking-plugins iproute2 iptables nftables debootstrap containerd runc protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

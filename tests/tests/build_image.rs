@@ -168,8 +168,9 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
     let history = config["history"].as_array().unwrap();
     let made = history.iter().filter(|h| h["empty_layer"] != true).count();
     assert_eq!(
-        made, 4,
-        "one history entry per layer the build made: {history:?}"
+        made,
+        layers.len(),
+        "one history entry per layer (busybox's and the build's four): {history:?}"
     );
     for l in layers {
         let d = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
@@ -237,7 +238,8 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
     let m = blob(&st, result(&target_only)["imageDigest"].as_str().unwrap());
     let cfg = blob(&st, m["config"]["digest"].as_str().unwrap());
     assert_eq!(cfg["created"], "2023-11-14T22:13:20Z");
-    for h in cfg["history"].as_array().unwrap() {
+    // Past the base's own entry (busybox's, which has no time), each step's is N.
+    for h in cfg["history"].as_array().unwrap().iter().skip(1) {
         assert_eq!(h["created"], "2023-11-14T22:13:20Z");
     }
     let states = step_states(&target_only);

@@ -85,6 +85,28 @@ impl Clock {
     }
 }
 
+/// A base whose history names fewer layers than it has (none at all, often, in images
+/// made by hand) gets empty entries in front, as BuildKit does, so that the result keeps
+/// "non-empty history entries = layers", which buildah and others check.
+fn pad_history(doc: &mut Map<String, Value>) {
+    let layers = doc
+        .get("rootfs")
+        .and_then(|r| r.get("diff_ids"))
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let Some(Value::Array(history)) = doc.get_mut("history") else {
+        return;
+    };
+    let named = history
+        .iter()
+        .filter(|h| h.get("empty_layer").and_then(Value::as_bool) != Some(true))
+        .count();
+    if named < layers {
+        let missing = layers - named;
+        history.splice(0..0, std::iter::repeat_n(json!({}), missing));
+    }
+}
+
 impl BuildConfig {
     /// The config of `FROM scratch`.
     pub fn scratch() -> Self {
@@ -132,6 +154,7 @@ impl BuildConfig {
             Some(Value::Array(_)) => {}
             Some(_) => return Err(ImageConfigError::Field("rootfs.diff_ids")),
         }
+        pad_history(&mut doc);
         let mut c = BuildConfig {
             doc,
             cmd_set: false,

@@ -117,3 +117,20 @@ fn manifests_name_their_blobs_with_the_format_media_types() {
         assert_eq!(m["layers"][0]["size"], 5);
     }
 }
+
+#[test]
+fn a_base_without_history_gets_an_entry_per_layer_in_front() {
+    let base = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(b"a").to_string(), Digest::of(b"b").to_string()]},
+        "history": [{"created_by": "one", "empty_layer": true}, {"created_by": "two"}],
+    });
+    let c = BuildConfig::from_base(&serde_json::to_vec(&base).unwrap()).unwrap();
+    let history = c.doc["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[0], serde_json::json!({}));
+    assert_eq!(history[2]["created_by"], "two");
+    let none = serde_json::json!({"rootfs": {"diff_ids": [Digest::of(b"a").to_string()]}});
+    let c = BuildConfig::from_base(&serde_json::to_vec(&none).unwrap()).unwrap();
+    assert_eq!(c.doc["history"], serde_json::json!([{}]));
+}

@@ -121,6 +121,7 @@ pub fn build_busybox_image(store: &ImageStore, busybox: &Path) -> Result<Image, 
         "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                    "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "history": [{"created_by": "skiff: the host's busybox-static and its applets"}],
     });
     let config = serde_json::to_vec(&config).map_err(|e| BusyboxError::Layer(e.into()))?;
     let config_digest = store.blobs().put_bytes(&config).map_err(PullError::from)?;
