@@ -22,6 +22,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use skiff_tests::layers::noise;
 use skiff_tests::registry::Registry;
 use skiff_tests::serve::Serve;
 
@@ -60,20 +61,6 @@ fn check(o: Output, what: &str) -> Result<Output> {
         );
     }
     Ok(o)
-}
-
-/// Bytes gzip cannot shrink.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 struct Bench {

@@ -146,3 +146,18 @@ pub fn insecure_client(registry: &str) -> control_plane::images::registry::Regis
     )
     .expect("a registry client")
 }
+
+/// `len` bytes that gzip cannot shrink (a xorshift stream; each `seed` gives its own), so
+/// a layer of them is as large as they are.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

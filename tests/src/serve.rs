@@ -116,6 +116,27 @@ impl Serve {
         (StatusCode::from_u16(status).expect("an HTTP status"), v)
     }
 
+    /// Sends a request (JSON `body`, extra `headers`) and returns the response.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::blocking::Response {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.client.request(m, format!("{}{path}", self.url));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        r.send().expect("HTTP request")
+    }
+
     /// Like [`Serve::request`], with the status as a number and the `Retry-After` header.
     pub fn request_full(
         &self,
@@ -123,14 +144,7 @@ impl Serve {
         path: &str,
         body: Option<&str>,
     ) -> (u16, Option<String>, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self.client.request(m, format!("{}{path}", self.url));
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_owned());
-        }
-        let resp = r.send().expect("HTTP request");
+        let resp = self.send(method, path, body, &[]);
         let status = resp.status().as_u16();
         let retry = resp
             .headers()
@@ -153,19 +167,8 @@ impl Serve {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> (u16, String) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self.client.request(m, format!("{}{path}", self.url));
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_owned());
-        }
-        let resp = r.send().expect("HTTP request");
-        let status = resp.status().as_u16();
-        (status, resp.text().unwrap_or_default())
+        let resp = self.send(method, path, body, headers);
+        (resp.status().as_u16(), resp.text().unwrap_or_default())
     }
 
     pub fn get(&self, path: &str) -> Value {

@@ -188,20 +188,6 @@ fn a_built_image_is_pushed_and_pulled_back_with_the_same_digest() -> Result<()> 
     Ok(())
 }
 
-/// Bytes that gzip cannot shrink (a xorshift stream), so the layer is as large as the file.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A 20 MiB layer goes up in 8 MiB chunks. A cut after the second chunk's request head
 /// is resumed where the registry says it stands (chunk one is not sent again); a cut in
 /// the middle of a chunk, which Debian's registry will not resume (the offset it signed
@@ -217,7 +203,7 @@ fn a_cut_upload_goes_on_and_another_repository_mounts_the_blobs() -> Result<()> 
     let ctx = dir.path().join("context");
     fs::create_dir_all(&ctx)?;
     const BIG: usize = 20 << 20;
-    fs::write(ctx.join("big.bin"), noise(BIG))?;
+    fs::write(ctx.join("big.bin"), skiff_tests::layers::noise(BIG, 1))?;
     fs::write(
         ctx.join("Dockerfile"),
         "FROM local/busybox:latest\nCOPY big.bin /\n",

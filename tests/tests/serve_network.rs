@@ -325,13 +325,15 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
         TcpListener::bind("127.0.0.1:18089").unwrap();
     });
     // A build whose `RUN` step joins the default network (`--network default`) fetches
-    // from the internet through it; the step's VM restores the snapshot with a network
+    // from the internet through it but cannot reach the host's service; the step's VM restores the snapshot with a network
     // card (same shape: 1 vCPU, 128 MiB), and its namespace and lease go with the VM.
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
         "FROM local/busybox:latest\n\
-         RUN timeout 10 wget -q -O /fetched http://example.test:18080/build && cat /fetched\n",
+         RUN timeout 10 wget -q -O /fetched http://example.test:18080/build && cat /fetched && \\\n\
+           for a in 10.89.7.1:18081 10.200.1.1:18081; do \\\n\
+             timeout 5 wget -q -O - http://$a/ >/dev/null 2>&1; echo \"$a: $?\"; done\n",
     )
     .unwrap();
     let build = |network: &str| {
@@ -359,6 +361,10 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("hello from the internet"), "{err}");
+    // A step is held to a task's isolation: the host's service, on the gateway and on the
+    // uplink, is dropped (timeout's 143).
+    assert!(err.contains("10.89.7.1:18081: 143"), "{err}");
+    assert!(err.contains("10.200.1.1:18081: 143"), "{err}");
     let left = std::process::Command::new("ip")
         .args(["netns", "ls"])
         .output()
