@@ -2,6 +2,7 @@
 //! one: a "test host" stands for the machine (and the internet) so that network tests
 //! only ever use addresses inside namespaces they created.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -64,6 +65,26 @@ impl Drop for TestNetns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// The named namespaces on the machine now (`/run/netns`).
+pub fn names() -> BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The namespaces starting with `prefix` that exist now but not in `before`: what a
+/// test left, whatever an earlier, interrupted run left on the machine.
+pub fn added_since(before: &BTreeSet<String>, prefix: &str) -> Vec<String> {
+    names()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix) && !before.contains(n))
+        .collect()
 }
 
 /// Runs `f` on a new thread that has joined the network namespace pinned at `path`.

@@ -109,6 +109,8 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
         return;
     }
     // The machine the server runs on, and the internet beyond its uplink.
+    // Namespaces an earlier, interrupted run may have left are not this test's.
+    let netns_before = skiff_tests::netns::names();
     let host = TestNetns::new("srvnet");
     let inet = TestNetns::new("srvinet");
     host.link(&inet, "uplink", "10.200.1.1/24", "10.200.1.2/24");
@@ -294,12 +296,8 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
     assert_eq!(v["bridge"], bridge.as_str(), "{v}");
     // The tasks' namespaces, address leases and records are gone, and the snapshot
     // build's namespace too.
-    let left = std::process::Command::new("ip")
-        .args(["netns", "ls"])
-        .output()
-        .unwrap();
-    let left = String::from_utf8_lossy(&left.stdout);
-    assert!(!left.contains("skiff-snap-"), "{left}");
+    let left = skiff_tests::netns::added_since(&netns_before, "skiff-snap-");
+    assert!(left.is_empty(), "{left:?}");
     for task in [&id, &client_id, &again_id] {
         let ns = format!("/run/netns/skiff-{}", &task[..16.min(task.len())]);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -365,14 +363,10 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
     // uplink, is dropped (timeout's 143).
     assert!(err.contains("10.89.7.1:18081: 143"), "{err}");
     assert!(err.contains("10.200.1.1:18081: 143"), "{err}");
-    let left = std::process::Command::new("ip")
-        .args(["netns", "ls"])
-        .output()
-        .unwrap();
-    let left = String::from_utf8_lossy(&left.stdout);
+    let left = skiff_tests::netns::added_since(&netns_before, "skiff-b");
     assert!(
-        !left.contains("skiff-b"),
-        "a build step's namespace is left: {left}"
+        left.is_empty(),
+        "a build step's namespace is left: {left:?}"
     );
     // (No task is on the default network now.)
     let leases = skiff_tests::serve::leases(&dir, "skiff");
