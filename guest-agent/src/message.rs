@@ -79,6 +79,10 @@ pub struct RunSpec {
     pub image_disk: String,
     /// Size limit of the writable upper layer (tmpfs), MiB.
     pub upper_size_mib: u64,
+    /// Guest block device (e.g. `/dev/vdb`) holding an ext4 file system, made by the host,
+    /// to use as the upper instead of a tmpfs: a build step's. Empty: the tmpfs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scratch_disk: String,
     pub hostname: String,
     /// The host will send stdin frames (and StdinEof); otherwise stdin is /dev/null.
     pub stdin: bool,

@@ -204,6 +204,7 @@ impl TaskService {
             vcpus: plan.vcpus,
             memory_mib: plan.memory_mib,
             rootfs: image,
+            scratch: None,
             work_dir: work.join("vm"),
             timeout: None,
             stop_timeout: STOP_TIMEOUT,

@@ -1,6 +1,6 @@
-//! A build's `RUN` step in a real microVM: the agent exports the overlay's upper layer as
-//! a tar, the host reads it as a hostile layer and writes it canonically. One VM from the
-//! bundled busybox image.
+//! A build's `RUN` step in a real microVM: its writes go to a scratch disk the host made
+//! with `mkfs.ext4`, the agent exports the overlay's upper layer as a tar, the host reads
+//! it as a hostile layer and writes it canonically. One VM from the bundled busybox image.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -20,8 +20,11 @@ use skiff_tests::kvm_available;
 
 /// What the step does to the image: a new file with two names and set-uid, a symlink, a
 /// FIFO, a deep folder, a deleted lower file (a whiteout), a lower folder replaced
-/// (opaque), and writes to the files the agent itself makes (never exported).
+/// (opaque), and writes to the files the agent itself makes (never exported). /tmp is part
+/// of the layer, as in a Docker build; what it holds is synced to the scratch disk.
 const STEP: &str = "set -e
+echo skiff-scratch-marker-7d1f > /tmp/t
+sync
 echo new > /new.txt
 chmod 4755 /new.txt
 ln /new.txt /hard.txt
@@ -84,6 +87,10 @@ fn a_run_step_exports_its_changes_as_a_canonical_layer() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let initrd = work.join("agent.cpio");
     launcher::build_agent_initramfs(&install::agent(None)?.path, &initrd)?;
+    let scratch = work.join("scratch.img");
+    launcher::scratch_disk::make_scratch_disk(&scratch, 256 << 20)?;
+    let mut spec = prepared.spec;
+    spec.scratch_disk = launcher::scratch_disk::GUEST_DEVICE.into();
     let cfg = LaunchConfig {
         vmm: install::vmm().path,
         jail: launcher::JailConfig::installed(),
@@ -92,6 +99,7 @@ fn a_run_step_exports_its_changes_as_a_canonical_layer() -> Result<()> {
         vcpus: 1,
         memory_mib: 256,
         rootfs: prepared.rootfs,
+        scratch: Some(scratch.clone()),
         work_dir: work.clone(),
         timeout: Some(Duration::from_secs(600)),
         stop_timeout: Duration::from_secs(10),
@@ -102,7 +110,7 @@ fn a_run_step_exports_its_changes_as_a_canonical_layer() -> Result<()> {
     let mut output = Vec::new();
     let outcome = run_step(
         &cfg,
-        &prepared.spec,
+        &spec,
         &TaskControl::new(),
         Limits::default(),
         &work,
@@ -114,6 +122,15 @@ fn a_run_step_exports_its_changes_as_a_canonical_layer() -> Result<()> {
         other => bail!("the step did not succeed: {other:?}\n{output}"),
     }
     assert!(output.contains("step-done"), "{output}");
+    // The step's writes went to its disk (the host reads the raw bytes; it never mounts
+    // the file system).
+    let disk = std::fs::read(&scratch)?;
+    let marker = b"skiff-scratch-marker-7d1f";
+    assert!(
+        disk.windows(marker.len()).any(|w| w == marker),
+        "the step's file is not on its scratch disk"
+    );
+    drop(disk);
     let changes = outcome
         .changes
         .context("a successful step has its changes")?;
@@ -148,6 +165,8 @@ fn a_run_step_exports_its_changes_as_a_canonical_layer() -> Result<()> {
         "hard.txt",
         "new.txt",
         "sym",
+        "tmp/",
+        "tmp/t",
         "usr/",
         "usr/.wh..wh..opq",
         "usr/only",
@@ -168,6 +187,7 @@ fn a_run_step_exports_its_changes_as_a_canonical_layer() -> Result<()> {
     assert_eq!(entries["sym"].2.as_deref(), Some("new.txt"));
     assert_eq!(entries["fifo"].0, '6');
     assert_eq!(entries["d/e/f"].3, b"deep\n");
+    assert_eq!(entries["tmp/t"].3, b"skiff-scratch-marker-7d1f\n");
     let _ = std::fs::remove_dir_all(&state);
     Ok(())
 }

@@ -23,7 +23,7 @@ use super::step::run_step;
 use super::tree::{StageTree, TreeLayer};
 use crate::images::digest::Digest;
 use crate::images::rootfs::RootfsError;
-use crate::launcher::{LaunchConfig, Output, TaskEnd};
+use crate::launcher::{scratch_disk, LaunchConfig, Output, TaskEnd};
 
 /// Output lines a failed `RUN` shows.
 const TAIL_LINES: usize = 20;
@@ -168,12 +168,19 @@ impl Run<'_> {
                 .unwrap_or_else(|| "0".into()),
             image_disk: "/dev/vda".into(),
             upper_size_mib: (memory / 4).max(16),
+            scratch_disk: scratch_disk::GUEST_DEVICE.into(),
             hostname: "skiff-build".into(),
             wall_clock_ms: super::executor::now_ms(),
             ..Default::default()
         };
         let work = self.work_path(&format!("vm-{n}"));
         std::fs::create_dir_all(&work).map_err(|e| BuildError::internal("a VM's folder", e))?;
+        // The step's writes go to a disk of its own, not its memory.
+        let scratch = work.join("scratch.img");
+        if let Err(e) = scratch_disk::make_scratch_disk(&scratch, self.b.vm.step_disk_bytes) {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(BuildError::Internal(format!("{label}: {e}")));
+        }
         let mut cfg = LaunchConfig {
             vmm: self.b.vm.vmm.clone(),
             jail: self.b.vm.jail.clone(),
@@ -182,6 +189,7 @@ impl Run<'_> {
             vcpus: self.req.cpu,
             memory_mib: memory,
             rootfs: rootfs.path,
+            scratch: Some(scratch),
             work_dir: work.clone(),
             timeout: self.req.timeout,
             stop_timeout: Duration::from_secs(10),

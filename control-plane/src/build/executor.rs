@@ -37,7 +37,13 @@ pub struct VmParts {
     pub kernel: PathBuf,
     /// The agent's initramfs.
     pub initrd: PathBuf,
+    /// Size of each `RUN` step's scratch disk, the upper its writes go to: a sparse file
+    /// in the step's folder, so it takes only what the step writes, and at most this.
+    pub step_disk_bytes: u64,
 }
+
+/// A `RUN` step's scratch disk unless the server is told otherwise.
+pub const DEFAULT_STEP_DISK_BYTES: u64 = 10 << 30;
 
 /// Cancels a build: the running steps' VMs are ended and no new step starts.
 #[derive(Clone, Default)]

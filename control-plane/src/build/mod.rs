@@ -19,7 +19,9 @@ mod stage;
 pub mod step;
 pub mod tree;
 
-pub use executor::{BuildControl, BuildNetworks, Builder, StepNetwork, VmParts};
+pub use executor::{
+    BuildControl, BuildNetworks, Builder, StepNetwork, VmParts, DEFAULT_STEP_DISK_BYTES,
+};
 pub use request::{
     BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, ContextFiles,
     StepNetworkMode, StepReport, StepStatus, Stream,

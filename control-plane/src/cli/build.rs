@@ -178,6 +178,7 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
             jail: launcher::JailConfig::installed(),
             kernel,
             initrd,
+            step_disk_bytes: control_plane::build::DEFAULT_STEP_DISK_BYTES,
         },
     );
     let req = BuildRequest {

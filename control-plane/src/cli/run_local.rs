@@ -64,6 +64,7 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
         vcpus: a.cpu,
         memory_mib: a.memory,
         rootfs: prepared.rootfs,
+        scratch: None,
         work_dir: work.clone(),
         timeout: a.timeout.map(Duration::from_secs),
         stop_timeout: Duration::from_secs(a.stop_timeout),

@@ -89,12 +89,27 @@ pub struct ServeArgs {
     /// least recently used go when a new one does not fit.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     warm_snapshot_budget: u64,
+    /// Size of each build step's scratch disk, where a `RUN` step's writes go (e.g. 10G):
+    /// a sparse file on the host, taking only what the step writes. A step that writes
+    /// more fails with "No space left on device".
+    #[arg(long, value_parser = parse_step_disk, value_name = "SIZE", default_value = "10G")]
+    build_step_disk: u64,
     /// Guest kernel (default: SKIFF_KERNEL, else the installed one).
     #[arg(long)]
     kernel: Option<PathBuf>,
     /// Static skiff-agent binary (default: SKIFF_AGENT, else the installed one).
     #[arg(long)]
     agent: Option<PathBuf>,
+}
+
+/// A step disk size: a size, and at least what ext4 needs.
+fn parse_step_disk(s: &str) -> Result<u64, String> {
+    use control_plane::launcher::scratch_disk::MIN_BYTES;
+    let n = super::limits::parse_size(s)?;
+    if n < MIN_BYTES {
+        return Err(format!("{s:?}: at least {}M", MIN_BYTES >> 20));
+    }
+    Ok(n)
 }
 
 /// The bearer token from a file (trimmed) or SKIFF_TOKEN.
@@ -208,6 +223,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         snapshots: !a.no_snapshots,
         snapshot_dir: a.snapshot_dir.clone(),
         warm_snapshot_budget_mib: a.warm_snapshot_budget,
+        build_step_disk_bytes: a.build_step_disk,
         max_queued: a.max_queued,
         log_cap_bytes: a.log_cap_mib.max(1) << 20,
     };

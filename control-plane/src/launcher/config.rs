@@ -18,6 +18,10 @@ pub struct LaunchConfig {
     pub memory_mib: u64,
     /// Read-only root filesystem image (EROFS or ext4).
     pub rootfs: PathBuf,
+    /// A writable second disk ([`super::scratch_disk`]; the guest's
+    /// [`super::scratch_disk::GUEST_DEVICE`]), handed to the VM's uid: a build step's upper.
+    /// Snapshots of a shape with one have a second disk too.
+    pub scratch: Option<PathBuf>,
     /// Scratch directory for this task's sockets and console log.
     pub work_dir: PathBuf,
     pub timeout: Option<Duration>,

@@ -211,11 +211,13 @@ impl VmJail {
             .map_err(io("chown", path))
     }
 
-    /// The `skiff-jailer` command line that runs `vmm` with `args`, seeing `read_only`.
+    /// The `skiff-jailer` command line that runs `vmm` with `args`, seeing `read_only`,
+    /// and `writable` (files the VM writes in place: a scratch disk) besides its `/run`.
     pub fn command(
         &mut self,
         vmm: &Path,
         read_only: Vec<Bind>,
+        writable: Vec<Bind>,
         vcpus: u32,
         memory_mib: u64,
         args: Vec<OsString>,
@@ -228,8 +230,15 @@ impl VmJail {
             // jailer itself, and some room.
             pids_max: Some(vcpus + 12),
             open_files: 1024,
-            // A snapshot's memory file is the largest file a VMM writes.
-            file_bytes: Some((memory_mib + 128) << 20),
+            // A snapshot's memory file or a writable disk is the largest file a VMM
+            // writes.
+            file_bytes: Some(
+                writable
+                    .iter()
+                    .filter_map(|b| std::fs::metadata(&b.host).ok())
+                    .map(|m| m.len())
+                    .fold((memory_mib + 128) << 20, u64::max),
+            ),
         };
         let mut env = Vec::new();
         if let Ok(v) = std::env::var("SKIFF_LOG") {
@@ -242,10 +251,12 @@ impl VmJail {
             root: self.root_dir.clone(),
             exec: vmm.to_owned(),
             read_only,
-            writable: vec![Bind {
+            writable: std::iter::once(Bind {
                 host: self.run_dir.clone(),
                 jail: RUN_DIR.into(),
-            }],
+            })
+            .chain(writable)
+            .collect(),
             devices: std::iter::once("/dev/kvm".into())
                 .chain(self.netns.as_ref().map(|_| "/dev/net/tun".into()))
                 .collect(),

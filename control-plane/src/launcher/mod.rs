@@ -8,7 +8,8 @@
 //! stdin, kill), [`jail`] (the VM's uid, cgroup and directories for `skiff-jailer`),
 //! `vmm_process` (the jailed VMM's command line and exit status), `start` (a VM up
 //! to the agent's hello), `session` (the task's state machine), `snapshot` (building the
-//! fast path's snapshots), `agent_initramfs`.
+//! fast path's snapshots), `agent_initramfs`, [`scratch_disk`] (a writable ext4 disk the
+//! host makes and never mounts).
 
 mod agent_initramfs;
 mod config;
@@ -16,6 +17,7 @@ mod control;
 mod error;
 pub mod jail;
 mod result;
+pub mod scratch_disk;
 mod session;
 mod snapshot;
 mod socket_path;

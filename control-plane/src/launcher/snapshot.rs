@@ -124,19 +124,29 @@ fn build(
     let work = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io(&work))?;
-    let placeholder = work.join("placeholder.img");
-    let rootfs = match kind {
-        Kind::Base => {
-            std::fs::File::create(&placeholder)
-                .and_then(|f| f.set_len(PLACEHOLDER_DISK_BYTES))
-                .map_err(io(&placeholder))?;
-            placeholder.clone()
-        }
-        Kind::Warm { .. } => cfg.rootfs.clone(),
+    let placeholder = |name: &str| {
+        let path = work.join(name);
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(PLACEHOLDER_DISK_BYTES))
+            .map_err(io(&path))
+            .map(|()| path)
+    };
+    let (rootfs, scratch) = match kind {
+        // A shape with a scratch disk boots with a second placeholder, as large: the guest
+        // sees the real disk's size when it is restored with one.
+        Kind::Base => (
+            placeholder("placeholder.img")?,
+            match cfg.scratch {
+                Some(_) => Some(placeholder("placeholder-scratch.img")?),
+                None => None,
+            },
+        ),
+        Kind::Warm { .. } => (cfg.rootfs.clone(), cfg.scratch.clone()),
     };
     let with_card = cfg.net.is_some();
     let mut cfg = LaunchConfig {
         rootfs,
+        scratch,
         work_dir: work.clone(),
         snapshot: None,
         net: None,
@@ -228,7 +238,9 @@ fn build(
         let (from, to) = (work.join("vm").join(name), work.join(name));
         take_over(&from, &to).map_err(io(&from))?;
     }
-    let _ = std::fs::remove_file(&placeholder);
+    for name in ["placeholder.img", "placeholder-scratch.img"] {
+        let _ = std::fs::remove_file(work.join(name));
+    }
     let _ = std::fs::remove_dir_all(work.join("vm"));
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&work, dir).map_err(io(dir))?;

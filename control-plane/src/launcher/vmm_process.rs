@@ -15,6 +15,7 @@ use super::jail::VmJail;
 const KERNEL: &str = "/vmlinux";
 const INITRD: &str = "/initrd";
 const DISK: &str = "/disk";
+const SCRATCH: &str = "/scratch";
 const SNAPSHOT_STATE: &str = "/snapshot/vm.state";
 const SNAPSHOT_MEMORY: &str = "/snapshot/vm.mem";
 const SYSTEM_MAP: &str = "/System.map";
@@ -95,6 +96,16 @@ pub(super) fn spawn(
     read_only.push(ro(&cfg.rootfs, DISK));
     arg("--disk");
     arg(&format!("{DISK},ro"));
+    let mut writable = Vec::new();
+    if let Some(scratch) = &cfg.scratch {
+        jail.give(scratch)?;
+        writable.push(Bind {
+            host: scratch.clone(),
+            jail: SCRATCH.into(),
+        });
+        arg("--disk");
+        arg(SCRATCH);
+    }
     arg("--vsock");
     arg(&format!("cid=3,uds={}", jail_run(VSOCK)));
     arg("--serial-out");
@@ -109,7 +120,7 @@ pub(super) fn spawn(
             arg(&format!("tap={},mac={}", net.tap, net.guest.mac));
         }
     }
-    let mut cmd = jail.command(&cfg.vmm, read_only, cfg.vcpus, cfg.memory_mib, args)?;
+    let mut cmd = jail.command(&cfg.vmm, read_only, writable, cfg.vcpus, cfg.memory_mib, args)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log)

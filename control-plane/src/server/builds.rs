@@ -583,6 +583,7 @@ pub fn builder_of(srv: &super::Server) -> Builder {
             jail: srv.cfg.jail.clone(),
             kernel: srv.cfg.kernel.clone(),
             initrd: srv.initrd.clone(),
+            step_disk_bytes: srv.cfg.build_step_disk_bytes,
         },
     )
     .with_admission(admission)

@@ -62,6 +62,8 @@ pub struct ServeConfig {
     pub snapshot_dir: Option<PathBuf>,
     /// Disk the per-image warm snapshots may take, MiB (0: none).
     pub warm_snapshot_budget_mib: u64,
+    /// Size of a build's `RUN` step scratch disk (sparse), bytes.
+    pub build_step_disk_bytes: u64,
     /// Tasks that may wait (accepted, not yet admitted) at once; beyond it submissions are
     /// refused (429) until some start.
     pub max_queued: usize,

@@ -194,6 +194,7 @@ fn launch_config(
         vcpus: task.cpu,
         memory_mib: task.memory_mib,
         rootfs: prepared.rootfs.clone(),
+        scratch: None,
         work_dir: srv.task_dir(&task.id),
         timeout: task.timeout_seconds.map(Duration::from_secs),
         stop_timeout: Duration::from_secs(task.stop_timeout_seconds),

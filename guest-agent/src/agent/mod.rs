@@ -184,7 +184,10 @@ fn prepare(
         path: &p.path,
         files: &p.warm_files,
     };
-    match ReadyRoot::make(&p.image_disk, p.upper_size_mib, &warm) {
+    let upper = rootfs::Upper::Memory {
+        size_mib: p.upper_size_mib,
+    };
+    match ReadyRoot::make(&p.image_disk, upper, &warm) {
         Ok((root, warmed_bytes)) => {
             let answer = conn.send(&Frame::Control(Message::Prepared {
                 prepare_ms: system::boot_ms() - start,

@@ -61,10 +61,10 @@ impl ReadyRoot {
     /// helper into both (reading `warm` ahead); returns the bytes read ahead too.
     pub fn make(
         disk: &str,
-        upper_size_mib: u64,
+        upper: rootfs::Upper<'_>,
         warm: &Warm,
     ) -> Result<(ReadyRoot, u64), (FailureKind, String)> {
-        rootfs::mount_root(disk, upper_size_mib)?;
+        rootfs::mount_root(disk, upper)?;
         let cgroup = cgroup::TaskCgroup::create()
             .map_err(|e| eprintln!("skiff-agent: {e}; OOM kills will not be reported"))
             .ok();
@@ -290,10 +290,13 @@ pub fn run(
     conn: &mut Conn,
 ) -> Result<Outcome, FrameError> {
     let made = match ready {
+        Some(_) if !spec.scratch_disk.is_empty() => Err((
+            FailureKind::Internal,
+            "a prepared root writes to memory; a scratch disk needs a root made for it".into(),
+        )),
         Some(r) => rootfs::resize_upper(spec.upper_size_mib).map(|()| r),
-        None => {
-            ReadyRoot::make(&spec.image_disk, spec.upper_size_mib, &Warm::default()).map(|(r, _)| r)
-        }
+        None => ReadyRoot::make(&spec.image_disk, rootfs::Upper::of(spec), &Warm::default())
+            .map(|(r, _)| r),
     };
     let ReadyRoot { helper, cgroup } =
         match made.and_then(|r| rootfs::personalize(spec).map(|()| r)) {

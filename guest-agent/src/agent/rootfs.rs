@@ -1,5 +1,6 @@
-//! The container's root: the image disk mounted read-only (EROFS, else ext4), a size-limited
-//! tmpfs for writes, overlayfs over both, and the kernel file systems inside it.
+//! The container's root: the image disk mounted read-only (EROFS, else ext4), an upper for
+//! writes (a size-limited tmpfs, or for a build step an ext4 scratch disk the host made),
+//! overlayfs over both, and the kernel file systems inside it.
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
@@ -36,10 +37,75 @@ fn fail(kind: FailureKind, message: String) -> (FailureKind, String) {
     (kind, message)
 }
 
-/// Builds the root at [`ROOT`] from the image on `disk`, with an upper layer of
-/// `upper_size_mib`; the error says which step failed and why. The task's own files go in
-/// later ([`personalize`]), so a warm snapshot can hold a root mounted this far.
-pub fn mount_root(disk: &str, upper_size_mib: u64) -> Result<(), (FailureKind, String)> {
+/// Where the container's writes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upper<'a> {
+    /// A tmpfs of this many MiB (a task's: its writes live in its memory).
+    Memory { size_mib: u64 },
+    /// An ext4 file system on this block device, made by the host (a build step's, whose
+    /// writes may be larger than its memory). `/tmp` is then part of the root, as in a
+    /// Docker build, so what a step leaves there is in its layer.
+    Disk { device: &'a str },
+}
+
+impl<'a> Upper<'a> {
+    /// The upper a run spec asks for.
+    pub fn of(spec: &'a RunSpec) -> Self {
+        if spec.scratch_disk.is_empty() {
+            Upper::Memory {
+                size_mib: spec.upper_size_mib,
+            }
+        } else {
+            Upper::Disk {
+                device: &spec.scratch_disk,
+            }
+        }
+    }
+}
+
+/// Mounts the upper's file system at [`RW`].
+fn mount_upper(upper: Upper<'_>) -> Result<(), (FailureKind, String)> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    match upper {
+        Upper::Memory { size_mib } => {
+            let size = format!("size={}m,mode=0755", size_mib.max(1));
+            mount(Some("upper"), RW, Some("tmpfs"), flags, Some(size.as_str()))
+                .map_err(|e| fail(FailureKind::Internal, format!("tmpfs upper: {e}")))
+        }
+        Upper::Disk { device } => {
+            if !std::path::Path::new(device).exists() {
+                return Err(fail(
+                    FailureKind::Internal,
+                    format!("scratch disk {device} does not exist in the guest"),
+                ));
+            }
+            // As for the image disk: a restored VM may hold the placeholder's blocks.
+            if let Err(e) = drop_cached_blocks(device) {
+                eprintln!("skiff-agent: {e}");
+            }
+            // The host made the file system on a fresh sparse file, so its inode tables
+            // already read as zeros: the kernel need not write them (noinit_itable).
+            mount(
+                Some(device),
+                RW,
+                Some("ext4"),
+                flags,
+                Some("noinit_itable,errors=remount-ro"),
+            )
+            .map_err(|e| {
+                fail(
+                    FailureKind::Internal,
+                    format!("scratch disk {device} as ext4: {e}"),
+                )
+            })
+        }
+    }
+}
+
+/// Builds the root at [`ROOT`] from the image on `disk`, with `upper` for its writes; the
+/// error says which step failed and why. The task's own files go in later
+/// ([`personalize`]), so a warm snapshot can hold a root mounted this far.
+pub fn mount_root(disk: &str, upper: Upper<'_>) -> Result<(), (FailureKind, String)> {
     if !std::path::Path::new(disk).exists() {
         return Err(fail(
             FailureKind::ImageDisk,
@@ -69,15 +135,7 @@ pub fn mount_root(disk: &str, upper_size_mib: u64) -> Result<(), (FailureKind, S
             format!("cannot mount image disk {disk} read-only as EROFS or ext4 ({last})"),
         ));
     }
-    let size = format!("size={}m,mode=0755", upper_size_mib.max(1));
-    mount(
-        Some("upper"),
-        RW,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(size.as_str()),
-    )
-    .map_err(|e| fail(FailureKind::Internal, format!("tmpfs upper: {e}")))?;
+    mount_upper(upper)?;
     for d in ["upper", "work"] {
         mkdir_all(&format!("{RW}/{d}")).map_err(|m| fail(FailureKind::Internal, m))?;
     }
@@ -115,6 +173,10 @@ pub fn mount_root(disk: &str, upper_size_mib: u64) -> Result<(), (FailureKind, S
     bind("/dev", "/dev", true)?;
     bind("/proc", "/proc", false)?;
     bind("/sys", "/sys", true)?;
+    let _ = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    if matches!(upper, Upper::Disk { .. }) {
+        return Ok(());
+    }
     let tmp = format!("{ROOT}/tmp");
     mkdir_all(&tmp).map_err(|m| fail(FailureKind::Internal, m))?;
     mount(
@@ -125,7 +187,6 @@ pub fn mount_root(disk: &str, upper_size_mib: u64) -> Result<(), (FailureKind, S
         Some("mode=1777"),
     )
     .map_err(|e| fail(FailureKind::Internal, format!("tmpfs /tmp: {e}")))?;
-    let _ = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The server's snapshots, one per VM shape (vCPUs × MiB × with or without a network
-//! card), under `<snapshots>/<fingerprint>-<vcpus>x<mib>[-net]/` (`<snapshots>` is
+//! card × with or without a build step's scratch disk), under
+//! `<snapshots>/<fingerprint>-<vcpus>x<mib>[-net][-scratch]/` (`<snapshots>` is
 //! `<state>/snapshots` unless `--snapshot-dir` says otherwise). The fingerprint hashes the
 //! VMM, kernel and agent initramfs, so a change to any of them makes new snapshots (old
 //! ones are deleted at start). A shape's snapshot is built in the background the first
@@ -32,7 +33,8 @@ use sha2::{Digest, Sha256};
 use crate::launcher::{build_snapshot, LaunchConfig, Snapshot, TaskControl};
 
 /// vCPUs, MiB, and whether the VM has a network card.
-type ShapeKey = (u32, u64, bool);
+/// vCPUs, MiB, a network card, a scratch disk.
+type ShapeKey = (u32, u64, bool, bool);
 
 #[derive(Debug, Clone)]
 enum Shape {
@@ -125,10 +127,11 @@ impl Snapshots {
         })
     }
 
-    fn dir(&self, (vcpus, mib, net): ShapeKey) -> PathBuf {
+    fn dir(&self, (vcpus, mib, net, scratch): ShapeKey) -> PathBuf {
         let card = if net { "-net" } else { "" };
+        let disk = if scratch { "-scratch" } else { "" };
         self.root
-            .join(format!("{}-{vcpus}x{mib}{card}", self.fingerprint))
+            .join(format!("{}-{vcpus}x{mib}{card}{disk}", self.fingerprint))
     }
 
     fn shapes(&self) -> std::sync::MutexGuard<'_, HashMap<ShapeKey, Shape>> {
@@ -149,7 +152,12 @@ impl Snapshots {
         if !self.enabled {
             return None;
         }
-        let key = (base.vcpus, base.memory_mib, base.net.is_some());
+        let key = (
+            base.vcpus,
+            base.memory_mib,
+            base.net.is_some(),
+            base.scratch.is_some(),
+        );
         let mut shapes = self.shapes();
         match shapes.get(&key) {
             Some(Shape::Ready(s)) => return Some(s.clone()),

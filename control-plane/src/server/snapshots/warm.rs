@@ -176,7 +176,8 @@ impl Drop for WarmTicket {
 }
 
 impl Snapshots {
-    fn warm_dir(&self, (vcpus, mib, net): super::ShapeKey, image_key: &str) -> PathBuf {
+    /// (Warm snapshots are of task shapes: vCPUs, MiB, a network card; no scratch disk.)
+    fn warm_dir(&self, (vcpus, mib, net): (u32, u64, bool), image_key: &str) -> PathBuf {
         let card = if net { "-net" } else { "" };
         self.root.join(format!(
             "{}-{vcpus}x{mib}{card}{MARK}{image_key}",
@@ -197,7 +198,7 @@ impl Snapshots {
         let Some(base) = self.for_shape(cfg) else {
             return (None, None);
         };
-        if self.warm_budget == 0 {
+        if self.warm_budget == 0 || cfg.scratch.is_some() {
             return (Some(base), None);
         }
         let key = (cfg.vcpus, cfg.memory_mib, cfg.net.is_some());
