@@ -51,6 +51,7 @@ fn control_messages_encode_as_frozen() {
                 usage_interval_ms: 0,
                 rlimits: Vec::new(),
                 export_upper: false,
+                scratch_disk: String::new(),
             })),
             r#"db00000000 {"type":"run","argv":["sh","-c","echo hi"],"env":["A=b"],"working_dir":"/","user":"1000:1000","image_disk":"/dev/vda","upper_size_mib":64,"hostname":"task","stdin":false,"wall_clock_ms":1700000000123,"entropy":[1,255]}"#,
         ),
@@ -77,10 +78,11 @@ fn control_messages_encode_as_frozen() {
                 working_dir: "/src".into(),
                 image_disk: "/dev/vda".into(),
                 upper_size_mib: 512,
+                scratch_disk: "/dev/vdb".into(),
                 export_upper: true,
                 ..Default::default()
             })),
-            r#"c300000000 {"type":"run","argv":["make"],"env":[],"working_dir":"/src","user":"","image_disk":"/dev/vda","upper_size_mib":512,"hostname":"","stdin":false,"wall_clock_ms":0,"entropy":[],"export_upper":true}"#,
+            r#"dd00000000 {"type":"run","argv":["make"],"env":[],"working_dir":"/src","user":"","image_disk":"/dev/vda","upper_size_mib":512,"scratch_disk":"/dev/vdb","hostname":"","stdin":false,"wall_clock_ms":0,"entropy":[],"export_upper":true}"#,
         ),
         (
             Message::Hello {

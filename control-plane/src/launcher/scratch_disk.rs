@@ -100,10 +100,17 @@ mod tests {
         let m = std::fs::metadata(&p).unwrap();
         assert_eq!(m.len(), 8 << 30);
         // A few hundred KiB of metadata, not the inode tables of 8 GiB.
-        assert!(m.blocks() * 512 < 8 << 20, "{} bytes written", m.blocks() * 512);
+        assert!(
+            m.blocks() * 512 < 8 << 20,
+            "{} bytes written",
+            m.blocks() * 512
+        );
         let mut sb = [0u8; 2048];
         use std::io::Read;
-        std::fs::File::open(&p).unwrap().read_exact(&mut sb).unwrap();
+        std::fs::File::open(&p)
+            .unwrap()
+            .read_exact(&mut sb)
+            .unwrap();
         // ext4's magic at byte 0x38 of the superblock, which starts at 1024.
         assert_eq!(&sb[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
         std::fs::remove_dir_all(&d).unwrap();

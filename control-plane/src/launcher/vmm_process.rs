@@ -120,7 +120,14 @@ pub(super) fn spawn(
             arg(&format!("tap={},mac={}", net.tap, net.guest.mac));
         }
     }
-    let mut cmd = jail.command(&cfg.vmm, read_only, writable, cfg.vcpus, cfg.memory_mib, args)?;
+    let mut cmd = jail.command(
+        &cfg.vmm,
+        read_only,
+        writable,
+        cfg.vcpus,
+        cfg.memory_mib,
+        args,
+    )?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log)
