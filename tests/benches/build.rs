@@ -6,8 +6,9 @@
 //! files in one COPY, then a RUN). For each, with each tool, `SKIFF_BENCH_RUNS` (5) runs
 //! of: cold (`--no-cache`, the base present), a rebuild with no change, a rebuild after
 //! one COPY source is edited, a rebuild after that file is only touched. Then, per skiff
-//! `RUN` step that ran, its time from the build's step record (VM restore, the command,
-//! the changes received and written as a layer); the context upload (first and after a
+//! `RUN` step that ran, its phases from the build's step record (`run`: launch, VM
+//! restore, root mounted and command started, the command, changes received, layer
+//! written); the context upload (first and after a
 //! one-file edit, from the CLI's own report); and push, cold (a fresh registry) and warm
 //! (the same destination again), against `buildah push`.
 //!
@@ -260,17 +261,52 @@ fn run_case(b: &Bench, case: &Case, tool: Tool, runs: usize) -> Result<Row> {
     Ok(row)
 }
 
-/// The time of each skiff `RUN` step that ran (not cached), from the server's records.
-fn run_step_times(b: &Bench) -> Vec<Duration> {
+/// The phases of a `RUN` step, in the order of the step record's `run` fields (ms from
+/// the step's start to each phase's end).
+const PHASES: [(&str, &str); 6] = [
+    ("launchMs", "root filesystem, scratch disk, room"),
+    ("readyMs", "VM restored (agent's hello)"),
+    ("execMs", "root mounted, command started"),
+    ("exitMs", "the command ran"),
+    ("receivedMs", "changes received"),
+    ("writtenMs", "layer written and stored"),
+];
+
+/// Each skiff `RUN` step that ran (not cached), from the server's records: its whole
+/// time and each phase's, and whether its VM was restored from a snapshot.
+struct RunSteps {
+    total: Vec<Duration>,
+    phases: Vec<Vec<Duration>>,
+    restored: usize,
+}
+
+fn run_steps(b: &Bench) -> RunSteps {
     let list = b.srv.get("/v1/builds");
-    let mut out = Vec::new();
+    let mut out = RunSteps {
+        total: Vec::new(),
+        phases: vec![Vec::new(); PHASES.len()],
+        restored: 0,
+    };
     for build in list["builds"].as_array().into_iter().flatten() {
+        // The list has no steps; the build's own record does.
+        let Some(id) = build["id"].as_str() else {
+            continue;
+        };
+        let build = b.srv.get(&format!("/v1/builds/{id}"));
         for s in build["steps"].as_array().into_iter().flatten() {
-            let is_run = s["label"].as_str().is_some_and(|l| l.contains("] RUN "));
-            if is_run && s["cached"] != true {
-                if let (Some(a), Some(z)) = (s["startMs"].as_u64(), s["endMs"].as_u64()) {
-                    out.push(Duration::from_millis(z.saturating_sub(a)));
-                }
+            let run = &s["run"];
+            if !run.is_object() {
+                continue;
+            }
+            if let (Some(a), Some(z)) = (s["startMs"].as_u64(), s["endMs"].as_u64()) {
+                out.total.push(Duration::from_millis(z.saturating_sub(a)));
+            }
+            out.restored += usize::from(run["fromSnapshot"] == true);
+            let mut before = 0;
+            for (i, (field, _)) in PHASES.iter().enumerate() {
+                let at = run[field].as_u64().unwrap_or(before);
+                out.phases[i].push(Duration::from_millis(at.saturating_sub(before)));
+                before = at;
             }
         }
     }
@@ -456,14 +492,19 @@ fn main() -> Result<()> {
             );
         }
     }
-    let steps = run_step_times(&b);
-    if !steps.is_empty() {
+    let steps = run_steps(&b);
+    if !steps.total.is_empty() {
         println!(
-            "\nskiff RUN steps that ran: {} steps, median {} s, p90 {} s (restore, command, changes received and written)",
-            steps.len(),
-            secs(median(&steps)),
-            secs(p90(&steps))
+            "\nskiff RUN steps that ran: {} ({} restored from a snapshot), median {} s, p90 {} s",
+            steps.total.len(),
+            steps.restored,
+            secs(median(&steps.total)),
+            secs(p90(&steps.total))
         );
+        println!("| phase | median | p90 |\n|---|---|---|");
+        for ((_, what), v) in PHASES.iter().zip(&steps.phases) {
+            println!("| {what} | {} | {} |", secs(median(v)), secs(p90(v)));
+        }
     }
     push_figures(&b, runs)?;
     let _ = Command::new("buildah")

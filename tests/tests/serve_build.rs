@@ -111,6 +111,32 @@ fn builds_through_the_server_send_only_what_it_lacks() {
     let steps = last["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 4, "{last}");
     assert!(steps[1..].iter().all(|s| s["cached"] == true), "{last}");
+    assert!(steps.iter().all(|s| s.get("run").is_none()), "{last}");
+    // The first build's RUN step ran: its record says where its time went, in order.
+    let first = &builds[1];
+    let ran: Vec<&serde_json::Value> = first["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["run"].is_object())
+        .collect();
+    assert_eq!(ran.len(), 1, "{first}");
+    let run = &ran[0]["run"];
+    assert!(run["fromSnapshot"].is_boolean(), "{run}");
+    let at: Vec<u64> = [
+        "launchMs",
+        "readyMs",
+        "execMs",
+        "exitMs",
+        "receivedMs",
+        "writtenMs",
+    ]
+    .iter()
+    .map(|f| run[f].as_u64().unwrap_or_else(|| panic!("{f}: {run}")))
+    .collect();
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "{run}");
+    let took = ran[0]["endMs"].as_u64().unwrap() - ran[0]["startMs"].as_u64().unwrap();
+    assert!(at[5] <= took + 1000, "{run} in {took} ms");
 
     // A RUN step's VM waits for room as a task's does: while a task holds the only vCPU,
     // the build's step has started but no VM of it runs; it goes on once the task stops.

@@ -17,7 +17,7 @@ use super::copy::{copy_entries, CopyRequest};
 use super::dockerfile::{Base, Instruction, Step};
 use super::executor::{LayerRef, Run};
 use super::layer::{Content, EntryKind, LayerEntry};
-use super::request::{BuildError, BuildEvent, ContextFiles, StepNetworkMode, Stream};
+use super::request::{BuildError, BuildEvent, ContextFiles, RunPhases, StepNetworkMode, Stream};
 use super::stage::{argv, StageState};
 use super::step::run_step;
 use super::tree::{StageTree, TreeLayer};
@@ -30,16 +30,35 @@ const TAIL_LINES: usize = 20;
 /// Output bytes kept for that tail.
 const TAIL_BYTES: usize = 16 << 10;
 
+/// What doing a step made.
+pub(super) struct Executed {
+    /// Its layer; None when it changed no file.
+    pub layer: Option<LayerRef>,
+    /// A `RUN`'s exit code.
+    pub exit_code: Option<i32>,
+    /// A `RUN`'s phases.
+    pub run: Option<RunPhases>,
+}
+
+impl Executed {
+    fn layer(layer: Option<LayerRef>) -> Self {
+        Executed {
+            layer,
+            exit_code: None,
+            run: None,
+        }
+    }
+}
+
 impl Run<'_> {
-    /// Does `step`; returns its layer (None when it changed no file) and, for a `RUN`, its
-    /// exit code.
+    /// Does `step`.
     pub(super) fn execute(
         &self,
         n: usize,
         label: &str,
         step: &Step,
         state: &mut StageState,
-    ) -> Result<(Option<LayerRef>, Option<i32>), BuildError> {
+    ) -> Result<Executed, BuildError> {
         match &step.instruction {
             Instruction::Run { command } => {
                 let argv = argv(command, &state.config);
@@ -54,7 +73,7 @@ impl Run<'_> {
             } => {
                 let from = from.as_ref().and(step.copy_from.as_ref());
                 let layer = self.copy(label, from, chown, chmod, sources, dest, false, state)?;
-                Ok((Some(layer), None))
+                Ok(Executed::layer(Some(layer)))
             }
             Instruction::Add {
                 chown,
@@ -63,10 +82,10 @@ impl Run<'_> {
                 dest,
             } => {
                 let layer = self.copy(label, None, chown, chmod, sources, dest, true, state)?;
-                Ok((Some(layer), None))
+                Ok(Executed::layer(Some(layer)))
             }
-            Instruction::Workdir(dir) => Ok((self.workdir(label, dir, state)?, None)),
-            _ => Ok((None, None)),
+            Instruction::Workdir(dir) => Ok(Executed::layer(self.workdir(label, dir, state)?)),
+            _ => Ok(Executed::layer(None)),
         }
     }
 
@@ -121,7 +140,8 @@ impl Run<'_> {
         step: &Step,
         argv: Vec<String>,
         state: &mut StageState,
-    ) -> Result<(Option<LayerRef>, Option<i32>), BuildError> {
+    ) -> Result<Executed, BuildError> {
+        let started = std::time::Instant::now();
         let layers: Vec<TreeLayer> = state.layers.iter().map(|l| l.tree.clone()).collect();
         let mut chain = Sha256::new();
         for l in &layers {
@@ -228,6 +248,7 @@ impl Run<'_> {
         cfg.snapshot = self.b.snapshot_for.as_ref().and_then(|f| f(&cfg));
         let task = self.control.task();
         let mut tail: Vec<u8> = Vec::new();
+        let launch_ms = started.elapsed().as_millis() as u64;
         let outcome = run_step(
             &cfg,
             &spec,
@@ -298,14 +319,39 @@ impl Run<'_> {
                 return Err(failed(format!("{label}: the VM was lost: {why}"), None))
             }
         }
+        let t = &outcome.timings;
+        let ready_ms = launch_ms + t.agent_ready_ms;
+        let exec_ms = t.process_started_ms.map_or(ready_ms, |e| launch_ms + e);
+        let ran_ms = match (t.guest_exec_ms, t.guest_exited_ms) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        let received_ms = launch_ms + outcome.received_ms;
+        let mut phases = RunPhases {
+            from_snapshot: outcome.from_snapshot,
+            launch_ms,
+            ready_ms,
+            exec_ms,
+            // The changes are sent after the exit, so they cannot have arrived before it.
+            exit_ms: (exec_ms + ran_ms).min(received_ms),
+            received_ms,
+            written_ms: 0,
+        };
         let Some(changes) = outcome.changes else {
             return Err(failed(format!("{label}: the VM sent no changes"), None));
         };
-        if changes.entries.is_empty() {
-            return Ok((None, Some(0)));
-        }
-        let layer = self.store_layer(changes.entries, Some(&changes.spool))?;
-        Ok((Some(layer), Some(0)))
+        let layer = if changes.entries.is_empty() {
+            None
+        } else {
+            Some(self.store_layer(changes.entries, Some(&changes.spool))?)
+        };
+        phases.written_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(step = n, ?phases, "RUN step done");
+        Ok(Executed {
+            layer,
+            exit_code: Some(0),
+            run: Some(phases),
+        })
     }
 
     /// A `COPY`, or an `ADD` (the same, except that a local tar archive is unpacked).

@@ -23,6 +23,6 @@ pub use executor::{
     BuildControl, BuildNetworks, Builder, StepNetwork, VmParts, DEFAULT_STEP_DISK_BYTES,
 };
 pub use request::{
-    BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, ContextFiles,
+    BuildContext, BuildError, BuildEvent, BuildOutcome, BuildRequest, ContextFiles, RunPhases,
     StepNetworkMode, StepReport, StepStatus, Stream,
 };

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::context::{ContextError, IgnoreMatcher, Manifest};
 use super::dockerfile::DockerfileError;
@@ -120,6 +120,30 @@ pub struct StepReport {
     pub layer: Option<Digest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// A `RUN` step that ran: where its time went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunPhases>,
+}
+
+/// Where a `RUN` step's time went: ms from the step's start to the end of each phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPhases {
+    /// The VM was restored from a snapshot (else it booted).
+    pub from_snapshot: bool,
+    /// Its root filesystem, scratch disk, room on the host and network were ready, and
+    /// the VM starts.
+    pub launch_ms: u64,
+    /// The agent said hello: the VM is up.
+    pub ready_ms: u64,
+    /// The command was started.
+    pub exec_ms: u64,
+    /// The command exited (its start plus its run time on the guest's clock).
+    pub exit_ms: u64,
+    /// The host had read all of the step's changes.
+    pub received_ms: u64,
+    /// The layer was written and stored.
+    pub written_ms: u64,
 }
 
 /// A finished build.

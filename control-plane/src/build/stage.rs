@@ -130,6 +130,7 @@ impl Run<'_> {
             end_ms: now_ms(),
             layer: None,
             exit_code: None,
+            run: None,
         });
         let steps = self.plan.steps(index, &state.config.env())?;
         for step in &steps.steps {
@@ -310,6 +311,7 @@ impl Run<'_> {
                 .get(&key)
                 .filter(|r| r.layer.as_ref().is_none_or(|l| blobs.contains(&l.digest)))
         };
+        let mut run_phases = None;
         let (layer, step_ms, miss_reason, exit_code) = match hit {
             Some(mut record) => {
                 self.emit(n, label, StepStatus::Cached, None);
@@ -347,7 +349,9 @@ impl Run<'_> {
                 self.inputs.put(&state.key, &step.original, &seen);
                 self.emit(n, label, StepStatus::Started, Some(reason.clone()));
                 state.rebuilt = true;
-                let (layer, exit_code) = self.execute(n, label, step, state)?;
+                let done = self.execute(n, label, step, state)?;
+                let (layer, exit_code) = (done.layer, done.exit_code);
+                run_phases = done.run;
                 let now = now_ms();
                 let record = CacheRecord {
                     key: key.clone(),
@@ -386,6 +390,7 @@ impl Run<'_> {
             end_ms: now_ms(),
             layer: layer.as_ref().map(|l| l.tree.digest.clone()),
             exit_code,
+            run: run_phases,
         });
         state.layers.extend(layer);
         state.key = key;

@@ -12,7 +12,9 @@ use guest_agent::RunSpec;
 use super::layer::{spool_tar, LayerError, Spooled};
 use crate::images::limits::Limits;
 use crate::images::unpack::Budget;
-use crate::launcher::{self, LaunchConfig, LaunchError, Output, TaskControl, TaskEnd, TaskEvent};
+use crate::launcher::{
+    self, LaunchConfig, LaunchError, Output, TaskControl, TaskEnd, TaskEvent, Timings,
+};
 
 /// Pieces of the upper tar held between the VM's session and the spooling thread.
 const QUEUED_PIECES: usize = 16;
@@ -23,6 +25,12 @@ pub struct StepOutcome {
     pub end: TaskEnd,
     /// The upper layer's entries, when the process exited 0.
     pub changes: Option<Spooled>,
+    /// When each phase of the VM's life came, ms from the launch.
+    pub timings: Timings,
+    /// The VM was restored from a snapshot (else it booted).
+    pub from_snapshot: bool,
+    /// When the host had read the whole of the changes, ms from the launch.
+    pub received_ms: u64,
 }
 
 /// Why a step could not run or its changes could not be read.
@@ -50,19 +58,25 @@ pub fn run_step(
         export_upper: true,
         ..spec.clone()
     };
+    let t0 = std::time::Instant::now();
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUED_PIECES);
     let dir = spool_dir.to_owned();
     let spooler = std::thread::Builder::new()
         .name("step-changes".into())
         .spawn(move || {
             let budget = Budget::new(limits);
-            spool_tar(Pieces::new(rx), &budget, &dir)
+            let spooled = spool_tar(Pieces::new(rx), &budget, &dir);
+            (spooled, t0.elapsed().as_millis() as u64)
         })
         .map_err(StepError::Thread)?;
     let mut sender: Option<SyncSender<Vec<u8>>> = Some(tx);
     let mut refused = false;
+    let mut from_snapshot = false;
     let result = launcher::run_task(cfg, &spec, control, &mut |e| match e {
         TaskEvent::Output(o, b) => on_output(o, b),
+        TaskEvent::VmStarted {
+            from_snapshot: s, ..
+        } => from_snapshot = s,
         // The spooler stopped (over a limit, a bad entry): nothing more is wanted.
         TaskEvent::Upper(b) if sender.as_ref().is_some_and(|s| s.send(b.to_vec()).is_err()) => {
             sender = None;
@@ -72,9 +86,10 @@ pub fn run_step(
         _ => {}
     });
     drop(sender);
-    let spooled = spooler
-        .join()
-        .unwrap_or_else(|_| Err(LayerError::Read(io::Error::other("the reader panicked"))));
+    let (spooled, received_ms) = spooler.join().unwrap_or_else(|_| {
+        let e = LayerError::Read(io::Error::other("the reader panicked"));
+        (Err(e), t0.elapsed().as_millis() as u64)
+    });
     // Changes the host refused end the step, whatever the guest said of its exit.
     let spooled = match spooled {
         Err(e) if refused => return Err(e.into()),
@@ -82,18 +97,19 @@ pub fn run_step(
     };
     let result = result?;
     let succeeded = matches!(&result.end, TaskEnd::Exited(r) if r.exit_code == 0);
-    match spooled {
-        Ok(s) if succeeded => Ok(StepOutcome {
-            end: result.end,
-            changes: Some(s),
-        }),
-        Err(e) if succeeded => Err(e.into()),
+    let changes = match spooled {
+        Ok(s) if succeeded => Some(s),
+        Err(e) if succeeded => return Err(e.into()),
         // A failed step's changes are not wanted, nor why they could not be read.
-        _ => Ok(StepOutcome {
-            end: result.end,
-            changes: None,
-        }),
-    }
+        _ => None,
+    };
+    Ok(StepOutcome {
+        end: result.end,
+        changes,
+        timings: result.timings,
+        from_snapshot,
+        received_ms,
+    })
 }
 
 /// The upper tar's pieces as one stream; it ends when the session drops its sender.

@@ -19,6 +19,10 @@ pub struct Timings {
     pub vm_stopped_ms: u64,
     /// The agent's own view (guest clock from kernel start).
     pub guest: BootTimings,
+    /// Guest clock (ms) when the process was exec'd and when it exited, as the agent
+    /// reported them: the process's own run time, whatever the host's delays.
+    pub guest_exec_ms: Option<u64>,
+    pub guest_exited_ms: Option<u64>,
 }
 
 /// Things that happen while a task runs, in order, as they happen.

@@ -237,12 +237,14 @@ impl Session<'_> {
                     self.timings.guest.connected_ms,
                 );
                 self.timings.process_started_ms = Some(self.ms());
+                self.timings.guest_exec_ms = Some(exec_ms);
                 self.control.process_started();
                 (self.on_event)(TaskEvent::ProcessStarted);
             }
             Frame::Control(Message::Exited(report)) => {
                 tracing::debug!("agent: process exited at guest {} ms", report.exited_ms);
                 self.timings.process_exited_ms = Some(self.ms());
+                self.timings.guest_exited_ms = Some(report.exited_ms);
                 (self.on_event)(TaskEvent::ProcessExited);
                 return Phase::Ending(if r.timed_out {
                     self.timed_out()

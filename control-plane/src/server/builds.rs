@@ -64,6 +64,9 @@ pub struct StepView {
     pub layer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// A `RUN` step that ran: where its time went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::build::RunPhases>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -383,6 +386,7 @@ impl Builds {
                         if let Some(rep) = by_index.get(&s.index) {
                             s.layer = rep.layer.as_ref().map(|d| d.to_string());
                             s.exit_code = rep.exit_code;
+                            s.run = rep.run;
                             s.cached = rep.cached;
                         }
                     }
