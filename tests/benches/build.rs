@@ -190,14 +190,15 @@ fn make_cases(root: &Path, base: &str, big_mb: usize) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// Waits until the server's snapshot of the build VMs' shape (1 vCPU, 512 MiB) is there.
+/// Waits until the server's snapshot of the build VMs' shape (1 vCPU, 512 MiB, a scratch
+/// disk) is there.
 fn wait_snapshot(dir: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let ready = fs::read_dir(dir)
             .map(|d| {
                 d.flatten().any(|e| {
-                    e.file_name().to_string_lossy().ends_with("-1x512")
+                    e.file_name().to_string_lossy().ends_with("-1x512-scratch")
                         && e.path().join("vm.state").exists()
                 })
             })
@@ -206,7 +207,7 @@ fn wait_snapshot(dir: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("no 1x512 snapshot in {}", dir.display());
+            bail!("no 1x512-scratch snapshot in {}", dir.display());
         }
         std::thread::sleep(Duration::from_secs(2));
     }

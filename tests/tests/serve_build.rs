@@ -311,4 +311,61 @@ fn builds_through_the_server_send_only_what_it_lacks() {
         "the cache is intact: {}",
         show(&o)
     );
+
+    // `setcap` in a step: the file's capabilities are in its layer (a PAX record), the
+    // next step's root has them; a `user.*` attribute stays behind, as in Docker.
+    fs::copy(
+        skiff_tests::guest::guest_program("file_caps"),
+        ctx.join("file_caps"),
+    )
+    .unwrap();
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM local/busybox:latest\nCOPY file_caps /usr/bin/\n\
+         RUN file_caps set /usr/bin/file_caps\nRUN file_caps get /usr/bin/file_caps\n",
+    );
+    let o = skiff(
+        &srv,
+        &["build", "--progress", "plain", "-t", "caps:1", ctx_arg],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("caps 0000000200200000000000000000000000000000"),
+        "{err}"
+    );
+    assert!(err.contains("note no"), "{err}");
+    let digest = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let blob = |d: &str| {
+        srv.state_dir
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: Value = serde_json::from_slice(&fs::read(blob(&digest)).unwrap()).unwrap();
+    let run_layer = manifest["layers"][2]["digest"].as_str().unwrap();
+    let f = fs::File::open(blob(run_layer)).unwrap();
+    let mut layer = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut xattrs = Vec::new();
+    for e in layer.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        for r in e.pax_extensions().unwrap().into_iter().flatten() {
+            let r = r.unwrap();
+            xattrs.push((
+                path.clone(),
+                r.key().unwrap().to_owned(),
+                r.value_bytes().len(),
+            ));
+        }
+    }
+    assert_eq!(
+        xattrs,
+        [(
+            "usr/bin/file_caps".to_owned(),
+            "SCHILY.xattr.security.capability".to_owned(),
+            20
+        )],
+        "the RUN layer's PAX records"
+    );
 }

@@ -104,6 +104,7 @@ pub fn copy_entries(
         uid: req.owner.0,
         gid: req.owner.1,
         mtime: req.mtime,
+        xattrs: Vec::new(),
     };
     for (root, below) in roots {
         let target = match root.kind {
@@ -152,6 +153,7 @@ pub fn copy_entries(
                 uid: meta.uid,
                 gid: meta.gid,
                 mtime: meta.mtime,
+                xattrs: Vec::new(),
             },
         );
     }

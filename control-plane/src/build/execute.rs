@@ -123,6 +123,7 @@ impl Run<'_> {
                     uid: 0,
                     gid: 0,
                     mtime: now,
+                    xattrs: Vec::new(),
                 });
             }
         }
@@ -451,6 +452,7 @@ impl Run<'_> {
                     uid: 0,
                     gid: 0,
                     mtime: req.mtime,
+                    xattrs: Vec::new(),
                 });
             }
         }

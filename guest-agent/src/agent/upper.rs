@@ -3,8 +3,10 @@
 //!
 //! Overlayfs marks a deleted lower file with a whiteout (a character device 0:0) and a
 //! folder that hides all of the lower one with the `trusted.overlay.opaque` xattr; a layer
-//! says the same with `.wh.NAME` and `.wh..wh..opq` entries. The host trusts none of this:
-//! it reads the tar as a hostile layer and writes its own canonical one.
+//! says the same with `.wh.NAME` and `.wh..wh..opq` entries. A file's capabilities
+//! (`security.capability`, set by `setcap`) go as a PAX `SCHILY.xattr.` record, as Docker
+//! and containerd write them; no other extended attribute goes. The host trusts none of
+//! this: it reads the tar as a hostile layer and writes its own canonical one.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -147,6 +149,7 @@ impl Walk {
             if !(children || opaque || changed) {
                 return Ok(false);
             }
+            file_caps(tar, abs)?;
             let mut h = header(&meta);
             tar.append_data(&mut h, rel, io::empty())?;
             return Ok(true);
@@ -169,6 +172,7 @@ impl Walk {
                 }
                 self.links.insert(key, rel.to_path_buf());
             }
+            file_caps(tar, abs)?;
             let file = fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
@@ -201,6 +205,35 @@ fn empty_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, meta: &Metadata)
     h.set_mtime(meta.mtime().max(0) as u64);
     h.set_size(0);
     tar.append_data(&mut h, path, io::empty())
+}
+
+/// The extended attribute that goes with an entry: its capabilities.
+const FILE_CAPS: &std::ffi::CStr = c"security.capability";
+/// Largest `vfs_cap_data` (revision 3).
+const MAX_FILE_CAPS: usize = 24;
+
+/// Writes a PAX record with the capabilities of the file at `path`, if it has any, for
+/// the entry that follows.
+fn file_caps<W: Write>(tar: &mut tar::Builder<W>, path: &Path) -> io::Result<()> {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    let mut value = [0u8; MAX_FILE_CAPS];
+    // SAFETY: both names are NUL-terminated strings that live across the call, and the
+    // value buffer is writable for the length passed with it.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            FILE_CAPS.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    if n <= 0 {
+        return Ok(()); // none (ENODATA), or not one the kernel would take (ERANGE)
+    }
+    let record = ("SCHILY.xattr.security.capability", &value[..n as usize]);
+    tar.append_pax_extensions([record])
 }
 
 /// Whether overlayfs marked the folder opaque (it hides the whole lower one).

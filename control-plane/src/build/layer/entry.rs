@@ -53,10 +53,35 @@ pub struct LayerEntry {
     pub gid: u64,
     /// Seconds since the epoch.
     pub mtime: u64,
+    /// Extended attributes the layer keeps (PAX `SCHILY.xattr.NAME` records), sorted by
+    /// name: only the ones [`check_xattr`] lets through.
+    pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
 /// Longest path a layer entry may have (Linux's `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
+
+/// The extended attribute a build keeps from a `RUN` step's changes: a file's
+/// capabilities, the one Docker's and containerd's layer writers keep too (`setcap` in a
+/// step works; the overlay's own `trusted.*` marks and `user.*` notes stay behind).
+pub const FILE_CAPS_XATTR: &str = "security.capability";
+
+/// Whether a layer may keep the extended attribute `name` with `value`: only
+/// [`FILE_CAPS_XATTR`], 4 to 24 bytes (`vfs_cap_data` revisions 1 to 3).
+pub fn check_xattr(name: &str, value: &[u8]) -> Result<(), String> {
+    if name != FILE_CAPS_XATTR {
+        return Err(format!(
+            "extended attribute {name:?}: a build keeps only {FILE_CAPS_XATTR}"
+        ));
+    }
+    if !(4..=24).contains(&value.len()) {
+        return Err(format!(
+            "extended attribute {name} of {} bytes (4 to 24 expected)",
+            value.len()
+        ));
+    }
+    Ok(())
+}
 
 /// `name` as a clean relative layer path: separators collapsed, `.` dropped; absolute
 /// names, `..` components, NUL bytes and over-long names are refused. `None` for the root

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 
 use tar::EntryType;
 
-use super::entry::{clean_path, Content, EntryKind, LayerEntry, MAX_PATH_BYTES};
+use super::entry::{check_xattr, clean_path, Content, EntryKind, LayerEntry, MAX_PATH_BYTES};
 use super::LayerError;
 use crate::images::unpack::budget::{Budget, LimitError, Metered};
 
@@ -96,6 +96,24 @@ fn read_entry<R: Read>(
         .link_name_bytes()
         .map(|b| b.into_owned())
         .filter(|b| !b.is_empty());
+    // Extended attributes come as PAX records ahead of the entry; a hard link's belong to
+    // the file it names.
+    let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
+    if kind != EntryType::Link {
+        if let Some(records) = entry.pax_extensions().map_err(LayerError::Read)? {
+            for r in records {
+                let r = r.map_err(LayerError::Read)?;
+                let Some(name) = r.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(name).into_owned();
+                check_xattr(&name, r.value_bytes()).map_err(bad)?;
+                xattrs.retain(|(n, _)| *n != name);
+                xattrs.push((name, r.value_bytes().to_vec()));
+            }
+        }
+        xattrs.sort();
+    }
     let default_mode = if kind == EntryType::Directory {
         0o755
     } else {
@@ -160,5 +178,6 @@ fn read_entry<R: Read>(
         uid: header.uid().unwrap_or(0),
         gid: header.gid().unwrap_or(0),
         mtime: header.mtime().unwrap_or(0),
+        xattrs,
     }))
 }

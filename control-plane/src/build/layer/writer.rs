@@ -165,6 +165,7 @@ fn first_name_holds_the_content(entries: &mut [LayerEntry]) -> Result<(), LayerE
             entries[i] = LayerEntry {
                 path: entries[i].path.clone(),
                 kind: EntryKind::Hardlink(target.clone()),
+                xattrs: Vec::new(),
                 ..meta
             };
         }
@@ -223,6 +224,10 @@ fn header_for(e: &LayerEntry, mtime: u64) -> Result<(Header, Vec<u8>), LayerErro
             h.set_link_name_literal(&target[..target.len().min(100)])
                 .map_err(LayerError::Write)?;
         }
+    }
+    // Sorted when the entry was made; written in that order.
+    for (name, value) in &e.xattrs {
+        pax_record(&mut pax, &format!("SCHILY.xattr.{name}"), value);
     }
     if let EntryKind::Char { major, minor } | EntryKind::Block { major, minor } = e.kind {
         let bad = |_| LayerError::BadEntry {

@@ -16,6 +16,7 @@ fn entry(path: &str, kind: EntryKind) -> LayerEntry {
         uid: 0,
         gid: 0,
         mtime: 1_700_000_000,
+        xattrs: Vec::new(),
     }
 }
 
@@ -272,4 +273,76 @@ fn a_hostile_tar_is_refused_or_made_canonical() {
     big.extend_from_slice(&[0; 1024]);
     let e = spool_tar(&big[..], &tiny, dir.path()).unwrap_err();
     assert!(matches!(e, LayerError::Limit(_)), "{e}");
+}
+
+/// A tar with one file whose PAX header carries `xattrs`.
+fn tar_with_xattrs(xattrs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let records: Vec<(String, &[u8])> = xattrs
+        .iter()
+        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+        .collect();
+    b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+        .unwrap();
+    let mut h = Header::new_ustar();
+    h.set_entry_type(EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(3);
+    b.append_data(&mut h, "bin/ping", &b"elf"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// `vfs_cap_data` revision 2: CAP_NET_RAW (13) permitted, effective.
+const CAPS: [u8; 20] = [
+    0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+#[test]
+fn file_capabilities_are_kept_and_other_xattrs_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Budget::new(Limits::default());
+    let tar = tar_with_xattrs(&[("security.capability", &CAPS)]);
+    let s = spool_tar(&tar[..], &budget, dir.path()).unwrap();
+    assert_eq!(
+        s.entries[0].xattrs,
+        vec![("security.capability".to_owned(), CAPS.to_vec())]
+    );
+    let mut out = Vec::new();
+    write_layer(s.entries, Some(&s.spool), None, &mut out).unwrap();
+    let mut archive = tar::Archive::new(GzDecoder::new(&out[..]));
+    let mut e = archive.entries().unwrap().next().unwrap().unwrap();
+    let records: Vec<(String, Vec<u8>)> = e
+        .pax_extensions()
+        .unwrap()
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.key().unwrap().to_owned(), r.value_bytes().to_vec())
+        })
+        .collect();
+    assert_eq!(
+        records,
+        vec![("SCHILY.xattr.security.capability".to_owned(), CAPS.to_vec())]
+    );
+    let mut data = Vec::new();
+    e.read_to_end(&mut data).unwrap();
+    assert_eq!(data, b"elf");
+    // A forged stream's other names and oversized values are refused by name.
+    for (name, value, why) in [
+        ("user.note", &b"x"[..], "keeps only security.capability"),
+        (
+            "trusted.overlay.opaque",
+            b"y",
+            "keeps only security.capability",
+        ),
+        ("security.capability", &[0u8; 64][..], "64 bytes"),
+    ] {
+        let tar = tar_with_xattrs(&[(name, value)]);
+        let e = spool_tar(&tar[..], &budget, dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, LayerError::BadEntry { entry, .. } if entry == "bin/ping"),
+            "{e}"
+        );
+        assert!(e.to_string().contains(why), "{e}");
+    }
 }
