@@ -7,9 +7,9 @@
 //! of: cold (`--no-cache`, the base present), a rebuild with no change, a rebuild after
 //! one COPY source is edited, a rebuild after that file is only touched. Then, per skiff
 //! `RUN` step that ran, its phases from the build's step record (`run`: launch, VM
-//! restore, root mounted and command started, the command, changes received, layer
-//! written); the context upload (first and after a
-//! one-file edit, from the CLI's own report); and push, cold (a fresh registry) and warm
+//! restore, root mounted and command started, the command, changes received and the VM
+//! stopped, layer written); the context upload (first and after a one-file edit, from the
+//! CLI's own report); and push, cold (a fresh registry) and warm
 //! (the same destination again), against `buildah push`.
 //!
 //! Run: `cargo bench -p skiff-tests --bench build` (needs /dev/kvm and buildah:
@@ -269,7 +269,7 @@ const PHASES: [(&str, &str); 6] = [
     ("readyMs", "VM restored (agent's hello)"),
     ("execMs", "root mounted, command started"),
     ("exitMs", "the command ran"),
-    ("receivedMs", "changes received"),
+    ("receivedMs", "changes received, VM stopped"),
     ("writtenMs", "layer written and stored"),
 ];
 

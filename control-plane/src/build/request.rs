@@ -140,7 +140,8 @@ pub struct RunPhases {
     pub exec_ms: u64,
     /// The command exited (its start plus its run time on the guest's clock).
     pub exit_ms: u64,
-    /// The host had read all of the step's changes.
+    /// The host had read the step's changes to their end: the stream ends when the VM
+    /// has stopped, so this phase holds the VM's stop too.
     pub received_ms: u64,
     /// The layer was written and stored.
     pub written_ms: u64,
