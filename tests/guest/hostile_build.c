@@ -8,6 +8,9 @@
  *   hostile_build links       a symlink "a" -> "/" and a file "a/tmp/skiff-build-escape-link"
  *                             through it: accepted as layer entries, they must never lead
  *                             out of the host's unpacked tree when a later step applies them
+ *   hostile_build xattr       a file "evil.txt" whose PAX header sets the extended attribute
+ *                             trusted.skiff-evil, which the host must not take (a build keeps
+ *                             only security.capability)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -103,7 +106,7 @@ static int write_all(int fd, const char *buf, size_t len)
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
-		fprintf(stderr, "usage: hostile_build traversal|links\n");
+		fprintf(stderr, "usage: hostile_build traversal|links|xattr\n");
 		return 2;
 	}
 	static char tar[16384];
@@ -112,6 +115,10 @@ int main(int argc, char **argv)
 		add_entry(tar, &n, "ok.txt", '0', NULL, "fine\n");
 		add_entry(tar, &n, "../../../../tmp/skiff-build-escape-traversal", '0', NULL,
 			  "escaped\n");
+	} else if (strcmp(argv[1], "xattr") == 0) {
+		add_entry(tar, &n, "PaxHeaders/evil.txt", 'x', NULL,
+			  "37 SCHILY.xattr.trusted.skiff-evil=x\n");
+		add_entry(tar, &n, "evil.txt", '0', NULL, "evil\n");
 	} else {
 		add_entry(tar, &n, "a", '2', "/", NULL);
 		add_entry(tar, &n, "a/tmp/skiff-build-escape-link", '0', NULL, "escaped\n");

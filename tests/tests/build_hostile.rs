@@ -2,8 +2,9 @@
 //! root in its VM it takes the agent's connection and sends a forged upper-layer tar ahead
 //! of the agent's own. The host must read that stream as an attacker's: a name that climbs
 //! out with `..` ends the build with the entry named, and entries that lead through a
-//! symlink to `/` stay inside the host's unpacked tree when a later step applies them.
-//! Neither may create a file on the host. Two VMs, one per attack.
+//! symlink to `/` stay inside the host's unpacked tree when a later step applies them; an
+//! extended attribute other than a file's capabilities ends the build with the entry
+//! named. None may create a file on the host. Three VMs, one per attack.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,21 @@ fn forged_step_changes_are_refused_or_kept_inside_the_tree() {
         err.contains(
             "[3/3] RUN /hostile traversal (Dockerfile:3): the step's changes: layer entry \"../../../../tmp/skiff-build-escape-traversal\""
         ),
+        "{err}"
+    );
+
+    // An extended attribute other than a file's capabilities: the host would set it as
+    // root on its own copy of the tree when a later step applies the layer. The build
+    // fails naming the entry, and no layer is stored.
+    let o = build("FROM local/busybox:latest\nCOPY hostile_build /hostile\nRUN /hostile xattr\n");
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("\"evil.txt\"") && err.contains("trusted.skiff-evil"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a build keeps only security.capability"),
         "{err}"
     );
 
