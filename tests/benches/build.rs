@@ -289,11 +289,6 @@ fn run_steps(b: &Bench) -> RunSteps {
         restored: 0,
     };
     for build in list["builds"].as_array().into_iter().flatten() {
-        // The list has no steps; the build's own record does.
-        let Some(id) = build["id"].as_str() else {
-            continue;
-        };
-        let build = b.srv.get(&format!("/v1/builds/{id}"));
         for s in build["steps"].as_array().into_iter().flatten() {
             let run = &s["run"];
             if !run.is_object() {
