@@ -251,8 +251,13 @@ pub enum Message {
     Run(Box<RunSpec>),
     /// Host → agent: get ready for tasks of one image (a warm snapshot is taken next).
     Prepare(PrepareSpec),
-    /// Agent → host: ready as [`Message::Prepare`] asked: the guest time it took, and the
-    /// bytes read ahead.
+    /// Host → agent: mount the scratch disk on `device` (a build step's upper) now, and
+    /// write everything back to it; the snapshot taken next holds it mounted, and each VM
+    /// restored from it gets a copy of that disk as it is then (see
+    /// [`RunSpec::scratch_disk`]).
+    MountScratch { device: String },
+    /// Agent → host: ready as [`Message::Prepare`] or [`Message::MountScratch`] asked: the
+    /// guest time it took, and the bytes read ahead.
     Prepared { prepare_ms: u64, warmed_bytes: u64 },
     /// Agent → host: the process was exec'd. Guest times (ms since the kernel started) of
     /// the run spec's arrival, of the root filesystem and cgroup being ready, and of the
@@ -311,6 +316,7 @@ impl Message {
             Message::Hello { .. } => "hello",
             Message::Run(_) => "run",
             Message::Prepare(_) => "prepare",
+            Message::MountScratch { .. } => "mount_scratch",
             Message::Prepared { .. } => "prepared",
             Message::Started { .. } => "started",
             Message::Signal { .. } => "signal",

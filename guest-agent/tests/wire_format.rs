@@ -146,6 +146,12 @@ fn control_messages_encode_as_frozen() {
             r#"3200000000 {"type":"usage","cpu_usec":1500000,"at_ms":30000}"#,
         ),
         (
+            Message::MountScratch {
+                device: "/dev/vdb".into(),
+            },
+            r#"2d00000000 {"type":"mount_scratch","device":"/dev/vdb"}"#,
+        ),
+        (
             Message::Prepared {
                 prepare_ms: 1200,
                 warmed_bytes: 4096,

@@ -198,7 +198,8 @@ fn wait_snapshot(dir: &Path) -> Result<()> {
         let ready = fs::read_dir(dir)
             .map(|d| {
                 d.flatten().any(|e| {
-                    e.file_name().to_string_lossy().ends_with("-1x512-scratch")
+                    e.file_name().to_string_lossy().contains("-1x512-scratch")
+                        && !e.file_name().to_string_lossy().contains('.')
                         && e.path().join("vm.state").exists()
                 })
             })

@@ -88,7 +88,6 @@ fn a_run_step_exports_its_changes_as_a_canonical_layer() -> Result<()> {
     let initrd = work.join("agent.cpio");
     launcher::build_agent_initramfs(&install::agent(None)?.path, &initrd)?;
     let scratch = work.join("scratch.img");
-    launcher::scratch_disk::make_scratch_disk(&scratch, 256 << 20)?;
     let mut spec = prepared.spec;
     spec.scratch_disk = launcher::scratch_disk::GUEST_DEVICE.into();
     let cfg = LaunchConfig {
@@ -99,7 +98,10 @@ fn a_run_step_exports_its_changes_as_a_canonical_layer() -> Result<()> {
         vcpus: 1,
         memory_mib: 256,
         rootfs: prepared.rootfs,
-        scratch: Some(scratch.clone()),
+        scratch: Some(launcher::scratch_disk::ScratchDisk {
+            path: scratch.clone(),
+            bytes: 256 << 20,
+        }),
         work_dir: work.clone(),
         timeout: Some(Duration::from_secs(600)),
         stop_timeout: Duration::from_secs(10),

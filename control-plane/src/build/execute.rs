@@ -196,12 +196,12 @@ impl Run<'_> {
         };
         let work = self.work_path(&format!("vm-{n}"));
         std::fs::create_dir_all(&work).map_err(|e| BuildError::internal("a VM's folder", e))?;
-        // The step's writes go to a disk of its own, not its memory.
-        let scratch = work.join("scratch.img");
-        if let Err(e) = scratch_disk::make_scratch_disk(&scratch, self.b.vm.step_disk_bytes) {
-            let _ = std::fs::remove_dir_all(&work);
-            return Err(BuildError::Internal(format!("{label}: {e}")));
-        }
+        // The step's writes go to a disk of its own, not its memory (the launcher makes
+        // it, or copies the template of the snapshot it restores).
+        let scratch = scratch_disk::ScratchDisk {
+            path: work.join("scratch.img"),
+            bytes: self.b.vm.step_disk_bytes,
+        };
         let mut cfg = LaunchConfig {
             vmm: self.b.vm.vmm.clone(),
             jail: self.b.vm.jail.clone(),

@@ -20,8 +20,8 @@ pub struct LaunchConfig {
     pub rootfs: PathBuf,
     /// A writable second disk ([`super::scratch_disk`]; the guest's
     /// [`super::scratch_disk::GUEST_DEVICE`]), handed to the VM's uid: a build step's upper.
-    /// Snapshots of a shape with one have a second disk too.
-    pub scratch: Option<PathBuf>,
+    /// Snapshots of a shape with one hold one of that size mounted (their template).
+    pub scratch: Option<super::scratch_disk::ScratchDisk>,
     /// Scratch directory for this task's sockets and console log.
     pub work_dir: PathBuf,
     pub timeout: Option<Duration>,
@@ -37,22 +37,30 @@ pub struct LaunchConfig {
     pub net: Option<crate::network::TaskNetwork>,
 }
 
-/// A snapshot's two files.
+/// A snapshot's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub state: PathBuf,
     pub memory: PathBuf,
     /// A per-image warm snapshot (its agent has one image's root ready), not a shape's base.
     pub warm: bool,
+    /// The scratch disk the VM had mounted (a build shape's): a VM restored from the
+    /// snapshot must get a copy of it as its scratch disk.
+    pub scratch: Option<PathBuf>,
 }
 
+/// The scratch disk template's file in a snapshot's directory.
+pub(crate) const SCRATCH_TEMPLATE_FILE: &str = "scratch.img";
+
 impl Snapshot {
-    /// The files in `dir`, if both are there.
+    /// The files in `dir`, if the state and memory are there.
     pub fn in_dir(dir: &Path) -> Option<Snapshot> {
+        let template = dir.join(SCRATCH_TEMPLATE_FILE);
         let s = Snapshot {
             state: dir.join("vm.state"),
             memory: dir.join("vm.mem"),
             warm: false,
+            scratch: template.is_file().then_some(template),
         };
         (s.state.is_file() && s.memory.is_file()).then_some(s)
     }

@@ -11,6 +11,8 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the VM's scratch disk: {0}")]
+    ScratchDisk(#[from] super::scratch_disk::ScratchDiskError),
     #[error("cannot jail the VMM: {0}")]
     Jail(#[from] super::jail::JailSetupError),
     #[error("the VM ended before its agent said hello ({status}); console ends with:\n{console}")]

@@ -5,6 +5,10 @@
 //!
 //! `mkfs.ext4` is run rather than written here: ext4's on-disk format (checksums, flex
 //! groups) is not ours to reimplement, and the host only writes it, never reads it back.
+//!
+//! A VM restored from a build shape's snapshot had its scratch disk mounted when the
+//! snapshot was taken: it gets a copy of that disk (the snapshot's template), whose
+//! blocks are what its kernel has cached; the copy takes only the blocks written.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,6 +40,91 @@ pub enum ScratchDiskError {
     TooSmall(u64),
     #[error("mkfs.ext4 on {path}: {why} (is e2fsprogs installed?)")]
     Mkfs { path: PathBuf, why: String },
+    #[error("scratch disk template {path} holds {found} bytes, the disk is to hold {wanted}")]
+    TemplateSize {
+        path: PathBuf,
+        found: u64,
+        wanted: u64,
+    },
+}
+
+/// A VM's scratch disk: its file on the host and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScratchDisk {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl ScratchDisk {
+    /// The disk's size as made: whole 4 KiB blocks.
+    pub fn made_bytes(&self) -> u64 {
+        self.bytes & !4095
+    }
+
+    /// Makes the disk: an empty ext4 file system ([`make_scratch_disk`]).
+    pub fn make(&self) -> Result<(), ScratchDiskError> {
+        make_scratch_disk(&self.path, self.bytes)
+    }
+
+    /// Makes the disk a copy of `template` (a snapshot's, of the same size), copying only
+    /// its written ranges, so the copy is as sparse as the template.
+    pub fn copy_of(&self, template: &Path) -> Result<(), ScratchDiskError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ScratchDiskError::Io { path, source }
+        };
+        let src = std::fs::File::open(template).map_err(io(template))?;
+        let found = src.metadata().map_err(io(template))?.len();
+        if found != self.made_bytes() {
+            return Err(ScratchDiskError::TemplateSize {
+                path: template.to_owned(),
+                found,
+                wanted: self.made_bytes(),
+            });
+        }
+        let _ = std::fs::remove_file(&self.path);
+        let dst = std::fs::File::create(&self.path).map_err(io(&self.path))?;
+        dst.set_len(found).map_err(io(&self.path))?;
+        copy_written_ranges(&src, &dst, found).map_err(|e| {
+            let _ = std::fs::remove_file(&self.path);
+            ScratchDiskError::Io {
+                path: self.path.clone(),
+                source: e,
+            }
+        })
+    }
+}
+
+/// Copies the data ranges of `src` (as `SEEK_DATA` and `SEEK_HOLE` find them, up to
+/// `len`) to the same offsets of `dst`, leaving its holes as holes. Written here rather
+/// than taken from a crate: it is a short loop over two calls rustix already has.
+fn copy_written_ranges(src: &std::fs::File, dst: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use rustix::fs::{copy_file_range, seek, SeekFrom};
+    let mut at = 0u64;
+    while at < len {
+        let start = match seek(src, SeekFrom::Data(at)) {
+            Ok(s) => s,
+            // No data past `at`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = seek(src, SeekFrom::Hole(start))?.min(len);
+        let (mut from, mut to) = (start, start);
+        while from < end {
+            let chunk = usize::try_from(end - from)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            let n = copy_file_range(src, Some(&mut from), dst, Some(&mut to), chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the template ended while being copied",
+                ));
+            }
+        }
+        at = end;
+    }
+    Ok(())
 }
 
 /// Makes `path` a sparse file of `bytes` (rounded down to 4 KiB blocks) holding an empty
@@ -113,6 +202,46 @@ mod tests {
             .unwrap();
         // ext4's magic at byte 0x38 of the superblock, which starts at 1024.
         assert_eq!(&sb[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_copy_holds_the_templates_bytes_and_stays_sparse() {
+        use std::io::{Seek, SeekFrom, Write};
+        let d = dir("copy");
+        let template = d.join("template.img");
+        make_scratch_disk(&template, 256 << 20).unwrap();
+        // Data far from mkfs's own, as a guest's mount leaves in other groups.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&template)
+            .unwrap();
+        f.seek(SeekFrom::Start(200 << 20)).unwrap();
+        f.write_all(b"written by the guest").unwrap();
+        drop(f);
+        let disk = ScratchDisk {
+            path: d.join("copy.img"),
+            bytes: 256 << 20,
+        };
+        disk.copy_of(&template).unwrap();
+        let (a, b) = (
+            std::fs::read(&template).unwrap(),
+            std::fs::read(&disk.path).unwrap(),
+        );
+        assert!(a == b, "the copy differs from its template");
+        let m = std::fs::metadata(&disk.path).unwrap();
+        assert!(
+            m.blocks() * 512 < 8 << 20,
+            "{} bytes taken",
+            m.blocks() * 512
+        );
+        // A template of another size is refused, naming both.
+        let other = ScratchDisk {
+            path: d.join("other.img"),
+            bytes: 512 << 20,
+        };
+        let e = other.copy_of(&template).unwrap_err().to_string();
+        assert!(e.contains("268435456") && e.contains("536870912"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use guest_agent::{Frame, Message, PrepareSpec};
 use vmm_api::{Reply, Request};
 
-use super::config::{LaunchConfig, Snapshot};
+use super::config::{LaunchConfig, Snapshot, SCRATCH_TEMPLATE_FILE};
 use super::control::{FinishOnDrop, TaskControl};
 use super::error::LaunchError;
 use super::jail::{JailSetupError, VmJail};
+use super::scratch_disk::{ScratchDisk, GUEST_DEVICE};
 use super::start::{start_vm, AgentListener, Connected, NoAgent};
 use super::vmm_process::{StartFrom, API_SOCK};
 use crate::network::TaskNetwork;
@@ -124,24 +125,27 @@ fn build(
     let work = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io(&work))?;
-    let placeholder = |name: &str| {
-        let path = work.join(name);
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len(PLACEHOLDER_DISK_BYTES))
-            .map_err(io(&path))
-            .map(|()| path)
+    let placeholder = work.join("placeholder.img");
+    let rootfs = match kind {
+        Kind::Base => {
+            std::fs::File::create(&placeholder)
+                .and_then(|f| f.set_len(PLACEHOLDER_DISK_BYTES))
+                .map_err(io(&placeholder))?;
+            placeholder.clone()
+        }
+        Kind::Warm { .. } => cfg.rootfs.clone(),
     };
-    let (rootfs, scratch) = match kind {
-        // A shape with a scratch disk boots with a second placeholder, as large: the guest
-        // sees the real disk's size when it is restored with one.
-        Kind::Base => (
-            placeholder("placeholder.img")?,
-            match cfg.scratch {
-                Some(_) => Some(placeholder("placeholder-scratch.img")?),
-                None => None,
-            },
-        ),
-        Kind::Warm { .. } => (cfg.rootfs.clone(), cfg.scratch.clone()),
+    // A build shape's VM boots with a scratch disk of the shape's size, made here and
+    // mounted by its agent before the snapshot: it stays beside the snapshot as the
+    // template every restored VM gets a copy of.
+    let template = work.join(SCRATCH_TEMPLATE_FILE);
+    let scratch = match (&kind, &cfg.scratch) {
+        (Kind::Base, Some(disk)) => Some(ScratchDisk {
+            path: template.clone(),
+            bytes: disk.bytes,
+        }),
+        (Kind::Base, None) => None,
+        (Kind::Warm { .. }, s) => s.clone(),
     };
     let with_card = cfg.net.is_some();
     let mut cfg = LaunchConfig {
@@ -196,8 +200,25 @@ fn build(
     };
     let booted = t0.elapsed();
     let warm = match kind {
-        Kind::Base => None,
-        Kind::Warm { prepare, .. } => Some(prepare_root(&mut agent_conn, prepare, control)?),
+        Kind::Base => {
+            if cfg.scratch.is_some() {
+                let ms = agent_request(
+                    &mut agent_conn,
+                    Message::MountScratch {
+                        device: GUEST_DEVICE.into(),
+                    },
+                    control,
+                )?
+                .0;
+                tracing::info!("the build shape's scratch disk mounted in {ms} ms (guest)");
+            }
+            None
+        }
+        Kind::Warm { prepare, .. } => Some(agent_request(
+            &mut agent_conn,
+            Message::Prepare(prepare.clone()),
+            control,
+        )?),
     };
     // The VMM writes the files in its own directory, as its own uid; they are then taken
     // over by root, made read-only and moved beside it, so that no VMM (this one
@@ -238,9 +259,12 @@ fn build(
         let (from, to) = (work.join("vm").join(name), work.join(name));
         take_over(&from, &to).map_err(io(&from))?;
     }
-    for name in ["placeholder.img", "placeholder-scratch.img"] {
-        let _ = std::fs::remove_file(work.join(name));
+    // The template was the VM's to write: from now on no VM writes it (each restored one
+    // writes its own copy).
+    if cfg.scratch.is_some() && matches!(kind, Kind::Base) {
+        take_over(&template, &template).map_err(io(&template))?;
     }
+    let _ = std::fs::remove_file(&placeholder);
     let _ = std::fs::remove_dir_all(work.join("vm"));
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&work, dir).map_err(io(dir))?;
@@ -254,17 +278,17 @@ fn build(
     Ok((snap, built))
 }
 
-/// Sends the prepare request and waits for the agent's answer: its guest time and the
-/// bytes it read ahead.
-fn prepare_root(
+/// Sends a request to get ready ([`Message::Prepare`], [`Message::MountScratch`]) and waits
+/// for the agent's answer: its guest time and the bytes it read ahead.
+fn agent_request(
     c: &mut Connected,
-    prepare: &PrepareSpec,
+    request: Message,
     control: &TaskControl,
 ) -> Result<(u64, u64), SnapshotError> {
     let err = |e: &dyn std::fmt::Display| SnapshotError::Control(format!("the agent: {e}"));
-    c.conn
-        .send(&Frame::Control(Message::Prepare(prepare.clone())))
-        .map_err(|e| err(&e))?;
+    let request = Frame::Control(request);
+    let what = request.kind_name();
+    c.conn.send(&request).map_err(|e| err(&e))?;
     let deadline = Instant::now() + PREPARE_PATIENCE;
     match c.conn.recv(Some(deadline)) {
         Ok(Frame::Control(Message::Prepared {
@@ -273,7 +297,7 @@ fn prepare_root(
         })) => Ok((prepare_ms, warmed_bytes)),
         Ok(Frame::Control(Message::Failed { message, .. })) => {
             Err(SnapshotError::Control(format!(
-                "the agent could not prepare the root: {}",
+                "the agent failed its {what}: {}",
                 super::session::bounded(message)
             )))
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use guest_agent::{BootTimings, Frame, FramedConn, Message, HOST_PORT, PROTOCOL_VERSION};
 
-use super::config::LaunchConfig;
+use super::config::{LaunchConfig, Snapshot};
 use super::control::TaskControl;
 use super::error::LaunchError;
 use super::jail::VmJail;
@@ -100,6 +100,22 @@ pub(super) fn start_vm(
     let vmm_log = std::fs::File::create(&vmm_log_path).map_err(wd)?;
     // A fallback boot after a failed restore starts from an empty cgroup.
     jail.end_vm();
+    // The scratch disk as the start needs it: a snapshot's template when the restored
+    // guest has it mounted, else an empty file system (a boot, a fallback boot included).
+    if let Some(disk) = &cfg.scratch {
+        match from {
+            StartFrom::Snapshot {
+                snap:
+                    Snapshot {
+                        scratch: Some(template),
+                        ..
+                    },
+                ..
+            } => disk.copy_of(template),
+            _ => disk.make(),
+        }
+        .map_err(LaunchError::from)?;
+    }
     let child = vmm_process::spawn(cfg, jail, from, vmm_log).map_err(LaunchError::from)?;
     on_event(TaskEvent::VmStarted {
         pid: child.id(),

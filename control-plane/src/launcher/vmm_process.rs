@@ -98,9 +98,9 @@ pub(super) fn spawn(
     arg(&format!("{DISK},ro"));
     let mut writable = Vec::new();
     if let Some(scratch) = &cfg.scratch {
-        jail.give(scratch)?;
+        jail.give(&scratch.path)?;
         writable.push(Bind {
-            host: scratch.clone(),
+            host: scratch.path.clone(),
             jail: SCRATCH.into(),
         });
         arg("--disk");

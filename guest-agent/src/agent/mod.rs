@@ -36,7 +36,8 @@ pub fn run() -> Result<(), String> {
     let port = system::cmdline_value("skiff.port")
         .and_then(|p| p.parse().ok())
         .unwrap_or(HOST_PORT);
-    let (mut conn, spec, prepared) = wait_for_work(port, agent_start_ms, setup_done_ms)?;
+    let (mut conn, spec, Readied { prepared, scratch }) =
+        wait_for_work(port, agent_start_ms, setup_done_ms)?;
     let spec_ms = system::boot_ms();
     let io = |e: guest_agent::FrameError| format!("host connection: {e}");
     // A VM prepared for one image (a warm snapshot's) runs tasks of that image only: its
@@ -84,30 +85,31 @@ pub fn run() -> Result<(), String> {
             return Ok(());
         }
     }
-    let report = match process::run(&spec, spec_ms, ready, &mut conn).map_err(io)? {
-        Outcome::Failed(kind, message) => Message::Failed {
-            kind,
-            exit_code: kind.exit_code(),
-            message,
-        },
-        // A failed step's changes are not wanted: only a success sends them.
-        Outcome::Exited(m)
-            if spec.export_upper && matches!(&m, Message::Exited(r) if r.exit_code == 0) =>
-        {
-            match upper::export(&mut conn) {
-                Ok(()) => m,
-                Err(message) => {
-                    let kind = FailureKind::Internal;
-                    Message::Failed {
-                        kind,
-                        exit_code: kind.exit_code(),
-                        message,
+    let report =
+        match process::run(&spec, spec_ms, ready, scratch.as_deref(), &mut conn).map_err(io)? {
+            Outcome::Failed(kind, message) => Message::Failed {
+                kind,
+                exit_code: kind.exit_code(),
+                message,
+            },
+            // A failed step's changes are not wanted: only a success sends them.
+            Outcome::Exited(m)
+                if spec.export_upper && matches!(&m, Message::Exited(r) if r.exit_code == 0) =>
+            {
+                match upper::export(&mut conn) {
+                    Ok(()) => m,
+                    Err(message) => {
+                        let kind = FailureKind::Internal;
+                        Message::Failed {
+                            kind,
+                            exit_code: kind.exit_code(),
+                            message,
+                        }
                     }
                 }
             }
-        }
-        Outcome::Exited(m) => m,
-    };
+            Outcome::Exited(m) => m,
+        };
     conn.send(&Frame::Control(report)).map_err(io)?;
     Ok(())
 }
@@ -118,19 +120,28 @@ struct Prepared {
     root: ReadyRoot,
 }
 
+/// What the host had the agent get ready before its snapshot was taken.
+#[derive(Default)]
+struct Readied {
+    prepared: Option<Prepared>,
+    /// The scratch disk mounted as the upper's file system ([`Message::MountScratch`]).
+    scratch: Option<String>,
+}
+
 /// Dials the host, says hello and waits for the run spec. A connection that breaks before
 /// the spec arrives is dialled again: that is what a VM restored from a snapshot sees (the
 /// restore resets every vsock connection, and the new host listens on a new socket). A
 /// host making a warm snapshot first asks for a prepared root; the spec comes after the
-/// restore, and the hello then names the image the root is prepared for.
+/// restore, and the hello then names the image the root is prepared for. A host making a
+/// build shape's snapshot first has the scratch disk mounted.
 fn wait_for_work(
     port: u32,
     agent_start_ms: u64,
     setup_done_ms: u64,
-) -> Result<(Conn, RunSpec, Option<Prepared>), String> {
+) -> Result<(Conn, RunSpec, Readied), String> {
     let io = |e: guest_agent::FrameError| format!("host connection: {e}");
     let mut redials = 0;
-    let mut prepared: Option<Prepared> = None;
+    let mut readied = Readied::default();
     'dial: loop {
         let mut conn = conn::dial(port, Duration::from_secs(10))?;
         let timings = BootTimings {
@@ -142,15 +153,24 @@ fn wait_for_work(
             protocol_version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             timings,
-            prepared_image: prepared.as_ref().map(|p| p.image_id.clone()),
+            prepared_image: readied.prepared.as_ref().map(|p| p.image_id.clone()),
         }));
         loop {
             let e = match said_hello.and_then(|()| conn.recv(None)) {
-                Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, *spec, prepared)),
-                Ok(Frame::Control(Message::Prepare(p))) if prepared.is_none() => {
+                Ok(Frame::Control(Message::Run(spec))) => return Ok((conn, *spec, readied)),
+                Ok(Frame::Control(Message::Prepare(p)))
+                    if readied.prepared.is_none() && readied.scratch.is_none() =>
+                {
                     let (root, answer) = prepare(p, &mut conn)?;
-                    prepared = Some(root);
+                    readied.prepared = Some(root);
                     said_hello = answer;
+                    continue;
+                }
+                Ok(Frame::Control(Message::MountScratch { device }))
+                    if readied.prepared.is_none() && readied.scratch.is_none() =>
+                {
+                    said_hello = mount_scratch(&device, &mut conn)?;
+                    readied.scratch = Some(device);
                     continue;
                 }
                 Ok(other) => {
@@ -208,6 +228,32 @@ fn prepare(
             conn.send(&Frame::Control(failed))
                 .map_err(|e| format!("host connection: {e}"))?;
             Err(format!("preparing the root: {message}"))
+        }
+    }
+}
+
+/// Mounts the scratch disk as [`Message::MountScratch`] asks and answers it; the answer's
+/// send result is the connection's state for the caller. A disk that cannot be mounted is
+/// reported and ends the agent.
+fn mount_scratch(
+    device: &str,
+    conn: &mut Conn,
+) -> Result<Result<(), guest_agent::FrameError>, String> {
+    let start = system::boot_ms();
+    match rootfs::mount_scratch(device) {
+        Ok(()) => Ok(conn.send(&Frame::Control(Message::Prepared {
+            prepare_ms: system::boot_ms() - start,
+            warmed_bytes: 0,
+        }))),
+        Err((kind, message)) => {
+            let failed = Message::Failed {
+                kind,
+                exit_code: kind.exit_code(),
+                message: format!("mounting the scratch disk: {message}"),
+            };
+            conn.send(&Frame::Control(failed))
+                .map_err(|e| format!("host connection: {e}"))?;
+            Err(format!("mounting the scratch disk: {message}"))
         }
     }
 }

@@ -282,11 +282,13 @@ fn report_opens(recorder: &mut Option<OpenRecorder>, conn: &mut Conn) -> Result<
 }
 
 /// Runs the spec (which arrived at guest time `spec_ms`) to the end, streaming over `conn`,
-/// in `ready` (a warm snapshot's root) or in a root made now.
+/// in `ready` (a warm snapshot's root) or in a root made now (over the scratch disk
+/// mounted on `scratch` before a build shape's snapshot, if the spec asks for that one).
 pub fn run(
     spec: &RunSpec,
     spec_ms: u64,
     ready: Option<ReadyRoot>,
+    scratch: Option<&str>,
     conn: &mut Conn,
 ) -> Result<Outcome, FrameError> {
     let made = match ready {
@@ -295,8 +297,9 @@ pub fn run(
             "a prepared root writes to memory; a scratch disk needs a root made for it".into(),
         )),
         Some(r) => rootfs::resize_upper(spec.upper_size_mib).map(|()| r),
-        None => ReadyRoot::make(&spec.image_disk, rootfs::Upper::of(spec), &Warm::default())
-            .map(|(r, _)| r),
+        None => rootfs::Upper::of(spec, scratch).and_then(|upper| {
+            ReadyRoot::make(&spec.image_disk, upper, &Warm::default()).map(|(r, _)| r)
+        }),
     };
     let ReadyRoot { helper, cgroup } =
         match made.and_then(|r| rootfs::personalize(spec).map(|()| r)) {

@@ -46,21 +46,78 @@ pub enum Upper<'a> {
     /// writes may be larger than its memory). `/tmp` is then part of the root, as in a
     /// Docker build, so what a step leaves there is in its layer.
     Disk { device: &'a str },
+    /// As `Disk`, already mounted at [`RW`] before the VM's snapshot was taken
+    /// ([`mount_scratch`]); the disk now behind the device is a copy of that one.
+    MountedDisk,
 }
 
 impl<'a> Upper<'a> {
-    /// The upper a run spec asks for.
-    pub fn of(spec: &'a RunSpec) -> Self {
-        if spec.scratch_disk.is_empty() {
-            Upper::Memory {
+    /// The upper a run spec asks for, in a VM whose agent mounted the scratch disk on
+    /// `mounted` before (a restored build snapshot's). A spec naming another device than
+    /// the one mounted is refused: the kernel's cached blocks are of that one.
+    pub fn of(spec: &'a RunSpec, mounted: Option<&str>) -> Result<Self, (FailureKind, String)> {
+        match (spec.scratch_disk.as_str(), mounted) {
+            ("", _) => Ok(Upper::Memory {
                 size_mib: spec.upper_size_mib,
-            }
-        } else {
-            Upper::Disk {
-                device: &spec.scratch_disk,
-            }
+            }),
+            (device, None) => Ok(Upper::Disk { device }),
+            (device, Some(m)) if device == m => Ok(Upper::MountedDisk),
+            (device, Some(m)) => Err(fail(
+                FailureKind::Internal,
+                format!("the run spec's scratch disk is {device}, this VM has {m} mounted"),
+            )),
         }
     }
+}
+
+/// ext4 mount options for a scratch disk. The host made the file system on a fresh sparse
+/// file, so its inode tables already read as zeros: the kernel need not write them
+/// (noinit_itable). It lives as long as the VM: no background reading of the block
+/// bitmaps, no map of every group's metadata to check block numbers against (work per
+/// block group at mount, which an emulating host makes slow), no access times.
+const SCRATCH_OPTIONS: &str =
+    "noinit_itable,no_prefetch_block_bitmaps,noblock_validity,errors=remount-ro";
+
+/// Mounts the ext4 file system on `device` at [`RW`].
+fn mount_scratch_disk(device: &str) -> Result<(), (FailureKind, String)> {
+    if !std::path::Path::new(device).exists() {
+        return Err(fail(
+            FailureKind::Internal,
+            format!("scratch disk {device} does not exist in the guest"),
+        ));
+    }
+    // As for the image disk: a restored VM may hold the placeholder's blocks.
+    if let Err(e) = drop_cached_blocks(device) {
+        eprintln!("skiff-agent: {e}");
+    }
+    mount(
+        Some(device),
+        RW,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
+        Some(SCRATCH_OPTIONS),
+    )
+    .map_err(|e| {
+        fail(
+            FailureKind::Internal,
+            format!("scratch disk {device} as ext4: {e}"),
+        )
+    })
+}
+
+/// Mounts the scratch disk on `device` at [`RW`] with the upper's folders in it, and
+/// writes it all back to the disk: a build shape's snapshot is taken next, and the VMs
+/// restored from it get a copy of the disk as it is now, which must be what this kernel
+/// believes is on it.
+pub fn mount_scratch(device: &str) -> Result<(), (FailureKind, String)> {
+    mkdir_all(RW).map_err(|m| fail(FailureKind::Internal, m))?;
+    mount_scratch_disk(device)?;
+    for d in ["upper", "work"] {
+        mkdir_all(&format!("{RW}/{d}")).map_err(|m| fail(FailureKind::Internal, m))?;
+    }
+    let rw = std::fs::File::open(RW)
+        .map_err(|e| fail(FailureKind::Internal, format!("open {RW}: {e}")))?;
+    nix::unistd::syncfs(&rw).map_err(|e| fail(FailureKind::Internal, format!("syncfs {RW}: {e}")))
 }
 
 /// Mounts the upper's file system at [`RW`].
@@ -72,36 +129,8 @@ fn mount_upper(upper: Upper<'_>) -> Result<(), (FailureKind, String)> {
             mount(Some("upper"), RW, Some("tmpfs"), flags, Some(size.as_str()))
                 .map_err(|e| fail(FailureKind::Internal, format!("tmpfs upper: {e}")))
         }
-        Upper::Disk { device } => {
-            if !std::path::Path::new(device).exists() {
-                return Err(fail(
-                    FailureKind::Internal,
-                    format!("scratch disk {device} does not exist in the guest"),
-                ));
-            }
-            // As for the image disk: a restored VM may hold the placeholder's blocks.
-            if let Err(e) = drop_cached_blocks(device) {
-                eprintln!("skiff-agent: {e}");
-            }
-            // The host made the file system on a fresh sparse file, so its inode tables
-            // already read as zeros: the kernel need not write them (noinit_itable). It
-            // lives as long as the VM: no background reading of the block bitmaps, no map
-            // of every group's metadata to check block numbers against (work per block
-            // group at mount, which an emulating host makes slow), no access times.
-            mount(
-                Some(device),
-                RW,
-                Some("ext4"),
-                flags | MsFlags::MS_NOATIME,
-                Some("noinit_itable,no_prefetch_block_bitmaps,noblock_validity,errors=remount-ro"),
-            )
-            .map_err(|e| {
-                fail(
-                    FailureKind::Internal,
-                    format!("scratch disk {device} as ext4: {e}"),
-                )
-            })
-        }
+        Upper::Disk { device } => mount_scratch_disk(device),
+        Upper::MountedDisk => Ok(()),
     }
 }
 
@@ -177,7 +206,7 @@ pub fn mount_root(disk: &str, upper: Upper<'_>) -> Result<(), (FailureKind, Stri
     bind("/proc", "/proc", false)?;
     bind("/sys", "/sys", true)?;
     let _ = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
-    if matches!(upper, Upper::Disk { .. }) {
+    if !matches!(upper, Upper::Memory { .. }) {
         return Ok(());
     }
     let tmp = format!("{ROOT}/tmp");

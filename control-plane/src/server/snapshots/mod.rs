@@ -1,6 +1,6 @@
 //! The server's snapshots, one per VM shape (vCPUs × MiB × with or without a network
-//! card × with or without a build step's scratch disk), under
-//! `<snapshots>/<fingerprint>-<vcpus>x<mib>[-net][-scratch]/` (`<snapshots>` is
+//! card × the size of a build step's scratch disk, if it has one), under
+//! `<snapshots>/<fingerprint>-<vcpus>x<mib>[-net][-scratch<size>]/` (`<snapshots>` is
 //! `<state>/snapshots` unless `--snapshot-dir` says otherwise). The fingerprint hashes the
 //! VMM, kernel and agent initramfs, so a change to any of them makes new snapshots (old
 //! ones are deleted at start). A shape's snapshot is built in the background the first
@@ -32,9 +32,8 @@ use sha2::{Digest, Sha256};
 
 use crate::launcher::{build_snapshot, LaunchConfig, Snapshot, TaskControl};
 
-/// vCPUs, MiB, and whether the VM has a network card.
-/// vCPUs, MiB, a network card, a scratch disk.
-type ShapeKey = (u32, u64, bool, bool);
+/// vCPUs, MiB, a network card, the bytes of a scratch disk (0: none).
+type ShapeKey = (u32, u64, bool, u64);
 
 #[derive(Debug, Clone)]
 enum Shape {
@@ -129,7 +128,12 @@ impl Snapshots {
 
     fn dir(&self, (vcpus, mib, net, scratch): ShapeKey) -> PathBuf {
         let card = if net { "-net" } else { "" };
-        let disk = if scratch { "-scratch" } else { "" };
+        let disk = match scratch {
+            0 => String::new(),
+            b if b % (1 << 30) == 0 => format!("-scratch{}g", b >> 30),
+            b if b % (1 << 20) == 0 => format!("-scratch{}m", b >> 20),
+            b => format!("-scratch{b}"),
+        };
         self.root
             .join(format!("{}-{vcpus}x{mib}{card}{disk}", self.fingerprint))
     }
@@ -156,7 +160,7 @@ impl Snapshots {
             base.vcpus,
             base.memory_mib,
             base.net.is_some(),
-            base.scratch.is_some(),
+            base.scratch.as_ref().map_or(0, |d| d.made_bytes()),
         );
         let mut shapes = self.shapes();
         match shapes.get(&key) {
