@@ -4,10 +4,14 @@
 //! before any upload), a bad Dockerfile (400 with the line), an unknown or incomplete
 //! context; a build is listed and shown with its steps; a running build is cancelled; a
 //! server restarted mid-build fails it with `ControlPlaneRestarted` and leaves nothing of
-//! it; a `RUN` step's VM waits while a task holds the capacity. Five VMs: two `RUN`
-//! steps, a task, one cancelled while it starts, one the restart ends.
+//! it; a `RUN` step's VM waits while a task holds the capacity. Once the build VMs' shape
+//! has its snapshot (scratch disk mounted), steps restore it, each with a copy of its
+//! disk, and a file's capabilities set in one stage reach another through `COPY --from`.
+//! Six VMs: two `RUN` steps, a task, one cancelled while it starts, one the restart ends,
+//! and the snapshot's boot (in the background).
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -49,6 +53,29 @@ fn wait_build(srv: &Serve, id: &str, what: &str, ok: impl Fn(&Value) -> bool) ->
             "build {id} never got {what}: {b}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits for the snapshot of the build VMs' shape (1 vCPU, 512 MiB, a scratch disk) under
+/// `dir`; returns its scratch disk template.
+fn wait_build_snapshot(dir: &Path) -> std::path::PathBuf {
+    let start = Instant::now();
+    loop {
+        let found = fs::read_dir(dir).into_iter().flatten().flatten().find(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.contains("-1x512-scratch")
+                && !name.contains('.')
+                && e.path().join("vm.state").is_file()
+        });
+        if let Some(e) = found {
+            return e.path().join("scratch.img");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no build shape snapshot in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -312,7 +339,26 @@ fn builds_through_the_server_send_only_what_it_lacks() {
         show(&o)
     );
 
-    // `setcap` in a step: the file's capabilities are in its layer (a PAX record), the
+    // By now the server has snapshotted the build VMs' shape in the background, with its
+    // scratch disk mounted: the steps below restore it, each with a copy of that disk.
+    let template = wait_build_snapshot(&srv.snapshot_dir);
+    let stat = |p: &Path| {
+        let m = fs::metadata(p).unwrap();
+        (
+            m.len(),
+            m.blocks(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.mode() & 0o7777,
+            m.uid(),
+        )
+    };
+    let template_before = stat(&template);
+    assert_eq!(template_before.4, 0o444, "the template is read-only");
+    assert_eq!(template_before.5, 0, "the template is root's");
+
+    // `setcap` in a step: the file's capabilities are in its layer, so in its stage's
+    // tree; `COPY --from` that stage keeps them (a PAX record in the copy's layer) and the
     // next step's root has them; a `user.*` attribute stays behind, as in Docker.
     fs::copy(
         skiff_tests::guest::guest_program("file_caps"),
@@ -322,8 +368,10 @@ fn builds_through_the_server_send_only_what_it_lacks() {
     write(
         &ctx,
         "Dockerfile",
-        "FROM local/busybox:latest\nCOPY file_caps /usr/bin/\n\
-         RUN file_caps set /usr/bin/file_caps\nRUN file_caps get /usr/bin/file_caps\n",
+        "FROM local/busybox:latest AS caps\nCOPY file_caps /usr/bin/\n\
+         RUN file_caps set /usr/bin/file_caps\n\
+         FROM local/busybox:latest\nCOPY --from=caps /usr/bin/file_caps /usr/local/bin/\n\
+         RUN file_caps get /usr/local/bin/file_caps\n",
     );
     let o = skiff(
         &srv,
@@ -337,14 +385,33 @@ fn builds_through_the_server_send_only_what_it_lacks() {
     );
     assert!(err.contains("note no"), "{err}");
     let digest = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let list = srv.get("/v1/builds");
+    let runs: Vec<&Value> = list["builds"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.get("run"))
+        .collect();
+    assert_eq!(runs.len(), 2, "{list}");
+    assert!(
+        runs.iter().all(|r| r["fromSnapshot"] == true),
+        "both steps restored the snapshot: {runs:?}"
+    );
+    assert_eq!(
+        stat(&template),
+        template_before,
+        "the steps wrote their copies, not the template"
+    );
     let blob = |d: &str| {
         srv.state_dir
             .join("blobs/sha256")
             .join(d.trim_start_matches("sha256:"))
     };
     let manifest: Value = serde_json::from_slice(&fs::read(blob(&digest)).unwrap()).unwrap();
-    let run_layer = manifest["layers"][2]["digest"].as_str().unwrap();
-    let f = fs::File::open(blob(run_layer)).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "the base's and the copy's: {manifest}");
+    let copy_layer = layers[1]["digest"].as_str().unwrap();
+    let f = fs::File::open(blob(copy_layer)).unwrap();
     let mut layer = tar::Archive::new(flate2::read::GzDecoder::new(f));
     let mut xattrs = Vec::new();
     for e in layer.entries().unwrap() {
@@ -362,10 +429,10 @@ fn builds_through_the_server_send_only_what_it_lacks() {
     assert_eq!(
         xattrs,
         [(
-            "usr/bin/file_caps".to_owned(),
+            "usr/local/bin/file_caps".to_owned(),
             "SCHILY.xattr.security.capability".to_owned(),
             20
         )],
-        "the RUN layer's PAX records"
+        "the COPY --from layer's PAX records"
     );
 }

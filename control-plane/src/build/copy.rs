@@ -50,16 +50,26 @@ pub enum CopyError {
     NotADirectory,
 }
 
-/// The entries `req` puts in the layer. `content_of` says where a context file's bytes
-/// are; `image_dir` gives the metadata of a folder the image already has (path without
-/// the leading `/`), `None` when it has none there.
+/// Where the copied files' bytes and attributes are.
+pub struct SourceFiles<'a> {
+    /// Where a source file's bytes are.
+    pub content_of: &'a dyn Fn(&Entry) -> Content,
+    /// The extended attributes a copied entry keeps (a file's capabilities, from another
+    /// stage's tree); none for a context's files.
+    pub xattrs_of: &'a dyn Fn(&Entry) -> Vec<(String, Vec<u8>)>,
+}
+
+/// The entries `req` puts in the layer. `files` says where a source file's bytes and
+/// attributes are; `image_dir` gives the metadata of a folder the image already has (path
+/// without the leading `/`), `None` when it has none there.
 pub fn copy_entries(
     manifest: &Manifest,
     ignore: &IgnoreMatcher,
     req: &CopyRequest<'_>,
-    content_of: &dyn Fn(&Entry) -> Content,
+    files: &SourceFiles<'_>,
     image_dir: &dyn Fn(&str) -> Option<DirMeta>,
 ) -> Result<Vec<LayerEntry>, CopyError> {
+    let content_of = files.content_of;
     let dest_named_dir = req.dest.ends_with('/') || req.dest == "." || req.dest.ends_with("/.");
     let dest = absolute(req.workdir, req.dest);
     // Each source's roots: the entries it selects that are not under another one.
@@ -97,14 +107,14 @@ pub fn copy_entries(
     }
     let into_dir = dest_named_dir || roots.len() > 1 || image_dir(&dest).is_some();
     let mut out: BTreeMap<String, LayerEntry> = BTreeMap::new();
-    let copied = |kind: EntryKind, mode: u32, path: String| LayerEntry {
+    let copied = |e: &Entry, kind: EntryKind, path: String| LayerEntry {
         path: path.into_bytes(),
         kind,
-        mode: req.chmod.unwrap_or(mode) & 0o7777,
+        mode: req.chmod.unwrap_or(e.mode) & 0o7777,
         uid: req.owner.0,
         gid: req.owner.1,
         mtime: req.mtime,
-        xattrs: Vec::new(),
+        xattrs: (files.xattrs_of)(e),
     };
     for (root, below) in roots {
         let target = match root.kind {
@@ -115,21 +125,18 @@ pub fn copy_entries(
         if root.kind == SourceKind::Dir {
             // The destination folder itself: the image's, or made with the source's mode.
             if !target.is_empty() && image_dir(&target).is_none() {
-                out.insert(
-                    target.clone(),
-                    copied(EntryKind::Dir, root.mode, target.clone()),
-                );
+                out.insert(target.clone(), copied(root, EntryKind::Dir, target.clone()));
             }
         } else {
             out.insert(
                 target.clone(),
-                copied(kind_of(root, content_of), root.mode, target.clone()),
+                copied(root, kind_of(root, content_of), target.clone()),
             );
         }
         for e in below {
             let rel = &e.path[root.path.len() + usize::from(!root.path.is_empty())..];
             let path = join(&target, rel);
-            out.insert(path.clone(), copied(kind_of(e, content_of), e.mode, path));
+            out.insert(path.clone(), copied(e, kind_of(e, content_of), path));
         }
     }
     // The folders above everything copied.

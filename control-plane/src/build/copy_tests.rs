@@ -75,7 +75,10 @@ fn copy_with(
         &context(),
         &IgnoreMatcher::empty(),
         req,
-        &|e: &Entry| Content::Host(PathBuf::from("/ctx").join(&e.path)),
+        &SourceFiles {
+            content_of: &|e: &Entry| Content::Host(PathBuf::from("/ctx").join(&e.path)),
+            xattrs_of: &|_| Vec::new(),
+        },
         &|p: &str| image_dirs.iter().find(|(d, _)| d == p).map(|(_, m)| *m),
     )
 }

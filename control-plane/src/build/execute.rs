@@ -13,10 +13,10 @@ use super::context::{
     select_sources, walk_context, Entry, EntryKind as SourceKind, IgnoreMatcher, Manifest,
     StatCache, WalkOptions,
 };
-use super::copy::{copy_entries, CopyRequest};
+use super::copy::{copy_entries, CopyRequest, SourceFiles};
 use super::dockerfile::{Base, Instruction, Step};
 use super::executor::{LayerRef, Run};
-use super::layer::{Content, EntryKind, LayerEntry};
+use super::layer::{file_caps, Content, EntryKind, LayerEntry, FILE_CAPS_XATTR};
 use super::request::{BuildError, BuildEvent, ContextFiles, RunPhases, StepNetworkMode, Stream};
 use super::stage::{argv, StageState};
 use super::step::run_step;
@@ -416,6 +416,15 @@ impl Run<'_> {
             (Some(h), true) => Content::Host(content_root.join(h)),
             _ => Content::Host(content_root.join(&e.path)),
         };
+        // A file copied from another stage or an image keeps its capabilities, as
+        // BuildKit's copy keeps them; a context's files have none to keep.
+        let from_tree = from.is_some();
+        let xattrs_of = |e: &Entry| match e.kind {
+            SourceKind::File if from_tree => file_caps(&content_root.join(&e.path))
+                .map(|caps| vec![(FILE_CAPS_XATTR.to_owned(), caps)])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let req = CopyRequest {
             sources: &sources,
             dest: &resolved,
@@ -427,7 +436,11 @@ impl Run<'_> {
         let mut entries = if sources.is_empty() {
             Vec::new()
         } else {
-            copy_entries(&source.manifest, &source.ignore, &req, &content_of, &|p| {
+            let files = SourceFiles {
+                content_of: &content_of,
+                xattrs_of: &xattrs_of,
+            };
+            copy_entries(&source.manifest, &source.ignore, &req, &files, &|p| {
                 tree.dir_meta(p)
             })
             .map_err(|e| self.step_error(label, e))?

@@ -83,6 +83,16 @@ pub fn check_xattr(name: &str, value: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The capabilities of the file at `path` on the host (a stage's tree, which only checked
+/// layers made), when it has valid ones; the path's last component is not followed.
+pub fn file_caps(path: &std::path::Path) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(path, FILE_CAPS_XATTR, &mut buf[..]).ok()?;
+    let caps = buf.get(..n)?;
+    check_xattr(FILE_CAPS_XATTR, caps).ok()?;
+    Some(caps.to_vec())
+}
+
 /// `name` as a clean relative layer path: separators collapsed, `.` dropped; absolute
 /// names, `..` components, NUL bytes and over-long names are refused. `None` for the root
 /// itself (`./`).

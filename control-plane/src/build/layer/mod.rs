@@ -8,7 +8,7 @@ pub mod writer;
 
 use std::io;
 
-pub use entry::{clean_path, Content, EntryKind, LayerEntry};
+pub use entry::{clean_path, file_caps, Content, EntryKind, LayerEntry, FILE_CAPS_XATTR};
 pub use spool::{spool_tar, Spooled};
 pub use writer::{write_layer, LayerDigests};
 
