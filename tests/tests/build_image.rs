@@ -301,18 +301,26 @@ fn build_errors_name_the_step_and_keep_the_cache() {
         "{err}"
     );
 
-    let failing =
-        "FROM local/busybox:latest\nCOPY app.txt /\nRUN echo building; echo broken >&2; exit 2\n";
-    let o = build(failing, &[]);
+    // The step's root is its scratch disk, `--step-disk` in size.
+    let failing = "FROM local/busybox:latest\nCOPY app.txt /\n\
+                   RUN echo building; df -k / | awk 'NR==2 {print \"disk\", $2}'; echo broken >&2; exit 2\n";
+    let o = build(failing, &["--step-disk", "64M"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = text(&o.stderr);
     assert!(
-        err.contains("error: [3/3] RUN echo building; echo broken >&2; exit 2 (Dockerfile:3) exited with code 2"),
+        err.contains("error: [3/3] RUN echo building; df -k / | awk 'NR==2 {print \"disk\", $2}'; echo broken >&2; exit 2 (Dockerfile:3) exited with code 2"),
         "{err}"
     );
+    let tail: Vec<&str> = err.lines().filter_map(|l| l.strip_prefix("  | ")).collect();
+    assert_eq!(tail.len(), 3, "the output's last lines: {err}");
+    assert_eq!((tail[0], tail[2]), ("building", "broken"), "{err}");
+    let disk_kib: u64 = tail[1]
+        .strip_prefix("disk ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no disk size: {err}"));
     assert!(
-        err.contains("  | building\n  | broken\n"),
-        "the output's last lines: {err}"
+        (40_000..=65_536).contains(&disk_kib),
+        "a 64 MiB scratch disk holds {disk_kib} KiB"
     );
     // The COPY before it was kept: the next build takes it from the cache.
     let o = build("FROM local/busybox:latest\nCOPY app.txt /\n", &[]);
@@ -395,9 +403,11 @@ fn build_errors_name_the_step_and_keep_the_cache() {
         [
             ("opt/".to_owned(), 0o755, 0),
             ("opt/app.txt".to_owned(), 0o644, 0),
+            ("opt/lib/".to_owned(), 0o755, 0),
             ("opt/lib/data.txt".to_owned(), 0o600, 42),
         ],
-        "the archive's entries keep their owner and mode; the file is copied"
+        "the archive's entries keep their owner and mode; the folder it leaves out is made \
+         root's 0755; the file is copied"
     );
     let o = build("FROM local/busybox:latest\nADD old.tar.bz2 /opt/\n", &[]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));

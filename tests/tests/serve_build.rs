@@ -6,7 +6,8 @@
 //! server restarted mid-build fails it with `ControlPlaneRestarted` and leaves nothing of
 //! it; a `RUN` step's VM waits while a task holds the capacity. Once the build VMs' shape
 //! has its snapshot (scratch disk mounted), steps restore it, each with a copy of its
-//! disk, and a file's capabilities set in one stage reach another through `COPY --from`.
+//! disk, and a file's capabilities set in one stage reach another through `COPY --from`,
+//! as do its device nodes and FIFO.
 //! Six VMs: two `RUN` steps, a task, one cancelled while it starts, one the restart ends,
 //! and the snapshot's boot (in the background).
 
@@ -359,7 +360,8 @@ fn builds_through_the_server_send_only_what_it_lacks() {
 
     // `setcap` in a step: the file's capabilities are in its layer, so in its stage's
     // tree; `COPY --from` that stage keeps them (a PAX record in the copy's layer) and the
-    // next step's root has them; a `user.*` attribute stays behind, as in Docker.
+    // next step's root has them; a `user.*` attribute stays behind, as in Docker. The
+    // stage's device nodes and FIFO are copied as nodes, and the next step sees them.
     fs::copy(
         skiff_tests::guest::guest_program("file_caps"),
         ctx.join("file_caps"),
@@ -369,9 +371,12 @@ fn builds_through_the_server_send_only_what_it_lacks() {
         &ctx,
         "Dockerfile",
         "FROM local/busybox:latest AS caps\nCOPY file_caps /usr/bin/\n\
-         RUN file_caps set /usr/bin/file_caps\n\
+         RUN file_caps set /usr/bin/file_caps && mkdir /devs && mknod /devs/null c 1 3 \
+             && mknod -m 600 /devs/loop9 b 7 9 && mkfifo /devs/pipe\n\
          FROM local/busybox:latest\nCOPY --from=caps /usr/bin/file_caps /usr/local/bin/\n\
-         RUN file_caps get /usr/local/bin/file_caps\n",
+         COPY --from=caps /devs /devs\n\
+         RUN file_caps get /usr/local/bin/file_caps && test -c /devs/null && test -b /devs/loop9 \
+             && test -p /devs/pipe\n",
     );
     let o = skiff(
         &srv,
@@ -409,7 +414,7 @@ fn builds_through_the_server_send_only_what_it_lacks() {
     };
     let manifest: Value = serde_json::from_slice(&fs::read(blob(&digest)).unwrap()).unwrap();
     let layers = manifest["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 2, "the base's and the copy's: {manifest}");
+    assert_eq!(layers.len(), 3, "the base's and the copies': {manifest}");
     let copy_layer = layers[1]["digest"].as_str().unwrap();
     let f = fs::File::open(blob(copy_layer)).unwrap();
     let mut layer = tar::Archive::new(flate2::read::GzDecoder::new(f));
@@ -434,5 +439,32 @@ fn builds_through_the_server_send_only_what_it_lacks() {
             20
         )],
         "the COPY --from layer's PAX records"
+    );
+    // The stage's device nodes and FIFO come over as they are (Docker copies them too).
+    let devs_layer = layers[2]["digest"].as_str().unwrap();
+    let f = fs::File::open(blob(devs_layer)).unwrap();
+    let mut layer = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut nodes = Vec::new();
+    for e in layer.entries().unwrap() {
+        let e = e.unwrap();
+        let h = e.header();
+        nodes.push((
+            String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+            h.entry_type().as_byte(),
+            // Empty (not a number) in entries that are not devices.
+            h.device_major().ok().flatten().unwrap_or(0),
+            h.device_minor().ok().flatten().unwrap_or(0),
+            h.mode().unwrap() & 0o7777,
+        ));
+    }
+    assert_eq!(
+        nodes,
+        [
+            ("devs/".to_owned(), b'5', 0, 0, 0o755),
+            ("devs/loop9".to_owned(), b'4', 7, 9, 0o600),
+            ("devs/null".to_owned(), b'3', 1, 3, 0o644),
+            ("devs/pipe".to_owned(), b'6', 0, 0, 0o644),
+        ],
+        "the COPY --from of device nodes and a FIFO"
     );
 }

@@ -4,11 +4,12 @@
 //! kept inside the destination, the image limits applied), and written again in the
 //! step's canonical layer. Owners and modes come from the archive, as in Docker.
 
+use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::layer::{spool_tar, EntryKind, Spooled};
+use super::layer::{spool_tar, EntryKind, LayerEntry, Spooled};
 use crate::images::limits::Limits;
 use crate::images::unpack::{decompressed, Budget};
 
@@ -82,6 +83,50 @@ pub fn unpack_archive(
     Ok(spooled)
 }
 
+/// The folders above `unpacked` entries that neither `entries` (the step's other entries)
+/// nor `unpacked` nor the image (`in_image`, a clean relative path) has: an archive may
+/// leave out its inner parent folders, and Docker makes them, root's and `0755`. The
+/// layer gets them with `mtime`, so its tree needs no implicit folders.
+pub fn missing_parents(
+    entries: &[LayerEntry],
+    unpacked: &[LayerEntry],
+    in_image: &dyn Fn(&str) -> bool,
+    mtime: u64,
+) -> Vec<LayerEntry> {
+    let have: HashSet<&[u8]> = entries
+        .iter()
+        .chain(unpacked)
+        .map(|e| e.path.as_slice())
+        .collect();
+    let mut made: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for e in unpacked {
+        let p = &e.path;
+        for (i, _) in p.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            let parent = &p[..i];
+            if parent.is_empty() || have.contains(parent) || made.contains(parent) {
+                continue;
+            }
+            // Names come cleaned from `spool_tar`; a non-UTF-8 one cannot be in the image's
+            // tree lookup, so it is made.
+            let known = std::str::from_utf8(parent).is_ok_and(in_image);
+            if !known {
+                made.insert(parent.to_vec());
+            }
+        }
+    }
+    made.into_iter()
+        .map(|path| LayerEntry {
+            path,
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: Vec::new(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +182,47 @@ mod tests {
         assert_eq!((s.entries[1].mode, s.entries[1].uid), (0o640, 7));
         let s = unpack_archive(&gz, "", Limits::default(), dir.path()).unwrap();
         assert_eq!(s.entries[0].path, b"in-gz");
+    }
+
+    #[test]
+    fn an_archives_inner_parent_folders_are_made_when_nothing_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("a.tar");
+        // No entries for `x`, `x/y` or `k`; `opt` is the image's, `opt/app` the step's.
+        std::fs::write(
+            &plain,
+            tar_of(&[("x/y/z.txt", b"z"), ("x/y/w", b"w"), ("k/v", b"")]),
+        )
+        .unwrap();
+        let s = unpack_archive(&plain, "opt/app", Limits::default(), dir.path()).unwrap();
+        let dest = LayerEntry {
+            path: b"opt/app".to_vec(),
+            kind: EntryKind::Dir,
+            mode: 0o700,
+            uid: 0,
+            gid: 0,
+            mtime: 5,
+            xattrs: Vec::new(),
+        };
+        let made = missing_parents(&[dest], &s.entries, &|p| p == "opt", 9);
+        let made: Vec<(String, u32, u64)> = made
+            .iter()
+            .map(|e| {
+                (
+                    String::from_utf8_lossy(&e.path).into_owned(),
+                    e.mode,
+                    e.mtime,
+                )
+            })
+            .collect();
+        assert_eq!(
+            made,
+            [
+                ("opt/app/k".to_owned(), 0o755, 9),
+                ("opt/app/x".to_owned(), 0o755, 9),
+                ("opt/app/x/y".to_owned(), 0o755, 9),
+            ]
+        );
     }
 
     #[test]

@@ -87,6 +87,8 @@ fn is_hex64(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+const ONLY_SENDABLE: &str = "a build context holds only files, folders and symlinks";
+
 /// Checks one entry of a client's manifest; the reason when it is not acceptable.
 fn check_entry(e: &Entry) -> Result<(), String> {
     let p = &e.path;
@@ -98,6 +100,9 @@ fn check_entry(e: &Entry) -> Result<(), String> {
     }
     if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
         return Err("the path must be clean (no empty, . or .. parts)".into());
+    }
+    if !e.kind.is_sendable() || e.device.is_some() {
+        return Err(ONLY_SENDABLE.into());
     }
     if e.mode > 0o7777 {
         return Err("mode must be permission bits (at most 0o7777)".into());
@@ -111,6 +116,7 @@ fn check_entry(e: &Entry) -> Result<(), String> {
         EntryKind::Symlink if e.link_target.as_ref().is_some_and(|t| !t.is_empty()) => Ok(()),
         EntryKind::Dir => Err("a folder has no size or sha256".into()),
         EntryKind::Symlink => Err("a symlink needs linkTarget".into()),
+        EntryKind::Char | EntryKind::Block | EntryKind::Fifo => Err(ONLY_SENDABLE.into()),
     }
 }
 
@@ -329,6 +335,7 @@ impl ContextStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::context::manifest::DeviceNumbers;
 
     fn file(path: &str, content: &[u8]) -> Entry {
         Entry {
@@ -338,6 +345,7 @@ mod tests {
             size: Some(content.len() as u64),
             sha256: Some(hex::encode(Sha256::digest(content))),
             link_target: None,
+            device: None,
             excluded: false,
         }
     }
@@ -350,6 +358,7 @@ mod tests {
             size: None,
             sha256: None,
             link_target: None,
+            device: None,
             excluded: false,
         }
     }
@@ -440,6 +449,21 @@ mod tests {
                 .create(vec![bad], ContextLimits::default())
                 .unwrap_err();
             assert!(e.to_string().contains(why), "{e}");
+        }
+        // Device nodes and FIFOs come only from other stages' trees, never from a client.
+        let mut device = dir("null");
+        device.kind = EntryKind::Char;
+        device.device = Some(DeviceNumbers { major: 1, minor: 3 });
+        let mut numbered = file("x", b"");
+        numbered.device = Some(DeviceNumbers { major: 8, minor: 0 });
+        for bad in [device, numbered] {
+            let e = store
+                .create(vec![bad], ContextLimits::default())
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("only files, folders and symlinks"),
+                "{e}"
+            );
         }
         let mut no_hash = file("x", b"");
         no_hash.sha256 = Some("../../etc/passwd".into());

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::context::manifest::DeviceNumbers;
 use super::context::{
     select_sources, ChecksumError, Entry, EntryKind as SourceKind, IgnoreMatcher, Manifest,
 };
@@ -50,13 +51,16 @@ pub enum CopyError {
     NotADirectory,
 }
 
+/// Extended attributes by name.
+pub type Xattrs = Vec<(String, Vec<u8>)>;
+
 /// Where the copied files' bytes and attributes are.
 pub struct SourceFiles<'a> {
     /// Where a source file's bytes are.
     pub content_of: &'a dyn Fn(&Entry) -> Content,
     /// The extended attributes a copied entry keeps (a file's capabilities, from another
     /// stage's tree); none for a context's files.
-    pub xattrs_of: &'a dyn Fn(&Entry) -> Vec<(String, Vec<u8>)>,
+    pub xattrs_of: &'a dyn Fn(&Entry) -> Xattrs,
 }
 
 /// The entries `req` puts in the layer. `files` says where a source file's bytes and
@@ -175,6 +179,7 @@ static ROOT_DIR: Entry = Entry {
     size: None,
     sha256: None,
     link_target: None,
+    device: None,
     excluded: false,
 };
 
@@ -188,6 +193,21 @@ fn kind_of(e: &Entry, content_of: &dyn Fn(&Entry) -> Content) -> EntryKind {
         SourceKind::Symlink => {
             EntryKind::Symlink(e.link_target.clone().unwrap_or_default().into_bytes())
         }
+        SourceKind::Char => {
+            let d = e.device.unwrap_or(DeviceNumbers { major: 0, minor: 0 });
+            EntryKind::Char {
+                major: d.major,
+                minor: d.minor,
+            }
+        }
+        SourceKind::Block => {
+            let d = e.device.unwrap_or(DeviceNumbers { major: 0, minor: 0 });
+            EntryKind::Block {
+                major: d.major,
+                minor: d.minor,
+            }
+        }
+        SourceKind::Fifo => EntryKind::Fifo,
         SourceKind::File => {
             let size = e.size.unwrap_or(0);
             EntryKind::File {

@@ -10,6 +10,7 @@ fn file(path: &str, mode: u32, size: u64) -> Entry {
         size: Some(size),
         sha256: Some(format!("{:064x}", size)),
         link_target: None,
+        device: None,
         excluded: false,
     }
 }
@@ -22,6 +23,7 @@ fn dir(path: &str, mode: u32) -> Entry {
         size: None,
         sha256: None,
         link_target: None,
+        device: None,
         excluded: false,
     }
 }
@@ -213,4 +215,67 @@ fn missing_sources_and_escaping_destinations() {
     // `..` in the destination stops at the root.
     let out = copy(&["app.jar"], "../../../b", &[]).unwrap();
     assert_eq!(paths(&out), ["b"]);
+}
+
+#[test]
+fn device_nodes_and_fifos_of_another_stage_are_copied_as_they_are() {
+    let mut null = dir("devs/null", 0o666);
+    null.kind = SourceKind::Char;
+    null.device = Some(DeviceNumbers { major: 1, minor: 3 });
+    let mut disk = dir("devs/disk", 0o660);
+    disk.kind = SourceKind::Block;
+    disk.device = Some(DeviceNumbers { major: 8, minor: 0 });
+    let mut pipe = dir("devs/pipe", 0o600);
+    pipe.kind = SourceKind::Fifo;
+    let tree = Manifest {
+        total_bytes: 0,
+        entries: vec![dir("devs", 0o755), disk, null, pipe],
+    };
+    let sources = ["devs".to_owned()];
+    let req = CopyRequest {
+        sources: &sources,
+        dest: "/dev/",
+        workdir: "/",
+        owner: (0, 0),
+        chmod: None,
+        mtime: 1000,
+    };
+    let out = copy_entries(
+        &tree,
+        &IgnoreMatcher::empty(),
+        &req,
+        &SourceFiles {
+            content_of: &|_| Content::Empty,
+            xattrs_of: &|_| Vec::new(),
+        },
+        &|_| None,
+    )
+    .unwrap();
+    let kinds: Vec<(String, EntryKind, u32)> = out
+        .iter()
+        .map(|e| {
+            (
+                String::from_utf8_lossy(&e.path).into_owned(),
+                e.kind.clone(),
+                e.mode,
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("dev".to_owned(), EntryKind::Dir, 0o755),
+            (
+                "dev/disk".to_owned(),
+                EntryKind::Block { major: 8, minor: 0 },
+                0o660
+            ),
+            (
+                "dev/null".to_owned(),
+                EntryKind::Char { major: 1, minor: 3 },
+                0o666
+            ),
+            ("dev/pipe".to_owned(), EntryKind::Fifo, 0o600),
+        ]
+    );
 }

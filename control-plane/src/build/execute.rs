@@ -8,7 +8,7 @@ use std::time::Duration;
 use guest_agent::RunSpec;
 use sha2::{Digest as _, Sha256};
 
-use super::add_archive::{archive_kind, unpack_archive, ArchiveKind};
+use super::add_archive::{archive_kind, missing_parents, unpack_archive, ArchiveKind};
 use super::context::{
     select_sources, walk_context, Entry, EntryKind as SourceKind, IgnoreMatcher, Manifest,
     StatCache, WalkOptions,
@@ -474,6 +474,13 @@ impl Run<'_> {
         let unpacked: std::collections::HashSet<&[u8]> =
             spooled.entries.iter().map(|e| e.path.as_slice()).collect();
         entries.retain(|e| !unpacked.contains(e.path.as_slice()));
+        let parents = missing_parents(
+            &entries,
+            &spooled.entries,
+            &|p| tree.dir_meta(p).is_some(),
+            req.mtime,
+        );
+        entries.extend(parents);
         entries.extend(spooled.entries.iter().cloned());
         self.store_layer(entries, Some(&spooled.spool))
     }
@@ -493,7 +500,10 @@ impl Run<'_> {
                 &IgnoreMatcher::empty(),
                 &[],
                 &mut StatCache::new(),
-                &WalkOptions::default(),
+                &WalkOptions {
+                    special_files: true,
+                    ..WalkOptions::default()
+                },
             )
             .map_err(|e| self.step_error(label, e))?;
             Ok(Source {

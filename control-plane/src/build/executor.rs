@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Seek};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +22,7 @@ use super::request::{
 };
 use super::stage::StageState;
 use super::tree::TreeLayer;
+use crate::images::cancel::Cancel;
 use crate::images::registry::RegistryOptions;
 use crate::images::store::{writer_lock, ImageStore};
 use crate::launcher::{JailConfig, LaunchConfig, Snapshot, TaskControl};
@@ -45,10 +45,11 @@ pub struct VmParts {
 /// A `RUN` step's scratch disk unless the server is told otherwise.
 pub const DEFAULT_STEP_DISK_BYTES: u64 = 10 << 30;
 
-/// Cancels a build: the running steps' VMs are ended and no new step starts.
+/// Cancels a build: the running steps' VMs are ended, no new step starts, and a push
+/// whose client holds [`BuildControl::transfers`] stops at its next request.
 #[derive(Clone, Default)]
 pub struct BuildControl {
-    cancelled: Arc<AtomicBool>,
+    cancelled: Cancel,
     running: Arc<Mutex<Vec<TaskControl>>>,
 }
 
@@ -66,7 +67,7 @@ impl BuildControl {
     }
 
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancelled.cancel();
         if let Ok(running) = self.running.lock() {
             for c in running.iter() {
                 c.kill_vm();
@@ -75,7 +76,13 @@ impl BuildControl {
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
+        self.cancelled.is_cancelled()
+    }
+
+    /// The flag a registry client watches to end its transfers with the build
+    /// ([`crate::images::registry::RegistryClient::set_cancel`]).
+    pub fn transfers(&self) -> Cancel {
+        self.cancelled.clone()
     }
 
     /// A control for one step's VM, ended with the build.

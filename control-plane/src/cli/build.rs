@@ -96,6 +96,10 @@ pub struct BuildArgs {
     /// --push.
     #[arg(long)]
     pub insecure: Vec<String>,
+    /// Size of each RUN step's scratch disk, where its writes go (e.g. 2G; default 10G),
+    /// with --local; through the server, its --build-step-disk applies.
+    #[arg(long, value_parser = super::serve::parse_step_disk, value_name = "SIZE")]
+    pub step_disk: Option<u64>,
     /// The build context folder.
     pub context: PathBuf,
 }
@@ -111,6 +115,9 @@ pub fn build_through(
     }
     if !a.insecure.is_empty() {
         bail!("--insecure goes with --local; through the server, its --insecure-registry list applies");
+    }
+    if a.step_disk.is_some() {
+        bail!("--step-disk goes with --local; through the server, its --build-step-disk applies");
     }
     if !matches!(a.network.as_str(), "none" | "default") {
         bail!("--network {}: give none or default", a.network);
@@ -178,7 +185,9 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
             jail: launcher::JailConfig::installed(),
             kernel,
             initrd,
-            step_disk_bytes: control_plane::build::DEFAULT_STEP_DISK_BYTES,
+            step_disk_bytes: a
+                .step_disk
+                .unwrap_or(control_plane::build::DEFAULT_STEP_DISK_BYTES),
         },
     );
     let req = BuildRequest {

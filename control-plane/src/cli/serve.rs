@@ -103,7 +103,7 @@ pub struct ServeArgs {
 }
 
 /// A step disk size: a size, and at least what ext4 needs.
-fn parse_step_disk(s: &str) -> Result<u64, String> {
+pub(super) fn parse_step_disk(s: &str) -> Result<u64, String> {
     use control_plane::launcher::scratch_disk::MIN_BYTES;
     let n = super::limits::parse_size(s)?;
     if n < MIN_BYTES {

@@ -11,8 +11,8 @@
 //!
 //! The checksum is SHA-256 over a versioned, length-prefixed encoding of the
 //! selected entries sorted by path: path, type, permission bits (left out
-//! with `--chmod`), size, content hash and link target. Times and owners are
-//! not part of it.
+//! with `--chmod`), size, content hash and link target, and a device node's
+//! numbers. Times and owners are not part of it.
 
 use sha2::{Digest, Sha256};
 
@@ -229,6 +229,11 @@ pub fn checksum_sources<S: AsRef<str>>(
         field(&mut hasher, size.as_ref().map(|s| &s[..]));
         field(&mut hasher, entry.sha256.as_deref().map(str::as_bytes));
         field(&mut hasher, entry.link_target.as_deref().map(str::as_bytes));
+        // Only device nodes add a field, so every other entry keeps the key it had.
+        if let Some(d) = entry.device {
+            let numbers = [d.major.to_be_bytes(), d.minor.to_be_bytes()].concat();
+            field(&mut hasher, Some(&numbers));
+        }
     }
     Ok(hex::encode(hasher.finalize()))
 }

@@ -14,6 +14,7 @@ fn file(path: &str, contents: &str) -> Entry {
         size: Some(contents.len() as u64),
         sha256: Some(hex::encode(Sha256::digest(contents.as_bytes()))),
         link_target: None,
+        device: None,
         excluded: false,
     }
 }
@@ -26,6 +27,7 @@ fn dir(path: &str) -> Entry {
         size: None,
         sha256: None,
         link_target: None,
+        device: None,
         excluded: false,
     }
 }
@@ -38,6 +40,7 @@ fn link(path: &str, target: &str) -> Entry {
         size: None,
         sha256: None,
         link_target: Some(target.to_owned()),
+        device: None,
         excluded: false,
     }
 }

@@ -9,20 +9,43 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink,
+    /// A character device node: only in the tree of another stage or image
+    /// (`COPY --from`), never in a context a client sends.
+    Char,
+    /// A block device node, as `Char`.
+    Block,
+    /// A named pipe, as `Char`.
+    Fifo,
 }
 
 impl EntryKind {
-    /// The name used in JSON (`file`, `dir`, `symlink`).
+    /// The name used in JSON (`file`, `dir`, `symlink`, `char`, `block`, `fifo`).
     pub fn as_str(self) -> &'static str {
         match self {
             EntryKind::File => "file",
             EntryKind::Dir => "dir",
             EntryKind::Symlink => "symlink",
+            EntryKind::Char => "char",
+            EntryKind::Block => "block",
+            EntryKind::Fifo => "fifo",
         }
+    }
+
+    /// True for the kinds a client's context may hold: files, folders and symlinks.
+    pub fn is_sendable(self) -> bool {
+        matches!(self, EntryKind::File | EntryKind::Dir | EntryKind::Symlink)
     }
 }
 
-/// One file, directory or symbolic link of the context.
+/// A device node's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceNumbers {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// One file, directory or symbolic link of the context (or, in another stage's tree, a
+/// device node or FIFO).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
@@ -42,6 +65,9 @@ pub struct Entry {
     /// Where the link points, verbatim (symbolic links only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
+    /// The numbers of a character or block device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceNumbers>,
     /// True for entries the ignore rules exclude but which are present
     /// anyway: always-included paths and the directories above re-included
     /// or always-included entries. `COPY` never sees them.

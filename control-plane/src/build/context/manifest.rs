@@ -24,7 +24,7 @@ use super::clean::clean;
 use super::dockerignore::{Decision, IgnoreMatcher};
 use super::statcache::{StatCache, StatKey};
 
-pub use super::entry::{Entry, EntryKind, Manifest};
+pub use super::entry::{DeviceNumbers, Entry, EntryKind, Manifest};
 
 /// Why the context could not be walked.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,10 @@ pub struct WalkOptions {
     /// older than the start of the walk: a file changed again within the
     /// same timestamp tick would otherwise keep its stat fields.
     pub racy_margin: Duration,
+    /// Device nodes and FIFOs become entries (`char`, `block`, `fifo`) and sockets are
+    /// left out, as Docker leaves them out: for the trees of other stages and images
+    /// (`COPY --from`). A client's context refuses all three.
+    pub special_files: bool,
 }
 
 impl Default for WalkOptions {
@@ -75,6 +79,7 @@ impl Default for WalkOptions {
             max_path_bytes: 4096,
             max_depth: 256,
             racy_margin: Duration::from_secs(2),
+            special_files: false,
         }
     }
 }
@@ -265,6 +270,7 @@ impl Walker<'_> {
                 size: None,
                 sha256: None,
                 link_target: None,
+                device: None,
                 excluded,
             };
             if !excluded || forced {
@@ -291,6 +297,7 @@ impl Walker<'_> {
                 size: Some(size),
                 sha256: Some(sha256),
                 link_target: None,
+                device: None,
                 excluded,
             }
         } else if file_type.is_symlink() {
@@ -308,13 +315,40 @@ impl Walker<'_> {
                 size: None,
                 sha256: None,
                 link_target: Some(target),
+                device: None,
                 excluded,
             }
-        } else {
+        } else if !self.options.special_files {
             return Err(WalkError::SpecialFile {
                 path: rel,
                 kind: special_kind(&meta),
             });
+        } else {
+            let t = meta.file_type();
+            let rdev = meta.rdev();
+            let numbers = DeviceNumbers {
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+            };
+            let (kind, device) = if t.is_char_device() {
+                (EntryKind::Char, Some(numbers))
+            } else if t.is_block_device() {
+                (EntryKind::Block, Some(numbers))
+            } else if t.is_fifo() {
+                (EntryKind::Fifo, None)
+            } else {
+                return Ok(None); // a socket holds nothing to copy
+            };
+            Entry {
+                path: rel,
+                kind,
+                mode,
+                size: None,
+                sha256: None,
+                link_target: None,
+                device,
+                excluded,
+            }
         };
         self.push(entry)?;
         Ok(None)

@@ -3,6 +3,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::*;
+use crate::build::context::checksum_sources;
 
 fn write(root: &Path, rel: &str, contents: &str) {
     let path = root.join(rel);
@@ -175,6 +176,85 @@ fn fifo_and_socket_are_refused_unless_excluded() {
         matches!(&err, WalkError::SpecialFile { path, kind: "a socket" } if path == "sock"),
         "{err}"
     );
+}
+
+#[test]
+fn another_stages_tree_lists_devices_and_fifos_and_leaves_sockets_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fs::create_dir(root.join("dev")).expect("mkdir");
+    let made = Command::new("mkfifo")
+        .arg(root.join("dev/pipe"))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let _listener = std::os::unix::net::UnixListener::bind(root.join("dev/sock")).expect("bind");
+    // Device nodes need CAP_MKNOD: tests run as root (as the server does).
+    let made = Command::new("mknod")
+        .arg(root.join("dev/null"))
+        .args(["c", "1", "3"])
+        .status()
+        .expect("mknod");
+    assert!(made.success(), "mknod needs root");
+    let made = Command::new("mknod")
+        .arg(root.join("dev/loop9"))
+        .args(["b", "7", "9"])
+        .status()
+        .expect("mknod");
+    assert!(made.success());
+    let options = WalkOptions {
+        special_files: true,
+        ..WalkOptions::default()
+    };
+    let m = walk_context(
+        root,
+        &IgnoreMatcher::empty(),
+        &[],
+        &mut StatCache::new(),
+        &options,
+    )
+    .expect("walk");
+    let kinds: Vec<(&str, EntryKind, Option<DeviceNumbers>)> = m
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e.kind, e.device))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("dev", EntryKind::Dir, None),
+            (
+                "dev/loop9",
+                EntryKind::Block,
+                Some(DeviceNumbers { major: 7, minor: 9 })
+            ),
+            (
+                "dev/null",
+                EntryKind::Char,
+                Some(DeviceNumbers { major: 1, minor: 3 })
+            ),
+            ("dev/pipe", EntryKind::Fifo, None),
+        ]
+    );
+    // The device's numbers are in the cache key: another device is another key.
+    let key = |m: &Manifest| checksum_sources(m, &["dev"], &IgnoreMatcher::empty(), false);
+    let before = key(&m).expect("key");
+    fs::remove_file(root.join("dev/null")).expect("rm");
+    let made = Command::new("mknod")
+        .arg(root.join("dev/null"))
+        .args(["c", "1", "5"])
+        .status()
+        .expect("mknod");
+    assert!(made.success());
+    let m = walk_context(
+        root,
+        &IgnoreMatcher::empty(),
+        &[],
+        &mut StatCache::new(),
+        &options,
+    )
+    .expect("walk");
+    assert_ne!(key(&m).expect("key"), before);
 }
 
 #[test]
