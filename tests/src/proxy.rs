@@ -27,6 +27,8 @@ pub struct ProxyOptions {
     /// Break an upload: the chosen blob `PATCH` or `PUT` is cut on its way to the
     /// registry (once, counted in `cuts_done` too).
     pub cut_upload: Option<UploadCut>,
+    /// Pause this long after each 16 KiB of request (a slow uplink).
+    pub upload_pace: Option<std::time::Duration>,
 }
 
 /// Which upload request to cut, and where.
@@ -91,6 +93,7 @@ impl CutProxy {
                 strip_range: false,
                 pace: None,
                 cut_upload: None,
+                upload_pace: None,
             },
         )
     }
@@ -126,7 +129,8 @@ impl CutProxy {
                 let (arm, done_a, ranges) = (armed.clone(), done.clone(), ranges.clone());
                 let (uploads, up_bytes) = (upload_requests.clone(), uploaded.clone());
                 std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut buf =
+                        vec![0u8; if opts.upload_pace.is_some() { 16 } else { 64 } * 1024];
                     // Body bytes still to forward before this request is cut.
                     let mut cut_in: Option<usize> = None;
                     while let Ok(n) = c_in.read(&mut buf) {
@@ -178,6 +182,9 @@ impl CutProxy {
                         up_bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
                         if s_out.write_all(&chunk).is_err() {
                             break;
+                        }
+                        if let Some(pause) = opts.upload_pace {
+                            std::thread::sleep(pause);
                         }
                     }
                     let _ = s_out.shutdown(Shutdown::Write);

@@ -157,23 +157,34 @@ impl Registry {
 
     /// Starts a registry; `tls` serves HTTPS with a fresh CA, `user` turns on htpasswd auth.
     pub fn start_with(tls: bool, user: Option<(&str, &str)>) -> Result<Registry> {
-        Self::start_full(tls, user, None)
+        Self::start_full(tls, user, None, None)
     }
 
     /// Starts a registry whose auth is bearer tokens from `token` (realm and issuer).
     pub fn start_token(realm: &str, issuer: std::sync::Arc<token::Issuer>) -> Result<Registry> {
-        Self::start_full(false, None, Some((realm.to_string(), issuer)))
+        Self::start_full(false, None, Some((realm.to_string(), issuer)), None)
+    }
+
+    /// Starts a registry (htpasswd auth with `user`) that names `host` (a URL) as its own
+    /// address in the URLs it makes, such as an upload session's `Location`: a hostile
+    /// registry that sends the rest of a push to another server.
+    pub fn start_advertising(user: (&str, &str), host: &str) -> Result<Registry> {
+        Self::start_full(false, Some(user), None, Some(host))
     }
 
     fn start_full(
         tls: bool,
         user: Option<(&str, &str)>,
         tokens: Option<(String, std::sync::Arc<token::Issuer>)>,
+        advertised: Option<&str>,
     ) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
         let storage = dir.path().join("storage");
         fs::create_dir(&storage)?;
         let mut extra = String::new();
+        if let Some(host) = advertised {
+            extra += &format!("  host: {host}\n");
+        }
         let tls = if tls {
             Some(make_tls(dir.path())?)
         } else {

@@ -117,7 +117,9 @@ impl Serve {
     }
 
     /// Sends a request (JSON `body`, extra `headers`) and returns the response.
-    fn send(
+    /// Sends a request and returns the response unread (to read a stream as it comes,
+    /// or to leave it early).
+    pub fn send(
         &self,
         method: &str,
         path: &str,

@@ -3,7 +3,9 @@
 //! auth file's credentials and comes back by `skiff image pull` into another store with the
 //! same digest. A wrong password is named and uploads nothing; a second push finds every
 //! blob there; `skiff build --push` pushes its tags; an unknown image and a local-only
-//! destination are refused.
+//! destination are refused. A hostile registry whose upload sessions name another host
+//! (`http.host`) gets the rest of the push sent there without its credentials, and never
+//! over plain HTTP unless that host is allowed.
 
 use std::fs;
 use std::path::Path;
@@ -222,6 +224,7 @@ fn a_cut_upload_goes_on_and_another_repository_mounts_the_blobs() -> Result<()> 
                     body_bytes,
                     min_body: 4 << 20,
                 }),
+                upload_pace: None,
             },
         )
     };
@@ -339,5 +342,133 @@ fn a_cut_upload_goes_on_and_another_repository_mounts_the_blobs() -> Result<()> 
     let sent = resumable.uploaded() - before;
     assert!(sent < 64 << 10, "a mount sends no blob: {sent} bytes");
     pulled_back(&dest, &resumable.addr)?;
+    Ok(())
+}
+
+/// A server that takes what a hostile registry sends on to it: it records each request's
+/// head and asks for credentials (basic), as a thief would.
+struct Thief {
+    addr: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Thief {
+    fn start() -> Result<Thief> {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if line == "\r\n" => break,
+                        Ok(_) => head.push_str(&line),
+                    }
+                }
+                seen.lock().unwrap().push(head);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"thief\"\r\n\
+                      Content-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Ok(Thief { addr, heads })
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_registry_that_sends_the_upload_elsewhere_gets_no_credentials_sent_there() -> Result<()> {
+    // The registry's upload sessions name the thief's address (`http.host`), so after the
+    // session opens the blob's bytes would go there; the credentials must not.
+    let thief = Thief::start()?;
+    let reg =
+        Registry::start_advertising(("pusher", "right-pw"), &format!("http://{}", thief.addr))?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let ctx = dir.path().join("context");
+    fs::create_dir_all(&ctx)?;
+    fs::write(ctx.join("secret.txt"), "pushed\n")?;
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM local/busybox:latest\nCOPY secret.txt /\n",
+    )?;
+    let auth = dir.path().join("auth.json");
+    let entry =
+        json!({"auths": {reg.addr.clone(): {"username": "pusher", "password": "right-pw"}}});
+    fs::write(&auth, serde_json::to_vec(&entry)?)?;
+    let built = skiff(
+        &state,
+        &["build", "--local", "-t", "app:1", ctx.to_str().unwrap()],
+        &auth,
+    );
+    assert!(built.status.success(), "{}", show(&built));
+    let dest = format!("{}/team/app:1", reg.addr);
+    let push = |insecure: &[&str]| {
+        let mut args = vec!["image", "push", "app:1", "--dest", &dest];
+        for i in insecure {
+            args.extend(["--insecure", i]);
+        }
+        skiff(&state, &args, &auth)
+    };
+
+    // With the thief's address allowed plain HTTP, the upload goes there without the
+    // registry's credentials, and the push ends when the thief asks for them.
+    let o = push(&[&reg.addr, &thief.addr]);
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    let heads = thief.heads();
+    assert!(
+        !heads.is_empty(),
+        "the upload went to the thief: {}",
+        show(&o)
+    );
+    for h in &heads {
+        assert!(
+            !h.to_ascii_lowercase().contains("authorization:"),
+            "credentials went to the thief:\n{h}"
+        );
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).lines().last(),
+        Some(
+            format!(
+                "skiff: registry {} sent the transfer on to {}, which asks for credentials; \
+                 they go only to the registry",
+                reg.addr, thief.addr
+            )
+            .as_str()
+        ),
+        "{}",
+        show(&o)
+    );
+
+    // Without it, a session moved to plain HTTP is refused before a byte goes there.
+    let before = thief.heads().len();
+    let o = push(&[&reg.addr]);
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "sent the upload to plain-HTTP http://{}/",
+            thief.addr
+        )),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(
+        thief.heads().len(),
+        before,
+        "nothing more went to the thief"
+    );
     Ok(())
 }

@@ -41,6 +41,7 @@ fn a_stalled_download_times_out_and_is_resumed() -> Result<()> {
             strip_range: false,
             pace: None,
             cut_upload: None,
+            upload_pace: None,
         },
     )?;
     let client = RegistryClient::new(RegistryOptions {

@@ -132,6 +132,7 @@ fn the_next_pull_after_a_killed_one_resumes_from_its_partial_file() -> Result<()
             strip_range: false,
             pace: None,
             cut_upload: None,
+            upload_pace: None,
         },
     )?;
     let mut child = Command::new(skiff_tests::paths::skiff())
@@ -209,6 +210,7 @@ fn a_registry_that_ignores_range_sends_the_whole_blob_and_it_still_verifies() ->
             strip_range: true,
             pace: None,
             cut_upload: None,
+            upload_pace: None,
         },
     )?;
     let r: Reference = format!("{}/resume/c:v1", proxy.addr).parse()?;

@@ -46,6 +46,7 @@ fn stopping_a_task_cancels_its_image_download() {
             strip_range: false,
             pace: Some(Duration::from_millis(12)),
             cut_upload: None,
+            upload_pace: None,
         },
     )
     .unwrap();

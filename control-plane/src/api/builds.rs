@@ -195,8 +195,8 @@ pub async fn create_build(
             )))
         }
     };
-    // With `push`, the client's credentials (`X-Registry-Auth`) are kept in memory for
-    // this build only, for the registries of its tags.
+    // With `push`, the client's credentials (`X-Registry-Config`, or `X-Registry-Auth`)
+    // are kept in memory for this build only, each for its own registry among its tags'.
     let push = if b.push {
         if tags.is_empty() {
             return Err(ApiError::bad_request(
@@ -209,11 +209,9 @@ pub async fn create_build(
             )));
         }
         let mut opts = srv.cfg.registry.clone();
-        if let Some(c) = registry_auth::from_headers(&headers)? {
-            for t in &tags {
-                opts.credentials.insert(t.registry.clone(), c.clone());
-            }
-        }
+        let registries = tags.iter().map(|t| t.registry.clone()).collect();
+        opts.credentials
+            .extend(registry_auth::for_registries(&headers, &registries)?);
         Some(RegistryClient::new(opts).map_err(ApiError::internal)?)
     } else {
         None

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::error::{parse_json, ApiError};
 use super::registry_auth;
+use crate::images::cancel::{Cancel, CancelOnDrop};
 use crate::images::push::{push_image, PushError, PushEvent};
 use crate::images::registry::{RegistryClient, RegistryError};
 use crate::images::source as image_source;
@@ -153,11 +154,18 @@ pub async fn push(
     if let Some(c) = creds {
         opts.credentials.insert(dest.registry.clone(), c);
     }
-    let client = RegistryClient::new(opts).map_err(ApiError::internal)?;
+    let mut client = RegistryClient::new(opts).map_err(ApiError::internal)?;
+    // The push ends with its client: dropping this request (before the first line) or its
+    // response stream (after) cancels it at its next registry request.
+    let cancel = Cancel::new();
+    client.set_cancel(cancel.clone());
+    let guard = CancelOnDrop(cancel.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Value, ApiError>>();
     tokio::task::spawn_blocking(move || {
         let sent = |e: PushEvent| {
-            let _ = tx.send(Ok(e.to_json()));
+            if tx.send(Ok(e.to_json())).is_err() {
+                cancel.cancel();
+            }
         };
         let line = match push_image(&srv.images, &client, &src, &dest, &sent) {
             Ok(d) => Ok(json!({"status": "done", "digest": d.to_string(),
@@ -172,10 +180,10 @@ pub async fn push(
         .ok_or_else(|| ApiError::internal("the push ended without a result"))??;
     let line = |v: Value| Bytes::from(format!("{v}\n"));
     let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(line(first)) });
-    let rest = futures_util::stream::unfold(Some(rx), move |rx| async move {
-        let mut rx = rx?;
+    let rest = futures_util::stream::unfold(Some((rx, guard)), move |state| async move {
+        let (mut rx, guard) = state?;
         match rx.recv().await? {
-            Ok(v) => Some((Ok(line(v)), Some(rx))),
+            Ok(v) => Some((Ok(line(v)), Some((rx, guard)))),
             Err(e) => Some((
                 Ok(line(
                     json!({"status": "error", "code": e.code, "message": e.message}),

@@ -1,20 +1,33 @@
-//! `X-Registry-Auth`: registry credentials a client sends with a request, as Docker
-//! Engine takes them: base64 (URL-safe or standard, padded or not) of a JSON object with
-//! `username` and `password` (`serveraddress` and `email` are allowed and ignored). They
+//! Registry credentials a client sends with a request, as Docker Engine takes them. They
 //! live only as long as the request or the build that uses them; the server never
 //! writes them anywhere.
+//!
+//! - `X-Registry-Auth`: base64 (URL-safe or standard, padded or not) of a JSON object with
+//!   `username` and `password`; `serveraddress` names the registry they are for, and
+//!   `email` is allowed and ignored. A push takes it for its destination.
+//! - `X-Registry-Config`: base64 of a JSON object from registry address to such an
+//!   object, as `docker build` sends: a build whose tags name several registries gives
+//!   each its own credentials, so no registry ever sees another's password.
+
+use std::collections::{BTreeSet, HashMap};
 
 use axum::http::HeaderMap;
 use base64::Engine;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::error::ApiError;
+use crate::images::registry::auth_file::registry_of;
 use crate::images::registry::Credentials;
 
 /// The header's name.
 pub const HEADER: &str = "x-registry-auth";
-/// A longer header is refused (Docker's are a few hundred bytes).
+/// The per-registry header's name.
+pub const CONFIG_HEADER: &str = "x-registry-config";
+/// A longer `X-Registry-Auth` is refused (Docker's are a few hundred bytes).
 const MAX_HEADER_BYTES: usize = 8 << 10;
+/// A longer `X-Registry-Config` is refused (a hundred registries' entries fit).
+const MAX_CONFIG_BYTES: usize = 64 << 10;
 
 #[derive(Deserialize)]
 struct AuthConfig {
@@ -23,22 +36,40 @@ struct AuthConfig {
     #[serde(default)]
     password: String,
     #[serde(default, rename = "serveraddress")]
-    _server_address: Option<String>,
+    server_address: Option<String>,
     #[serde(default, rename = "email")]
     _email: Option<String>,
 }
 
-fn invalid(why: &str) -> ApiError {
-    ApiError::bad_request(format!("X-Registry-Auth: {why}"))
+impl AuthConfig {
+    /// The credentials, None when both are empty; `name` says which header or entry.
+    fn credentials(self, name: &str) -> Result<Option<Credentials>, ApiError> {
+        match (self.username.is_empty(), self.password.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some(Credentials {
+                username: self.username,
+                password: self.password,
+            })),
+            _ => Err(ApiError::bad_request(format!(
+                "{name}: give both username and password"
+            ))),
+        }
+    }
 }
 
-/// The credentials in `headers`, if the header is there; a malformed one is a 400.
-pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credentials>, ApiError> {
-    let Some(value) = headers.get(HEADER) else {
+/// The JSON in header `name` (base64), None when it is missing or empty.
+fn decoded<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    header: &str,
+    name: &str,
+    max_bytes: usize,
+) -> Result<Option<T>, ApiError> {
+    let invalid = |why: &str| ApiError::bad_request(format!("{name}: {why}"));
+    let Some(value) = headers.get(header) else {
         return Ok(None);
     };
-    if value.len() > MAX_HEADER_BYTES {
-        return Err(invalid("longer than 8 KiB"));
+    if value.len() > max_bytes {
+        return Err(invalid(&format!("longer than {} KiB", max_bytes >> 10)));
     }
     let text = value
         .to_str()
@@ -56,18 +87,75 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credentials>, ApiError
         .iter()
         .find_map(|e| e.decode(text).ok())
         .ok_or_else(|| invalid("not base64"))?;
-    let cfg: AuthConfig = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(&format!("not a JSON auth object: {e}")))?;
-    if cfg.username.is_empty() && cfg.password.is_empty() {
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| invalid(&format!("not a JSON auth object: {e}")))
+}
+
+/// The credentials in `X-Registry-Auth`, if the header is there; a malformed one is a 400.
+pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credentials>, ApiError> {
+    Ok(auth_with_address(headers)?.map(|(c, _)| c))
+}
+
+/// `X-Registry-Auth`'s credentials and the registry its `serveraddress` names, if any.
+fn auth_with_address(
+    headers: &HeaderMap,
+) -> Result<Option<(Credentials, Option<String>)>, ApiError> {
+    let Some(cfg) = decoded::<AuthConfig>(headers, HEADER, "X-Registry-Auth", MAX_HEADER_BYTES)?
+    else {
         return Ok(None);
+    };
+    let address = cfg
+        .server_address
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .map(registry_of);
+    Ok(cfg.credentials("X-Registry-Auth")?.map(|c| (c, address)))
+}
+
+/// The credentials for each of `registries` (a build's tags' registries) that the client
+/// sent: `X-Registry-Config`'s entry for it, else `X-Registry-Auth` when that names it
+/// (`serveraddress`) or when it is the only registry. `X-Registry-Auth` without an
+/// address is refused when the tags name several registries: whose it is cannot be told.
+pub fn for_registries(
+    headers: &HeaderMap,
+    registries: &BTreeSet<String>,
+) -> Result<HashMap<String, Credentials>, ApiError> {
+    let mut out = HashMap::new();
+    let config: HashMap<String, AuthConfig> = decoded(
+        headers,
+        CONFIG_HEADER,
+        "X-Registry-Config",
+        MAX_CONFIG_BYTES,
+    )?
+    .unwrap_or_default();
+    for (address, cfg) in config {
+        let registry = registry_of(&address);
+        let name = format!("X-Registry-Config: {address:?}");
+        if let Some(c) = cfg.credentials(&name)? {
+            if registries.contains(&registry) {
+                out.insert(registry, c);
+            }
+        }
     }
-    if cfg.username.is_empty() || cfg.password.is_empty() {
-        return Err(invalid("give both username and password"));
+    if let Some((c, address)) = auth_with_address(headers)? {
+        let registry = match address {
+            Some(a) => a,
+            None if registries.len() == 1 => registries.iter().next().cloned().unwrap_or_default(),
+            None => {
+                let names: Vec<&str> = registries.iter().map(String::as_str).collect();
+                return Err(ApiError::bad_request(format!(
+                    "X-Registry-Auth: the tags name several registries ({}) and the header \
+                     names none (serveraddress); send X-Registry-Config with an entry for each",
+                    names.join(", ")
+                )));
+            }
+        };
+        if registries.contains(&registry) {
+            out.entry(registry).or_insert(c);
+        }
     }
-    Ok(Some(Credentials {
-        username: cfg.username,
-        password: cfg.password,
-    }))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -107,5 +195,71 @@ mod tests {
             let e = from_headers(&headers(bad)).err().unwrap();
             assert!(e.message.contains(why), "{bad}: {}", e.message);
         }
+    }
+
+    fn encoded(v: serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE.encode(v.to_string())
+    }
+
+    #[test]
+    fn each_registry_gets_only_its_own_credentials() {
+        let regs =
+            |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONFIG_HEADER,
+            encoded(serde_json::json!({
+                "a.example:5000": {"username": "ua", "password": "pa"},
+                "https://index.docker.io/v1/": {"username": "uh", "password": "ph"},
+                "unused.example": {"username": "uu", "password": "pu"},
+            }))
+            .parse()
+            .unwrap(),
+        );
+        let got = for_registries(&h, &regs(&["a.example:5000", "docker.io", "b.example"])).unwrap();
+        let mut pairs: Vec<(String, String)> = got
+            .iter()
+            .map(|(r, c)| (r.clone(), c.username.clone()))
+            .collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            [
+                ("a.example:5000".to_owned(), "ua".to_owned()),
+                ("docker.io".to_owned(), "uh".to_owned())
+            ]
+        );
+        // X-Registry-Auth goes to the registry it names, or to the only one.
+        let mut h = HeaderMap::new();
+        let named = serde_json::json!({"username": "u", "password": "p",
+            "serveraddress": "b.example"});
+        h.insert(HEADER, encoded(named).parse().unwrap());
+        let got = for_registries(&h, &regs(&["a.example:5000", "b.example"])).unwrap();
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["b.example"]);
+        let plain = encoded(serde_json::json!({"username": "u", "password": "p"}));
+        let got = for_registries(&headers(&plain), &regs(&["a.example:5000"])).unwrap();
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["a.example:5000"]);
+        let e =
+            for_registries(&headers(&plain), &regs(&["a.example:5000", "b.example"])).unwrap_err();
+        assert!(
+            e.message
+                .contains("several registries (a.example:5000, b.example)"),
+            "{}",
+            e.message
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONFIG_HEADER,
+            encoded(serde_json::json!({"a.example:5000": {"username": "ua"}}))
+                .parse()
+                .unwrap(),
+        );
+        let e = for_registries(&h, &regs(&["a.example:5000"])).unwrap_err();
+        assert!(
+            e.message
+                .contains("X-Registry-Config: \"a.example:5000\": give both"),
+            "{}",
+            e.message
+        );
     }
 }

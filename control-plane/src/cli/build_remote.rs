@@ -151,7 +151,7 @@ pub fn build(
     let mut auth = None;
     if a.push {
         body["push"] = true.into();
-        auth = registry_auth(&a.tags[0])?;
+        auth = registry_config(&a.tags)?;
     }
     let started = api.post_with("/v1/builds", &body, auth)?;
     let build_id = started["id"].as_str().unwrap_or_default().to_owned();
@@ -236,24 +236,34 @@ fn show_push(v: &Value) {
     }
 }
 
-/// The `X-Registry-Auth` header for `tag`'s registry, from the same auth file a pull
-/// reads (REGISTRY_AUTH_FILE, DOCKER_CONFIG or ~/.docker/config.json); None without an
-/// entry for it.
-fn registry_auth(tag: &str) -> anyhow::Result<Option<(&'static str, String)>> {
+/// The `X-Registry-Config` header: for each registry the tags name, its credentials from
+/// the same auth file a pull reads (REGISTRY_AUTH_FILE, DOCKER_CONFIG or
+/// ~/.docker/config.json), so each registry gets only its own. None without any entry.
+fn registry_config(tags: &[String]) -> anyhow::Result<Option<(&'static str, String)>> {
     use base64::Engine;
-    let r: control_plane::images::Reference = tag.parse().map_err(|e| anyhow!("-t {tag}: {e}"))?;
     let Some(path) = control_plane::images::registry::auth_file::default_path() else {
         return Ok(None);
     };
     let creds = control_plane::images::registry::auth_file::load(&path)?;
-    Ok(creds.get(&r.registry).map(|c| {
-        let json = json!({"username": c.username, "password": c.password,
-            "serveraddress": r.registry});
-        (
-            "X-Registry-Auth",
-            base64::engine::general_purpose::URL_SAFE.encode(json.to_string()),
-        )
-    }))
+    let mut config = serde_json::Map::new();
+    for tag in tags {
+        let r: control_plane::images::Reference =
+            tag.parse().map_err(|e| anyhow!("-t {tag}: {e}"))?;
+        if let Some(c) = creds.get(&r.registry) {
+            config.insert(
+                r.registry.clone(),
+                json!({"username": c.username, "password": c.password,
+                    "serveraddress": r.registry}),
+            );
+        }
+    }
+    if config.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((
+        "X-Registry-Config",
+        base64::engine::general_purpose::URL_SAFE.encode(Value::Object(config).to_string()),
+    )))
 }
 
 /// SIGINT or SIGTERM asks the server to cancel the build; its result then ends the stream.

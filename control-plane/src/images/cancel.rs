@@ -1,7 +1,8 @@
-//! Cancelling a pull from another thread: the task that asked for an image was stopped.
-//! The registry client checks the flag before each request and between reads of a blob,
-//! so a moving download stops within one read; a stalled one ends at the read timeout.
-//! What was downloaded stays as a partial blob for the next pull to resume.
+//! Cancelling a transfer from another thread: the task that asked for an image was
+//! stopped, a push's client left, or its build was cancelled. The registry client checks
+//! the flag before each request and between reads of a blob (a download's body, or an
+//! upload's), so a moving transfer stops within one read; a stalled one ends at the read
+//! timeout. What was downloaded stays as a partial blob for the next pull to resume.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,15 +37,15 @@ impl Drop for CancelOnDrop {
 }
 
 /// A reader that fails once `cancel` is set, so a copy loop stops at its next read.
-pub struct CancellableRead<'a, R> {
+pub struct CancellableRead<R> {
     pub inner: R,
-    pub cancel: Option<&'a Cancel>,
+    pub cancel: Option<Cancel>,
 }
 
-impl<R: std::io::Read> std::io::Read for CancellableRead<'_, R> {
+impl<R: std::io::Read> std::io::Read for CancellableRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.cancel.is_some_and(Cancel::is_cancelled) {
-            return Err(std::io::Error::other("the pull was cancelled"));
+        if self.cancel.as_ref().is_some_and(Cancel::is_cancelled) {
+            return Err(std::io::Error::other("the transfer was cancelled"));
         }
         self.inner.read(buf)
     }
@@ -61,7 +62,7 @@ mod tests {
         let data = [7u8; 100];
         let mut r = CancellableRead {
             inner: &data[..],
-            cancel: Some(&cancel),
+            cancel: Some(cancel.clone()),
         };
         let mut buf = [0u8; 10];
         assert_eq!(r.read(&mut buf).unwrap(), 10);

@@ -360,7 +360,9 @@ impl Builds {
             let e2 = entry.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let outcome = builder.build(&req, &ctx, &e2.control, &|ev| e2.on_event(&ev))?;
-                if let Some(client) = push {
+                if let Some(mut client) = push {
+                    // A cancel ends the push at its next request.
+                    client.set_cancel(e2.control.transfers());
                     push_tags(&builder, &client, &req.tags, &e2)?;
                 }
                 Ok(outcome)
@@ -447,13 +449,15 @@ fn push_tags(
             v["tag"] = t.to_string().into();
             entry.push(v);
         };
-        let digest =
-            push_image(builder.store(), client, t, t, &|e| event(e.to_json())).map_err(|e| {
-                BuildError::Push {
+        let digest = push_image(builder.store(), client, t, t, &|e| event(e.to_json())).map_err(
+            |e| match e {
+                _ if entry.control.is_cancelled() => BuildError::Cancelled,
+                e => BuildError::Push {
                     tag: t.to_string(),
                     message: e.to_string(),
-                }
-            })?;
+                },
+            },
+        )?;
         event(json!({"status": "done", "digest": digest.to_string()}));
     }
     Ok(())

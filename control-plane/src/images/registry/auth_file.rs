@@ -47,7 +47,7 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 /// The registry a key of `auths` names: `https://index.docker.io/v1/` is Docker Hub.
-fn registry_of(key: &str) -> String {
+pub fn registry_of(key: &str) -> String {
     let host = key
         .trim_start_matches("https://")
         .trim_start_matches("http://")

@@ -105,7 +105,17 @@ pub enum RegistryError {
         expected: Digest,
         actual: Digest,
     },
-    #[error("pull from registry {registry} cancelled")]
+    #[error(
+        "registry {registry} sent the transfer on to {host}, which asks for credentials; \
+         they go only to the registry"
+    )]
+    CredentialsElsewhere { registry: String, host: String },
+    #[error(
+        "registry {registry} sent the upload to plain-HTTP {url}; another host is followed \
+         over plain HTTP only when it is allowed with --insecure"
+    )]
+    PlainHttpElsewhere { registry: String, url: String },
+    #[error("the transfer with registry {registry} was cancelled")]
     Cancelled { registry: String },
     #[error("transfer from registry {registry} failed: {source}")]
     Transfer {
@@ -150,8 +160,8 @@ pub struct RegistryOptions {
     /// The registry auth file (Docker's `config.json` format); None: the usual places
     /// (`auth_file::default_path`).
     pub auth_file: Option<PathBuf>,
-    /// Set for one pull: when cancelled, the next request or blob read fails with
-    /// [`RegistryError::Cancelled`] (never retried).
+    /// Set for one pull or push: when cancelled, the next request or blob read fails
+    /// with [`RegistryError::Cancelled`] (never retried).
     pub cancel: Option<Cancel>,
 }
 
@@ -188,6 +198,13 @@ fn is_loopback(registry: &str) -> bool {
 }
 
 impl RegistryClient {
+    /// Cancels this client's transfers (a push's too) when `cancel` is set: the next
+    /// request, or the next read of a blob downloaded or uploaded, fails with
+    /// [`RegistryError::Cancelled`].
+    pub fn set_cancel(&mut self, cancel: Cancel) {
+        self.opts.cancel = Some(cancel);
+    }
+
     pub fn new(mut opts: RegistryOptions) -> Result<Self, RegistryError> {
         if let Some(path) = opts.auth_file.clone().or_else(auth_file::default_path) {
             for (registry, creds) in auth_file::load(&path)? {
@@ -233,7 +250,7 @@ impl RegistryClient {
         }
     }
 
-    fn may_use_http(&self, registry: &str) -> bool {
+    pub(super) fn may_use_http(&self, registry: &str) -> bool {
         self.opts.insecure.iter().any(|r| r == registry)
     }
 
@@ -402,7 +419,7 @@ impl RegistryClient {
         }
         let mut body = CancellableRead {
             inner: resp,
-            cancel: self.opts.cancel.as_ref(),
+            cancel: self.opts.cancel.clone(),
         };
         io::copy(&mut body, out).map_err(|e| {
             if self.cancelled() {
@@ -413,6 +430,16 @@ impl RegistryClient {
                 transfer(e)
             }
         })
+    }
+
+    /// A request body of `bytes` that fails at its next read once this client's
+    /// transfers are cancelled, so a cancelled push stops inside a chunk.
+    pub(super) fn upload_body(&self, bytes: &[u8]) -> reqwest::blocking::Body {
+        let reader = CancellableRead {
+            inner: io::Cursor::new(bytes.to_vec()),
+            cancel: self.opts.cancel.clone(),
+        };
+        reqwest::blocking::Body::sized(reader, bytes.len() as u64)
     }
 
     fn cancelled(&self) -> bool {
@@ -495,13 +522,35 @@ impl RegistryClient {
                 });
             }
             let auth = self.auth_for(&key);
-            let req = apply(build(&self.http), auth.as_ref(), creds);
-            let resp = req.send().map_err(|source| RegistryError::Unreachable {
+            let unreachable = |source| RegistryError::Unreachable {
                 registry: r.registry.clone(),
                 source,
+            };
+            let (http, req) = build(&self.http).build_split();
+            let req = req.map_err(unreachable)?;
+            // Credentials go only to the registry's own origin: a request an upload's
+            // `Location` sent to another host goes without them, as in Docker.
+            let elsewhere = self.elsewhere(r, req.url());
+            let req = RequestBuilder::from_parts(http, req);
+            let req = match elsewhere {
+                None => apply(req, auth.as_ref(), creds),
+                Some(_) => req,
+            };
+            // An upload's body stops at its next read once cancelled (`upload_body`).
+            let resp = req.send().map_err(|e| match self.cancelled() {
+                true => RegistryError::Cancelled {
+                    registry: r.registry.clone(),
+                },
+                false => unreachable(e),
             })?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
+            }
+            if let Some(host) = elsewhere {
+                return Err(RegistryError::CredentialsElsewhere {
+                    registry: r.registry.clone(),
+                    host,
+                });
             }
             // A second refusal, or a refusal of the password itself, is final.
             if attempt == 1 || (matches!(auth, Some(Auth::Basic)) && creds.is_some()) {
@@ -561,6 +610,25 @@ impl RegistryClient {
                 repository: r.repository.clone(),
             },
         })
+    }
+
+    /// The host (`host[:port]`) of `url` when it is not on `r`'s registry's own origin
+    /// (scheme, host and port of its endpoint); None when it is.
+    pub(super) fn elsewhere(&self, r: &Reference, url: &reqwest::Url) -> Option<String> {
+        let own = self
+            .endpoint(&r.registry)
+            .ok()
+            .and_then(|e| reqwest::Url::parse(&e).ok());
+        match own {
+            Some(own) if own.origin() == url.origin() => None,
+            _ => {
+                let host = url.host_str().unwrap_or_default();
+                Some(match url.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host.to_owned(),
+                })
+            }
+        }
     }
 
     pub(super) fn endpoint_for(&self, registry: &str) -> Result<String, RegistryError> {

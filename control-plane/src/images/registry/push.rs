@@ -15,7 +15,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
 use tracing::debug;
 
-use super::client::{RegistryClient, RegistryError};
+use super::client::{quote, RegistryClient, RegistryError};
 use super::reference::Reference;
 use crate::images::digest::Digest;
 
@@ -109,7 +109,7 @@ impl RegistryClient {
         if mount.is_some() && resp.status() == StatusCode::CREATED {
             return Ok(UploadStart::Mounted);
         }
-        Ok(UploadStart::Session(next_location(r, &start, &resp)?))
+        Ok(UploadStart::Session(self.next_location(r, &start, &resp)?))
     }
 
     /// Sends a whole blob in one request, ending the session.
@@ -127,7 +127,7 @@ impl RegistryClient {
             http.put(put.clone())
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_LENGTH, bytes.len())
-                .body(bytes.to_vec())
+                .body(self.upload_body(bytes))
         })?;
         debug!(%digest, size = bytes.len(), "blob pushed");
         Ok(())
@@ -147,9 +147,9 @@ impl RegistryClient {
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_LENGTH, bytes.len())
                 .header("Content-Range", format!("{offset}-{end}"))
-                .body(bytes.to_vec())
+                .body(self.upload_body(bytes))
         })?;
-        next_location(r, session, &resp)
+        self.next_location(r, session, &resp)
     }
 
     /// Ends a chunked session: the registry checks the whole blob against `digest`.
@@ -191,7 +191,9 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_received)
             .unwrap_or(0);
-        let url = next_location(r, session, &resp).unwrap_or_else(|_| session.clone());
+        let url = self
+            .next_location(r, session, &resp)
+            .unwrap_or_else(|_| session.clone());
         Ok(Some(SessionStatus { offset, url }))
     }
 
@@ -229,22 +231,48 @@ impl RegistryClient {
     }
 }
 
-/// The answer's `Location`, taken against the request's URL.
-fn next_location(r: &Reference, request: &Url, resp: &Response) -> Result<Url, RegistryError> {
-    let bad = |body: String| RegistryError::Status {
-        registry: r.registry.clone(),
-        status: resp.status().as_u16(),
-        url: request.to_string(),
-        body,
-    };
-    let location = resp
-        .headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| bad("an upload session answer without a Location".into()))?;
-    request
-        .join(location)
-        .map_err(|e| bad(format!("bad Location {location:?}: {e}")))
+impl RegistryClient {
+    /// The answer's `Location`, taken against the request's URL. It may lead to another
+    /// host (a registry's storage front); that host gets no credentials (`send`), and is
+    /// followed over plain HTTP only when the user allowed it (`--insecure`).
+    fn next_location(
+        &self,
+        r: &Reference,
+        request: &Url,
+        resp: &Response,
+    ) -> Result<Url, RegistryError> {
+        let bad = |body: String| RegistryError::Status {
+            registry: r.registry.clone(),
+            status: resp.status().as_u16(),
+            url: request.to_string(),
+            body,
+        };
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| bad("an upload session answer without a Location".into()))?;
+        let url = request
+            .join(location)
+            .map_err(|e| bad(format!("bad Location {:?}: {e}", quote(location))))?;
+        let elsewhere = self.elsewhere(r, &url);
+        match (url.scheme(), elsewhere) {
+            ("https", _) | ("http", None) => Ok(url),
+            ("http", Some(host)) if self.may_use_http(&host) => Ok(url),
+            ("http", Some(_)) => {
+                let mut shown = url.clone();
+                shown.set_query(None);
+                Err(RegistryError::PlainHttpElsewhere {
+                    registry: r.registry.clone(),
+                    url: shown.to_string(),
+                })
+            }
+            (scheme, _) => Err(bad(format!(
+                "a Location with scheme {:?}, not https or http",
+                quote(scheme)
+            ))),
+        }
+    }
 }
 
 /// Bytes held from a session's `Range: 0-N` (the registry says `0-0` for an empty
