@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 
-/// What the proxy does to blob downloads.
-#[derive(Debug, Clone, Copy)]
+/// What the proxy does to blob downloads (by default: nothing).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ProxyOptions {
     /// How many blob downloads to break.
     pub cuts: usize,

@@ -394,13 +394,8 @@ fn a_push_ends_when_its_client_leaves_or_its_build_is_cancelled() -> Result<()> 
     let proxy = CutProxy::start_with(
         &reg.addr,
         ProxyOptions {
-            cuts: 0,
-            cut_after: 0,
-            stall: false,
-            strip_range: false,
-            pace: None,
-            cut_upload: None,
             upload_pace: Some(std::time::Duration::from_millis(4)),
+            ..ProxyOptions::default()
         },
     )?;
     let dir = state_dir("serve-push-cancel");

@@ -32,6 +32,17 @@ fn paths(m: &Manifest) -> Vec<&str> {
     m.entries.iter().map(|e| e.path.as_str()).collect()
 }
 
+/// Runs `cmd PATH ARGS…` (mkfifo, mknod), which must succeed.
+fn make(cmd: &str, path: &Path, args: &[&str]) {
+    let ok = Command::new(cmd)
+        .arg(path)
+        .args(args)
+        .status()
+        .expect(cmd)
+        .success();
+    assert!(ok, "{cmd} {} failed (mknod needs root)", path.display());
+}
+
 fn sha(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
@@ -157,11 +168,7 @@ fn fifo_and_socket_are_refused_unless_excluded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     fs::create_dir(root.join("build")).expect("mkdir");
-    let status = Command::new("mkfifo")
-        .arg(root.join("build/pipe"))
-        .status()
-        .expect("mkfifo");
-    assert!(status.success());
+    make("mkfifo", &root.join("build/pipe"), &[]);
     let err = walk(root, &IgnoreMatcher::empty(), &[]).expect_err("fifo");
     assert_eq!(
         err.to_string(),
@@ -183,25 +190,11 @@ fn another_stages_tree_lists_devices_and_fifos_and_leaves_sockets_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     fs::create_dir(root.join("dev")).expect("mkdir");
-    let made = Command::new("mkfifo")
-        .arg(root.join("dev/pipe"))
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    make("mkfifo", &root.join("dev/pipe"), &[]);
     let _listener = std::os::unix::net::UnixListener::bind(root.join("dev/sock")).expect("bind");
     // Device nodes need CAP_MKNOD: tests run as root (as the server does).
-    let made = Command::new("mknod")
-        .arg(root.join("dev/null"))
-        .args(["c", "1", "3"])
-        .status()
-        .expect("mknod");
-    assert!(made.success(), "mknod needs root");
-    let made = Command::new("mknod")
-        .arg(root.join("dev/loop9"))
-        .args(["b", "7", "9"])
-        .status()
-        .expect("mknod");
-    assert!(made.success());
+    make("mknod", &root.join("dev/null"), &["c", "1", "3"]);
+    make("mknod", &root.join("dev/loop9"), &["b", "7", "9"]);
     let options = WalkOptions {
         special_files: true,
         ..WalkOptions::default()
@@ -240,12 +233,7 @@ fn another_stages_tree_lists_devices_and_fifos_and_leaves_sockets_out() {
     let key = |m: &Manifest| checksum_sources(m, &["dev"], &IgnoreMatcher::empty(), false);
     let before = key(&m).expect("key");
     fs::remove_file(root.join("dev/null")).expect("rm");
-    let made = Command::new("mknod")
-        .arg(root.join("dev/null"))
-        .args(["c", "1", "5"])
-        .status()
-        .expect("mknod");
-    assert!(made.success());
+    make("mknod", &root.join("dev/null"), &["c", "1", "5"]);
     let m = walk_context(
         root,
         &IgnoreMatcher::empty(),
