@@ -195,18 +195,22 @@ fn another_stages_tree_lists_devices_and_fifos_and_leaves_sockets_out() {
     // Device nodes need CAP_MKNOD: tests run as root (as the server does).
     make("mknod", &root.join("dev/null"), &["c", "1", "3"]);
     make("mknod", &root.join("dev/loop9"), &["b", "7", "9"]);
-    let options = WalkOptions {
-        special_files: true,
-        ..WalkOptions::default()
+    // Another stage's tree is walked as `COPY --from` walks it.
+    let walk_tree = || {
+        let options = WalkOptions {
+            special_files: true,
+            ..WalkOptions::default()
+        };
+        walk_context(
+            root,
+            &IgnoreMatcher::empty(),
+            &[],
+            &mut StatCache::new(),
+            &options,
+        )
+        .expect("walk")
     };
-    let m = walk_context(
-        root,
-        &IgnoreMatcher::empty(),
-        &[],
-        &mut StatCache::new(),
-        &options,
-    )
-    .expect("walk");
+    let m = walk_tree();
     let kinds: Vec<(&str, EntryKind, Option<DeviceNumbers>)> = m
         .entries
         .iter()
@@ -234,14 +238,7 @@ fn another_stages_tree_lists_devices_and_fifos_and_leaves_sockets_out() {
     let before = key(&m).expect("key");
     fs::remove_file(root.join("dev/null")).expect("rm");
     make("mknod", &root.join("dev/null"), &["c", "1", "5"]);
-    let m = walk_context(
-        root,
-        &IgnoreMatcher::empty(),
-        &[],
-        &mut StatCache::new(),
-        &options,
-    )
-    .expect("walk");
+    let m = walk_tree();
     assert_ne!(key(&m).expect("key"), before);
 }
 
