@@ -36,8 +36,9 @@ log "guest kernel: $kernel"
 cargo build --release --workspace --bins >&2
 # Static binaries, built for the target explicitly so that the static flag does not reach
 # build scripts and proc macros: the guest agent runs as /init in every VM, and skiff-vmm
-# runs in a jail that holds no shared libraries (skiff-jailer refuses a dynamic one).
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-agent -p vmm \
+# runs in a jail that holds no shared libraries (skiff-jailer refuses a dynamic one). Both
+# abort on a panic (their seccomp filter allows the SIGABRT), as PID 1 and as a VMM must.
+RUSTFLAGS="-C target-feature=+crt-static -C panic=abort" cargo build --release -p guest-agent -p vmm \
     --bin skiff-agent --bin skiff-vmm --target x86_64-unknown-linux-gnu >&2
 static="target/x86_64-unknown-linux-gnu/release"
 strip -o target/skiff-agent "$static/skiff-agent"

@@ -104,6 +104,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    jailer::panic::abort_on_panic();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

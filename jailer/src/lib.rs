@@ -10,12 +10,13 @@
 //!
 //! Modules: [`spec`] (what the jail holds, its command line), [`cgroup`] (v2 or v1
 //! hierarchies), [`mounts`] (the root), [`privileges`], [`elf`] (static check), [`run`]
-//! (the sequence), [`sys`] (the system calls).
+//! (the sequence), [`sys`] (the system calls), [`panic`] (panics abort the process).
 
 pub mod cgroup;
 pub mod elf;
 pub mod error;
 pub mod mounts;
+pub mod panic;
 pub mod privileges;
 pub mod run;
 pub mod spec;

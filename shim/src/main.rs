@@ -20,6 +20,7 @@ mod task;
 const RUNTIME_ID: &str = "io.containerd.skiff.v2";
 
 fn main() {
+    jailer::panic::abort_on_panic();
     init_logging();
     containerd_shim::run::<service::Service>(
         RUNTIME_ID,
