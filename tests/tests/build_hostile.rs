@@ -4,7 +4,8 @@
 //! out with `..` ends the build with the entry named, and entries that lead through a
 //! symlink to `/` stay inside the host's unpacked tree when a later step applies them; an
 //! extended attribute other than a file's capabilities ends the build with the entry
-//! named. None may create a file on the host. Three VMs, one per attack.
+//! named. None may create a file on the host. Three VMs, one per attack, restored from the
+//! run's snapshot of the build shape once there is one (the first build makes it).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -64,11 +65,21 @@ fn forged_step_changes_are_refused_or_kept_inside_the_tree() {
     )
     .unwrap();
     fs::write(ctx.join("marker.txt"), "marker\n").unwrap();
+    // The test servers' snapshots: these steps restore the build shape's once it is made.
+    let snapshots = skiff_tests::serve::shared_snapshots();
     let build = |dockerfile: &str| {
         fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
         skiff_in(
             &st,
-            &["build", "--local", "-t", "hostile:1", ctx.to_str().unwrap()],
+            &[
+                "build",
+                "--local",
+                "--snapshot-dir",
+                snapshots.to_str().unwrap(),
+                "-t",
+                "hostile:1",
+                ctx.to_str().unwrap(),
+            ],
         )
     };
 

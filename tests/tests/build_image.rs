@@ -1,9 +1,9 @@
 //! `skiff build --local` end to end with the installed binary: a two-stage Dockerfile on
 //! the bundled busybox, every `RUN` in a real microVM, the result stored like a pulled
 //! image and run with `skiff run`; the cache on a rebuild (same digest, mtime-only edits
-//! hit, an ARG change misses at its first use); `SOURCE_DATE_EPOCH`; and the errors a user
-//! sees for a bad Dockerfile, a missing or ignored file, a link out of the context and a
-//! failing `RUN`.
+//! hit, an ARG change misses at its first use); `SOURCE_DATE_EPOCH`; `RUN` steps restoring
+//! the snapshot an earlier build left; and the errors a user sees for a bad Dockerfile, a
+//! missing or ignored file, a link out of the context and a failing `RUN`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -119,8 +119,21 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
         ],
     );
     let ctx_arg = ctx.to_str().unwrap();
+    // Shared with the test servers: the first build of the step shape leaves a snapshot
+    // (if no earlier test did), and later RUN steps restore it.
+    let shared = skiff_tests::serve::shared_snapshots();
+    let snapshots = shared.to_str().unwrap();
     let build = |extra: &[&str]| {
-        let mut args = vec!["build", "--local", "-t", "myapp:1", "--progress", "json"];
+        let mut args = vec![
+            "build",
+            "--local",
+            "--snapshot-dir",
+            snapshots,
+            "-t",
+            "myapp:1",
+            "--progress",
+            "json",
+        ];
         args.extend_from_slice(extra);
         args.push(ctx_arg);
         let out = skiff_in(&st, &args);
@@ -244,6 +257,16 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
     }
     let states = step_states(&target_only);
     assert_eq!(states.len(), 5, "--target builds only the stage it names");
+    // Its RUN ran again, in a VM restored from the snapshot the first build left.
+    let steps = result(&target_only)["steps"].clone();
+    let runs: Vec<&Value> = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.get("run"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{steps}");
+    assert_eq!(runs[0]["fromSnapshot"], true, "{steps}");
 }
 
 #[test]
@@ -301,10 +324,11 @@ fn build_errors_name_the_step_and_keep_the_cache() {
         "{err}"
     );
 
-    // The step's root is its scratch disk, `--step-disk` in size.
+    // The step's root is its scratch disk, `--step-disk` in size. (This one shape boots:
+    // `--no-snapshots` keeps it from making a snapshot no other build would use.)
     let failing = "FROM local/busybox:latest\nCOPY app.txt /\n\
                    RUN echo building; df -k / | awk 'NR==2 {print \"disk\", $2}'; echo broken >&2; exit 2\n";
-    let o = build(failing, &["--step-disk", "64M"]);
+    let o = build(failing, &["--step-disk", "64M", "--no-snapshots"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = text(&o.stderr);
     assert!(

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -18,12 +19,15 @@ use control_plane::build::{
 };
 use control_plane::images::push::push_image;
 use control_plane::images::registry::{Reference, RegistryClient, RegistryOptions};
+use control_plane::server::snapshots::Snapshots;
 use control_plane::{install, launcher};
 use sha2::{Digest as _, Sha256};
 
 use super::image::store;
 use super::tempdir_in;
 
+/// Longest a local build waits at its end for a snapshot of its VM shape to be made.
+const SNAPSHOT_FINISH_WAIT: Duration = Duration::from_secs(600);
 /// A context above this size gets a warning naming its largest files.
 const LARGE_CONTEXT_BYTES: u64 = 100_000_000;
 /// Largest remembered stat cache read back.
@@ -100,6 +104,14 @@ pub struct BuildArgs {
     /// with --local; through the server, its --build-step-disk applies.
     #[arg(long, value_parser = super::serve::parse_step_disk, value_name = "SIZE")]
     pub step_disk: Option<u64>,
+    /// With --local: where the RUN steps' VM snapshots are kept (default STATE/snapshots).
+    /// The first build of a VM shape boots its RUN steps and leaves a snapshot; later
+    /// steps restore it. Through the server, its --snapshot-dir applies.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// With --local: boot every RUN step's VM; make and restore no snapshot.
+    #[arg(long)]
+    pub no_snapshots: bool,
     /// The build context folder.
     pub context: PathBuf,
 }
@@ -118,6 +130,9 @@ pub fn build_through(
     }
     if a.step_disk.is_some() {
         bail!("--step-disk goes with --local; through the server, its --build-step-disk applies");
+    }
+    if a.snapshot_dir.is_some() || a.no_snapshots {
+        bail!("--snapshot-dir and --no-snapshots go with --local; through the server, its own snapshot flags apply");
     }
     if !matches!(a.network.as_str(), "none" | "default") {
         bail!("--network {}: give none or default", a.network);
@@ -173,15 +188,27 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     let work = tempdir_in(&state_dir.join("run"))?;
     let initrd = work.join("agent.cpio");
     launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
+    let vmm = install::vmm().path;
+    let snapshots = if a.no_snapshots {
+        None
+    } else {
+        let root = a
+            .snapshot_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("snapshots"));
+        let s = Snapshots::open(&root, true, 0, &vmm, &kernel, &initrd)
+            .with_context(|| format!("cannot prepare the snapshot dir {}", root.display()))?;
+        Some(Arc::new(s))
+    };
     let registry = RegistryOptions {
         insecure: a.insecure.clone(),
         ..Default::default()
     };
-    let builder = Builder::new(
+    let mut builder = Builder::new(
         st,
         registry.clone(),
         VmParts {
-            vmm: install::vmm().path,
+            vmm,
             jail: launcher::JailConfig::installed(),
             kernel,
             initrd,
@@ -190,6 +217,10 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
                 .unwrap_or(control_plane::build::DEFAULT_STEP_DISK_BYTES),
         },
     );
+    if let Some(s) = &snapshots {
+        let s = s.clone();
+        builder = builder.with_snapshots(Arc::new(move |cfg| s.for_shape(cfg)));
+    }
     let req = BuildRequest {
         dockerfile,
         tags: tags.clone(),
@@ -211,6 +242,9 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     cancel_on_signals(&control)?;
     let json = matches!(a.progress, ProgressMode::Json);
     let result = builder.build(&req, &ctx, &control, &|e| show(&e, json));
+    if let Some(s) = &snapshots {
+        finish_snapshot_builds(s, &control);
+    }
     let _ = std::fs::remove_dir_all(&work);
     match result {
         Ok(outcome) => {
@@ -218,7 +252,7 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
                 println!(
                     "{}",
                     serde_json::json!({"type": "result", "imageDigest": outcome.manifest.to_string(),
-                        "imageId": outcome.config.to_string()})
+                        "imageId": outcome.config.to_string(), "steps": outcome.steps})
                 );
             } else {
                 eprintln!("built {} (image id {})", outcome.manifest, outcome.config);
@@ -417,6 +451,26 @@ pub fn show(e: &BuildEvent, json: bool) {
 }
 
 /// SIGINT or SIGTERM cancels the build: its VMs end and its work folder goes.
+/// At the end of a local build, a snapshot of the RUN steps' VM shape still being made
+/// (the first build of that shape started it) is let finish, bounded, so that the next
+/// build's steps restore it; a cancelled build (Ctrl-C, also during this wait) ends it.
+fn finish_snapshot_builds(snapshots: &Snapshots, control: &BuildControl) {
+    let deadline = std::time::Instant::now() + SNAPSHOT_FINISH_WAIT;
+    let mut told = false;
+    while !control.is_cancelled() && std::time::Instant::now() < deadline {
+        if snapshots.wait_for_builds(Duration::from_millis(250)) {
+            return;
+        }
+        if !told {
+            eprintln!(
+                "finishing the snapshot of this build's VM shape, for the next builds' RUN steps"
+            );
+            told = true;
+        }
+    }
+    snapshots.stop_builders();
+}
+
 fn cancel_on_signals(control: &BuildControl) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
