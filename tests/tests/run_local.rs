@@ -2,7 +2,8 @@
 //! one task. Output streams, exit codes, signals, failures, user/env/cwd, binary output,
 //! writes staying in the upper layer, orphans reaped, timeouts ending the VM. Every run
 //! uses Skiff as `scripts/install.sh` installs it, with no Skiff variable set: `skiff`
-//! finds its VMM, kernel and agent by itself.
+//! finds its VMM, kernel and agent by itself. The runs keep their snapshots where the test
+//! servers do: the first run of the shape boots and leaves one, later runs restore it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -37,9 +38,16 @@ fn skiff_in(dir: &Path, args: &[&str]) -> Output {
         .expect("run skiff")
 }
 
+/// `--snapshot-dir` and the test servers' snapshot dir.
+fn snapshot_flag() -> [String; 2] {
+    let dir = skiff_tests::serve::shared_snapshots();
+    ["--snapshot-dir".into(), dir.to_string_lossy().into_owned()]
+}
+
 fn run(args: &[&str]) -> Output {
     state_dir();
-    let mut all = vec!["run", "--local"];
+    let flag = snapshot_flag();
+    let mut all = vec!["run", "--local", &flag[0], &flag[1]];
     all.extend_from_slice(args);
     skiff(&all)
 }
@@ -121,8 +129,10 @@ fn writes_stay_in_the_upper_layer() {
     assert_eq!(text(&o.stdout), "new\ngone\n", "{d}");
     // The image's root filesystem file on the host is byte for byte what it was.
     assert_eq!(rootfs_hashes(), before, "{d}");
-    // The image's root filesystem still has /bin/ls and no /etc/added for the next task.
+    // The image's root filesystem still has /bin/ls and no /etc/added for the next task,
+    // whose VM restores the snapshot the first run left (or found).
     let second = run(&[
+        "--timings",
         "local/busybox",
         "--",
         "sh",
@@ -130,6 +140,11 @@ fn writes_stay_in_the_upper_layer() {
         "test -e /bin/ls && test ! -e /etc/added && echo pristine",
     ]);
     assert_eq!(text(&second.stdout), "pristine\n", "{}", show(&second));
+    assert!(
+        text(&second.stderr).contains("timings from VMM start (restored from a snapshot)"),
+        "{}",
+        show(&second)
+    );
 }
 
 #[test]
@@ -203,11 +218,14 @@ fn a_timeout_ends_the_task_and_the_vm() {
     // Its own state dir, so that no other test's VM matches the check below.
     state_dir();
     let own = skiff_tests::paths::tmp_dir().join(format!("run-timeout-{}", std::process::id()));
+    let flag = snapshot_flag();
     let o = skiff_in(
         &own,
         &[
             "run",
             "--local",
+            &flag[0],
+            &flag[1],
             "--timeout",
             "3",
             "local/busybox",
@@ -250,16 +268,9 @@ fn stdin_and_signals_reach_the_task() {
     let mut child = Command::new(skiff_tests::paths::skiff())
         .arg("--state-dir")
         .arg(&dir)
-        .args([
-            "run",
-            "--local",
-            "-i",
-            "local/busybox",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
+        .args(["run", "--local"])
+        .args(snapshot_flag())
+        .args(["-i", "local/busybox", "--", "sh", "-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

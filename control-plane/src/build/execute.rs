@@ -246,7 +246,7 @@ impl Run<'_> {
         cfg.net = net.as_ref().map(|(_, s)| s.net.clone());
         spec.network = net.as_ref().map(|(_, s)| Box::new(s.guest.clone()));
         // A shape with a network card restores a snapshot that has one.
-        cfg.snapshot = self.b.snapshot_for.as_ref().and_then(|f| f(&cfg));
+        cfg.snapshot = self.b.snapshots.as_ref().and_then(|s| s.for_shape(&cfg));
         let task = self.control.task();
         let mut tail: Vec<u8> = Vec::new();
         let launch_ms = started.elapsed().as_millis() as u64;
@@ -277,6 +277,11 @@ impl Run<'_> {
         }
         let _ = std::fs::remove_dir_all(&work);
         let outcome = outcome.map_err(|e| BuildError::Internal(e.to_string()))?;
+        if let (true, Some(snaps), Some(snap)) =
+            (outcome.bad_snapshot, &self.b.snapshots, &cfg.snapshot)
+        {
+            snaps.discard(snap);
+        }
         let failed = |message: String, code: Option<i32>| BuildError::Step {
             index: n,
             message,

@@ -110,9 +110,15 @@ impl BuildControl {
 /// build VMs as it admits tasks; `--local` builds have no such hook.
 pub type Admission = Arc<dyn Fn(u32, u64, &BuildControl) -> Option<Box<dyn Send>> + Send + Sync>;
 
-/// The snapshot a `RUN` step's VM of this shape may restore instead of booting (the
-/// server's per-shape snapshots); None: it boots.
-pub type SnapshotFor = Arc<dyn Fn(&LaunchConfig) -> Option<Snapshot> + Send + Sync>;
+/// The snapshots `RUN` steps' VMs restore instead of booting: the server's per-shape
+/// snapshots, or a `--local` build's.
+pub trait StepSnapshots: Send + Sync {
+    /// The snapshot for a VM of this shape when one is ready; None: it boots.
+    fn for_shape(&self, cfg: &LaunchConfig) -> Option<Snapshot>;
+    /// The VMM refused this snapshot's files (damaged, foreign): drop it, so that later
+    /// steps boot (and a new one is made) instead of failing the same restore.
+    fn discard(&self, snap: &Snapshot);
+}
 
 /// A `RUN` step's network, attached for one VM by whoever has networks (the server).
 pub struct StepNetwork {
@@ -137,7 +143,7 @@ pub struct Builder {
     pub(super) cache: BuildCache,
     pub(super) vm: VmParts,
     pub(super) admission: Option<Admission>,
-    pub(super) snapshot_for: Option<SnapshotFor>,
+    pub(super) snapshots: Option<Arc<dyn StepSnapshots>>,
     pub(super) networks: Option<Arc<dyn BuildNetworks>>,
 }
 
@@ -146,7 +152,7 @@ impl std::fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("store", &self.store.state_dir())
             .field("admission", &self.admission.is_some())
-            .field("snapshots", &self.snapshot_for.is_some())
+            .field("snapshots", &self.snapshots.is_some())
             .field("networks", &self.networks.is_some())
             .finish()
     }
@@ -195,15 +201,15 @@ impl Builder {
             registry,
             vm,
             admission: None,
-            snapshot_for: None,
+            snapshots: None,
             networks: None,
         }
     }
 
-    /// Each `RUN` step's VM restores the snapshot `snapshot_for` gives for its shape, when
+    /// Each `RUN` step's VM restores the snapshot of its shape from `snapshots`, when
     /// there is one (and boots when the restore fails).
-    pub fn with_snapshots(mut self, snapshot_for: SnapshotFor) -> Self {
-        self.snapshot_for = Some(snapshot_for);
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn StepSnapshots>) -> Self {
+        self.snapshots = Some(snapshots);
         self
     }
 

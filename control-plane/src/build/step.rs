@@ -29,6 +29,8 @@ pub struct StepOutcome {
     pub timings: Timings,
     /// The VM was restored from a snapshot (else it booted).
     pub from_snapshot: bool,
+    /// The VMM refused the snapshot's files, and the VM booted instead.
+    pub bad_snapshot: bool,
     /// When the host had read the whole of the changes, ms from the launch.
     pub received_ms: u64,
 }
@@ -72,11 +74,15 @@ pub fn run_step(
     let mut sender: Option<SyncSender<Vec<u8>>> = Some(tx);
     let mut refused = false;
     let mut from_snapshot = false;
+    let mut bad_snapshot = false;
     let result = launcher::run_task(cfg, &spec, control, &mut |e| match e {
         TaskEvent::Output(o, b) => on_output(o, b),
         TaskEvent::VmStarted {
             from_snapshot: s, ..
         } => from_snapshot = s,
+        TaskEvent::RestoreFailed {
+            bad_snapshot: true, ..
+        } => bad_snapshot = true,
         // The spooler stopped (over a limit, a bad entry): nothing more is wanted.
         TaskEvent::Upper(b) if sender.as_ref().is_some_and(|s| s.send(b.to_vec()).is_err()) => {
             sender = None;
@@ -108,6 +114,7 @@ pub fn run_step(
         changes,
         timings: result.timings,
         from_snapshot,
+        bad_snapshot,
         received_ms,
     })
 }

@@ -19,15 +19,12 @@ use control_plane::build::{
 };
 use control_plane::images::push::push_image;
 use control_plane::images::registry::{Reference, RegistryClient, RegistryOptions};
-use control_plane::server::snapshots::Snapshots;
 use control_plane::{install, launcher};
 use sha2::{Digest as _, Sha256};
 
 use super::image::store;
 use super::tempdir_in;
 
-/// Longest a local build waits at its end for a snapshot of its VM shape to be made.
-const SNAPSHOT_FINISH_WAIT: Duration = Duration::from_secs(600);
 /// A context above this size gets a warning naming its largest files.
 const LARGE_CONTEXT_BYTES: u64 = 100_000_000;
 /// Largest remembered stat cache read back.
@@ -189,17 +186,14 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     let initrd = work.join("agent.cpio");
     launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
     let vmm = install::vmm().path;
-    let snapshots = if a.no_snapshots {
-        None
-    } else {
-        let root = a
-            .snapshot_dir
-            .clone()
-            .unwrap_or_else(|| state_dir.join("snapshots"));
-        let s = Snapshots::open(&root, true, 0, &vmm, &kernel, &initrd)
-            .with_context(|| format!("cannot prepare the snapshot dir {}", root.display()))?;
-        Some(Arc::new(s))
-    };
+    let snapshots = super::local_snapshots::open(
+        state_dir,
+        a.snapshot_dir.as_deref(),
+        a.no_snapshots,
+        &vmm,
+        &kernel,
+        &initrd,
+    )?;
     let registry = RegistryOptions {
         insecure: a.insecure.clone(),
         ..Default::default()
@@ -218,8 +212,7 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
         },
     );
     if let Some(s) = &snapshots {
-        let s = s.clone();
-        builder = builder.with_snapshots(Arc::new(move |cfg| s.for_shape(cfg)));
+        builder = builder.with_snapshots(Arc::new(s.clone()));
     }
     let req = BuildRequest {
         dockerfile,
@@ -243,7 +236,7 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     let json = matches!(a.progress, ProgressMode::Json);
     let result = builder.build(&req, &ctx, &control, &|e| show(&e, json));
     if let Some(s) = &snapshots {
-        finish_snapshot_builds(s, &control);
+        super::local_snapshots::finish(s, "build", &|| control.is_cancelled());
     }
     let _ = std::fs::remove_dir_all(&work);
     match result {
@@ -451,26 +444,6 @@ pub fn show(e: &BuildEvent, json: bool) {
 }
 
 /// SIGINT or SIGTERM cancels the build: its VMs end and its work folder goes.
-/// At the end of a local build, a snapshot of the RUN steps' VM shape still being made
-/// (the first build of that shape started it) is let finish, bounded, so that the next
-/// build's steps restore it; a cancelled build (Ctrl-C, also during this wait) ends it.
-fn finish_snapshot_builds(snapshots: &Snapshots, control: &BuildControl) {
-    let deadline = std::time::Instant::now() + SNAPSHOT_FINISH_WAIT;
-    let mut told = false;
-    while !control.is_cancelled() && std::time::Instant::now() < deadline {
-        if snapshots.wait_for_builds(Duration::from_millis(250)) {
-            return;
-        }
-        if !told {
-            eprintln!(
-                "finishing the snapshot of this build's VM shape, for the next builds' RUN steps"
-            );
-            told = true;
-        }
-    }
-    snapshots.stop_builders();
-}
-
 fn cancel_on_signals(control: &BuildControl) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])

@@ -227,6 +227,9 @@ pub fn run(api: &Api, a: RunArgs) -> anyhow::Result<i32> {
     if a.interactive {
         bail!("-i works only with --local so far");
     }
+    if a.snapshot_dir.is_some() || a.no_snapshots {
+        bail!("--snapshot-dir and --no-snapshots go with --local; the server's own snapshot flags apply to its tasks");
+    }
     let (image, cmd) = a.image_and_command()?;
     let mut body = json!({
         "image": image.unwrap_or_default(),

@@ -66,6 +66,13 @@ pub struct RunArgs {
     /// Print the phase timings to stderr when the task ends.
     #[arg(long)]
     pub timings: bool,
+    /// With --local: where VM snapshots are kept (default STATE/snapshots). The first run
+    /// of a VM shape (vCPUs, memory) boots and leaves a snapshot; later runs restore it.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// With --local: boot the VM; make and restore no snapshot.
+    #[arg(long)]
+    pub no_snapshots: bool,
     /// Image reference, then the command: IMAGE [-- CMD ARG…], or -- CMD ARG… with --rootfs.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,

@@ -4,6 +4,8 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -56,8 +58,17 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
     let work = tempdir_in(&state_dir.join("run"))?;
     let initrd = work.join("agent.cpio");
     launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
-    let cfg = LaunchConfig {
-        vmm: install::vmm().path,
+    let vmm = install::vmm().path;
+    let snapshots = super::local_snapshots::open(
+        state_dir,
+        a.snapshot_dir.as_deref(),
+        a.no_snapshots,
+        &vmm,
+        &kernel,
+        &initrd,
+    )?;
+    let mut cfg = LaunchConfig {
+        vmm,
         jail: launcher::JailConfig::installed(),
         kernel,
         initrd,
@@ -72,20 +83,41 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
         snapshot: None,
         net: None,
     };
+    cfg.snapshot = snapshots.as_ref().and_then(|s| s.for_shape(&cfg));
     let spec = prepared.spec;
     let control = TaskControl::new();
-    forward_signals(&control)?;
+    let interrupted = forward_signals(&control)?;
     if a.interactive {
         forward_stdin(&control);
     }
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let mut restored = false;
     let result = launcher::run_task(&cfg, &spec, &control, &mut |e| {
         let _ = match e {
             TaskEvent::Output(Output::Stdout, b) => out.write_all(b).and_then(|_| out.flush()),
             TaskEvent::Output(Output::Stderr, b) => err.write_all(b).and_then(|_| err.flush()),
+            TaskEvent::VmStarted { from_snapshot, .. } => {
+                restored = from_snapshot;
+                Ok(())
+            }
+            TaskEvent::RestoreFailed {
+                reason,
+                bad_snapshot,
+            } => {
+                if let (true, Some(s), Some(snap)) = (bad_snapshot, &snapshots, &cfg.snapshot) {
+                    s.discard(snap);
+                }
+                writeln!(
+                    err,
+                    "skiff: snapshot restore failed, booting instead: {reason}"
+                )
+            }
             _ => Ok(()),
         };
     });
+    if let Some(s) = &snapshots {
+        super::local_snapshots::finish(s, "run", &|| interrupted.load(Ordering::SeqCst));
+    }
     let _ = std::fs::remove_dir_all(&work);
     let result = result?;
     match &result.end {
@@ -101,7 +133,8 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
     if a.timings {
         let t = &result.timings;
         eprintln!(
-            "skiff: timings from VMM start: agent ready {} ms, process started {} ms, exited {} ms, VM stopped {} ms",
+            "skiff: timings from VMM start ({}): agent ready {} ms, process started {} ms, exited {} ms, VM stopped {} ms",
+            if restored { "restored from a snapshot" } else { "booted" },
             t.agent_ready_ms,
             t.process_started_ms.map_or("-".into(), |v| v.to_string()),
             t.process_exited_ms.map_or("-".into(), |v| v.to_string()),
@@ -119,20 +152,26 @@ fn image_name(root: &RootSource) -> String {
 }
 
 /// Signals sent to `skiff` go to the task's process; one that comes while the VM is
-/// still booting ends the VM (nothing there could receive it yet).
-fn forward_signals(control: &TaskControl) -> anyhow::Result<()> {
+/// still booting ends the VM (nothing there could receive it yet). The flag returned is
+/// set by SIGINT, SIGTERM and SIGHUP, also once the task has ended: they end the wait
+/// for a snapshot being made.
+fn forward_signals(control: &TaskControl) -> anyhow::Result<Arc<AtomicBool>> {
     let mut signals =
         signal_hook::iterator::Signals::new(FORWARDED).context("cannot install signal handlers")?;
     let control = control.clone();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
-            tracing::debug!("forwarding signal {sig} to the task");
-            if control.signal(sig).is_err() {
-                break;
+            if matches!(sig, SIGINT | SIGTERM | SIGHUP) {
+                flag.store(true, Ordering::SeqCst);
             }
+            tracing::debug!("forwarding signal {sig} to the task");
+            // Once the task has ended there is no one to pass it to.
+            let _ = control.signal(sig);
         }
     });
-    Ok(())
+    Ok(interrupted)
 }
 
 /// Our stdin goes to the task's stdin; our EOF closes it.

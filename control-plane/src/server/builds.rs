@@ -595,10 +595,7 @@ pub fn builder_of(srv: &super::Server) -> Builder {
         },
     )
     .with_admission(admission)
-    .with_snapshots({
-        let snapshots = srv.snapshots.clone();
-        Arc::new(move |cfg: &crate::launcher::LaunchConfig| snapshots.for_shape(cfg))
-    });
+    .with_snapshots(Arc::new(srv.snapshots.clone()));
     // `RUN` steps with `--network default` join the server's default network.
     let default_network = srv
         .networks

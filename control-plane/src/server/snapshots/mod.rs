@@ -309,6 +309,17 @@ impl Snapshots {
     }
 }
 
+/// A build's `RUN` steps restore these snapshots as tasks do.
+impl crate::build::executor::StepSnapshots for Arc<Snapshots> {
+    fn for_shape(&self, cfg: &LaunchConfig) -> Option<Snapshot> {
+        Snapshots::for_shape(self, cfg)
+    }
+
+    fn discard(&self, snap: &Snapshot) {
+        Snapshots::discard(self, snap);
+    }
+}
+
 /// The `flock` a build of one shape holds on `<shape dir>.lock` (released when dropped,
 /// or when its server dies).
 struct BuildLock {
