@@ -3,8 +3,10 @@
 //! writes them anywhere.
 //!
 //! - `X-Registry-Auth`: base64 (URL-safe or standard, padded or not) of a JSON object with
-//!   `username` and `password`; `serveraddress` names the registry they are for, and
-//!   `email` is allowed and ignored. A push takes it for its destination.
+//!   `username` and `password`, or `auth` (base64 of `username:password`, as an auth file
+//!   holds them); `serveraddress` names the registry they are for, and `email` is allowed
+//!   and ignored. An `identitytoken` or `registrytoken` is refused with a 400 rather than
+//!   dropped (the push would go anonymous). A push takes it for its destination.
 //! - `X-Registry-Config`: base64 of a JSON object from registry address to such an
 //!   object, as `docker build` sends: a build whose tags name several registries gives
 //!   each its own credentials, so no registry ever sees another's password.
@@ -35,6 +37,13 @@ struct AuthConfig {
     username: String,
     #[serde(default)]
     password: String,
+    /// Base64 of `username:password`, used when those two are not given.
+    #[serde(default)]
+    auth: String,
+    #[serde(default, rename = "identitytoken")]
+    identity_token: String,
+    #[serde(default, rename = "registrytoken")]
+    registry_token: String,
     #[serde(default, rename = "serveraddress")]
     server_address: Option<String>,
     #[serde(default, rename = "email")]
@@ -42,9 +51,22 @@ struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// The credentials, None when both are empty; `name` says which header or entry.
+    /// The credentials, None when none are given; `name` says which header or entry.
     fn credentials(self, name: &str) -> Result<Option<Credentials>, ApiError> {
+        if !self.identity_token.is_empty() || !self.registry_token.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "{name}: identity and registry tokens are not supported; send username and \
+                 password (or auth)"
+            )));
+        }
         match (self.username.is_empty(), self.password.is_empty()) {
+            (true, true) if !self.auth.is_empty() => {
+                user_password(&self.auth).map(Some).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{name}: auth is not base64 of username:password"
+                    ))
+                })
+            }
             (true, true) => Ok(None),
             (false, false) => Ok(Some(Credentials {
                 username: self.username,
@@ -55,6 +77,19 @@ impl AuthConfig {
             ))),
         }
     }
+}
+
+/// `auth`'s `username:password` (standard base64, padded or not).
+fn user_password(auth: &str) -> Option<Credentials> {
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(auth.trim().trim_end_matches('='))
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (username, password) = text.split_once(':')?;
+    (!username.is_empty() && !password.is_empty()).then(|| Credentials {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    })
 }
 
 /// The JSON in header `name` (base64), None when it is missing or empty.
@@ -261,5 +296,44 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn an_auth_field_is_a_user_and_password_and_tokens_are_refused() {
+        let regs: BTreeSet<String> = ["a.example:5000".to_owned()].into();
+        let config = |entry: serde_json::Value| {
+            let mut h = HeaderMap::new();
+            let v = encoded(serde_json::json!({ "a.example:5000": entry }));
+            h.insert(CONFIG_HEADER, v.parse().unwrap());
+            for_registries(&h, &regs)
+        };
+        // "ua:p:w" in standard base64, padded and not.
+        for auth in ["dWE6cDp3", "dWE6cDp3==="] {
+            let got = config(serde_json::json!({ "auth": auth })).unwrap();
+            let c = &got["a.example:5000"];
+            assert_eq!((c.username.as_str(), c.password.as_str()), ("ua", "p:w"));
+        }
+        // As X-Registry-Auth too.
+        let h = headers(&encoded(serde_json::json!({ "auth": "dWE6cDp3" })));
+        assert_eq!(from_headers(&h).unwrap().unwrap().username, "ua");
+        for (entry, why) in [
+            (serde_json::json!({ "auth": "%%" }), "auth is not base64"),
+            // "nocolon"
+            (
+                serde_json::json!({ "auth": "bm9jb2xvbg==" }),
+                "auth is not base64",
+            ),
+            (
+                serde_json::json!({ "identitytoken": "t" }),
+                "tokens are not supported",
+            ),
+            (
+                serde_json::json!({ "username": "u", "registrytoken": "t" }),
+                "tokens are not supported",
+            ),
+        ] {
+            let e = config(entry.clone()).unwrap_err();
+            assert!(e.message.contains(why), "{entry}: {}", e.message);
+        }
     }
 }
