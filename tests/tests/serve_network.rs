@@ -390,6 +390,75 @@ fn tasks_on_a_named_network_reach_each_other_by_name_and_the_internet() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // A server killed while a build's step holds a network: after the restart the build
+    // is FAILED with ControlPlaneRestarted, and the step's namespace and lease are gone.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        // The output's marker is not the instruction's text, which the CLI shows first.
+        "FROM local/busybox:latest\nRUN echo holding-net-$((40 + 2)); sleep 600\n",
+    )
+    .unwrap();
+    let mut holder = std::process::Command::new(skiff_tests::paths::skiff())
+        .arg("--state-dir")
+        .arg(&dir)
+        .args(["build", "--progress", "plain", "--memory", "128"])
+        .args(["--network", "default", "-t", "holder:1"])
+        .arg(ctx.path())
+        .env("SKIFF_API", &srv.listening)
+        .env_remove("SKIFF_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stderr.take().unwrap()));
+    let mut said = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let running = line.contains("holding-net-42");
+        said.push(line);
+        if running {
+            break;
+        }
+    }
+    assert!(
+        said.iter().any(|l| l.contains("holding-net-42")),
+        "{said:?}"
+    );
+    let held = skiff_tests::netns::added_since(&netns_before, "skiff-b");
+    assert_eq!(held.len(), 1, "the step's namespace: {held:?}");
+    assert_eq!(skiff_tests::serve::leases(&dir, "skiff").len(), 1);
+    let mut srv = srv;
+    srv.kill();
+    // The CLI that followed the build ends with the server, with an error.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = holder.wait().unwrap();
+    assert!(!status.success(), "{said:?} {rest:?}");
+    let srv = host.run(|| Serve::start(&dir, &serve_args));
+    let (_, builds) = srv.request("GET", "/v1/builds", None);
+    let b = builds["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| {
+            b["tags"][0]
+                .as_str()
+                .is_some_and(|t| t.ends_with("holder:1"))
+        })
+        .unwrap_or_else(|| panic!("{builds:#}"))
+        .clone();
+    assert_eq!(b["state"], "FAILED", "{b:#}");
+    assert_eq!(b["error"]["code"], "ControlPlaneRestarted", "{b:#}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !skiff_tests::netns::added_since(&netns_before, "skiff-b").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the step's namespace {held:?} is left"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let leases = skiff_tests::serve::leases(&dir, "skiff");
+    assert!(leases.is_empty(), "the step's lease is left: {leases:?}");
+
     // Unused now, the network goes, with its bridge and lease directory.
     let (status, v) = srv.request("DELETE", "/v1/networks/web", None);
     assert_eq!(status.as_u16(), 204, "{v}");
