@@ -9,7 +9,9 @@
 //! disk, and a file's capabilities set in one stage reach another through `COPY --from`,
 //! as do its device nodes and FIFO.
 //! Six VMs: two `RUN` steps, a task, one cancelled while it starts, one the restart ends,
-//! and the snapshot's boot (in the background).
+//! and the snapshot's boot (in the background). A second test runs two independent `RUN`
+//! stages on servers whose scratch disk budget holds two disks (the VMs overlap) and one
+//! (they do not); a budget under one disk keeps the server from starting.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -467,4 +469,81 @@ fn builds_through_the_server_send_only_what_it_lacks() {
         ],
         "the COPY --from of device nodes and a FIFO"
     );
+}
+
+/// Two independent stages, each with a `RUN`, that the last stage needs: their steps may
+/// run at once.
+const TWO_RUNS: &str = "FROM local/busybox:latest AS a\nRUN echo a > /a.txt\n\
+                        FROM local/busybox:latest AS b\nRUN echo b > /b.txt\n\
+                        FROM local/busybox:latest\nCOPY --from=a /a.txt /\nCOPY --from=b /b.txt /\n";
+
+/// The VM spans [launch, changes received] (wall ms) of the newest build's `RUN` steps.
+fn run_spans(srv: &Serve) -> Vec<(u64, u64)> {
+    let list = srv.get("/v1/builds");
+    let b = &list["builds"][0];
+    assert_eq!(b["state"], "SUCCEEDED", "{b}");
+    b["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["run"].is_object())
+        .map(|s| {
+            let at = s["startMs"].as_u64().unwrap();
+            let r = &s["run"];
+            (
+                at + r["launchMs"].as_u64().unwrap(),
+                at + r["receivedMs"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn steps_that_run_at_once_share_the_scratch_disk_budget() {
+    if !kvm_available("steps_that_run_at_once_share_the_scratch_disk_budget") {
+        return;
+    }
+    let dir = state_dir("build-disk");
+    // A budget under one step's disk: the server refuses to start, saying why.
+    let o = std::process::Command::new(skiff_tests::paths::skiff())
+        .arg("--state-dir")
+        .arg(&dir)
+        .args([
+            "serve",
+            "--build-step-disk",
+            "2G",
+            "--build-disk-budget",
+            "1G",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            "--build-disk-budget 1024 MiB is less than one build step's disk (--build-step-disk 2048 MiB)"
+        ),
+        "{}",
+        show(&o)
+    );
+    let ctx = dir.join("context");
+    fs::create_dir_all(&ctx).unwrap();
+    write(&ctx, "Dockerfile", TWO_RUNS);
+    let ctx_arg = ctx.to_str().unwrap();
+    // Room for both steps' VMs and both their disks (10 GiB each): they run side by side.
+    let args = ["--cpus", "2", "--memory-mib", "2048"];
+    let srv = Serve::start(&dir, &[&args[..], &["--build-disk-budget", "20G"]].concat());
+    let o = skiff(&srv, &["build", "--no-cache", "-t", "two:1", ctx_arg]);
+    assert!(o.status.success(), "{}", show(&o));
+    let spans = run_spans(&srv);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let overlap = |s: &[(u64, u64)]| s[0].0.max(s[1].0) < s[0].1.min(s[1].1);
+    assert!(overlap(&spans), "with room for both: {spans:?}");
+    drop(srv);
+    // Room for one disk: the second step waits until the first has given its disk back.
+    let srv = Serve::start(&dir, &[&args[..], &["--build-disk-budget", "10G"]].concat());
+    let o = skiff(&srv, &["build", "--no-cache", "-t", "two:1", ctx_arg]);
+    assert!(o.status.success(), "{}", show(&o));
+    let spans = run_spans(&srv);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert!(!overlap(&spans), "with room for one disk: {spans:?}");
 }

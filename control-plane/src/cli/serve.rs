@@ -94,6 +94,13 @@ pub struct ServeArgs {
     /// more fails with "No space left on device".
     #[arg(long, value_parser = parse_step_disk, value_name = "SIZE", default_value = "10G")]
     build_step_disk: u64,
+    /// Scratch disk the build steps that run at once may have together (e.g. 40G): each
+    /// step reserves its whole --build-step-disk before its VM starts, and waits while the
+    /// budget is taken, so the sparse disks can never together fill more than this.
+    /// Default: the space free in the state dir's file system at start (at least one
+    /// step's disk).
+    #[arg(long, value_parser = super::limits::parse_size, value_name = "SIZE")]
+    build_disk_budget: Option<u64>,
     /// Guest kernel (default: SKIFF_KERNEL, else the installed one).
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -103,6 +110,14 @@ pub struct ServeArgs {
 }
 
 /// A step disk size: a size, and at least what ext4 needs.
+/// Bytes an unprivileged writer may still take in the file system holding `dir`.
+fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let st = rustix::fs::statvfs(dir)
+        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 pub(super) fn parse_step_disk(s: &str) -> Result<u64, String> {
     use control_plane::launcher::scratch_disk::MIN_BYTES;
     let n = super::limits::parse_size(s)?;
@@ -189,6 +204,15 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
     if capacity.cpus == 0 || capacity.memory_mib < 64 {
         bail!("capacity must be at least 1 vCPU and 64 MiB");
     }
+    let build_disk_budget = match a.build_disk_budget {
+        Some(b) if b < a.build_step_disk => bail!(
+            "--build-disk-budget {} MiB is less than one build step's disk (--build-step-disk {} MiB)",
+            b >> 20,
+            a.build_step_disk >> 20
+        ),
+        Some(b) => b,
+        None => free_bytes(state_dir)?.max(a.build_step_disk),
+    };
     let cfg = ServeConfig {
         listen: a
             .listen
@@ -224,6 +248,7 @@ pub fn serve(state_dir: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         snapshot_dir: a.snapshot_dir.clone(),
         warm_snapshot_budget_mib: a.warm_snapshot_budget,
         build_step_disk_bytes: a.build_step_disk,
+        build_disk_budget_bytes: build_disk_budget,
         max_queued: a.max_queued,
         log_cap_bytes: a.log_cap_mib.max(1) << 20,
     };

@@ -557,23 +557,42 @@ fn detach_leftover_network(
     }
 }
 
-/// What a server's builds run with: each `RUN` step's VM is admitted by the server's
-/// scheduler like a task's (its vCPUs and memory count against the capacity), and
-/// restores the server's snapshot of its shape when one is ready. Call it from the
-/// server's runtime.
+/// What a server's builds run with: each `RUN` step first reserves its whole scratch disk
+/// from the server's build disk budget (`--build-disk-budget`), then its VM is admitted by
+/// the server's scheduler like a task's (its vCPUs and memory count against the
+/// capacity), and it restores the server's snapshot of its shape when one is ready. Call
+/// it from the server's runtime.
 pub fn builder_of(srv: &super::Server) -> Builder {
     let sched = srv.sched.clone();
+    let disk = srv.build_disk.clone();
+    // The server refuses to start with a budget under one disk, so this always fits.
+    let disk_mib =
+        u32::try_from(srv.cfg.build_step_disk_bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
     let handle = tokio::runtime::Handle::current();
-    let admission: crate::build::executor::Admission =
-        Arc::new(move |cpus: u32, memory_mib: u64, control: &BuildControl| {
+    let admission: crate::build::executor::Admission = Arc::new(
+        move |cpus: u32, memory_mib: u64, control: &BuildControl| {
             let control = control.clone();
+            let disk = disk.clone();
             // Called on the build's blocking thread, never on the runtime's workers.
             handle.block_on(async {
+                // The disk first: a step waiting for disk holds no vCPUs tasks could use.
+                let reserve = disk.acquire_many_owned(disk_mib);
+                tokio::pin!(reserve);
+                let reserved = loop {
+                    tokio::select! {
+                        r = &mut reserve => break r.ok()?,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                            if control.is_cancelled() {
+                                return None;
+                            }
+                        }
+                    }
+                };
                 let acquire = sched.acquire(cpus, memory_mib);
                 tokio::pin!(acquire);
                 loop {
                     tokio::select! {
-                        lease = &mut acquire => return Some(Box::new(lease) as Box<dyn Send>),
+                        lease = &mut acquire => return Some(Box::new((reserved, lease)) as Box<dyn Send>),
                         _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
                             if control.is_cancelled() {
                                 return None;
@@ -582,7 +601,8 @@ pub fn builder_of(srv: &super::Server) -> Builder {
                     }
                 }
             })
-        });
+        },
+    );
     let builder = Builder::new(
         srv.images.clone(),
         srv.cfg.registry.clone(),

@@ -64,6 +64,10 @@ pub struct ServeConfig {
     pub warm_snapshot_budget_mib: u64,
     /// Size of a build's `RUN` step scratch disk (sparse), bytes.
     pub build_step_disk_bytes: u64,
+    /// Scratch disk bytes the `RUN` steps that run at once may have together: each
+    /// reserves its whole disk before its VM starts, so sparse disks can never together
+    /// outgrow it. At least `build_step_disk_bytes`.
+    pub build_disk_budget_bytes: u64,
     /// Tasks that may wait (accepted, not yet admitted) at once; beyond it submissions are
     /// refused (429) until some start.
     pub max_queued: usize,
@@ -120,6 +124,8 @@ pub struct Server {
     /// Image preparations (pulls, unpacking, root filesystems) under way at once: their
     /// blocking threads stay few, apart from the launchers' (which capacity bounds).
     pub prepare_slots: Arc<tokio::sync::Semaphore>,
+    /// The build steps' scratch disk budget, in MiB permits.
+    pub build_disk: Arc<tokio::sync::Semaphore>,
     /// The default task network, or why this server has none.
     pub networks: Result<crate::network::registry::NetworkRegistry, String>,
     /// Host ports held for tasks that publish them.
@@ -184,6 +190,14 @@ impl Server {
             builds::Builds::open(&cfg.state_dir).map_err(io_err("open the builds folder"))?,
         );
         let contexts = crate::build::context_store::ContextStore::new(&cfg.state_dir);
+        let disk_mib =
+            (cfg.build_disk_budget_bytes >> 20).min(tokio::sync::Semaphore::MAX_PERMITS as u64);
+        let build_disk = Arc::new(tokio::sync::Semaphore::new(disk_mib as usize));
+        tracing::info!(
+            "build steps: scratch disks of {} MiB, at most {} MiB of them at once",
+            cfg.build_step_disk_bytes >> 20,
+            disk_mib
+        );
         let srv = Arc::new(Self {
             snapshots: Arc::new(snapshots),
             sched: Scheduler::new(cfg.capacity),
@@ -194,6 +208,7 @@ impl Server {
             live: Mutex::new(HashMap::new()),
             waiting: Arc::new(AtomicUsize::new(0)),
             prepare_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PREPARES)),
+            build_disk,
             networks,
             ports: ports::PortReservations::default(),
             services,
