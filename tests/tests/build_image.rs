@@ -193,7 +193,18 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
 
     // It runs like a pulled image: the RUN's whiteout and opaque folder hide the lower
     // files, the COPY --from brought the first stage's output.
-    let run = skiff_in(&st, &["run", "--local", "myapp:1", "x", "y"]);
+    let run = skiff_in(
+        &st,
+        &[
+            "run",
+            "--local",
+            "--snapshot-dir",
+            snapshots,
+            "myapp:1",
+            "x",
+            "y",
+        ],
+    );
     assert_eq!(run.status.code(), Some(0), "{}", show(&run));
     assert_eq!(
         text(&run.stdout),
