@@ -23,7 +23,7 @@ use control_plane::{install, launcher};
 use sha2::{Digest as _, Sha256};
 
 use super::image::store;
-use super::tempdir_in;
+use super::local_vm::{self, LocalVm};
 
 /// A context above this size gets a warning naming its largest files.
 const LARGE_CONTEXT_BYTES: u64 = 100_000_000;
@@ -182,17 +182,17 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     let kernel = install::kernel(None)?.path;
     let agent = install::agent(None)?.path;
     let st = store(state_dir)?;
-    let work = tempdir_in(&state_dir.join("run"))?;
-    let initrd = work.join("agent.cpio");
-    launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
-    let vmm = install::vmm().path;
-    let snapshots = super::local_snapshots::open(
+    let LocalVm {
+        work,
+        initrd,
+        vmm,
+        snapshots,
+    } = local_vm::prepare(
         state_dir,
+        &kernel,
+        &agent,
         a.snapshot_dir.as_deref(),
         a.no_snapshots,
-        &vmm,
-        &kernel,
-        &initrd,
     )?;
     let registry = RegistryOptions {
         insecure: a.insecure.clone(),
@@ -236,7 +236,7 @@ pub fn build(state_dir: &Path, a: BuildArgs) -> anyhow::Result<i32> {
     let json = matches!(a.progress, ProgressMode::Json);
     let result = builder.build(&req, &ctx, &control, &|e| show(&e, json));
     if let Some(s) = &snapshots {
-        super::local_snapshots::finish(s, "build", &|| control.is_cancelled());
+        local_vm::finish(s, "build", &|| control.is_cancelled());
     }
     let _ = std::fs::remove_dir_all(&work);
     match result {

@@ -11,7 +11,7 @@ pub mod builder;
 pub mod image;
 pub mod info;
 pub mod limits;
-pub mod local_snapshots;
+pub mod local_vm;
 pub mod network;
 pub mod remote;
 pub mod run;

@@ -17,8 +17,8 @@ use control_plane::prepare::{prepare, RootSource, TaskInput};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use super::image::{progress, store};
+use super::local_vm::{self, LocalVm};
 use super::run::RunArgs;
-use super::tempdir_in;
 
 /// Signals passed on to the task.
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
@@ -55,17 +55,17 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
     let st = store(state_dir)?;
     let registry = RegistryOptions::default();
     let prepared = prepare(&st, &registry, &input, &progress(image_name(&input.root)))?;
-    let work = tempdir_in(&state_dir.join("run"))?;
-    let initrd = work.join("agent.cpio");
-    launcher::build_agent_initramfs(&agent, &initrd).context("cannot build the agent initramfs")?;
-    let vmm = install::vmm().path;
-    let snapshots = super::local_snapshots::open(
+    let LocalVm {
+        work,
+        initrd,
+        vmm,
+        snapshots,
+    } = local_vm::prepare(
         state_dir,
+        &kernel,
+        &agent,
         a.snapshot_dir.as_deref(),
         a.no_snapshots,
-        &vmm,
-        &kernel,
-        &initrd,
     )?;
     let mut cfg = LaunchConfig {
         vmm,
@@ -116,7 +116,7 @@ pub fn run(state_dir: &Path, a: RunArgs) -> anyhow::Result<i32> {
         };
     });
     if let Some(s) = &snapshots {
-        super::local_snapshots::finish(s, "run", &|| interrupted.load(Ordering::SeqCst));
+        local_vm::finish(s, "run", &|| interrupted.load(Ordering::SeqCst));
     }
     let _ = std::fs::remove_dir_all(&work);
     let result = result?;
