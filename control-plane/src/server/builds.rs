@@ -557,6 +557,24 @@ fn detach_leftover_network(
     }
 }
 
+/// `wait`'s output, or None once the build is cancelled (checked every 200 ms).
+async fn unless_cancelled<F: std::future::Future>(
+    wait: F,
+    control: &BuildControl,
+) -> Option<F::Output> {
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            out = &mut wait => return Some(out),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                if control.is_cancelled() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// What a server's builds run with: each `RUN` step first reserves its whole scratch disk
 /// from the server's build disk budget (`--build-disk-budget`), then its VM is admitted by
 /// the server's scheduler like a task's (its vCPUs and memory count against the
@@ -569,40 +587,20 @@ pub fn builder_of(srv: &super::Server) -> Builder {
     let disk_mib =
         u32::try_from(srv.cfg.build_step_disk_bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
     let handle = tokio::runtime::Handle::current();
-    let admission: crate::build::executor::Admission = Arc::new(
-        move |cpus: u32, memory_mib: u64, control: &BuildControl| {
+    let admission: crate::build::executor::Admission =
+        Arc::new(move |cpus: u32, memory_mib: u64, control: &BuildControl| {
             let control = control.clone();
             let disk = disk.clone();
             // Called on the build's blocking thread, never on the runtime's workers.
             handle.block_on(async {
                 // The disk first: a step waiting for disk holds no vCPUs tasks could use.
-                let reserve = disk.acquire_many_owned(disk_mib);
-                tokio::pin!(reserve);
-                let reserved = loop {
-                    tokio::select! {
-                        r = &mut reserve => break r.ok()?,
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                            if control.is_cancelled() {
-                                return None;
-                            }
-                        }
-                    }
-                };
-                let acquire = sched.acquire(cpus, memory_mib);
-                tokio::pin!(acquire);
-                loop {
-                    tokio::select! {
-                        lease = &mut acquire => return Some(Box::new((reserved, lease)) as Box<dyn Send>),
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                            if control.is_cancelled() {
-                                return None;
-                            }
-                        }
-                    }
-                }
+                let reserved = unless_cancelled(disk.acquire_many_owned(disk_mib), &control)
+                    .await?
+                    .ok()?;
+                let lease = unless_cancelled(sched.acquire(cpus, memory_mib), &control).await?;
+                Some(Box::new((reserved, lease)) as Box<dyn Send>)
             })
-        },
-    );
+        });
     let builder = Builder::new(
         srv.images.clone(),
         srv.cfg.registry.clone(),

@@ -28,6 +28,17 @@ fn walk(root: &Path, ignore: &IgnoreMatcher, always: &[&str]) -> Result<Manifest
     )
 }
 
+/// `root` walked with `options`, nothing ignored, with a cache of its own.
+fn walk_with(root: &Path, options: &WalkOptions) -> Result<Manifest, WalkError> {
+    walk_context(
+        root,
+        &IgnoreMatcher::empty(),
+        &[],
+        &mut StatCache::new(),
+        options,
+    )
+}
+
 fn paths(m: &Manifest) -> Vec<&str> {
     m.entries.iter().map(|e| e.path.as_str()).collect()
 }
@@ -201,14 +212,7 @@ fn another_stages_tree_lists_devices_and_fifos_and_leaves_sockets_out() {
             special_files: true,
             ..WalkOptions::default()
         };
-        walk_context(
-            root,
-            &IgnoreMatcher::empty(),
-            &[],
-            &mut StatCache::new(),
-            &options,
-        )
-        .expect("walk")
+        walk_with(root, &options).expect("walk")
     };
     let m = walk_tree();
     let kinds: Vec<(&str, EntryKind, Option<DeviceNumbers>)> = m
@@ -267,13 +271,7 @@ fn bounds_are_enforced() {
     let tight = |f: fn(&mut WalkOptions)| {
         let mut options = WalkOptions::default();
         f(&mut options);
-        walk_context(
-            root,
-            &IgnoreMatcher::empty(),
-            &[],
-            &mut StatCache::new(),
-            &options,
-        )
+        walk_with(root, &options)
     };
     assert!(matches!(
         tight(|o| o.max_entries = 3),
